@@ -1,0 +1,367 @@
+"""`duplex call`: play an audio file to the server in real time and record the agent's answer.
+
+The output file is time-aligned with the input (sample i of the output is what the agent said
+while sample i of the input was spoken) and exactly as long, so the two can be mixed or compared
+directly. `run_call` is the reusable core for tests and the load test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import time
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import soundfile as sf
+from pydantic import ValidationError
+
+from clients.client import DuplexClient, DuplexError, ReceivedFrame
+from server.protocol import (
+    SUPPORTED_RATES,
+    AudioFormat,
+    ReadyMessage,
+    SamplingParams,
+    StatsMessage,
+)
+from streaming.resample import resample_whole
+
+__all__ = [
+    "CallResult",
+    "add_arguments",
+    "fit_length",
+    "load_input",
+    "main",
+    "place_frames",
+    "run",
+    "run_call",
+    "send_schedule",
+]
+
+PROG = "duplex call"
+DEFAULT_URL = "ws://127.0.0.1:8000/v1/duplex"
+WireEncoding = Literal["pcm16", "mulaw"]
+DEFAULT_RATES: dict[str, int] = {"pcm16": 16000, "mulaw": 8000}
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+# After `end`, the server only finishes the remaining ticks; this bounds a server that never does.
+FINISH_TIMEOUT_S = 30.0
+
+
+class InputError(Exception):
+    """A usage or input problem (exit code 2), as opposed to a connection or server failure."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallResult:
+    """Everything a finished call produced, for the CLI summary, e2e tests and the load test."""
+
+    ready: ReadyMessage
+    stats: StatsMessage
+    output: np.ndarray  # agent audio at the wire rate, time-aligned, as long as the sent audio
+    frames: list[ReceivedFrame]  # in arrival order, each with its monotonic arrival time
+    frames_sent: int
+    samples_sent: int
+    send_times: list[float]  # monotonic time each client frame was handed to the socket
+    t_start: float  # monotonic time `ready` arrived: session sample 0
+    duration_s: float  # from `ready` to the server's close
+
+    @property
+    def frames_received(self) -> int:
+        return len(self.frames)
+
+    def summary(self) -> dict[str, Any]:
+        """The figures `--json` prints (one flat object)."""
+        s = self.stats
+        return {
+            "session_id": s.session_id,
+            "frames_sent": self.frames_sent,
+            "frames_received": self.frames_received,
+            "ticks": s.ticks,
+            "latency_ms_p50": s.latency_ms_p50,
+            "latency_ms_p95": s.latency_ms_p95,
+            "latency_ms_p99": s.latency_ms_p99,
+            "estimates_made": s.estimates_made,
+            "estimates_replaced": s.estimates_replaced,
+            "late_samples_dropped": s.late_samples_dropped,
+            "missing_chunks": s.missing_chunks,
+            "overruns": s.overruns,
+            "output_samples": int(len(self.output)),
+            "duration_s": round(self.duration_s, 3),
+        }
+
+
+def place_frames(frames: Iterable[ReceivedFrame], length: int) -> np.ndarray:
+    """Write each frame at its first_sample (whatever order it came in); gaps stay silent."""
+    out = np.zeros(length, dtype=np.float32)
+    for f in frames:
+        if f.first_sample < length:
+            chunk = f.pcm[: length - f.first_sample]
+            out[f.first_sample : f.first_sample + len(chunk)] = chunk
+    return out
+
+
+def fit_length(x: np.ndarray, n: int) -> np.ndarray:
+    """Pad with zeros or truncate to exactly n samples."""
+    if len(x) >= n:
+        return x[:n]
+    return np.concatenate([x, np.zeros(n - len(x), dtype=x.dtype)])
+
+
+def send_schedule(
+    n_frames: int,
+    frame_s: float,
+    t_start: float,
+    delay_s: float = 0.0,
+    jitter_s: float = 0.0,
+    rng: random.Random | None = None,
+) -> list[float]:
+    """Absolute send deadlines: frame n at t_start + n*frame + delay + U[0, jitter], in order.
+
+    Deadlines are absolute so sleep errors never accumulate; a jittered frame that would
+    overtake its predecessor waits for it instead (TCP would never reorder it either).
+    """
+    rng = rng or random.Random()
+    due: list[float] = []
+    for n in range(n_frames):
+        t = t_start + n * frame_s + delay_s + (rng.uniform(0.0, jitter_s) if jitter_s else 0.0)
+        due.append(max(t, due[-1]) if due else t)
+    return due
+
+
+def load_input(path: str) -> tuple[np.ndarray, int]:
+    """Read any file soundfile can, downmixed to mono float32 by the channel mean."""
+    try:
+        data, rate = sf.read(path, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, OSError, RuntimeError, TypeError) as exc:
+        raise InputError(f"cannot read {path!r}: {exc}") from exc
+    if len(data) == 0:
+        raise InputError(f"cannot read {path!r}: the file holds no audio")
+    return data.mean(axis=1, dtype=np.float32), int(rate)
+
+
+async def run_call(
+    url: str,
+    pcm: np.ndarray,
+    sample_rate: int,
+    *,
+    encoding: WireEncoding = "pcm16",
+    wire_rate: int | None = None,
+    frame_ms: int = 20,
+    sampling: SamplingParams | None = None,
+    delay_ms: float = 0.0,
+    jitter_ms: float = 0.0,
+    realtime: bool = True,
+    headers: Mapping[str, str] | None = None,
+    jitter_seed: int | None = None,
+) -> CallResult:
+    """Play mono `pcm` (at `sample_rate`) as one call and collect the agent's answer.
+
+    `wire_rate` defaults to the encoding's natural rate (16 kHz pcm16, 8 kHz mulaw). With
+    `realtime=False` frames go out as fast as the socket takes them (delay/jitter ignored).
+    Raises DuplexError for connection and server failures, ValueError for empty audio.
+    """
+    rate = wire_rate or DEFAULT_RATES[encoding]
+    wire = resample_whole(np.asarray(pcm, dtype=np.float32), sample_rate, rate)
+    if len(wire) == 0:
+        raise ValueError("a call needs at least one sample of audio")
+    audio = AudioFormat(encoding=encoding, sample_rate=rate, frame_ms=frame_ms)
+    frames: list[ReceivedFrame] = []
+    send_times: list[float] = []
+
+    async with DuplexClient.connect(url, audio=audio, sampling=sampling, headers=headers) as c:
+        t_start = c.t_ready
+        fs = c.frame_samples
+        n_frames = -(-len(wire) // fs)
+        due = send_schedule(
+            n_frames, fs / rate, t_start, delay_ms / 1e3, jitter_ms / 1e3,
+            random.Random(jitter_seed),
+        )
+
+        async def send() -> None:
+            for n in range(n_frames):
+                if realtime:
+                    await asyncio.sleep(max(0.0, due[n] - time.monotonic()))
+                await c.send_frame(wire[n * fs : (n + 1) * fs], last=n == n_frames - 1)
+                send_times.append(time.monotonic())
+            await c.end(len(wire))
+
+        async def receive() -> None:
+            async for event in c.events():
+                if isinstance(event, ReceivedFrame):
+                    frames.append(event)
+
+        await _run_both(send(), receive(), due[-1] - t_start + FINISH_TIMEOUT_S)
+        duration = time.monotonic() - t_start
+        if c.stats is None:
+            raise DuplexError("protocol_violation", "the server closed without sending 'stats'")
+        return CallResult(
+            ready=c.ready,
+            stats=c.stats,
+            output=place_frames(frames, len(wire)),
+            frames=frames,
+            frames_sent=c.frames_sent,
+            samples_sent=c.samples_sent,
+            send_times=send_times,
+            t_start=t_start,
+            duration_s=duration,
+        )
+
+
+async def _run_both(
+    send: Coroutine[Any, Any, None], receive: Coroutine[Any, Any, None], timeout_s: float
+) -> None:
+    """Run sender and receiver together until the server closes.
+
+    A send fails only when the socket is gone, and then the server's reason (an `error`
+    message or close code) arrives on the receive side, so the receiver's error wins.
+    """
+    send_task = asyncio.ensure_future(send)
+    recv_task = asyncio.ensure_future(receive)
+    try:
+        async with asyncio.timeout(timeout_s):
+            await asyncio.wait({send_task, recv_task}, return_when=asyncio.FIRST_EXCEPTION)
+            if send_task.done() and send_task.exception() is not None:
+                await asyncio.wait({recv_task})
+                if recv_task.exception() is None:
+                    send_task.result()
+            recv_task.result()
+    except TimeoutError as exc:
+        raise DuplexError("timeout", f"the call did not finish within {timeout_s:g} s") from exc
+    finally:
+        for task in (send_task, recv_task):
+            task.cancel()
+        await asyncio.gather(send_task, recv_task, return_exceptions=True)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of `duplex call` (the `duplex` CLI mounts them on its subcommand)."""
+    parser.add_argument("--url", default=DEFAULT_URL, help="server endpoint (%(default)s)")
+    parser.add_argument("--input", required=True, metavar="PATH",
+                        help="audio file to play (any rate/channels; downmixed to mono)")
+    parser.add_argument("--output", metavar="PATH",
+                        help="write the agent's audio here, time-aligned with the input and "
+                             "at its sample rate")
+    parser.add_argument("--encoding", choices=sorted(SUPPORTED_RATES), default="pcm16",
+                        help="wire encoding (mulaw implies 8000 Hz)")
+    parser.add_argument("--rate", type=int, help="wire sample rate (16000 for pcm16)")
+    parser.add_argument("--frame-ms", type=int, default=20, help="client frame length (20)")
+    parser.add_argument("--temperature", type=float, help="sampling temperature override")
+    parser.add_argument("--top-k", type=int, help="sampling top-k override")
+    parser.add_argument("--seed", type=int, help="sampling seed override")
+    parser.add_argument("--delay-ms", type=float, default=0.0,
+                        help="simulated one-way uplink delay")
+    parser.add_argument("--jitter-ms", type=float, default=0.0,
+                        help="extra uniform uplink delay in [0, JITTER] per frame, in order")
+    parser.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
+    parser.add_argument("--api-key", help="sent as 'Authorization: Bearer KEY'")
+
+
+def _check_args(args: argparse.Namespace) -> tuple[int, SamplingParams]:
+    """Validate flags before any I/O; returns the wire rate and the sampling overrides."""
+    if not args.url.startswith(("ws://", "wss://")):
+        raise InputError(f"--url must start with ws:// or wss://, got {args.url!r}")
+    rates = SUPPORTED_RATES[args.encoding]
+    rate = args.rate or DEFAULT_RATES[args.encoding]
+    if rate not in rates:
+        raise InputError(
+            f"--rate {rate} is not supported with {args.encoding}; "
+            f"use one of {', '.join(map(str, rates))}"
+        )
+    if args.frame_ms <= 0:
+        raise InputError(f"--frame-ms must be positive, got {args.frame_ms}")
+    if args.delay_ms < 0 or args.jitter_ms < 0:
+        raise InputError("--delay-ms and --jitter-ms must not be negative")
+    try:
+        sampling = SamplingParams(temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise InputError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from exc
+    if args.output:
+        out = Path(args.output)
+        if not out.parent.is_dir():
+            raise InputError(f"cannot write {args.output!r}: no directory {str(out.parent)!r}")
+        if out.suffix[1:].upper() not in sf.available_formats():
+            raise InputError(f"cannot write {args.output!r}: unknown audio file extension")
+    return rate, sampling
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `duplex call`; errors become one line on stderr and an exit code, never a traceback."""
+    try:
+        rate, sampling = _check_args(args)
+        pcm, in_rate = load_input(args.input)
+        headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else None
+        result = asyncio.run(
+            run_call(
+                args.url, pcm, in_rate, encoding=args.encoding, wire_rate=rate,
+                frame_ms=args.frame_ms, sampling=sampling, delay_ms=args.delay_ms,
+                jitter_ms=args.jitter_ms, headers=headers,
+            )
+        )
+        if args.output:
+            out = fit_length(resample_whole(result.output, rate, in_rate), len(pcm))
+            try:
+                sf.write(args.output, np.clip(out, -1.0, 1.0), in_rate)
+            except (sf.LibsndfileError, OSError, RuntimeError, TypeError) as exc:
+                raise InputError(f"cannot write {args.output!r}: {exc}") from exc
+    except InputError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except DuplexError as exc:
+        return _fail(_describe(exc), EXIT_FAILURE)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    summary = result.summary()
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(_human(summary, args.output), file=sys.stderr)
+    return 0
+
+
+def _describe(exc: DuplexError) -> str:
+    close = f" (close {exc.close_code})" if exc.close_code else ""
+    if exc.code in ("connect_failed", "connection_closed", "timeout"):
+        return f"{exc.message}{close}"
+    return f"server error {exc.code}: {exc.message}{close}"
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return code
+
+
+def _ms(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.1f}"
+
+
+def _human(s: dict[str, Any], output: str | None) -> str:
+    lines = [
+        f"{PROG}: session {s['session_id']}: {s['duration_s']:.2f} s, {s['ticks']} ticks, "
+        f"{s['frames_sent']} frames sent, {s['frames_received']} received",
+        f"  server-added latency ms: p50 {_ms(s['latency_ms_p50'])}, "
+        f"p95 {_ms(s['latency_ms_p95'])}, p99 {_ms(s['latency_ms_p99'])}",
+        f"  estimates {s['estimates_made']} made, {s['estimates_replaced']} replaced; "
+        f"{s['late_samples_dropped']} late samples dropped, {s['missing_chunks']} missing "
+        f"chunks, {s['overruns']} overruns",
+    ]
+    if output:
+        lines.append(f"  wrote {output}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Standalone entry point (`python -m clients.call`), also used by the unit tests."""
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""An embeddable async client for `/v1/duplex` (the `duplex call` command and the load test use it).
+
+It speaks only the public wire protocol (`server.protocol`), so it works against any server that
+implements it. Sending and receiving are independent: a caller typically runs `events()` in one
+task while it paces `send_frame()` calls in another, as a live microphone would.
+
+    async with DuplexClient.connect(url, audio=AudioFormat(sample_rate=16000)) as c:
+        ...  # c.ready is the server's ReadyMessage; c.t_ready is session sample 0
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import ValidationError
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI, WebSocketException
+
+from server.protocol import (
+    CLOSE_CODES,
+    AudioFormat,
+    AudioFrame,
+    EndMessage,
+    ErrorCode,
+    ErrorMessage,
+    ProtocolError,
+    ReadyMessage,
+    SamplingParams,
+    StartMessage,
+    StatsMessage,
+    parse_server_message,
+)
+from streaming.transport import decode_audio, encode_audio
+
+__all__ = ["DuplexClient", "DuplexError", "ReceivedFrame"]
+
+# Client-side error codes, next to the server's ErrorCode values a DuplexError may carry.
+CONNECT_FAILED = "connect_failed"
+CONNECTION_CLOSED = "connection_closed"
+PROTOCOL_VIOLATION = "protocol_violation"
+TIMEOUT = "timeout"
+
+# How long to wait for the close that follows a server `error`, to report its real close code.
+_CLOSE_WAIT_S = 2.0
+
+
+class DuplexError(Exception):
+    """A failed session: the server's `error` (code from ErrorCode) or a client-side failure.
+
+    `close_code` is the WebSocket close code when the connection closed, else None.
+    """
+
+    def __init__(self, code: str, message: str, close_code: int | None = None) -> None:
+        super().__init__(f"{code}: {message}" + (f" (close {close_code})" if close_code else ""))
+        self.code = code
+        self.message = message
+        self.close_code = close_code
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedFrame:
+    """One agent audio frame as it arrived; `first_sample` places it on the session timeline."""
+
+    seq: int
+    first_sample: int
+    pcm: np.ndarray  # float32 mono at the wire rate
+    last: bool
+    arrival: float  # time.monotonic() when the message was read off the socket
+
+
+class DuplexClient:
+    """One session on an open WebSocket, after `ready`. Build it with `DuplexClient.connect`."""
+
+    def __init__(
+        self, ws: ClientConnection, audio: AudioFormat, ready: ReadyMessage, t_ready: float
+    ) -> None:
+        self._ws = ws
+        self.audio = audio
+        self.ready = ready
+        self.t_ready = t_ready  # when `ready` arrived (time.monotonic()): session sample 0
+        self.frames_sent = 0
+        self.samples_sent = 0
+        self.stats: StatsMessage | None = None
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(
+        cls,
+        url: str,
+        *,
+        audio: AudioFormat | None = None,
+        sampling: SamplingParams | None = None,
+        headers: Mapping[str, str] | None = None,
+        open_timeout: float = 10.0,
+        ready_timeout: float = 30.0,
+    ) -> AsyncIterator[DuplexClient]:
+        """Open the socket, send `start`, wait for `ready`; close with 1000 on exit."""
+        audio = audio or AudioFormat()
+        start = StartMessage(type="start", audio=audio, sampling=sampling or SamplingParams())
+        try:
+            ws = await ws_connect(
+                url,
+                additional_headers=dict(headers) if headers else None,
+                open_timeout=open_timeout,
+                compression=None,  # audio does not compress; deflate only adds latency
+                proxy=None,
+            )
+        except InvalidStatus as exc:
+            body = (exc.response.body or b"").decode(errors="replace").strip()
+            raise DuplexError(
+                CONNECT_FAILED,
+                f"{url} refused the WebSocket upgrade: HTTP {exc.response.status_code} {body}"
+                .rstrip(),
+            ) from exc
+        except (OSError, TimeoutError, InvalidURI, WebSocketException) as exc:
+            raise DuplexError(CONNECT_FAILED, f"cannot connect to {url}: {exc}") from exc
+        try:
+            try:
+                await ws.send(start.model_dump_json())
+                ready, t_ready = await asyncio.wait_for(_await_ready(ws, audio), ready_timeout)
+            except TimeoutError as exc:
+                raise DuplexError(TIMEOUT, f"no 'ready' within {ready_timeout:g} s") from exc
+            except ConnectionClosed as exc:
+                raise _closed_error(ws, "before 'ready'") from exc
+            yield cls(ws, audio, ready, t_ready)
+        finally:
+            await ws.close()
+
+    @property
+    def frame_samples(self) -> int:
+        """Samples per client frame at the wire rate, as the server set them in `ready`."""
+        return self.ready.frame_samples
+
+    async def send_frame(self, pcm: np.ndarray, last: bool = False) -> None:
+        """Send exactly one client frame of float32 mono audio (the last one may be shorter)."""
+        n = len(pcm)
+        if n != self.frame_samples and not (last and 0 < n < self.frame_samples):
+            raise ValueError(
+                f"a frame holds {self.frame_samples} samples (the last may hold fewer), got {n}"
+            )
+        frame = AudioFrame(
+            self.frames_sent, self.samples_sent, encode_audio(pcm, self.audio.encoding), last
+        )
+        await self._send(frame.pack())
+        self.frames_sent += 1
+        self.samples_sent += n
+
+    async def end(self, total_samples: int | None = None) -> None:
+        """Tell the server the user audio is complete (defaults to the samples sent so far)."""
+        total = self.samples_sent if total_samples is None else total_samples
+        await self._send(EndMessage(type="end", total_samples=total).model_dump_json())
+
+    async def events(self) -> AsyncIterator[ReceivedFrame | StatsMessage]:
+        """Yield agent frames and the final `stats` until the server closes normally.
+
+        Raises DuplexError on a server `error`, an abnormal close or a malformed message.
+        """
+        while True:
+            try:
+                data = await self._ws.recv()
+            except ConnectionClosed as exc:
+                if exc.rcvd is not None and exc.rcvd.code == 1000:
+                    return
+                raise _closed_error(self._ws, "during the call") from exc
+            arrival = time.monotonic()
+            if isinstance(data, bytes):
+                yield self._decode_frame(data, arrival)
+                continue
+            msg = await _parse_text(self._ws, data)
+            if not isinstance(msg, StatsMessage):
+                raise DuplexError(PROTOCOL_VIOLATION, f"unexpected {msg.type!r} during the call")
+            self.stats = msg
+            yield msg
+
+    def _decode_frame(self, data: bytes, arrival: float) -> ReceivedFrame:
+        try:
+            frame = AudioFrame.unpack(data)
+            pcm = decode_audio(frame.payload, self.audio.encoding)
+        except (ProtocolError, ValueError) as exc:
+            raise DuplexError(PROTOCOL_VIOLATION, f"bad agent frame: {exc}") from exc
+        return ReceivedFrame(frame.seq, frame.first_sample, pcm, frame.last, arrival)
+
+    async def _send(self, data: str | bytes) -> None:
+        try:
+            await self._ws.send(data)
+        except ConnectionClosed as exc:
+            raise _closed_error(self._ws, "while sending") from exc
+
+
+async def _await_ready(ws: ClientConnection, audio: AudioFormat) -> tuple[ReadyMessage, float]:
+    """Read the answer to `start`: `ready` and its arrival time, or an `error` (DuplexError)."""
+    data = await ws.recv()
+    t_ready = time.monotonic()
+    if isinstance(data, bytes):
+        raise DuplexError(PROTOCOL_VIOLATION, "audio before 'ready'")
+    msg = await _parse_text(ws, data)
+    if not isinstance(msg, ReadyMessage):
+        raise DuplexError(PROTOCOL_VIOLATION, f"expected 'ready', got {msg.type!r}")
+    if (msg.encoding, msg.sample_rate) != (audio.encoding, audio.sample_rate):
+        raise DuplexError(
+            PROTOCOL_VIOLATION,
+            f"asked for {audio.encoding} at {audio.sample_rate} Hz, "
+            f"the server answered {msg.encoding} at {msg.sample_rate} Hz",
+        )
+    return msg, t_ready
+
+
+async def _parse_text(ws: ClientConnection, text: str) -> ReadyMessage | StatsMessage:
+    """Parse a server text message; an `error` is raised with the close code that follows it."""
+    try:
+        msg = parse_server_message(text)
+    except ValidationError as exc:
+        # A newer server may send an error code this client does not know: still report it.
+        loose = _loose_error(text)
+        if loose is None:
+            raise DuplexError(PROTOCOL_VIOLATION, f"malformed message: {text[:200]}") from exc
+        code, message = loose
+        raise DuplexError(code, message, await _close_code_after_error(ws, None)) from exc
+    if isinstance(msg, ErrorMessage):
+        raise DuplexError(msg.code.value, msg.message, await _close_code_after_error(ws, msg.code))
+    return msg
+
+
+def _loose_error(text: str) -> tuple[str, str] | None:
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    if isinstance(raw, dict) and raw.get("type") == "error":
+        return str(raw.get("code", "unknown")), str(raw.get("message", ""))
+    return None
+
+
+async def _close_code_after_error(ws: ClientConnection, code: ErrorCode | None) -> int | None:
+    """The server closes right after an `error`; wait briefly for the real close code."""
+    with suppress(TimeoutError):
+        await asyncio.wait_for(ws.wait_closed(), _CLOSE_WAIT_S)
+    if ws.close_code is not None:
+        return ws.close_code
+    return int(CLOSE_CODES[code]) if code is not None else None
+
+
+def _closed_error(ws: ClientConnection, when: str) -> DuplexError:
+    code = ws.close_code
+    reason = ws.close_reason or "no reason given"
+    return DuplexError(CONNECTION_CLOSED, f"server closed the connection {when}: {reason}", code)

@@ -1,0 +1,162 @@
+"""Checkpoints: a Hugging Face Llama directory plus `duplex.json` stating everything duplex needs.
+
+Nothing a checkpoint must be able to change is hard-coded: codec, chunk length, special token
+ids, unit offset and the attention span all come from duplex.json.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from model.format import ChunkFormat
+
+DUPLEX_JSON = "duplex.json"
+
+
+class SpecialTokens(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    S0: int = Field(ge=0, description="agent speaker tag (the model's own voice)")
+    S1: int = Field(ge=0, description="user speaker tag")
+    BOS: int = Field(ge=0, description="start of a conversation")
+
+
+class DuplexConfig(BaseModel):
+    """The content of duplex.json."""
+
+    model_config = ConfigDict(extra="forbid")
+    format_version: int = 1
+    codec: dict[str, Any]
+    codec_sample_rate: int = Field(gt=0)
+    frame_ms: float = Field(gt=0)
+    chunk_ms: float = Field(gt=0)
+    units_per_frame: int = Field(default=1, ge=1)
+    n_units: int = Field(gt=0)
+    silence_unit: int = Field(default=0, ge=0)
+    unit_offset: int = Field(ge=0)
+    special_tokens: SpecialTokens
+    context_tokens: int = Field(gt=0, description="KV capacity per session (ring window)")
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DuplexConfig:
+        ratio = self.chunk_ms / self.frame_ms
+        if abs(ratio - round(ratio)) > 1e-9 or round(ratio) < 1:
+            raise ValueError(
+                f"chunk_ms {self.chunk_ms} must be a multiple of the codec's frame_ms "
+                f"{self.frame_ms}"
+            )
+        if self.silence_unit >= self.n_units:
+            raise ValueError(f"silence_unit {self.silence_unit} >= n_units {self.n_units}")
+        units = range(self.unit_offset, self.unit_offset + self.n_units * self.units_per_frame)
+        specials = self.special_tokens.model_dump()
+        if len(set(specials.values())) != len(specials):
+            raise ValueError(f"special tokens must be distinct: {specials}")
+        for name, tok in specials.items():
+            if tok in units:
+                raise ValueError(f"special token {name}={tok} collides with the unit range")
+        return self
+
+    @property
+    def frames_per_chunk(self) -> int:
+        return round(self.chunk_ms / self.frame_ms)
+
+    def chunk_format(self) -> ChunkFormat:
+        s = self.special_tokens
+        return ChunkFormat(
+            n_units=self.n_units,
+            units_per_frame=self.units_per_frame,
+            unit_offset=self.unit_offset,
+            frames_per_chunk=self.frames_per_chunk,
+            s0=s.S0,
+            s1=s.S1,
+            bos=s.BOS,
+            silence_unit=self.silence_unit,
+        )
+
+
+class CheckpointError(Exception):
+    """A checkpoint directory that cannot be used; the message says why."""
+
+
+def read_config(path: Path) -> DuplexConfig:
+    file = path / DUPLEX_JSON
+    if not file.is_file():
+        raise CheckpointError(f"{path} is not a duplex checkpoint: {DUPLEX_JSON} is missing")
+    try:
+        return DuplexConfig.model_validate_json(file.read_text())
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "duplex.json"
+        raise CheckpointError(f"{file}: {where}: {first['msg']}") from exc
+
+
+def load_checkpoint(
+    path: Path, device: str = "cpu", dtype: torch.dtype = torch.float32
+) -> tuple[DuplexConfig, LlamaForCausalLM]:
+    """Load duplex.json and the Llama weights from a local directory (never downloads)."""
+    config = read_config(path)
+    try:
+        llama = LlamaForCausalLM.from_pretrained(
+            path, local_files_only=True, dtype=dtype, attn_implementation="sdpa"
+        )
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot load Llama weights from {path}: {exc}") from exc
+    vocab = llama.config.vocab_size
+    top = max(config.special_tokens.model_dump().values())
+    top = max(top, config.unit_offset + config.n_units * config.units_per_frame - 1)
+    if top >= vocab:
+        raise CheckpointError(f"duplex.json uses token id {top} but the model's vocab is {vocab}")
+    llama.eval().requires_grad_(False)
+    return config, llama.to(device)
+
+
+def init_random_checkpoint(
+    out: Path,
+    *,
+    seed: int = 0,
+    layers: int = 4,
+    hidden: int = 256,
+    heads: int = 4,
+    kv_heads: int = 2,
+    context_tokens: int = 4096,
+    codebook: str = "builtin:codec2_units_1024",
+    n_units: int = 1024,
+) -> DuplexConfig:
+    """Write a small seeded random-weight Llama checkpoint (it babbles: no training)."""
+    n_special = 3
+    config = DuplexConfig(
+        codec={"type": "codec2-units", "codebook": codebook},
+        codec_sample_rate=8000,
+        frame_ms=40,
+        chunk_ms=160,
+        n_units=n_units,
+        unit_offset=0,
+        special_tokens=SpecialTokens(S0=n_units, S1=n_units + 1, BOS=n_units + 2),
+        context_tokens=context_tokens,
+        description=f"random-weight Llama, seed {seed}: untrained, it babbles",
+    )
+    torch.manual_seed(seed)
+    llama_config = LlamaConfig(
+        vocab_size=n_units + n_special,
+        hidden_size=hidden,
+        intermediate_size=hidden * 3,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=context_tokens,
+        bos_token_id=config.special_tokens.BOS,
+        eos_token_id=None,
+        pad_token_id=None,
+        tie_word_embeddings=False,
+    )
+    llama = LlamaForCausalLM(llama_config)
+    out.mkdir(parents=True, exist_ok=True)
+    llama.save_pretrained(out)
+    (out / DUPLEX_JSON).write_text(json.dumps(config.model_dump(), indent=2) + "\n")
+    return config

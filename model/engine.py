@@ -1,0 +1,221 @@
+"""The synchronous tick engine: every live session advances one chunk per step, batched.
+
+A step, per session with agent chunk k to produce:
+1. real user chunks that arrived replace their estimates (the timeline truncates, the KV cache
+   rolls back to the first replaced chunk) or are appended;
+2. user chunk k-1, if its audio is not complete yet, is estimated by the model;
+3. agent chunk k is generated: a forced `[S0]`, then at most frames_per_chunk units, ending
+   at the next speaker tag.
+All sessions' forwards are batched: the first forward prefills every session's pending tokens
+(ragged), each later one feeds one sampled token per session that still decodes.
+The engine knows nothing of sockets or clocks; the server decides what is late.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import torch
+from transformers import LlamaForCausalLM
+
+from model.checkpoint import DuplexConfig
+from model.decoder import SlotDecoder
+from model.format import Frame, interpolate
+from model.sampling import SamplingParams, TokenMasks, sample
+from model.timeline import Timeline
+
+
+@dataclass
+class StepRequest:
+    """One session's input to a step."""
+
+    session_id: str
+    real_user: dict[int, list[Frame]] = field(default_factory=dict)  # chunk index -> frames
+    silent: bool = False  # a missed tick: write agent silence, estimate nothing
+
+
+@dataclass
+class StepResult:
+    """What a step produced for one session."""
+
+    chunk: int  # index k of the agent chunk
+    frames: list[Frame]  # agent chunk k, frames_per_chunk frames
+    estimated: bool  # user chunk k-1 was estimated in this step
+    replaced: list[int]  # user chunks whose estimates real audio replaced
+    dropped: list[int]  # real user chunks too old to replace (beyond the rollback reserve)
+    rollback_tokens: int
+    prefill_tokens: int
+
+
+class _Phase(enum.Enum):
+    USER_TAG = enum.auto()
+    USER_UNITS = enum.auto()
+    AGENT_UNITS = enum.auto()
+    DONE = enum.auto()
+
+
+@dataclass
+class _Session:
+    row: int
+    timeline: Timeline
+    params: SamplingParams
+    gen: torch.Generator
+    pending: dict[int, list[Frame]] = field(default_factory=dict)
+
+
+@dataclass
+class _Job:
+    """The decode state of one session within one step."""
+
+    session: _Session
+    result: StepResult
+    phase: _Phase
+    units: list[int] = field(default_factory=list)
+
+
+class Engine:
+    """Owns the decoder, the slot KV cache and every session's timeline."""
+
+    def __init__(
+        self,
+        config: DuplexConfig,
+        llama: LlamaForCausalLM,
+        *,
+        max_sessions: int,
+        max_rollback_chunks: int,
+    ) -> None:
+        self.config = config
+        self.fmt = config.chunk_format()
+        self.decoder = SlotDecoder(llama)
+        self.masks = TokenMasks(self.fmt, self.decoder.vocab_size)
+        self.max_rollback_chunks = max_rollback_chunks
+        chunk_tokens = 2 * (self.fmt.frames_per_chunk * self.fmt.units_per_frame + 1)
+        reserve = (max_rollback_chunks + 2) * chunk_tokens
+        if reserve * 2 > config.context_tokens:
+            raise ValueError(
+                f"context_tokens {config.context_tokens} is too small for a rollback of "
+                f"{max_rollback_chunks} chunks"
+            )
+        self.cache = self.decoder.new_cache(max_sessions, config.context_tokens, reserve)
+        self.sessions: dict[str, _Session] = {}
+
+    @property
+    def frames_per_chunk(self) -> int:
+        return self.fmt.frames_per_chunk
+
+    def add_session(self, session_id: str, params: SamplingParams) -> None:
+        if session_id in self.sessions:
+            raise ValueError(f"session {session_id!r} already exists")
+        row = self.cache.allocate()
+        gen = torch.Generator().manual_seed(params.seed)
+        self.sessions[session_id] = _Session(row, Timeline(self.fmt), params, gen)
+
+    def remove_session(self, session_id: str) -> None:
+        session = self.sessions.pop(session_id)
+        moved = self.cache.release(session.row)
+        if moved is not None:
+            for other in self.sessions.values():
+                if other.row == moved:
+                    other.row = session.row
+                    break
+
+    def timeline(self, session_id: str) -> Timeline:
+        return self.sessions[session_id].timeline
+
+    def step(self, requests: list[StepRequest]) -> dict[str, StepResult]:
+        """Advance each requested session by one agent chunk."""
+        jobs = [self._prepare(req) for req in requests]
+        active = [job for job in jobs if job.phase is not _Phase.DONE]
+        while active:
+            logits = self._forward()
+            for job in active:
+                self._advance(job, logits[job.session.row])
+            active = [job for job in active if job.phase is not _Phase.DONE]
+        return {req.session_id: job.result for req, job in zip(requests, jobs, strict=True)}
+
+    # -- planning --------------------------------------------------------------------------
+
+    def _prepare(self, req: StepRequest) -> _Job:
+        s = self.sessions[req.session_id]
+        tl = s.timeline
+        k = len(tl.agent)
+        result = StepResult(k, [], False, [], [], 0, 0)
+        s.pending.update(req.real_user)
+        for j in sorted(s.pending):
+            if j >= len(tl.user):
+                continue
+            frames = s.pending.pop(j)
+            if tl.user_real[j]:
+                continue  # a duplicate of audio already in place
+            if j < len(tl.user) - self.max_rollback_chunks:
+                result.dropped.append(j)
+                continue
+            tl.replace_user(j, frames)
+            result.replaced.append(j)
+        if self.cache.lengths[s.row] > tl.cached:
+            result.rollback_tokens = self.cache.lengths[s.row] - tl.cached
+            self.cache.rollback(s.row, tl.cached)
+        if k > 0 and (k - 1) in s.pending:
+            tl.append_user(s.pending.pop(k - 1), real=True)
+        job = _Job(s, result, _Phase.USER_TAG if len(tl.user) < k else _Phase.AGENT_UNITS)
+        if req.silent:
+            if job.phase is _Phase.USER_TAG:
+                tl.append_user([tl.prev_user()] * self.frames_per_chunk, real=False)
+                result.estimated = True
+            result.frames = tl.append_agent([])
+            job.phase = _Phase.DONE
+        elif job.phase is _Phase.AGENT_UNITS:
+            tl.tokens.append(self.fmt.s0)
+        result.prefill_tokens = len(tl.tokens) - tl.cached
+        return job
+
+    # -- execution -------------------------------------------------------------------------
+
+    def _forward(self) -> torch.Tensor:
+        rows: list[list[int]] = [[] for _ in range(self.cache.live)]
+        for s in self.sessions.values():
+            rows[s.row] = s.timeline.tokens[s.timeline.cached :]
+        logits = self.decoder.forward(self.cache, rows)
+        for s in self.sessions.values():
+            s.timeline.cached = len(s.timeline.tokens)
+        return logits
+
+    def _advance(self, job: _Job, logits: torch.Tensor) -> None:
+        s, fmt, masks = job.session, self.fmt, self.masks
+        tl = s.timeline
+        n = self.frames_per_chunk
+        if job.phase is _Phase.USER_TAG:
+            tok = sample(logits, masks.user_open, s.params, s.gen)
+            job.result.estimated = True
+            if tok == fmt.s1:
+                tl.tokens.append(tok)
+                job.phase = _Phase.USER_UNITS
+            else:  # the user adds nothing new; this [S0] opens the agent's chunk
+                tl.append_user([tl.prev_user()] * n, real=False)
+                tl.tokens.append(fmt.s0)
+                job.phase = _Phase.AGENT_UNITS
+            return
+        if job.phase is _Phase.USER_UNITS:
+            last = job.units[-1] if job.units else tl.prev_user()[0]
+            ends = (fmt.s0,) if job.units else ()
+            tok = sample(logits, masks.unit_after(last, *ends), s.params, s.gen)
+            if tok != fmt.s0:
+                tl.tokens.append(tok)
+                job.units.append(fmt.token_unit(tok))
+            if tok == fmt.s0 or len(job.units) == n:
+                new = [(u,) for u in job.units]
+                frames = interpolate(new, tl.prev_user(), n)
+                tl.append_user(frames, real=False, tokens_written=1 + len(job.units))
+                tl.tokens.append(fmt.s0)
+                job.units = []
+                job.phase = _Phase.AGENT_UNITS
+            return
+        last = job.units[-1] if job.units else tl.prev_agent()[0]
+        tok = sample(logits, masks.unit_after(last, fmt.s0, fmt.s1), s.params, s.gen)
+        if tok not in (fmt.s0, fmt.s1):
+            tl.tokens.append(tok)
+            job.units.append(fmt.token_unit(tok))
+        if tok in (fmt.s0, fmt.s1) or len(job.units) == n:
+            job.result.frames = tl.append_agent([(u,) for u in job.units], tokens_written=True)
+            job.phase = _Phase.DONE

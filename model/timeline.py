@@ -1,0 +1,88 @@
+"""One session's conversation as the model sees it: chunk frames per speaker and their tokens.
+
+The token list is always `format_timeline(agent, user)` plus any tokens of a chunk being
+generated. Replacing an estimated user chunk truncates the tokens at that chunk and re-formats
+what follows from the stored frames: agent frames never change (audio already sent), later
+user chunks keep their real audio or earlier estimates. `cached` tracks how much of the token
+list the KV cache holds, so the runner knows what to roll back and what to prefill.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from model.format import ChunkFormat, Frame, agent_tokens, dedup, interpolate, user_tokens
+
+
+@dataclass
+class Timeline:
+    fmt: ChunkFormat
+    tokens: list[int] = field(default_factory=list)
+    agent: list[list[Frame]] = field(default_factory=list)
+    user: list[list[Frame]] = field(default_factory=list)
+    user_real: list[bool] = field(default_factory=list)
+    agent_start: list[int] = field(default_factory=list)  # token index of each [S0]
+    user_start: list[int] = field(default_factory=list)  # token index where user chunk j begins
+    cached: int = 0  # tokens[:cached] are in the KV cache
+
+    def __post_init__(self) -> None:
+        if not self.tokens:
+            self.tokens = [self.fmt.bos]
+
+    def prev_agent(self) -> Frame:
+        return self.agent[-1][-1] if self.agent else self.fmt.silence
+
+    def prev_user(self) -> Frame:
+        return self.user[-1][-1] if self.user else self.fmt.silence
+
+    def append_agent(self, new: list[Frame], *, tokens_written: bool = False) -> list[Frame]:
+        """Close agent chunk len(agent) from its deduplicated frames; returns its frames."""
+        if len(self.user) != len(self.agent) or (self.agent and not self.user):
+            raise ValueError(f"agent chunk {len(self.agent)} before user chunk {len(self.user)}")
+        toks = agent_tokens(self.fmt, new)
+        if tokens_written:
+            start = len(self.tokens) - len(toks)
+            if self.tokens[start:] != toks:
+                raise ValueError("written agent tokens differ from the chunk's format")
+        else:
+            start = len(self.tokens)
+            self.tokens += toks
+        frames = interpolate(new, self.prev_agent(), self.fmt.frames_per_chunk)
+        self.agent.append(frames)
+        self.agent_start.append(start)
+        return frames
+
+    def append_user(self, frames: list[Frame], *, real: bool, tokens_written: int = 0) -> None:
+        """Add user chunk len(user) (real audio units or an estimate)."""
+        if len(self.user) + 1 != len(self.agent):
+            raise ValueError(f"user chunk {len(self.user)} needs agent chunk {len(self.user)}")
+        toks = user_tokens(self.fmt, dedup(frames, self.prev_user()))
+        start = len(self.tokens) - tokens_written
+        if tokens_written and self.tokens[start:] != toks:
+            raise ValueError("written user tokens differ from the chunk's format")
+        if not tokens_written:
+            self.tokens += toks
+        self.user.append(list(frames))
+        self.user_real.append(real)
+        self.user_start.append(start)
+
+    def replace_user(self, j: int, frames: list[Frame]) -> int:
+        """Put real frames in place of user chunk j's estimate; returns the rollback point."""
+        if not 0 <= j < len(self.user):
+            raise ValueError(f"no user chunk {j} to replace (have {len(self.user)})")
+        if len(self.agent) != len(self.user) + 1:
+            raise ValueError("replace_user needs a closed timeline (no chunk in progress)")
+        cut = self.user_start[j]
+        later_agent = self.agent[j + 1 :]
+        later_user = list(zip(self.user[j + 1 :], self.user_real[j + 1 :], strict=True))
+        del self.tokens[cut:]
+        del self.agent[j + 1 :], self.agent_start[j + 1 :]
+        del self.user[j:], self.user_real[j:], self.user_start[j:]
+        self.append_user(frames, real=True)
+        for i, a_frames in enumerate(later_agent):
+            self.append_agent(dedup(a_frames, self.prev_agent()))
+            if i < len(later_user):
+                u_frames, real = later_user[i]
+                self.append_user(u_frames, real=real)
+        self.cached = min(self.cached, cut)
+        return cut

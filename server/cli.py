@@ -1,0 +1,128 @@
+"""The `duplex` command: serve, call, codec build, model init.
+
+Subcommands import their modules lazily, so `duplex call` never loads torch. Every failure
+the user can cause ends with a non-zero exit and one readable line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+PROG = "duplex"
+
+
+def _fail(command: str, message: str, code: int = 2) -> int:
+    print(f"{PROG} {command}: error: {message}", file=sys.stderr)
+    return code
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from server.settings import describe_error, settings_from_args
+
+    try:
+        settings = settings_from_args(args)
+    except ValidationError as exc:
+        return _fail("serve", describe_error(exc))
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    from model.checkpoint import CheckpointError
+
+    if not (settings.model / "duplex.json").is_file() and settings.model == Path("models/default"):
+        return _fail(
+            "serve",
+            f"no model at {settings.model}: run `make serve` (or `duplex model init --out "
+            f"{settings.model}`) first",
+        )
+    try:
+        from server.runtime import Runtime
+
+        runtime = Runtime(settings)
+    except (CheckpointError, ValueError, OSError) as exc:
+        return _fail("serve", str(exc))
+    from server.uvicorn_server import serve
+
+    return serve(runtime)
+
+
+def _model_init(args: argparse.Namespace) -> int:
+    from model.checkpoint import init_random_checkpoint
+
+    out = Path(args.out)
+    if (out / "duplex.json").exists() and not args.force:
+        return _fail("model init", f"{out} already holds a checkpoint (use --force to replace)")
+    config = init_random_checkpoint(
+        out, seed=args.seed, layers=args.layers, hidden=args.hidden, context_tokens=args.context
+    )
+    print(f"wrote {out}: {config.description}")
+    return 0
+
+
+def _codec_build(args: argparse.Namespace) -> int:
+    from streaming.codebook import build_codebook
+
+    if args.units < 2:
+        return _fail("codec build", f"--units must be >= 2, got {args.units}")
+    if args.minutes <= 0:
+        return _fail("codec build", f"--minutes must be > 0, got {args.minutes}")
+    try:
+        stats = build_codebook(
+            Path(args.out), n_units=args.units, minutes=args.minutes, seed=args.seed
+        )
+    except (OSError, ValueError, RuntimeError) as exc:
+        return _fail("codec build", str(exc), 1)
+    print(" ".join(f"{k}={v}" for k, v in stats.items()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from clients import call
+    from server.settings import add_settings_arguments
+
+    parser = argparse.ArgumentParser(prog=PROG, description="full-duplex voice agent server")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="start the server")
+    add_settings_arguments(serve)
+    serve.set_defaults(func=_serve)
+
+    call_p = sub.add_parser("call", help="stream a wav file through a call, write the agent's")
+    call.add_arguments(call_p)
+    call_p.set_defaults(func=call.run)
+
+    model = sub.add_parser("model", help="checkpoints").add_subparsers(dest="action", required=True)
+    init = model.add_parser("init", help="write a seeded random-weight checkpoint (it babbles)")
+    init.add_argument("--out", default="models/default")
+    init.add_argument("--seed", type=int, default=0)
+    init.add_argument("--layers", type=int, default=4)
+    init.add_argument("--hidden", type=int, default=256)
+    init.add_argument("--context", type=int, default=4096, help="KV capacity per session")
+    init.add_argument("--force", action="store_true")
+    init.set_defaults(func=_model_init)
+
+    codec = sub.add_parser("codec", help="speech codec").add_subparsers(dest="action", required=True)
+    build = codec.add_parser("build", help="build the unit codebook from espeak-ng speech")
+    build.add_argument("--out", default="streaming/assets/codec2_units_1024.npz")
+    build.add_argument("--units", type=int, default=1024)
+    build.add_argument("--minutes", type=float, default=48.0)
+    build.add_argument("--seed", type=int, default=0)
+    build.set_defaults(func=_codec_build)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Prometheus metrics (no per-session labels: cardinality must stay bounded)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_TICK_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.12, 0.16, 0.2, 0.3, 0.5, 1.0)
+_LAT_BUCKETS = (0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.08, 0.12, 0.16, 0.25, 0.5)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.sessions_active = Gauge("duplex_sessions_active", "calls in progress", registry=r)
+        self.sessions_total = Counter("duplex_sessions", "calls admitted", registry=r)
+        self.sessions_rejected = Counter(
+            "duplex_sessions_rejected", "calls refused at admission", ["reason"], registry=r
+        )
+        self.ticks = Counter("duplex_ticks", "ticks run", registry=r)
+        self.tick_seconds = Histogram(
+            "duplex_tick_compute_seconds",
+            "compute time of one tick's step",
+            buckets=_TICK_BUCKETS,
+            registry=r,
+        )
+        self.overruns = Counter(
+            "duplex_tick_overruns", "steps that ended after their deadline", registry=r
+        )
+        self.skipped = Counter(
+            "duplex_ticks_skipped", "ticks skipped (more than one behind)", registry=r
+        )
+        self.estimates = Counter(
+            "duplex_estimates", "user chunks estimated by the model", registry=r
+        )
+        self.replaced = Counter(
+            "duplex_estimates_replaced", "estimates replaced by real audio", registry=r
+        )
+        self.late_dropped = Counter(
+            "duplex_late_chunks_dropped",
+            "user chunks that arrived beyond the latency budget",
+            registry=r,
+        )
+        self.rollback_tokens = Histogram(
+            "duplex_rollback_tokens",
+            "KV positions rolled back per replacement",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=r,
+        )
+        self.frames_in = Counter("duplex_frames_in", "audio frames received", registry=r)
+        self.frames_out = Counter("duplex_frames_out", "audio frames sent", registry=r)
+        self.errors = Counter("duplex_errors", "calls ended by an error", ["code"], registry=r)
+        self.latency = Histogram(
+            "duplex_server_latency_seconds",
+            "newest user frame arrival to the send of the agent frame its step made",
+            buckets=_LAT_BUCKETS,
+            registry=r,
+        )

@@ -1,0 +1,256 @@
+"""The native wire protocol of `/v1/duplex` (version 1): typed messages and the binary frame.
+
+Clients may import this module (it depends only on pydantic and the standard library); it
+must never import the rest of the server. Documented for humans in docs/protocol.md.
+
+Text messages are JSON objects with a `type`. Binary messages are audio frames: a fixed
+16-byte little-endian header, then the payload in the session's wire encoding.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from enum import IntEnum, StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+PROTOCOL_VERSION = 1
+
+# version u8, kind u8, flags u8, reserved u8, sequence u32, first sample index u64 (wire rate)
+FRAME_HEADER = struct.Struct("<BBBxIQ")
+FLAG_LAST = 0x01
+
+SUPPORTED_RATES: dict[str, tuple[int, ...]] = {
+    "pcm16": (8000, 16000, 24000, 48000),
+    "mulaw": (8000,),
+}
+
+
+class FrameKind(IntEnum):
+    """Binary message kinds; only audio exists in version 1."""
+
+    AUDIO = 1
+
+
+class ErrorCode(StrEnum):
+    """Stable error codes sent in `error` messages (the close code is fixed per code)."""
+
+    INVALID_JSON = "invalid_json"
+    UNKNOWN_TYPE = "unknown_type"
+    INVALID_MESSAGE = "invalid_message"
+    UNEXPECTED_MESSAGE = "unexpected_message"
+    UNSUPPORTED_VERSION = "unsupported_version"
+    UNSUPPORTED_AUDIO = "unsupported_audio"
+    BAD_FRAME = "bad_frame"
+    BAD_FRAME_SIZE = "bad_frame_size"
+    SAMPLE_ORDER = "sample_order"
+    START_TIMEOUT = "start_timeout"
+    IDLE_TIMEOUT = "idle_timeout"
+    CALL_TOO_LONG = "call_too_long"
+    SLOW_CONSUMER = "slow_consumer"
+    SERVER_FULL = "server_full"
+    SERVER_SHUTDOWN = "server_shutdown"
+    INTERNAL_ERROR = "internal_error"
+
+
+class CloseCode(IntEnum):
+    """WebSocket close codes used by the server (RFC 6455 section 7.4.1)."""
+
+    NORMAL = 1000
+    UNSUPPORTED_DATA = 1003
+    INVALID_PAYLOAD = 1007
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012
+    TRY_AGAIN_LATER = 1013
+
+
+CLOSE_CODES: dict[ErrorCode, CloseCode] = {
+    ErrorCode.INVALID_JSON: CloseCode.INVALID_PAYLOAD,
+    ErrorCode.UNKNOWN_TYPE: CloseCode.UNSUPPORTED_DATA,
+    ErrorCode.INVALID_MESSAGE: CloseCode.INVALID_PAYLOAD,
+    ErrorCode.UNEXPECTED_MESSAGE: CloseCode.POLICY_VIOLATION,
+    ErrorCode.UNSUPPORTED_VERSION: CloseCode.UNSUPPORTED_DATA,
+    ErrorCode.UNSUPPORTED_AUDIO: CloseCode.UNSUPPORTED_DATA,
+    ErrorCode.BAD_FRAME: CloseCode.INVALID_PAYLOAD,
+    ErrorCode.BAD_FRAME_SIZE: CloseCode.INVALID_PAYLOAD,
+    ErrorCode.SAMPLE_ORDER: CloseCode.INVALID_PAYLOAD,
+    ErrorCode.START_TIMEOUT: CloseCode.POLICY_VIOLATION,
+    ErrorCode.IDLE_TIMEOUT: CloseCode.POLICY_VIOLATION,
+    ErrorCode.CALL_TOO_LONG: CloseCode.POLICY_VIOLATION,
+    ErrorCode.SLOW_CONSUMER: CloseCode.POLICY_VIOLATION,
+    ErrorCode.SERVER_FULL: CloseCode.TRY_AGAIN_LATER,
+    ErrorCode.SERVER_SHUTDOWN: CloseCode.SERVICE_RESTART,
+    ErrorCode.INTERNAL_ERROR: CloseCode.INTERNAL_ERROR,
+}
+
+
+class ProtocolError(Exception):
+    """A violation by the peer; the server turns it into an `error` message and a close."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    @property
+    def close_code(self) -> CloseCode:
+        return CLOSE_CODES[self.code]
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AudioFormat(_Message):
+    """How audio travels on the wire in both directions."""
+
+    encoding: Literal["pcm16", "mulaw"] = "pcm16"
+    sample_rate: int = 16000
+    frame_ms: int = Field(default=20, description="client frame length; 10..160 ms, divides 160")
+
+
+class SamplingParams(_Message):
+    """Per-session overrides of the server's sampling defaults."""
+
+    temperature: float | None = Field(default=None, ge=0.0, le=5.0)
+    top_k: int | None = Field(default=None, ge=0, le=100_000)
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+
+
+class StartMessage(_Message):
+    type: Literal["start"]
+    version: int = PROTOCOL_VERSION
+    audio: AudioFormat = AudioFormat()
+    sampling: SamplingParams = SamplingParams()
+
+
+class EndMessage(_Message):
+    """The client has sent everything: `total_samples` at the wire rate."""
+
+    type: Literal["end"]
+    total_samples: int = Field(ge=0)
+
+
+ClientMessage = Annotated[StartMessage | EndMessage, Field(discriminator="type")]
+_CLIENT_MESSAGE: TypeAdapter[StartMessage | EndMessage] = TypeAdapter(ClientMessage)
+
+
+class ReadyMessage(_Message):
+    """Sent at a tick boundary: that instant is sample 0 of the session in both directions."""
+
+    type: Literal["ready"] = "ready"
+    version: int = PROTOCOL_VERSION
+    session_id: str
+    tick_ms: float
+    chunk_samples: int = Field(description="samples per agent frame at the wire rate")
+    frame_samples: int = Field(description="samples per client frame at the wire rate")
+    sample_rate: int
+    encoding: str
+    codec_sample_rate: int
+    lead_ms: float
+    latency_budget_ms: float
+    temperature: float
+    top_k: int
+    seed: int
+
+
+class ErrorMessage(_Message):
+    type: Literal["error"] = "error"
+    code: ErrorCode
+    message: str
+
+
+class StatsMessage(_Message):
+    """Per-session figures sent before a normal close."""
+
+    type: Literal["stats"] = "stats"
+    session_id: str
+    ticks: int
+    frames_in: int
+    frames_out: int
+    samples_in: int
+    estimates_made: int
+    estimates_replaced: int
+    late_samples_dropped: int
+    missing_chunks: int
+    overruns: int
+    latency_ms_p50: float | None
+    latency_ms_p95: float | None
+    latency_ms_p99: float | None
+
+
+ServerMessage = Annotated[
+    ReadyMessage | ErrorMessage | StatsMessage, Field(discriminator="type")
+]
+_SERVER_MESSAGE: TypeAdapter[ReadyMessage | ErrorMessage | StatsMessage] = TypeAdapter(
+    ServerMessage
+)
+
+
+def parse_client_message(text: str) -> StartMessage | EndMessage:
+    """Parse one client text message, raising ProtocolError with a specific code."""
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(ErrorCode.INVALID_JSON, f"message is not valid JSON: {exc}") from exc
+    if not isinstance(raw, dict) or "type" not in raw:
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "message must be a JSON object with 'type'")
+    if raw["type"] not in ("start", "end"):
+        raise ProtocolError(
+            ErrorCode.UNKNOWN_TYPE,
+            f"unknown message type {raw['type']!r}; expected 'start' or 'end'",
+        )
+    try:
+        return _CLIENT_MESSAGE.validate_python(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ProtocolError(
+            ErrorCode.INVALID_MESSAGE, f"invalid {raw['type']!r} message: {where}: {first['msg']}"
+        ) from exc
+
+
+def parse_server_message(text: str) -> ReadyMessage | ErrorMessage | StatsMessage:
+    """Parse one server text message (used by clients)."""
+    return _SERVER_MESSAGE.validate_json(text)
+
+
+@dataclass(frozen=True, slots=True)
+class AudioFrame:
+    """One binary audio message."""
+
+    seq: int
+    first_sample: int
+    payload: bytes
+    last: bool = False
+
+    def pack(self) -> bytes:
+        flags = FLAG_LAST if self.last else 0
+        header = FRAME_HEADER.pack(
+            PROTOCOL_VERSION, FrameKind.AUDIO, flags, self.seq, self.first_sample
+        )
+        return header + self.payload
+
+    @classmethod
+    def unpack(cls, data: bytes) -> AudioFrame:
+        if len(data) < FRAME_HEADER.size:
+            raise ProtocolError(
+                ErrorCode.BAD_FRAME,
+                f"binary message of {len(data)} bytes is shorter than the "
+                f"{FRAME_HEADER.size}-byte frame header",
+            )
+        version, kind, flags, seq, first = FRAME_HEADER.unpack_from(data)
+        if version != PROTOCOL_VERSION:
+            raise ProtocolError(
+                ErrorCode.BAD_FRAME, f"frame version {version}, expected {PROTOCOL_VERSION}"
+            )
+        if kind != FrameKind.AUDIO:
+            raise ProtocolError(
+                ErrorCode.BAD_FRAME, f"frame kind {kind}, expected {int(FrameKind.AUDIO)} (audio)"
+            )
+        return cls(seq, first, bytes(data[FRAME_HEADER.size :]), bool(flags & FLAG_LAST))

@@ -1,0 +1,156 @@
+"""Everything a running server holds: the model, the engine, the codec, the ticker.
+
+Built before the web app so that a bad checkpoint or setting fails at start with one line,
+and warmed up (one step of each shape) before `/healthz` says ready.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+
+import numpy as np
+import torch
+
+from model.checkpoint import DuplexConfig, load_checkpoint
+from model.engine import Engine, StepRequest
+from model.sampling import SamplingParams
+from server.metrics import Metrics
+from server.protocol import (
+    PROTOCOL_VERSION,
+    SUPPORTED_RATES,
+    ErrorCode,
+    ProtocolError,
+    StartMessage,
+)
+from server.session import CallSession
+from server.settings import Settings
+from server.ticker import Ticker, TickerConfig
+from streaming.codec import SpeechCodec, load_codec
+
+log = logging.getLogger("duplex.runtime")
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class Runtime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        self.config: DuplexConfig
+        self.config, llama = load_checkpoint(
+            settings.model, device=settings.device, dtype=_DTYPES[settings.dtype]
+        )
+        self.codec: SpeechCodec = load_codec(self.config.codec, settings.model)
+        if self.codec.sample_rate != self.config.codec_sample_rate:
+            raise ValueError(
+                f"codec rate {self.codec.sample_rate} != duplex.json codec_sample_rate "
+                f"{self.config.codec_sample_rate}"
+            )
+        self.tick_s = self.config.chunk_ms / 1000
+        self.metrics = Metrics()
+        warm_engine = Engine(self.config, llama, max_sessions=settings.max_sessions,
+                             max_rollback_chunks=self._rollback_chunks(0.0))
+        self.warmup_step_s = self._warm_up(warm_engine)
+        if settings.lead_ms is not None:
+            self.lead_s = settings.lead_ms / 1000
+        else:  # comfortably above the slowest step seen at full load, below one tick
+            self.lead_s = min(0.8 * self.tick_s, max(0.02, 1.5 * self.warmup_step_s + 0.005))
+        if self.lead_s >= self.tick_s:
+            raise ValueError(
+                f"lead_ms {self.lead_s * 1000:g} must be below the tick ({self.tick_s * 1000:g} ms)"
+            )
+        self.engine = Engine(self.config, llama, max_sessions=settings.max_sessions,
+                             max_rollback_chunks=self._rollback_chunks(self.lead_s))
+        del warm_engine
+        self.ticker = Ticker(
+            self.engine,
+            self.metrics,
+            TickerConfig(
+                tick_s=self.tick_s,
+                lead_s=self.lead_s,
+                latency_budget_s=settings.latency_budget_ms / 1000,
+                max_sessions=settings.max_sessions,
+                idle_timeout_s=settings.idle_timeout_s,
+                max_call_s=settings.max_call_s,
+                max_backlog_frames=max(2, math.ceil(settings.send_queue_s / self.tick_s)),
+            ),
+        )
+        log.info(
+            "model %s: tick %.0f ms, lead %.1f ms (warm-up step %.1f ms at %d sessions), "
+            "latency budget %.0f ms",
+            settings.model, self.tick_s * 1000, self.lead_s * 1000, self.warmup_step_s * 1000,
+            settings.max_sessions, settings.latency_budget_ms,
+        )
+
+    def _rollback_chunks(self, lead_s: float) -> int:
+        """How many user chunks may be estimated at once: ceil((budget + lead) / tick)."""
+        return max(1, math.ceil((self.settings.latency_budget_ms / 1000 + lead_s) / self.tick_s))
+
+    def _warm_up(self, engine: Engine) -> float:
+        """Run steps of every shape at full load; return the slowest step (seconds)."""
+        n = self.settings.max_sessions
+        fmt = engine.fmt
+        ids = [f"warmup-{i}" for i in range(n)]
+        for i, sid in enumerate(ids):
+            engine.add_session(sid, SamplingParams(seed=i))
+        rng = np.random.default_rng(0)
+        slowest = 0.0
+        for k in range(6):
+            reqs = []
+            for sid in ids:
+                real = {}
+                if k >= 3:  # replace the estimate of chunk k-3: the rollback path
+                    units = rng.integers(0, fmt.n_units, fmt.frames_per_chunk)
+                    real[k - 3] = [(int(u),) for u in units]
+                reqs.append(StepRequest(sid, real))
+            t0 = time.perf_counter()
+            engine.step(reqs)
+            if k >= 1:
+                slowest = max(slowest, time.perf_counter() - t0)
+        for sid in ids:
+            engine.remove_session(sid)
+        return slowest
+
+    def open_session(self, start: StartMessage) -> CallSession:
+        """Validate a `start` and admit the call (raises ProtocolError with the reason)."""
+        if start.version != PROTOCOL_VERSION:
+            raise ProtocolError(
+                ErrorCode.UNSUPPORTED_VERSION,
+                f"protocol version {start.version} is not supported; this server speaks "
+                f"{PROTOCOL_VERSION}",
+            )
+        audio = start.audio
+        rates = SUPPORTED_RATES[audio.encoding]
+        if audio.sample_rate not in rates:
+            raise ProtocolError(
+                ErrorCode.UNSUPPORTED_AUDIO,
+                f"{audio.encoding} at {audio.sample_rate} Hz is not supported; use one of "
+                f"{list(rates)} Hz",
+            )
+        chunk_ms = self.config.chunk_ms
+        if not (10 <= audio.frame_ms <= chunk_ms and chunk_ms % audio.frame_ms == 0):
+            raise ProtocolError(
+                ErrorCode.UNSUPPORTED_AUDIO,
+                f"frame_ms {audio.frame_ms} must be at least 10 and divide the "
+                f"{chunk_ms:g} ms tick",
+            )
+        s = self.settings
+        req = start.sampling
+        params = SamplingParams(
+            temperature=s.temperature if req.temperature is None else req.temperature,
+            top_k=s.top_k if req.top_k is None else req.top_k,
+            seed=_seed(s.seed if req.seed is None else req.seed),
+        )
+        session = CallSession(
+            uuid.uuid4().hex, audio, params, self.codec, self.config.frames_per_chunk, self.tick_s
+        )
+        self.ticker.admit(session)
+        return session
+
+
+def _seed(seed: int | None) -> int:
+    return int(np.random.default_rng().integers(0, 2**31)) if seed is None else seed

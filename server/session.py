@@ -1,0 +1,194 @@
+"""One call: its lifecycle, wire-side checks, outgoing queue and figures.
+
+The WebSocket handler feeds it client messages; the ticker feeds it agent audio. Everything
+bound for the socket goes through `outbox`, drained by one sender task, so a slow socket only
+ever delays (and finally cuts off) its own call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from model.sampling import SamplingParams
+from server.protocol import (
+    AudioFormat,
+    AudioFrame,
+    ErrorCode,
+    ErrorMessage,
+    ProtocolError,
+    StatsMessage,
+)
+from streaming.agent_output import AgentAudioOutput
+from streaming.codec import SpeechCodec
+from streaming.transport import bytes_per_sample, decode_audio
+from streaming.user_input import UserAudioInput
+
+
+class State(enum.Enum):
+    JOINING = "joining"  # admitted, waiting for its first tick
+    LIVE = "live"
+    ENDING = "ending"  # the client sent `end`; remaining ticks run
+    CLOSED = "closed"
+
+
+@dataclass
+class Outgoing:
+    """An item for the sender task: a text message, an audio frame, or the final close."""
+
+    text: str | None = None
+    frame: bytes | None = None
+    close_code: int | None = None
+    close_reason: str = ""
+    newest_arrival: float | None = None  # for server-added latency
+
+
+@dataclass
+class CallStats:
+    ticks: int = 0
+    frames_in: int = 0
+    frames_out: int = 0
+    estimates_made: int = 0
+    estimates_replaced: int = 0
+    late_chunks_dropped: int = 0
+    overruns: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+
+
+class CallSession:
+    def __init__(
+        self,
+        session_id: str,
+        audio: AudioFormat,
+        sampling: SamplingParams,
+        codec: SpeechCodec,
+        frames_per_chunk: int,
+        tick_s: float,
+    ) -> None:
+        self.id = session_id
+        self.audio = audio
+        self.sampling = sampling
+        self.state = State.JOINING
+        self.frame_samples = audio.sample_rate * audio.frame_ms // 1000
+        self.chunk_samples = round(audio.sample_rate * tick_s)
+        self._frame_bytes = self.frame_samples * bytes_per_sample(audio.encoding)
+        self.user_in = UserAudioInput(codec, audio.sample_rate, frames_per_chunk)
+        self.agent_out = AgentAudioOutput(codec, audio.sample_rate, audio.encoding)
+        self.outbox: asyncio.Queue[Outgoing] = asyncio.Queue()
+        self.stats = CallStats()
+        self.join_tick: int | None = None
+        self.last_chunk: int | None = None  # final agent chunk once `end` arrived
+        self.expected_sample = 0
+        self.last_seq = -1
+        self.last_activity = time.monotonic()
+        self.started_at = time.monotonic()
+        self.done = asyncio.Event()
+        self.queued_audio = 0  # audio frames in outbox, to detect a client not reading
+
+    # -- from the client --------------------------------------------------------------------
+
+    def on_frame(self, data: bytes) -> None:
+        if self.state not in (State.JOINING, State.LIVE):
+            raise ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, "audio after `end`")
+        frame = AudioFrame.unpack(data)
+        if frame.seq <= self.last_seq:
+            raise ProtocolError(
+                ErrorCode.SAMPLE_ORDER,
+                f"frame sequence {frame.seq} after {self.last_seq}: sequence numbers must grow",
+            )
+        if frame.first_sample < self.expected_sample:
+            raise ProtocolError(
+                ErrorCode.SAMPLE_ORDER,
+                f"frame starts at sample {frame.first_sample} but samples up to "
+                f"{self.expected_sample} were already received",
+            )
+        size = len(frame.payload)
+        if size != self._frame_bytes and not (frame.last and 0 < size < self._frame_bytes):
+            raise ProtocolError(
+                ErrorCode.BAD_FRAME_SIZE,
+                f"audio payload of {size} bytes; frames are {self._frame_bytes} bytes "
+                f"({self.frame_samples} samples of {self.audio.encoding}; only the last may "
+                "be shorter)",
+            )
+        pcm = decode_audio(frame.payload, self.audio.encoding)
+        gap = frame.first_sample - self.expected_sample
+        if gap:  # frames the client dropped: their samples are silence
+            pcm = np.concatenate([np.zeros(gap, dtype=np.float32), pcm])
+        now = time.monotonic()
+        self.user_in.push(pcm, now)
+        self.expected_sample = frame.first_sample + len(frame.payload) // bytes_per_sample(
+            self.audio.encoding
+        )
+        self.last_seq = frame.seq
+        self.last_activity = now
+        self.stats.frames_in += 1
+
+    def on_end(self, total_samples: int) -> None:
+        if self.state not in (State.JOINING, State.LIVE):
+            raise ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, "`end` sent twice")
+        if total_samples < self.expected_sample:
+            raise ProtocolError(
+                ErrorCode.INVALID_MESSAGE,
+                f"`end` says {total_samples} samples but {self.expected_sample} were sent",
+            )
+        if total_samples > self.expected_sample:
+            pad = total_samples - self.expected_sample
+            self.user_in.push(np.zeros(pad, dtype=np.float32), time.monotonic())
+            self.expected_sample = total_samples
+        self.user_in.end()
+        self.last_chunk = max(0, math.ceil(total_samples / self.chunk_samples) - 1)
+        self.state = State.ENDING
+        self.last_activity = time.monotonic()
+
+    # -- to the client ----------------------------------------------------------------------
+
+    def send_text(self, text: str) -> None:
+        self.outbox.put_nowait(Outgoing(text=text))
+
+    def send_audio(self, frame: bytes, newest_arrival: float | None) -> None:
+        self.queued_audio += 1
+        self.outbox.put_nowait(Outgoing(frame=frame, newest_arrival=newest_arrival))
+
+    def fail(self, code: ErrorCode, message: str, close_code: int) -> None:
+        """Queue an error message and the close; later audio is not sent."""
+        if self.state is State.CLOSED:
+            return
+        self.state = State.CLOSED
+        self.send_text(ErrorMessage(code=code, message=message).model_dump_json())
+        self.outbox.put_nowait(Outgoing(close_code=close_code, close_reason=code.value))
+        self.done.set()
+
+    def finish(self) -> None:
+        """Normal end: stats, then close 1000."""
+        if self.state is State.CLOSED:
+            return
+        self.state = State.CLOSED
+        self.send_text(self.stats_message().model_dump_json())
+        self.outbox.put_nowait(Outgoing(close_code=1000, close_reason="call complete"))
+        self.done.set()
+
+    def stats_message(self) -> StatsMessage:
+        lat = np.array(self.stats.latencies_ms)
+        pct = (lambda q: round(float(np.percentile(lat, q)), 3)) if len(lat) else (lambda q: None)
+        s = self.stats
+        missing = max(0, s.estimates_made - s.estimates_replaced)  # estimates kept for good
+        return StatsMessage(
+            session_id=self.id,
+            ticks=s.ticks,
+            frames_in=s.frames_in,
+            frames_out=s.frames_out,
+            samples_in=self.expected_sample,
+            estimates_made=s.estimates_made,
+            estimates_replaced=s.estimates_replaced,
+            late_samples_dropped=s.late_chunks_dropped * self.chunk_samples,
+            missing_chunks=missing,
+            overruns=s.overruns,
+            latency_ms_p50=pct(50),
+            latency_ms_p95=pct(95),
+            latency_ms_p99=pct(99),
+        )

@@ -1,0 +1,92 @@
+"""Every knob of the server: `DUPLEX_*` environment variables and `duplex serve` flags.
+
+One pydantic-settings model is the single source: the command line flags are generated from
+its fields (docs/configuration.md lists them), and invalid values are refused at start.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = Path("models/default")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DUPLEX_", extra="forbid")
+
+    host: str = Field(default="127.0.0.1", description="address to listen on")
+    port: int = Field(default=8000, ge=0, le=65535, description="TCP port (0 = any free)")
+    model: Path = Field(default=DEFAULT_MODEL, description="checkpoint directory")
+    device: str = Field(default="cpu", description="torch device: cpu, cuda, cuda:1, ...")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        default="float32", description="weights and KV cache dtype"
+    )
+    threads: int = Field(default=1, ge=0, description="torch CPU threads (0 = torch default)")
+    max_sessions: int = Field(default=8, ge=1, le=4096, description="concurrent calls")
+    latency_budget_ms: float = Field(
+        default=240.0, ge=0, le=2000, description="user audio may arrive this late"
+    )
+    lead_ms: float | None = Field(
+        default=None,
+        ge=1,
+        description="a tick's step starts this long before its deadline (default: measured)",
+    )
+    temperature: float = Field(default=0.8, ge=0, le=5, description="default sampling temperature")
+    top_k: int = Field(default=250, ge=0, description="default top-k (0 = off)")
+    seed: int | None = Field(default=None, ge=0, description="default seed (none = random)")
+    max_message_bytes: int = Field(
+        default=65536, ge=1024, description="largest WebSocket message accepted"
+    )
+    start_timeout_s: float = Field(default=10.0, gt=0, description="time to send `start`")
+    idle_timeout_s: float = Field(
+        default=30.0, gt=0, description="close a call whose client sends nothing this long"
+    )
+    max_call_s: float = Field(default=3600.0, gt=0, description="maximum call length")
+    ping_interval_s: float = Field(default=20.0, gt=0, description="WebSocket ping interval")
+    send_queue_s: float = Field(
+        default=2.0, gt=0, description="cut off a client that falls this far behind reading"
+    )
+    shutdown_grace_s: float = Field(
+        default=5.0, ge=0, description="on SIGTERM, open calls get this long to finish"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value != "cpu" and not value.startswith("cuda"):
+            raise ValueError(f"expected 'cpu' or 'cuda[:N]', got {value!r}")
+        return value
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    """One `--flag` per setting, defaulting to 'not given' so env vars still apply."""
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(
+            flag, dest=name, default=None, metavar=name.upper(), help=field.description
+        )
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Build settings from env vars overridden by the flags that were given."""
+    given: dict[str, Any] = {
+        name: getattr(args, name)
+        for name in Settings.model_fields
+        if getattr(args, name, None) is not None
+    }
+    return Settings(**given)
+
+
+def describe_error(exc: ValidationError) -> str:
+    """One readable line for the first invalid setting."""
+    first = exc.errors()[0]
+    name = ".".join(str(p) for p in first["loc"])
+    return f"invalid setting {name} (--{name.replace('_', '-')} / DUPLEX_{name.upper()}): " + str(
+        first["msg"]
+    )

@@ -1,0 +1,250 @@
+"""The global tick loop: one clock for every call, one batched engine step per tick.
+
+Tick g's step starts at deadline(g) - lead, runs on a worker thread (tokenize what arrived,
+engine step, vocode), and its agent chunk is due at deadline(g). A step that ends late is
+sent late and counted; a tick whose deadline passed before its step could start is skipped
+(the engine writes agent silence, so every timeline stays on the clock). The engine is only
+touched from the worker thread; sessions join and leave between steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from model.engine import Engine, StepRequest, StepResult
+from server.metrics import Metrics
+from server.protocol import AudioFrame, CloseCode, ErrorCode, ProtocolError, ReadyMessage
+from server.session import CallSession, State
+from streaming.agent_output import AgentAudio
+from streaming.clock import TickClock
+
+log = logging.getLogger("duplex.ticker")
+
+
+@dataclass
+class TickPlan:
+    """What one step does; built on the event loop, executed on the worker."""
+
+    tick: int
+    silent: bool
+    joins: list[CallSession] = field(default_factory=list)
+    leaves: list[str] = field(default_factory=list)
+    sessions: list[CallSession] = field(default_factory=list)
+
+
+@dataclass
+class TickOutput:
+    results: dict[str, StepResult]
+    audio: dict[str, AgentAudio]
+    newest_arrival: dict[str, float]
+    compute_s: float
+
+
+@dataclass
+class TickerConfig:
+    tick_s: float
+    lead_s: float
+    latency_budget_s: float
+    max_sessions: int
+    idle_timeout_s: float
+    max_call_s: float
+    max_backlog_frames: int
+
+
+class Ticker:
+    def __init__(self, engine: Engine, metrics: Metrics, config: TickerConfig) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self.config = config
+        self.clock = TickClock(config.tick_s)
+        self.sessions: dict[str, CallSession] = {}
+        self._in_engine: set[str] = set()
+        self._leaving: list[str] = []
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duplex-tick")
+        self.draining = False
+
+    # -- admission (event loop) ---------------------------------------------------------------
+
+    def admit(self, session: CallSession) -> None:
+        if self.draining:
+            raise ProtocolError(ErrorCode.SERVER_SHUTDOWN, "the server is shutting down")
+        if len(self.sessions) >= self.config.max_sessions:
+            self.metrics.sessions_rejected.labels("server_full").inc()
+            raise ProtocolError(
+                ErrorCode.SERVER_FULL,
+                f"all {self.config.max_sessions} call slots are busy; try again later",
+            )
+        self.sessions[session.id] = session
+        self.metrics.sessions_total.inc()
+        self.metrics.sessions_active.set(len(self.sessions))
+
+    def discard(self, session: CallSession) -> None:
+        """Forget a call (any state); its engine slot is freed at the next step."""
+        if self.sessions.pop(session.id, None) is None:
+            return
+        session.state = State.CLOSED
+        session.done.set()
+        if session.id in self._in_engine:
+            self._in_engine.discard(session.id)
+            self._leaving.append(session.id)
+        self.metrics.sessions_active.set(len(self.sessions))
+
+    @property
+    def free_slots(self) -> int:
+        return max(0, self.config.max_sessions - len(self.sessions))
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        tick = self.clock.next_tick() + 1
+        while True:
+            start = self.clock.deadline(tick) - self.config.lead_s
+            await asyncio.sleep(max(0.0, start - time.monotonic()))
+            silent = time.monotonic() >= self.clock.deadline(tick)
+            plan = self._plan(tick, silent)
+            if plan.sessions or plan.leaves:
+                try:
+                    out = await loop.run_in_executor(self._executor, self._work, plan)
+                except Exception:
+                    log.exception("tick %d failed; ending its calls", tick)
+                    self._fail_all(plan)
+                else:
+                    self._deliver(plan, out)
+            tick += 1
+
+    def _plan(self, tick: int, silent: bool) -> TickPlan:
+        plan = TickPlan(tick, silent, leaves=self._leaving)
+        self._leaving = []
+        if silent:
+            self.metrics.skipped.inc()
+        for s in self.sessions.values():
+            if s.state is State.CLOSED:
+                continue
+            if s.join_tick is None:
+                s.join_tick = tick
+                plan.joins.append(s)
+                self._in_engine.add(s.id)
+            if s.last_chunk is not None and tick - s.join_tick > s.last_chunk:
+                continue
+            plan.sessions.append(s)
+        return plan
+
+    def _work(self, plan: TickPlan) -> TickOutput:
+        """Worker thread: the only place the engine runs."""
+        for sid in plan.leaves:
+            self.engine.remove_session(sid)
+        for s in plan.joins:
+            self.engine.add_session(s.id, s.sampling)
+        t0 = time.perf_counter()
+        requests = []
+        newest: dict[str, float] = {}
+        for s in plan.sessions:
+            real = {c.index: [tuple(f) for f in c.units.tolist()] for c in s.user_in.drain()}
+            newest[s.id] = s.user_in.newest_arrival
+            requests.append(StepRequest(s.id, real, silent=plan.silent))
+        results = self.engine.step(requests)
+        audio = {
+            s.id: s.agent_out.render(np.asarray(results[s.id].frames, dtype=np.int64))
+            for s in plan.sessions
+        }
+        return TickOutput(results, audio, newest, time.perf_counter() - t0)
+
+    def _deliver(self, plan: TickPlan, out: TickOutput) -> None:
+        m, cfg = self.metrics, self.config
+        deadline = self.clock.deadline(plan.tick)
+        now = time.monotonic()
+        overrun = now > deadline
+        m.ticks.inc()
+        m.tick_seconds.observe(out.compute_s)
+        if overrun:
+            m.overruns.inc()
+        step_start = deadline - cfg.lead_s
+        for s in plan.sessions:
+            if s.state is State.CLOSED or s.id not in self.sessions:
+                continue
+            r, a = out.results[s.id], out.audio[s.id]
+            st = s.stats
+            st.ticks += 1
+            st.estimates_made += r.estimated
+            st.estimates_replaced += len(r.replaced)
+            st.late_chunks_dropped += len(r.dropped)
+            st.overruns += overrun
+            m.estimates.inc(r.estimated)
+            m.replaced.inc(len(r.replaced))
+            m.late_dropped.inc(len(r.dropped))
+            if r.replaced:
+                m.rollback_tokens.observe(r.rollback_tokens)
+            last = s.last_chunk is not None and r.chunk >= s.last_chunk
+            frame = AudioFrame(r.chunk, a.first_sample, a.payload, last=last).pack()
+            arrival = out.newest_arrival[s.id]
+            fresh = arrival if step_start - arrival < cfg.tick_s else None
+            if r.chunk == 0:
+                asyncio.get_running_loop().create_task(self._open(s, frame, deadline))
+            else:
+                s.send_audio(frame, fresh)
+            if last:
+                s.finish()
+            elif s.queued_audio > cfg.max_backlog_frames:
+                self._cut(s, ErrorCode.SLOW_CONSUMER, "the client is not reading its audio")
+            elif s.state is State.LIVE and now - s.last_activity > cfg.idle_timeout_s:
+                self._cut(s, ErrorCode.IDLE_TIMEOUT, f"no audio for {cfg.idle_timeout_s:g} s")
+            elif (plan.tick - (s.join_tick or 0)) * cfg.tick_s > cfg.max_call_s:
+                self._cut(s, ErrorCode.CALL_TOO_LONG, f"calls last at most {cfg.max_call_s:g} s")
+
+    async def _open(self, s: CallSession, frame: bytes, deadline: float) -> None:
+        """At the first tick boundary: `ready` (sample 0 of the call), then chunk 0."""
+        await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+        if s.state is State.CLOSED:
+            return
+        s.send_text(self.ready_message(s).model_dump_json())
+        s.send_audio(frame, None)
+        s.started_at = time.monotonic()
+        if s.state is State.JOINING:
+            s.state = State.LIVE
+
+    def ready_message(self, s: CallSession) -> ReadyMessage:
+        codec_rate = self.engine.config.codec_sample_rate
+        return ReadyMessage(
+            session_id=s.id,
+            tick_ms=self.config.tick_s * 1000,
+            chunk_samples=s.chunk_samples,
+            frame_samples=s.frame_samples,
+            sample_rate=s.audio.sample_rate,
+            encoding=s.audio.encoding,
+            codec_sample_rate=codec_rate,
+            lead_ms=round(self.config.lead_s * 1000, 3),
+            latency_budget_ms=self.config.latency_budget_s * 1000,
+            temperature=s.sampling.temperature,
+            top_k=s.sampling.top_k,
+            seed=s.sampling.seed,
+        )
+
+    def _cut(self, s: CallSession, code: ErrorCode, message: str) -> None:
+        self.metrics.errors.labels(code.value).inc()
+        s.fail(code, message, int(ProtocolError(code, message).close_code))
+
+    def _fail_all(self, plan: TickPlan) -> None:
+        for s in plan.sessions:
+            self._cut(s, ErrorCode.INTERNAL_ERROR, "internal error in the model step")
+            self.discard(s)
+
+    async def drain(self, grace_s: float) -> None:
+        """Refuse new calls, let open ones finish for `grace_s`, then close them with 1012."""
+        self.draining = True
+        end = time.monotonic() + grace_s
+        while self.sessions and time.monotonic() < end:
+            await asyncio.sleep(0.05)
+        for s in list(self.sessions.values()):
+            self.metrics.errors.labels(ErrorCode.SERVER_SHUTDOWN.value).inc()
+            s.fail(ErrorCode.SERVER_SHUTDOWN, "the server is shutting down",
+                   int(CloseCode.SERVICE_RESTART))
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,44 @@
+"""Run the app under uvicorn with a drain before uvicorn's own shutdown.
+
+On SIGTERM/SIGINT open calls get `shutdown_grace_s` to finish, then an `error` message
+`server_shutdown` and close 1012; new calls are refused the same way meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import uvicorn
+
+from server.app import create_app
+from server.runtime import Runtime
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, runtime: Runtime) -> None:
+        super().__init__(config)
+        self.runtime = runtime
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await self.runtime.ticker.drain(self.runtime.settings.shutdown_grace_s)
+        await asyncio.sleep(0.2)  # let the close frames leave
+        await super().shutdown(sockets)
+
+
+def serve(runtime: Runtime) -> int:
+    s = runtime.settings
+    config = uvicorn.Config(
+        create_app(runtime),
+        host=s.host,
+        port=s.port,
+        ws_max_size=s.max_message_bytes,
+        ws_ping_interval=s.ping_interval_s,
+        ws_ping_timeout=s.ping_interval_s,
+        log_level=s.log_level,
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+    )
+    server = DrainingServer(config, runtime)
+    server.run()
+    return 0

@@ -1,0 +1,292 @@
+"""Build the Codec2 unit codebook from synthetic English speech (espeak-ng, no downloads).
+
+Seeded end to end (text, voices, speeds, k-means), so the same arguments on the same machine
+give identical arrays.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pycodec2
+from scipy.signal import resample_poly
+from tqdm import tqdm
+
+from streaming.codec2_units import (
+    CODEC2_MODE,
+    FEATURE_NAMES,
+    FORMAT,
+    FRAME_SAMPLES,
+    SAMPLE_RATE,
+    Codec2UnitCodec,
+    codec2_words,
+    energy_index,
+    frame_features,
+    normalise_features,
+    pcm_to_int16,
+)
+
+VOICES = ("en-us", "en-gb", "en-us+f3", "en-gb-scotland", "en+m3", "en-gb-x-rp+f4")
+WPM_RANGE = (140, 190)
+PITCH_RANGE = (35, 65)
+SILENCE_MAX_ENERGY_INDEX = 0
+KMEANS_MAX_ITER = 40
+_ESPEAK_RATE = 22050
+_WAVE_PARAGRAPHS = 16
+
+_NAMES = (
+    "Anna", "Ben", "Carlos", "Diana", "Emma", "Frank", "Grace", "Hiro", "Isabel", "Jack",
+    "Kate", "Liam", "Maria", "Noah", "Olivia", "Priya", "Sam", "Tom", "Yusuf", "Zoe",
+)  # fmt: skip
+_PLACES = (
+    "the station", "the office", "the park", "the library", "the airport", "the market",
+    "the gym", "the cafe on Main Street", "my place", "the hospital", "the cinema", "school",
+)  # fmt: skip
+_DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday",
+         "tomorrow", "tonight", "this weekend", "next week", "this afternoon")  # fmt: skip
+_WEATHER = ("sunny", "cloudy", "rainy", "windy", "freezing", "really hot", "foggy", "mild")
+_FOODS = ("pizza", "pasta", "sushi", "a sandwich", "soup", "coffee", "tea", "a salad",
+          "pancakes", "curry", "some fruit", "chocolate cake")  # fmt: skip
+_ACTIVITIES = ("go for a walk", "watch a movie", "call my mother", "finish the report",
+               "clean the kitchen", "go shopping", "play football", "read a book",
+               "fix the bike", "visit my friends", "book the tickets", "cook dinner")  # fmt: skip
+_BACKCHANNELS = ("Yeah.", "Uh huh.", "Okay.", "Right.", "Sure.", "Mm hmm.", "Oh really?",
+                 "I see.", "Got it.", "No way!", "Exactly.", "Hmm, maybe.", "Well, okay.",
+                 "Oh, nice.", "Sounds good.", "Thanks a lot!", "You know what I mean?")  # fmt: skip
+_ONES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+         "eleven", "twelve")  # fmt: skip
+_TEMPLATES = (
+    "Hello {name}, how are you doing today?",
+    "Good {part}, {name}! It's nice to hear from you.",
+    "Hi, this is {name}. Do you have a minute?",
+    "It's {hour} {minute} right now.",
+    "The meeting starts at {hour} o'clock {day}.",
+    "Could you meet me at {place} at a quarter past {hour}?",
+    "I'll be there in about {num} minutes.",
+    "It's going to be {weather} {day}, so take a jacket.",
+    "The weather was {weather} all day yesterday.",
+    "What's the weather like where you are?",
+    "My phone number is {digits}.",
+    "That costs {num} dollars and {num2} cents.",
+    "There are {num} people waiting at {place}.",
+    "I was thinking we could {activity} {day}.",
+    "Do you want to {activity} with me {day}?",
+    "I have to {activity} before {hour} o'clock.",
+    "{name} said she would {activity} after work.",
+    "Have you eaten yet? I could really go for {food}.",
+    "For lunch I had {food} and {food2}.",
+    "Where did you put the keys? I can't find them anywhere.",
+    "Can you repeat that, please? The line is a bit noisy.",
+    "Sorry, I didn't catch your name.",
+    "Why don't we ask {name} and {name2} to join us?",
+    "How long does it take to get to {place}?",
+    "Turn left at the second light and keep going for {num} blocks.",
+    "Honestly, I think that's a great idea.",
+    "I'm not sure, let me check my calendar.",
+    "We should leave by {hour} {minute} at the latest.",
+    "Is it okay if I call you back in {num} minutes?",
+    "Well, um, I guess it depends on the traffic.",
+    "Did you hear what happened to {name} {day}?",
+    "Happy birthday, {name}! You're {age} years old today!",
+    "The train to the city leaves from platform {small}.",
+    "Please remind me to {activity} {day}.",
+)
+
+
+def _number_words(n: int) -> str:
+    """0-99 in words, so espeak's output does not depend on its number parser."""
+    tens = ("", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
+    teens = ("thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen")
+    if n <= 12:
+        return _ONES[n]
+    if n < 20:
+        return teens[n - 13]
+    return tens[n // 10] + ("" if n % 10 == 0 else "-" + _ONES[n % 10])
+
+
+def _sentence(rng: np.random.Generator) -> str:
+    if rng.random() < 0.15:
+        return str(rng.choice(_BACKCHANNELS))
+
+    def pick(options: tuple[str, ...]) -> str:
+        return str(options[int(rng.integers(len(options)))])
+
+    minute = int(rng.integers(0, 12)) * 5
+    slots = {
+        "name": pick(_NAMES), "name2": pick(_NAMES), "place": pick(_PLACES), "day": pick(_DAYS),
+        "weather": pick(_WEATHER), "food": pick(_FOODS), "food2": pick(_FOODS),
+        "activity": pick(_ACTIVITIES), "part": pick(("morning", "afternoon", "evening")),
+        "hour": _ONES[int(rng.integers(1, 13))],
+        "minute": "o'clock" if minute == 0 else _number_words(minute),
+        "num": _number_words(int(rng.integers(2, 100))),
+        "num2": _number_words(int(rng.integers(1, 100))),
+        "age": _number_words(int(rng.integers(5, 90))),
+        "small": _ONES[int(rng.integers(1, 13))],
+        "digits": ", ".join(" ".join(_ONES[int(d)] for d in rng.integers(0, 10, 3)) for _ in "ab"),
+    }  # fmt: skip
+    return pick(_TEMPLATES).format(**slots)
+
+
+def _paragraphs(rng: np.random.Generator) -> Iterator[tuple[str, str, int, int]]:
+    """Endless (text, voice, wpm, pitch) items: a few sentences by one speaker."""
+    while True:
+        text = " ".join(_sentence(rng) for _ in range(int(rng.integers(2, 7))))
+        voice = VOICES[int(rng.integers(len(VOICES)))]
+        yield (
+            text,
+            voice,
+            int(rng.integers(WPM_RANGE[0], WPM_RANGE[1] + 1)),
+            int(rng.integers(PITCH_RANGE[0], PITCH_RANGE[1] + 1)),
+        )
+
+
+def synthesize(text: str, voice: str = "en-us", wpm: int = 165, pitch: int = 50) -> np.ndarray:
+    """espeak-ng speech resampled to the codec's 8 kHz, float32 in [-1, 1]."""
+    cmd = ["espeak-ng", "-v", voice, "-s", str(wpm), "-p", str(pitch), "--stdout", text]
+    wav = subprocess.run(cmd, capture_output=True, check=True).stdout
+    # espeak streams a 44-byte RIFF header (sizes left unset) then 16-bit mono PCM.
+    if (
+        wav[:4] != b"RIFF"
+        or wav[36:40] != b"data"
+        or int.from_bytes(wav[24:28], "little") != _ESPEAK_RATE
+    ):
+        raise RuntimeError(f"unexpected espeak-ng output header: {wav[:44]!r}")
+    pcm = np.frombuffer(wav[44 : 44 + (len(wav) - 44) // 2 * 2], dtype="<i2").astype(np.float64)
+    return resample_poly(pcm / 32768.0, 160, 441).astype(np.float32)
+
+
+def _encode_paragraph(item: tuple[str, str, int, int]) -> np.ndarray:
+    pcm = pcm_to_int16(synthesize(*item))
+    pcm = np.concatenate([pcm, np.zeros(-pcm.size % FRAME_SAMPLES, dtype=np.int16)])
+    return codec2_words(pycodec2.Codec2(CODEC2_MODE), pcm)
+
+
+def _sq_dists(x: np.ndarray, c: np.ndarray) -> np.ndarray:
+    return (np.square(x).sum(1)[:, None] - 2.0 * x @ c.T + np.square(c).sum(1)[None, :]).clip(0)
+
+
+def _assign(x: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest row of ``c`` and its squared distance for every row of ``x`` (chunked so the
+    distance matrix stays ~32 MB)."""
+    chunk = max(1, 2**22 // len(c))
+    labels = np.empty(len(x), dtype=np.int64)
+    dist = np.empty(len(x))
+    for s in range(0, len(x), chunk):
+        d = _sq_dists(x[s : s + chunk], c)
+        labels[s : s + chunk] = d.argmin(1)
+        dist[s : s + chunk] = d[np.arange(len(d)), labels[s : s + chunk]]
+    return labels, dist
+
+
+def kmeans(x: np.ndarray, k: int, rng: np.random.Generator, progress: bool) -> np.ndarray:
+    """k-means++ seeding then Lloyd iterations; empty clusters are re-seeded with the
+    worst-fit points so all k units stay in use. Deterministic for a given rng."""
+    if len(x) < k:
+        raise ValueError(f"need at least {k} non-silent frames for {k} clusters, got {len(x)}")
+    centers = np.empty((k, x.shape[1]))
+    centers[0] = x[rng.integers(len(x))]
+    d2 = np.square(x - centers[0]).sum(1)
+    for j in range(1, k):
+        centers[j] = x[rng.choice(len(x), p=d2 / d2.sum())]
+        d2 = np.minimum(d2, np.square(x - centers[j]).sum(1))
+    labels = np.full(len(x), -1)
+    for _ in tqdm(range(KMEANS_MAX_ITER), desc="k-means", disable=not progress, leave=False):
+        new_labels, dist = _assign(x, centers)
+        counts = np.bincount(new_labels, minlength=k)
+        empty = np.flatnonzero(counts == 0)
+        if empty.size:
+            worst = np.argsort(-dist, kind="stable")[: empty.size]
+            new_labels[worst] = empty
+            counts = np.bincount(new_labels, minlength=k)
+        if np.array_equal(new_labels, labels):
+            break
+        labels = new_labels
+        for dim in range(x.shape[1]):
+            centers[:, dim] = np.bincount(labels, weights=x[:, dim], minlength=k) / counts
+    return centers
+
+
+def _run_lengths(units: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(
+        [np.diff(np.flatnonzero(np.diff(u, prepend=-1, append=-1))) for u in units]
+    )
+
+
+def build_codebook(
+    out: Path, n_units: int = 1024, minutes: float = 48.0, seed: int = 0, progress: bool = True
+) -> dict[str, Any]:
+    """Synthesize ~``minutes`` of speech, learn ``n_units`` units (unit 0 = silence) and save
+    the codebook to ``out`` (.npz). Returns build statistics."""
+    if n_units < 2 or minutes <= 0:
+        raise ValueError(f"need n_units >= 2 and minutes > 0, got {n_units} and {minutes}")
+    start = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    items = _paragraphs(rng)
+    target_frames = int(minutes * 60 * SAMPLE_RATE / FRAME_SAMPLES)
+    paragraphs: list[np.ndarray] = []
+    n_frames = 0
+    with (
+        ThreadPoolExecutor(max_workers=2) as pool,
+        tqdm(total=target_frames, desc="synthesis", unit="frame", disable=not progress) as bar,
+    ):
+        while n_frames < target_frames:
+            wave = [next(items) for _ in range(_WAVE_PARAGRAPHS)]
+            for words in pool.map(_encode_paragraph, wave):
+                if n_frames >= target_frames:
+                    break
+                paragraphs.append(words)
+                n_frames += words.size
+                bar.update(words.size)
+
+    words = np.concatenate(paragraphs)
+    silent = energy_index(words) <= SILENCE_MAX_ENERGY_INDEX
+    feats = frame_features(words[~silent])
+    mean, std = np.nanmean(feats, axis=0), np.nanstd(feats, axis=0)
+    std[std < 1e-6] = 1.0
+    mean, std = mean.astype(np.float32), std.astype(np.float32)  # as stored and used to encode
+    meta: dict[str, Any] = {
+        "format": FORMAT,
+        "codec2_mode": CODEC2_MODE,
+        "sample_rate": SAMPLE_RATE,
+        "frame_samples": FRAME_SAMPLES,
+        "n_units": n_units,
+        "features": list(FEATURE_NAMES),
+        "silence_max_energy_index": SILENCE_MAX_ENERGY_INDEX,
+        "build": {
+            "minutes": minutes,
+            "seed": seed,
+            "voices": list(VOICES),
+            "wpm": WPM_RANGE,
+            "pitch": PITCH_RANGE,
+        },
+    }
+    x = normalise_features(feats, mean, std)
+    centers = kmeans(x, n_units - 1, rng, progress).astype(np.float32)
+
+    # Medoid: the real frame nearest each centroid; silence decodes via the commonest silent frame.
+    medoids = _assign(centers.astype(np.float64), x)[0]
+    values, counts = np.unique(words[silent], return_counts=True)
+    silence_word = values[counts.argmax()] if values.size else np.uint32(0)
+    unit_words = np.concatenate([[silence_word], words[~silent][medoids]]).astype(np.uint32)
+    unit_bits = (unit_words[:, None] << 4).astype(">u4").view(np.uint8).reshape(n_units, 4)
+
+    codec = Codec2UnitCodec(centers, mean, std, unit_bits, meta)
+    units = [codec.units_from_words(w) for w in paragraphs]
+    runs = _run_lengths(units)
+    seconds_audio = n_frames * FRAME_SAMPLES / SAMPLE_RATE
+    stats: dict[str, Any] = {
+        "frames": int(n_frames),
+        "audio_seconds": round(seconds_audio, 2),
+        "silence_share": round(float(silent.mean()), 4),
+        "units_used": int(np.unique(np.concatenate(units)).size),
+        "mean_run_length": round(float(runs.mean()), 3),
+        "dedup_tokens_per_s": round(runs.size / seconds_audio, 2),
+    }
+    Codec2UnitCodec(centers, mean, std, unit_bits, {**meta, "stats": stats}).save(out)
+    return {**stats, "seconds": round(time.perf_counter() - start, 2), "path": str(out)}

@@ -1,0 +1,98 @@
+"""Speech codec interface: streaming PCM <-> discrete units.
+
+Every codec (the default Codec2-unit codec, or a future neural codec with several units per
+frame and another rate) implements these protocols, so the server and the model only ever see
+``[n_frames, units_per_frame]`` int64 unit arrays and float32 PCM in [-1, 1].
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+BUILTIN_PREFIX = "builtin:"
+ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+
+
+class StreamEncoder(Protocol):
+    """Per-session encoder state: PCM arrives in arbitrary chunks, units leave per frame."""
+
+    def encode(self, pcm: np.ndarray) -> np.ndarray:
+        """Buffer float32 mono PCM (codec rate, any length); return int64 units
+        ``[n_complete_frames, units_per_frame]`` for the frames completed by this chunk."""
+        ...
+
+    def flush(self) -> np.ndarray:
+        """Zero-pad a pending partial frame and return its units (``[0, units_per_frame]``
+        when nothing is pending)."""
+        ...
+
+
+class StreamDecoder(Protocol):
+    """Per-session decoder state (carried across calls so chunked == whole decoding)."""
+
+    def decode(self, units: np.ndarray) -> np.ndarray:
+        """Units int ``[n, units_per_frame]`` -> float32 PCM of exactly ``n * frame_samples``."""
+        ...
+
+
+class SpeechCodec(Protocol):
+    """Immutable, shareable codec description; sessions get their own encoder/decoder."""
+
+    name: str
+    sample_rate: int
+    frame_samples: int
+    units_per_frame: int
+    vocab_size: int
+    silence_unit: int
+
+    @property
+    def frame_ms(self) -> float:
+        """Frame duration in milliseconds (one model step)."""
+        ...
+
+    def new_encoder(self) -> StreamEncoder:
+        """Fresh per-session encoder state."""
+        ...
+
+    def new_decoder(self) -> StreamDecoder:
+        """Fresh per-session decoder state."""
+        ...
+
+
+def resolve_asset(ref: str, base_dir: Path) -> Path:
+    """Resolve ``builtin:NAME`` to the packaged asset ``NAME.npz``; other refs are paths,
+    relative ones taken from ``base_dir`` (the checkpoint directory)."""
+    if ref.startswith(BUILTIN_PREFIX):
+        name = ref[len(BUILTIN_PREFIX) :]
+        path = ASSETS_DIR / f"{name}.npz"
+        if not name or not path.is_file():
+            known = sorted(p.stem for p in ASSETS_DIR.glob("*.npz"))
+            raise ValueError(f"unknown builtin codebook {ref!r}; available: {known}")
+        return path
+    path = Path(ref).expanduser()
+    path = path if path.is_absolute() else Path(base_dir) / path
+    if not path.is_file():
+        raise ValueError(f"codebook file not found: {path} (from {ref!r})")
+    return path
+
+
+def load_codec(spec: dict[str, Any], base_dir: Path) -> SpeechCodec:
+    """Build a codec from a checkpoint's ``duplex.json`` "codec" entry, e.g.
+    ``{"type": "codec2-units", "codebook": "builtin:codec2_units_1024"}``."""
+    if not isinstance(spec, dict):
+        raise ValueError(f"codec spec must be a dict, got {type(spec).__name__}")
+    kind = spec.get("type")
+    if kind == "codec2-units":
+        from streaming.codec2_units import Codec2UnitCodec
+
+        ref = spec.get("codebook")
+        if not isinstance(ref, str) or not ref:
+            raise ValueError(
+                "codec2-units spec needs a 'codebook' string "
+                f"(e.g. 'builtin:codec2_units_1024'), got {ref!r}"
+            )
+        return Codec2UnitCodec.load(resolve_asset(ref, base_dir))
+    raise ValueError(f"unknown codec type {kind!r} in spec {spec!r}; known types: ['codec2-units']")
