@@ -77,10 +77,9 @@ class SlotKVCache:
         current = self.lengths[row]
         if not 0 <= length <= current:
             raise ValueError(f"cannot roll row {row} back to {length}: it holds {current}")
-        if current - length > self.capacity - self.window:
-            raise ValueError(
-                f"rollback depth {current - length} exceeds the reserve {self.capacity - self.window}"
-            )
+        reserve = self.capacity - self.window
+        if current - length > reserve:
+            raise ValueError(f"rollback depth {current - length} exceeds the reserve {reserve}")
         self.lengths[row] = length
 
     def plan_write(self, counts: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -124,7 +123,11 @@ class SlotKVCache:
         return mask[:, None], span
 
     def write(
-        self, layer: int, row_idx: torch.Tensor, ring_idx: torch.Tensor, k: torch.Tensor,
+        self,
+        layer: int,
+        row_idx: torch.Tensor,
+        ring_idx: torch.Tensor,
+        k: torch.Tensor,
         v: torch.Tensor,
     ) -> None:
         """Store the new tokens' keys/values ([N, kv_heads, head_dim]) of one layer."""

@@ -106,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--force", action="store_true")
     init.set_defaults(func=_model_init)
 
-    codec = sub.add_parser("codec", help="speech codec").add_subparsers(dest="action", required=True)
+    codec = sub.add_parser("codec", help="speech codec").add_subparsers(
+        dest="action", required=True
+    )
     build = codec.add_parser("build", help="build the unit codebook from espeak-ng speech")
     build.add_argument("--out", default="streaming/assets/codec2_units_1024.npz")
     build.add_argument("--units", type=int, default=1024)

@@ -184,9 +184,7 @@ class StatsMessage(_Message):
     latency_ms_p99: float | None
 
 
-ServerMessage = Annotated[
-    ReadyMessage | ErrorMessage | StatsMessage, Field(discriminator="type")
-]
+ServerMessage = Annotated[ReadyMessage | ErrorMessage | StatsMessage, Field(discriminator="type")]
 _SERVER_MESSAGE: TypeAdapter[ReadyMessage | ErrorMessage | StatsMessage] = TypeAdapter(
     ServerMessage
 )

@@ -52,8 +52,12 @@ class Runtime:
             )
         self.tick_s = self.config.chunk_ms / 1000
         self.metrics = Metrics()
-        warm_engine = Engine(self.config, llama, max_sessions=settings.max_sessions,
-                             max_rollback_chunks=self._rollback_chunks(0.0))
+        warm_engine = Engine(
+            self.config,
+            llama,
+            max_sessions=settings.max_sessions,
+            max_rollback_chunks=self._rollback_chunks(0.0),
+        )
         self.warmup_step_s = self._warm_up(warm_engine)
         if settings.lead_ms is not None:
             self.lead_s = settings.lead_ms / 1000
@@ -63,8 +67,12 @@ class Runtime:
             raise ValueError(
                 f"lead_ms {self.lead_s * 1000:g} must be below the tick ({self.tick_s * 1000:g} ms)"
             )
-        self.engine = Engine(self.config, llama, max_sessions=settings.max_sessions,
-                             max_rollback_chunks=self._rollback_chunks(self.lead_s))
+        self.engine = Engine(
+            self.config,
+            llama,
+            max_sessions=settings.max_sessions,
+            max_rollback_chunks=self._rollback_chunks(self.lead_s),
+        )
         del warm_engine
         self.ticker = Ticker(
             self.engine,
@@ -82,8 +90,12 @@ class Runtime:
         log.info(
             "model %s: tick %.0f ms, lead %.1f ms (warm-up step %.1f ms at %d sessions), "
             "latency budget %.0f ms",
-            settings.model, self.tick_s * 1000, self.lead_s * 1000, self.warmup_step_s * 1000,
-            settings.max_sessions, settings.latency_budget_ms,
+            settings.model,
+            self.tick_s * 1000,
+            self.lead_s * 1000,
+            self.warmup_step_s * 1000,
+            settings.max_sessions,
+            settings.latency_budget_ms,
         )
 
     def _rollback_chunks(self, lead_s: float) -> int:

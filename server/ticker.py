@@ -243,8 +243,11 @@ class Ticker:
             await asyncio.sleep(0.05)
         for s in list(self.sessions.values()):
             self.metrics.errors.labels(ErrorCode.SERVER_SHUTDOWN.value).inc()
-            s.fail(ErrorCode.SERVER_SHUTDOWN, "the server is shutting down",
-                   int(CloseCode.SERVICE_RESTART))
+            s.fail(
+                ErrorCode.SERVER_SHUTDOWN,
+                "the server is shutting down",
+                int(CloseCode.SERVICE_RESTART),
+            )
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

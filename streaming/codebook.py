@@ -288,5 +288,6 @@ def build_codebook(
         "mean_run_length": round(float(runs.mean()), 3),
         "dedup_tokens_per_s": round(runs.size / seconds_audio, 2),
     }
+    out.parent.mkdir(parents=True, exist_ok=True)
     Codec2UnitCodec(centers, mean, std, unit_bits, {**meta, "stats": stats}).save(out)
     return {**stats, "seconds": round(time.perf_counter() - start, 2), "path": str(out)}

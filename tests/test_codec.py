@@ -135,7 +135,7 @@ def test_table_scores_match_brute_force_nearest_centroid() -> None:
     assert (brute == units[sp]).mean() >= 0.99
 
 
-def _log_mel(x: np.ndarray) -> np.ndarray:
+def _log_bands(x: np.ndarray) -> np.ndarray:
     """24 linear bands of a 10 ms-hop power spectrogram, floored at -60 dBFS."""
     power = np.abs(stft(x, 8000, nperseg=256, noverlap=176)[2]) ** 2
     edges = np.linspace(0, power.shape[0], 25).astype(int)
@@ -147,15 +147,15 @@ def test_resynthesis_follows_the_original() -> None:
     x = synthesize("Good morning! The weather is lovely today, isn't it?", "en-gb-scotland", 160)
     enc = codec().new_encoder()
     y = codec().new_decoder().decode(np.concatenate([enc.encode(x), enc.flush()]))
-    a = _log_mel(x)
+    a = _log_bands(x)
     speaking = a.max(0) > np.log(1e-2)
     best = max(
         np.corrcoef(
-            a[:, speaking].ravel(), _log_mel(y[lag:])[:, : a.shape[1]][:, speaking].ravel()
+            a[:, speaking].ravel(), _log_bands(y[lag:])[:, : a.shape[1]][:, speaking].ravel()
         )[0, 1]
         for lag in range(0, 320, 40)
     )
-    b = _log_mel(y)[:, : a.shape[1]]
+    b = _log_bands(y)[:, : a.shape[1]]
     shuffled = b[:, np.random.default_rng(0).permutation(b.shape[1])]
     baseline = np.corrcoef(a[:, speaking].ravel(), shuffled[:, speaking].ravel())[0, 1]
     assert best > 0.6 and best > baseline + 0.3, (best, baseline)

@@ -1,0 +1,49 @@
+# Two commands: `make serve` and `make test` set everything up on a fresh machine.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+MODEL ?= models/default
+TORCH_VERSION := 2.13.0
+APT_PACKAGES := espeak-ng sox
+STAMP := $(VENV)/.installed
+
+.PHONY: serve test test-all lint setup apt clean
+
+serve: $(STAMP) $(MODEL)/duplex.json
+	$(VENV)/bin/duplex serve --model $(MODEL)
+
+test: apt $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+test-all: apt $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+setup: apt $(STAMP) $(MODEL)/duplex.json
+
+# torch first, pinned, so pip takes the local CPU build instead of a multi-GB CUDA one.
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==$(TORCH_VERSION)
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -c "import torch; v = torch.__version__; assert v.startswith('$(TORCH_VERSION)'), v; print('torch', v)"
+	touch $@
+
+$(MODEL)/duplex.json: | $(STAMP)
+	$(VENV)/bin/duplex model init --out $(MODEL)
+
+# Debian packages the tests need (espeak-ng synthesizes test speech), installed when missing.
+apt:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
+	fi
+
+clean:
+	rm -rf $(VENV) $(MODEL)

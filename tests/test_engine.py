@@ -1,0 +1,187 @@
+"""Decoder over slots, rollback, and the synchronous engine's bookkeeping."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.checkpoint import CheckpointError, load_checkpoint, read_config
+from model.decoder import SlotDecoder
+from model.engine import Engine, StepRequest
+from model.format import format_timeline, parse_timeline
+from model.sampling import SamplingParams
+
+
+@pytest.fixture(scope="module")
+def loaded(checkpoint: Path):  # type: ignore[no-untyped-def]
+    return load_checkpoint(checkpoint)
+
+
+def reference_logits(llama, tokens: list[int]) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    with torch.inference_mode():
+        return llama(torch.tensor([tokens])).logits[0, -1].float()
+
+
+def test_slot_decoder_matches_transformers_on_ragged_batches(loaded) -> None:  # type: ignore[no-untyped-def]
+    _, llama = loaded
+    dec = SlotDecoder(llama)
+    cache = dec.new_cache(max_slots=4, capacity=128, reserve=32)
+    gen = torch.Generator().manual_seed(0)
+    seqs = [torch.randint(0, 1024, (n,), generator=gen).tolist() for n in (40, 23, 7)]
+    for _ in seqs:
+        cache.allocate()
+    pos, last = [0, 0, 0], [None, None, None]
+    rnd = random.Random(0)
+    while any(p < len(s) for p, s in zip(pos, seqs, strict=True)):
+        rows = []
+        for i, s in enumerate(seqs):
+            n = min(rnd.randint(0, 5), len(s) - pos[i])
+            rows.append(s[pos[i] : pos[i] + n])
+            pos[i] += n
+        logits = dec.forward(cache, rows)
+        for i, r in enumerate(rows):
+            if r:
+                last[i] = logits[i]
+    for i, s in enumerate(seqs):
+        torch.testing.assert_close(last[i], reference_logits(llama, s), atol=1e-4, rtol=1e-4)
+
+
+def test_rollback_then_refeed_equals_fresh(loaded) -> None:  # type: ignore[no-untyped-def]
+    _, llama = loaded
+    dec = SlotDecoder(llama)
+    cache = dec.new_cache(max_slots=2, capacity=128, reserve=16)
+    cache.allocate()
+    seq = list(range(100, 130))
+    dec.forward(cache, [seq])
+    cache.rollback(0, 20)  # drop 10 tokens, feed different ones
+    other = list(range(500, 510))
+    logits = dec.forward(cache, [other])
+    torch.testing.assert_close(
+        logits[0], reference_logits(llama, seq[:20] + other), atol=1e-4, rtol=1e-4
+    )
+    with pytest.raises(ValueError, match="reserve"):
+        cache.rollback(0, 0)
+
+
+def test_ring_cache_runs_past_capacity_with_flat_span(loaded) -> None:  # type: ignore[no-untyped-def]
+    _, llama = loaded
+    dec = SlotDecoder(llama)
+    cache = dec.new_cache(max_slots=1, capacity=64, reserve=16)
+    cache.allocate()
+    for i in range(50):
+        logits = dec.forward(cache, [[i % 1000, (i * 7) % 1000]])
+        assert torch.isfinite(logits).all()
+    assert cache.lengths[0] == 100
+    qpos, _, _ = cache.plan_write([1])
+    mask, span = cache.attention_mask(qpos)
+    assert span == 64
+    assert int(mask.sum()) == cache.window  # exactly the window, never more
+
+
+def test_release_keeps_other_rows_intact(loaded) -> None:  # type: ignore[no-untyped-def]
+    _, llama = loaded
+    dec = SlotDecoder(llama)
+    cache = dec.new_cache(max_slots=3, capacity=128, reserve=32)
+    seqs = [list(range(10, 20)), list(range(30, 45)), list(range(60, 66))]
+    for _ in seqs:
+        cache.allocate()
+    dec.forward(cache, seqs)
+    assert cache.release(0) == 2  # the last row moves into row 0
+    logits = dec.forward(cache, [[7], [8]])
+    torch.testing.assert_close(
+        logits[0], reference_logits(llama, seqs[2] + [7]), atol=1e-4, rtol=1e-4
+    )
+    torch.testing.assert_close(
+        logits[1], reference_logits(llama, seqs[1] + [8]), atol=1e-4, rtol=1e-4
+    )
+
+
+def make_engine(loaded, sessions: int = 4, rollback: int = 3) -> Engine:  # type: ignore[no-untyped-def]
+    config, llama = loaded
+    return Engine(config, llama, max_sessions=sessions, max_rollback_chunks=rollback)
+
+
+def user_chunks(n: int, seed: int) -> list[list[tuple[int, ...]]]:
+    rnd = random.Random(seed)
+    return [[(rnd.randrange(1024),)] * 2 + [(rnd.randrange(1024),)] * 2 for _ in range(n)]
+
+
+def test_engine_estimates_then_replaces_and_cache_matches_timeline(loaded) -> None:  # type: ignore[no-untyped-def]
+    engine = make_engine(loaded)
+    _, llama = loaded
+    delays = {"a": 0, "b": 1, "c": 2}  # chunks of network delay
+    audio = {sid: user_chunks(30, i) for i, sid in enumerate(delays)}
+    for i, sid in enumerate(delays):
+        engine.add_session(sid, SamplingParams(seed=i))
+    replaced = dict.fromkeys(delays, 0)
+    for k in range(25):
+        reqs = []
+        for sid, d in delays.items():
+            j = k - 2 - d  # chunk k-2 completes just after step k-1 started
+            reqs.append(StepRequest(sid, {j: audio[sid][j]} if j >= 0 else {}))
+        results = engine.step(reqs)
+        for sid, r in results.items():
+            assert r.chunk == k
+            assert len(r.frames) == engine.frames_per_chunk
+            assert r.estimated == (k > 0)
+            replaced[sid] += len(r.replaced)
+    for sid, d in delays.items():
+        tl = engine.timeline(sid)
+        assert tl.tokens == format_timeline(engine.fmt, tl.agent, tl.user)
+        agent, _ = parse_timeline(engine.fmt, tl.tokens)
+        assert agent == tl.agent
+        assert replaced[sid] == 25 - 2 - d
+        assert all(tl.user_real[: 25 - 2 - d]) and not any(tl.user_real[25 - 2 - d :])
+        # the KV cache holds exactly the timeline: next-token logits match a fresh forward
+        row = engine.sessions[sid].row
+        rows = [[] for _ in range(engine.cache.live)]
+        pending = tl.tokens[tl.cached :] + [engine.fmt.s1]
+        rows[row] = pending
+        logits = engine.decoder.forward(engine.cache, rows)
+        torch.testing.assert_close(
+            logits[row], reference_logits(llama, tl.tokens + [engine.fmt.s1]), atol=1e-4, rtol=1e-4
+        )
+
+
+def test_engine_drops_audio_older_than_the_rollback_reserve(loaded) -> None:  # type: ignore[no-untyped-def]
+    engine = make_engine(loaded, rollback=2)
+    engine.add_session("s", SamplingParams(seed=0))
+    for _ in range(6):
+        engine.step([StepRequest("s")])
+    chunk = user_chunks(1, 0)[0]
+    r = engine.step([StepRequest("s", {1: chunk, 4: chunk})])
+    assert r["s"].dropped == [1]
+    assert r["s"].replaced == [4]
+
+
+def test_engine_is_deterministic_per_seed_and_silent_steps_hold(loaded) -> None:  # type: ignore[no-untyped-def]
+    outs = []
+    for _ in range(2):
+        engine = make_engine(loaded)
+        engine.add_session("s", SamplingParams(temperature=0.9, top_k=50, seed=42))
+        outs.append([engine.step([StepRequest("s")])["s"].frames for _ in range(8)])
+        silent = engine.step([StepRequest("s", silent=True)])["s"]
+        assert silent.frames == [outs[-1][-1][-1]] * engine.frames_per_chunk
+    assert outs[0] == outs[1]
+
+
+def test_greedy_sampling_respects_the_format(loaded) -> None:  # type: ignore[no-untyped-def]
+    engine = make_engine(loaded)
+    engine.add_session("g", SamplingParams(temperature=0.0, top_k=0, seed=0))
+    for _ in range(10):
+        engine.step([StepRequest("g")])
+    tl = engine.timeline("g")
+    assert tl.tokens == format_timeline(engine.fmt, tl.agent, tl.user)
+
+
+def test_bad_checkpoints_give_one_clear_error(tmp_path: Path, checkpoint: Path) -> None:
+    with pytest.raises(CheckpointError, match="duplex.json is missing"):
+        read_config(tmp_path)
+    (tmp_path / "duplex.json").write_text(
+        (checkpoint / "duplex.json").read_text().replace('"chunk_ms": 160.0', '"chunk_ms": 150.0')
+    )
+    with pytest.raises(CheckpointError, match="multiple of the codec's frame_ms"):
+        read_config(tmp_path)
