@@ -50,8 +50,8 @@ WireEncoding = Literal["pcm16", "mulaw"]
 DEFAULT_RATES: dict[str, int] = {"pcm16": 16000, "mulaw": 8000}
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
-# After `end`, the server only finishes the remaining ticks; this bounds a server that never does.
-FINISH_TIMEOUT_S = 30.0
+# After `end` the server only finishes the few remaining ticks; this bounds one that never does.
+FINISH_TIMEOUT_S = 10.0
 
 
 class InputError(Exception):

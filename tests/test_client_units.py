@@ -56,11 +56,13 @@ class FakeServer:
     url: str = ""
     received: list[AudioFrame] = field(default_factory=list)
     total_samples: int | None = None
+    authorization: str | None = None
 
     async def handler(self, ws: ServerConnection) -> None:
         start = parse_client_message(str(await ws.recv()))
-        assert start.type == "start"
-        if ws.request is not None and ws.request.path == "/full":
+        assert start.type == "start" and ws.request is not None
+        self.authorization = ws.request.headers.get("Authorization")
+        if ws.request.path == "/full":
             err = ErrorMessage(code=ErrorCode.SERVER_FULL, message="no free slot, retry later")
             await ws.send(err.model_dump_json())
             await ws.close(1013)
@@ -233,6 +235,19 @@ def test_cli_writes_time_aligned_output_at_input_rate(
     assert rate == in_rate and out.shape == (in_rate // 2,)
     assert abs(out[in_rate // 10] - 1 / 64) < 2e-3  # 100 ms falls in agent chunk 0
     assert abs(out[in_rate // 4] - 2 / 64) < 2e-3  # 250 ms falls in agent chunk 1
+
+
+def test_cli_prints_a_human_summary_and_sends_the_api_key(
+    fake_server: FakeServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "in.wav"
+    sf.write(src, np.zeros(1600), 16000)
+    assert main(["--url", fake_server.url, "--input", str(src), "--api-key", "k3y"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("duplex call: session fake: ")
+    assert "p99 50.0" in captured.err
+    assert fake_server.authorization == "Bearer k3y"
 
 
 def test_cli_server_error_exits_1_with_one_line(
