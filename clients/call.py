@@ -122,7 +122,9 @@ def send_schedule(
     jitter_s: float = 0.0,
     rng: random.Random | None = None,
 ) -> list[float]:
-    """Absolute send deadlines: frame n at t_start + n*frame + delay + U[0, jitter], in order.
+    """Absolute send deadlines: frame n at t_start + (n+1)*frame + delay + U[0, jitter].
+
+    Frame n can leave only once its last sample was spoken, as from a live microphone.
 
     Deadlines are absolute so sleep errors never accumulate; a jittered frame that would
     overtake its predecessor waits for it instead (TCP would never reorder it either).
@@ -130,7 +132,12 @@ def send_schedule(
     rng = rng or random.Random()
     due: list[float] = []
     for n in range(n_frames):
-        t = t_start + n * frame_s + delay_s + (rng.uniform(0.0, jitter_s) if jitter_s else 0.0)
+        t = (
+            t_start
+            + (n + 1) * frame_s
+            + delay_s
+            + (rng.uniform(0.0, jitter_s) if jitter_s else 0.0)
+        )
         due.append(max(t, due[-1]) if due else t)
     return due
 
@@ -180,7 +187,11 @@ async def run_call(
         fs = c.frame_samples
         n_frames = -(-len(wire) // fs)
         due = send_schedule(
-            n_frames, fs / rate, t_start, delay_ms / 1e3, jitter_ms / 1e3,
+            n_frames,
+            fs / rate,
+            t_start,
+            delay_ms / 1e3,
+            jitter_ms / 1e3,
             random.Random(jitter_seed),
         )
 
@@ -243,22 +254,37 @@ async def _run_both(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `duplex call` (the `duplex` CLI mounts them on its subcommand)."""
     parser.add_argument("--url", default=DEFAULT_URL, help="server endpoint (%(default)s)")
-    parser.add_argument("--input", required=True, metavar="PATH",
-                        help="audio file to play (any rate/channels; downmixed to mono)")
-    parser.add_argument("--output", metavar="PATH",
-                        help="write the agent's audio here, time-aligned with the input and "
-                             "at its sample rate")
-    parser.add_argument("--encoding", choices=sorted(SUPPORTED_RATES), default="pcm16",
-                        help="wire encoding (mulaw implies 8000 Hz)")
+    parser.add_argument(
+        "--input",
+        required=True,
+        metavar="PATH",
+        help="audio file to play (any rate/channels; downmixed to mono)",
+    )
+    parser.add_argument(
+        "--output",
+        metavar="PATH",
+        help="write the agent's audio here, time-aligned with the input and at its sample rate",
+    )
+    parser.add_argument(
+        "--encoding",
+        choices=sorted(SUPPORTED_RATES),
+        default="pcm16",
+        help="wire encoding (mulaw implies 8000 Hz)",
+    )
     parser.add_argument("--rate", type=int, help="wire sample rate (16000 for pcm16)")
     parser.add_argument("--frame-ms", type=int, default=20, help="client frame length (20)")
     parser.add_argument("--temperature", type=float, help="sampling temperature override")
     parser.add_argument("--top-k", type=int, help="sampling top-k override")
     parser.add_argument("--seed", type=int, help="sampling seed override")
-    parser.add_argument("--delay-ms", type=float, default=0.0,
-                        help="simulated one-way uplink delay")
-    parser.add_argument("--jitter-ms", type=float, default=0.0,
-                        help="extra uniform uplink delay in [0, JITTER] per frame, in order")
+    parser.add_argument(
+        "--delay-ms", type=float, default=0.0, help="simulated one-way uplink delay"
+    )
+    parser.add_argument(
+        "--jitter-ms",
+        type=float,
+        default=0.0,
+        help="extra uniform uplink delay in [0, JITTER] per frame, in order",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
     parser.add_argument("--api-key", help="sent as 'Authorization: Bearer KEY'")
 
@@ -300,9 +326,16 @@ def run(args: argparse.Namespace) -> int:
         headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else None
         result = asyncio.run(
             run_call(
-                args.url, pcm, in_rate, encoding=args.encoding, wire_rate=rate,
-                frame_ms=args.frame_ms, sampling=sampling, delay_ms=args.delay_ms,
-                jitter_ms=args.jitter_ms, headers=headers,
+                args.url,
+                pcm,
+                in_rate,
+                encoding=args.encoding,
+                wire_rate=rate,
+                frame_ms=args.frame_ms,
+                sampling=sampling,
+                delay_ms=args.delay_ms,
+                jitter_ms=args.jitter_ms,
+                headers=headers,
             )
         )
         if args.output:

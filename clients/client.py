@@ -116,8 +116,7 @@ class DuplexClient:
             body = (exc.response.body or b"").decode(errors="replace").strip()
             raise DuplexError(
                 CONNECT_FAILED,
-                f"{url} refused the WebSocket upgrade: HTTP {exc.response.status_code} {body}"
-                .rstrip(),
+                f"{url} refused the WebSocket upgrade: HTTP {exc.response.status_code} {body}".rstrip(),
             ) from exc
         except (OSError, TimeoutError, InvalidURI, WebSocketException) as exc:
             raise DuplexError(CONNECT_FAILED, f"cannot connect to {url}: {exc}") from exc
@@ -224,7 +223,7 @@ async def _parse_text(ws: ClientConnection, text: str) -> ReadyMessage | StatsMe
         code, message = loose
         raise DuplexError(code, message, await _close_code_after_error(ws, None)) from exc
     if isinstance(msg, ErrorMessage):
-        raise DuplexError(msg.code.value, msg.message, await _close_code_after_error(ws, msg.code))
+        raise DuplexError(str(msg.code), msg.message, await _close_code_after_error(ws, msg.code))
     return msg
 
 
@@ -238,13 +237,14 @@ def _loose_error(text: str) -> tuple[str, str] | None:
     return None
 
 
-async def _close_code_after_error(ws: ClientConnection, code: ErrorCode | None) -> int | None:
+async def _close_code_after_error(ws: ClientConnection, code: ErrorCode | str | None) -> int | None:
     """The server closes right after an `error`; wait briefly for the real close code."""
     with suppress(TimeoutError):
         await asyncio.wait_for(ws.wait_closed(), _CLOSE_WAIT_S)
     if ws.close_code is not None:
         return ws.close_code
-    return int(CLOSE_CODES[code]) if code is not None else None
+    known = CLOSE_CODES.get(ErrorCode(code)) if code in ErrorCode._value2member_map_ else None
+    return int(known) if known is not None else None
 
 
 def _closed_error(ws: ClientConnection, when: str) -> DuplexError:

@@ -140,7 +140,13 @@ ClientMessage = Annotated[StartMessage | EndMessage, Field(discriminator="type")
 _CLIENT_MESSAGE: TypeAdapter[StartMessage | EndMessage] = TypeAdapter(ClientMessage)
 
 
-class ReadyMessage(_Message):
+class _ServerMessage(BaseModel):
+    """Server messages: clients ignore fields they do not know (forward compatible)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class ReadyMessage(_ServerMessage):
     """Sent at a tick boundary: that instant is sample 0 of the session in both directions."""
 
     type: Literal["ready"] = "ready"
@@ -159,13 +165,13 @@ class ReadyMessage(_Message):
     seed: int
 
 
-class ErrorMessage(_Message):
+class ErrorMessage(_ServerMessage):
     type: Literal["error"] = "error"
-    code: ErrorCode
+    code: ErrorCode | str  # a client may meet codes newer than it knows
     message: str
 
 
-class StatsMessage(_Message):
+class StatsMessage(_ServerMessage):
     """Per-session figures sent before a normal close."""
 
     type: Literal["stats"] = "stats"

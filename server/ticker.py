@@ -132,6 +132,7 @@ class Ticker:
                 plan.joins.append(s)
                 self._in_engine.add(s.id)
             if s.last_chunk is not None and tick - s.join_tick > s.last_chunk:
+                s.finish()  # `end` came after the last chunk was made: nothing more to send
                 continue
             plan.sessions.append(s)
         return plan

@@ -152,11 +152,11 @@ def test_fit_length_pads_and_truncates() -> None:
 
 def test_send_schedule_is_absolute_delayed_and_never_reorders() -> None:
     due = send_schedule(50, 0.02, 100.0, delay_s=0.1)
-    assert due == pytest.approx([100.1 + n * 0.02 for n in range(50)])
+    assert due == pytest.approx([100.1 + (n + 1) * 0.02 for n in range(50)])
     jittered = send_schedule(500, 0.02, 0.0, 0.05, 0.2, random.Random(3))
     assert all(b >= a for a, b in zip(jittered, jittered[1:], strict=False))
     for n, t in enumerate(jittered):
-        assert n * 0.02 + 0.05 <= t <= n * 0.02 + 0.25 + 1e-9
+        assert (n + 1) * 0.02 + 0.05 <= t <= (n + 1) * 0.02 + 0.25 + 1e-9
 
 
 def test_load_input_downmixes_stereo_44k(tmp_path: Path) -> None:
