@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -26,6 +27,7 @@ from server.protocol import (
 )
 from server.runtime import Runtime
 from server.session import CallSession
+from server.settings import Settings
 
 log = logging.getLogger("duplex.app")
 
@@ -76,6 +78,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         session: CallSession | None = None
         sender: asyncio.Task[None] | None = None
         try:
+            _check_access(ws, runtime.settings)
             start = await _receive_start(ws, runtime.settings.start_timeout_s)
             session = runtime.open_session(start)
             sender = asyncio.create_task(_send_loop(ws, session, runtime))
@@ -104,6 +107,24 @@ def create_app(runtime: Runtime) -> FastAPI:
                 sender.cancel()
 
     return app
+
+
+def _check_access(ws: WebSocket, settings: Settings) -> None:
+    """API key and Origin checks (both off unless configured)."""
+    origin = ws.headers.get("origin")
+    if settings.allowed_origins and origin is not None and origin not in settings.allowed_origins:
+        raise ProtocolError(ErrorCode.FORBIDDEN_ORIGIN, f"origin {origin!r} is not allowed")
+    if not settings.api_keys:
+        return
+    auth = ws.headers.get("authorization", "")
+    key = auth[7:].strip() if auth.lower().startswith("bearer ") else ws.query_params.get("token")
+    if not key:
+        raise ProtocolError(
+            ErrorCode.UNAUTHORIZED,
+            "an API key is required: `Authorization: Bearer KEY` header or `?token=KEY`",
+        )
+    if not any(hmac.compare_digest(key, k) for k in settings.api_keys):
+        raise ProtocolError(ErrorCode.UNAUTHORIZED, "the API key is not valid")
 
 
 async def _receive(ws: WebSocket) -> str | bytes:

@@ -47,6 +47,8 @@ class ErrorCode(StrEnum):
     BAD_FRAME = "bad_frame"
     BAD_FRAME_SIZE = "bad_frame_size"
     SAMPLE_ORDER = "sample_order"
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN_ORIGIN = "forbidden_origin"
     START_TIMEOUT = "start_timeout"
     IDLE_TIMEOUT = "idle_timeout"
     CALL_TOO_LONG = "call_too_long"
@@ -79,6 +81,8 @@ CLOSE_CODES: dict[ErrorCode, CloseCode] = {
     ErrorCode.BAD_FRAME: CloseCode.INVALID_PAYLOAD,
     ErrorCode.BAD_FRAME_SIZE: CloseCode.INVALID_PAYLOAD,
     ErrorCode.SAMPLE_ORDER: CloseCode.INVALID_PAYLOAD,
+    ErrorCode.UNAUTHORIZED: CloseCode.POLICY_VIOLATION,
+    ErrorCode.FORBIDDEN_ORIGIN: CloseCode.POLICY_VIOLATION,
     ErrorCode.START_TIMEOUT: CloseCode.POLICY_VIOLATION,
     ErrorCode.IDLE_TIMEOUT: CloseCode.POLICY_VIOLATION,
     ErrorCode.CALL_TOO_LONG: CloseCode.POLICY_VIOLATION,

@@ -87,6 +87,10 @@ class Runtime:
                 max_backlog_frames=max(2, math.ceil(settings.send_queue_s / self.tick_s)),
             ),
         )
+        if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_keys:
+            log.warning(
+                "listening on %s with no API keys: anyone who can reach it can call", settings.host
+            )
         log.info(
             "model %s: tick %.0f ms, lead %.1f ms (warm-up step %.1f ms at %d sessions), "
             "latency budget %.0f ms",

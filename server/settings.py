@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL = Path("models/default")
 
@@ -54,7 +54,23 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(
         default=5.0, ge=0, description="on SIGTERM, open calls get this long to finish"
     )
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="accepted API keys, comma-separated (none = no auth); clients send "
+        "`Authorization: Bearer KEY` or `?token=KEY`",
+    )
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="browser Origins allowed to connect, comma-separated (none = any)",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info")
+
+    @field_validator("api_keys", "allowed_origins", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
 
     @field_validator("device")
     @classmethod

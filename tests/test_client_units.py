@@ -70,10 +70,18 @@ class FakeServer:
         audio = start.audio
         chunk = audio.sample_rate * CHUNK_MS // 1000
         ready = ReadyMessage(
-            session_id="fake", tick_ms=CHUNK_MS, chunk_samples=chunk,
+            session_id="fake",
+            tick_ms=CHUNK_MS,
+            chunk_samples=chunk,
             frame_samples=audio.sample_rate * audio.frame_ms // 1000,
-            sample_rate=audio.sample_rate, encoding=audio.encoding, codec_sample_rate=8000,
-            lead_ms=50.0, latency_budget_ms=240.0, temperature=0.8, top_k=50, seed=1,
+            sample_rate=audio.sample_rate,
+            encoding=audio.encoding,
+            codec_sample_rate=8000,
+            lead_ms=50.0,
+            latency_budget_ms=240.0,
+            temperature=0.8,
+            top_k=50,
+            seed=1,
         )
         await ws.send(ready.model_dump_json())
         async for data in ws:
@@ -91,10 +99,19 @@ class FakeServer:
             frame = AudioFrame(n_chunks - 1 - k, k * chunk, encode_audio(pcm, audio.encoding))
             await ws.send(frame.pack())
         stats = StatsMessage(
-            session_id="fake", ticks=n_chunks, frames_in=len(self.received),
-            frames_out=n_chunks, samples_in=self.total_samples, estimates_made=3,
-            estimates_replaced=2, late_samples_dropped=0, missing_chunks=0, overruns=0,
-            latency_ms_p50=40.0, latency_ms_p95=45.0, latency_ms_p99=50.0,
+            session_id="fake",
+            ticks=n_chunks,
+            frames_in=len(self.received),
+            frames_out=n_chunks,
+            samples_in=self.total_samples,
+            estimates_made=3,
+            estimates_replaced=2,
+            late_samples_dropped=0,
+            missing_chunks=0,
+            overruns=0,
+            latency_ms_p50=40.0,
+            latency_ms_p95=45.0,
+            latency_ms_p99=50.0,
         )
         await ws.send(stats.model_dump_json())
         await ws.close(1000)
@@ -258,8 +275,9 @@ def test_cli_server_error_exits_1_with_one_line(
     url = fake_server.url.replace("/v1/duplex", "/full")
     assert main(["--url", url, "--input", str(src)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["duplex call: error: server error server_full: no free slot, retry later "
-                   "(close 1013)"]
+    assert err == [
+        "duplex call: error: server error server_full: no free slot, retry later (close 1013)"
+    ]
 
 
 # --- command-line errors -----------------------------------------------------------------

@@ -1,0 +1,552 @@
+"""End-to-end calls through a real `duplex serve` process (decisions.md sections 1, 2, 6, 8).
+
+Every call runs in real time, so the audio is kept short (about 1-2 s). The shared `server`
+fixture serves most tests; shutdown and admission tests start servers of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+from scipy import signal as sps
+
+from clients.call import CallResult, place_frames, run_call
+from clients.client import DuplexClient, DuplexError, ReceivedFrame
+from server.protocol import AudioFormat, StatsMessage
+from streaming.resample import resample_whole
+from tests.conftest import ServerProcess, read_wav, speak, start_server, stop_server
+
+TICK_S = 0.16
+DUPLEX = Path(sys.executable).parent / "duplex"
+
+# Known server bug (see test_call_finishes_when_end_arrives_after_the_last_chunk): when the
+# client's `end` arrives after the server already sent the agent chunk that covers the last
+# user sample, the ticker skips the call at every later tick and never sends `stats` / closes,
+# so a real-time call hangs (how often depends on the audio length and the lead). While this
+# is True, a call that does not finish in time makes its test xfail instead of hanging for
+# 30 s; set it to False once the ticker is fixed, so that a hang fails again.
+END_HANG_BUG = True
+END_HANG_REASON = (
+    "server bug: a call whose `end` arrives after its last agent chunk was sent never "
+    "finishes (ticker._plan skips it forever; no stats, no close)"
+)
+
+
+class _CallHung(Exception):
+    """A call did not finish within its audio length plus a margin."""
+
+
+def _hung() -> None:
+    if END_HANG_BUG:
+        pytest.xfail(END_HANG_REASON)
+    pytest.fail("the call did not finish: no `stats` / close after `end`")
+
+
+async def call(
+    url: str, pcm: np.ndarray, rate: int, *, margin_s: float = 4.0, **kwargs: Any
+) -> CallResult:
+    """`run_call` bounded by the audio length plus a margin (raises _CallHung past it)."""
+    delay_s = float(kwargs.get("delay_ms", 0.0)) / 1000
+    limit = len(pcm) / rate + delay_s + margin_s
+    try:
+        return await asyncio.wait_for(run_call(url, pcm, rate, **kwargs), limit)
+    except TimeoutError as exc:
+        raise _CallHung from exc
+
+
+def call_sync(url: str, pcm: np.ndarray, rate: int, **kwargs: Any) -> CallResult:
+    try:
+        return asyncio.run(call(url, pcm, rate, **kwargs))
+    except _CallHung:
+        _hung()
+        raise  # unreachable: _hung raises
+
+
+def healthz(server: ServerProcess) -> dict[str, Any]:
+    r = httpx.get(f"{server.http}/healthz", timeout=5)
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def metrics(server: ServerProcess) -> dict[str, float]:
+    """Prometheus text as {sample name with labels: value}."""
+    r = httpx.get(f"{server.http}/metrics", timeout=5)
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/plain")
+    out: dict[str, float] = {}
+    for line in r.text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+
+
+def wire_length(n: int, in_rate: int, wire_rate: int) -> int:
+    return len(resample_whole(np.zeros(n, dtype=np.float32), in_rate, wire_rate))
+
+
+def check_stats(stats: StatsMessage, result: CallResult | None = None) -> None:
+    """Internal consistency of a `stats` message (and of the call that produced it)."""
+    assert stats.ticks > 0
+    assert stats.frames_out == stats.ticks
+    assert stats.estimates_made >= 0 and stats.estimates_replaced >= 0
+    assert stats.missing_chunks == max(0, stats.estimates_made - stats.estimates_replaced)
+    assert stats.latency_ms_p50 is not None and stats.latency_ms_p99 is not None
+    assert 0 <= stats.latency_ms_p50 <= stats.latency_ms_p99
+    assert stats.latency_ms_p95 is not None
+    assert stats.latency_ms_p50 <= stats.latency_ms_p95 <= stats.latency_ms_p99
+    if result is not None:
+        assert stats.frames_in == result.frames_sent
+        assert stats.samples_in == result.samples_sent
+        assert result.frames_received == stats.ticks
+        duration = result.samples_sent / result.ready.sample_rate
+        assert abs(stats.ticks - math.ceil(duration / TICK_S)) <= 1
+
+
+# -- audio --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Voice:
+    pcm: np.ndarray  # float32 mono
+    rate: int
+    path: Path
+
+    def seconds(self, s: float) -> np.ndarray:
+        return self.pcm[: int(s * self.rate)]
+
+
+@pytest.fixture(scope="module")
+def voice(tmp_path_factory: pytest.TempPathFactory) -> Voice:
+    """About 1.5-2 s of espeak-ng speech (22.05 kHz mono)."""
+    path = speak("Hello there, what time is it?", tmp_path_factory.mktemp("voice") / "v.wav")
+    pcm, rate = read_wav(path)
+    assert 1.0 < len(pcm) / rate < 3.0
+    return Voice(pcm.astype(np.float32), rate, path)
+
+
+def _cli(server: ServerProcess, inp: Path, out: Path, *extra: str, duration_s: float) -> Any:
+    cmd = [str(DUPLEX), "call", "--url", server.url, "--input", str(inp), "--output", str(out),
+           "--json", *extra]  # fmt: skip
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration_s + 10)
+    except subprocess.TimeoutExpired:
+        _hung()
+        raise
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+SUMMARY_KEYS = {
+    "session_id", "frames_sent", "frames_received", "ticks", "latency_ms_p50", "latency_ms_p95",
+    "latency_ms_p99", "estimates_made", "estimates_replaced", "late_samples_dropped",
+    "missing_chunks", "overruns", "output_samples", "duration_s",
+}  # fmt: skip
+
+
+# -- `duplex call` -------------------------------------------------------------------------------
+
+
+def test_cli_call_writes_aligned_output_and_summary(
+    server: ServerProcess, voice: Voice, tmp_path: Path
+) -> None:
+    out = tmp_path / "agent.wav"
+    duration = len(voice.pcm) / voice.rate
+    summary = _cli(server, voice.path, out, duration_s=duration)
+
+    info = sf.info(str(out))
+    assert info.samplerate == voice.rate
+    assert info.frames == len(voice.pcm)
+    agent, _ = read_wav(out)
+    assert rms(agent) > 1e-3, "the random model babbles: its audio is not silence"
+    assert np.isfinite(agent).all() and np.abs(agent).max() <= 1.0
+
+    assert set(summary) >= SUMMARY_KEYS
+    n_wire = wire_length(len(voice.pcm), voice.rate, 16000)
+    assert summary["output_samples"] == n_wire
+    assert summary["frames_sent"] == math.ceil(n_wire / 320)  # 20 ms frames at 16 kHz
+    assert abs(summary["ticks"] - math.ceil(duration / TICK_S)) <= 1
+    assert summary["frames_received"] == summary["ticks"]
+    assert 0 <= summary["latency_ms_p50"] <= summary["latency_ms_p95"] <= summary["latency_ms_p99"]
+    assert summary["estimates_made"] > 0  # the newest user chunk is always an estimate
+    assert summary["missing_chunks"] == summary["estimates_made"] - summary["estimates_replaced"]
+    assert summary["late_samples_dropped"] == 0
+    assert summary["duration_s"] >= duration - 0.05
+    assert len(summary["session_id"]) >= 8
+
+
+@pytest.mark.parametrize(("rate", "channels"), [(44100, 2), (48000, 1)])
+def test_cli_call_other_input_formats(
+    server: ServerProcess, voice: Voice, tmp_path: Path, rate: int, channels: int
+) -> None:
+    pcm = voice.seconds(1.3)
+    g = math.gcd(rate, voice.rate)
+    x = sps.resample_poly(pcm, rate // g, voice.rate // g).astype(np.float32)
+    data = np.stack([x, 0.5 * x], axis=1) if channels == 2 else x
+    inp = tmp_path / f"in_{rate}_{channels}.wav"
+    sf.write(str(inp), data, rate)
+    out = tmp_path / "agent.wav"
+
+    summary = _cli(server, inp, out, duration_s=len(x) / rate)
+
+    info = sf.info(str(out))
+    assert (info.samplerate, info.frames) == (rate, len(x))
+    agent, _ = read_wav(out)
+    assert rms(agent) > 1e-3
+    assert summary["output_samples"] == wire_length(len(x), rate, 16000)
+
+
+# -- wire formats ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("encoding", "rate"),
+    [("mulaw", 8000), ("pcm16", 8000), ("pcm16", 16000), ("pcm16", 24000), ("pcm16", 48000)],
+)
+def test_wire_formats(server: ServerProcess, voice: Voice, encoding: str, rate: int) -> None:
+    pcm = voice.seconds(1.2)
+    result = call_sync(server.url, pcm, voice.rate, encoding=encoding, wire_rate=rate)
+
+    ready = result.ready
+    assert (ready.encoding, ready.sample_rate) == (encoding, rate)
+    assert ready.chunk_samples == round(rate * TICK_S)
+    assert ready.frame_samples == rate * 20 // 1000
+    assert ready.codec_sample_rate == 8000
+    n_wire = wire_length(len(pcm), voice.rate, rate)
+    assert result.samples_sent == n_wire
+    assert len(result.output) == n_wire
+    assert rms(result.output) > 1e-3
+    for f in sorted(result.frames, key=lambda f: f.seq)[1:]:
+        assert len(f.pcm) == ready.chunk_samples
+    check_stats(result.stats, result)
+
+
+# -- estimates and replacement ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("delay_ms", [0, 100, 240])
+def test_delayed_uplink_estimates_are_replaced(
+    server: ServerProcess, voice: Voice, delay_ms: int
+) -> None:
+    pcm = voice.seconds(1.5)
+    result = call_sync(server.url, pcm, voice.rate, delay_ms=delay_ms)
+    s = result.stats
+    assert s.estimates_made > 0, "the newest user chunk is always estimated (decisions.md 2)"
+    assert s.estimates_replaced > 0, "estimates must be replaced once the real audio arrived"
+    assert s.late_samples_dropped == 0, f"{delay_ms} ms is within the 240 ms latency budget"
+    assert len(result.output) == wire_length(len(pcm), voice.rate, 16000)
+    assert rms(result.output) > 1e-3
+    check_stats(s)
+    assert s.frames_in == result.frames_sent and s.samples_in == result.samples_sent
+    assert result.frames_received == s.ticks
+
+
+# -- time alignment ---------------------------------------------------------------------------------
+
+
+def test_agent_frames_are_contiguous_and_on_the_clock(server: ServerProcess, voice: Voice) -> None:
+    result = call_sync(server.url, voice.seconds(1.5), voice.rate)
+    c = result.ready.chunk_samples
+    frames = sorted(result.frames, key=lambda f: f.seq)
+    assert [f.seq for f in frames] == list(range(len(frames))), "one frame per chunk index"
+    assert frames[0].first_sample == 0
+    delay = c - len(frames[0].pcm)  # the resampler's delay, compensated in chunk 0
+    assert 0 <= delay < c // 8
+    for prev, cur in zip(frames, frames[1:], strict=False):
+        assert cur.first_sample == prev.first_sample + len(prev.pcm)
+        assert len(cur.pcm) == c
+        assert cur.first_sample == cur.seq * c - delay  # chunk k covers ~[kC, (k+1)C)
+    assert [f.last for f in frames] == [False] * (len(frames) - 1) + [frames[-1].last]
+    # Chunk k is due at t0 + k*T; it may leave up to a lead early, and is late only by an
+    # overrun (allow a tick for a loaded test machine).
+    for f in frames:
+        offset = f.arrival - result.t_start - f.seq * TICK_S
+        assert -TICK_S <= offset <= TICK_S, (f.seq, offset)
+    np.testing.assert_array_equal(place_frames(frames, len(result.output)), result.output)
+
+
+# -- several calls ----------------------------------------------------------------------------------
+
+
+def test_three_concurrent_calls(server: ServerProcess, voice: Voice) -> None:
+    lengths = [1.0, 1.3, 1.6]
+
+    async def main() -> list[CallResult]:
+        return await asyncio.gather(
+            *(call(server.url, voice.seconds(s), voice.rate) for s in lengths)
+        )
+
+    try:
+        results = asyncio.run(main())
+    except _CallHung:
+        _hung()
+    assert len({r.stats.session_id for r in results}) == 3
+    for s, r in zip(lengths, results, strict=True):
+        n = wire_length(len(voice.seconds(s)), voice.rate, 16000)
+        assert len(r.output) == n == r.samples_sent
+        assert rms(r.output) > 1e-3
+        check_stats(r.stats, r)
+
+
+# -- health and metrics ----------------------------------------------------------------------------
+
+
+METRIC_NAMES = [
+    "duplex_sessions_active", "duplex_ticks_total", "duplex_tick_compute_seconds_bucket",
+    "duplex_tick_overruns_total", "duplex_estimates_total", "duplex_estimates_replaced_total",
+    "duplex_frames_in_total", "duplex_frames_out_total",
+]  # fmt: skip
+
+
+def test_healthz_and_metrics_move_with_a_call(server: ServerProcess, voice: Voice) -> None:
+    h = healthz(server)
+    assert h["status"] == "ok"
+    assert h["sessions"] + h["free_slots"] == 4
+    assert h["tick_ms"] == pytest.approx(160.0)
+    assert 0 < h["lead_ms"] < 160
+
+    text = httpx.get(f"{server.http}/metrics", timeout=5).text
+    assert "# TYPE duplex_errors counter" in text  # labelled: no sample before a first error
+    before = metrics(server)
+    for name in METRIC_NAMES:
+        assert any(k == name or k.startswith(name + "{") for k in before), name
+
+    result = call_sync(server.url, voice.seconds(1.2), voice.rate)
+    after = metrics(server)
+    s = result.stats
+
+    def grew(name: str, by: float | None = None) -> None:
+        delta = after[name] - before.get(name, 0.0)
+        if by is None:
+            assert delta > 0, name
+        else:
+            assert delta == by, (name, delta, by)
+
+    # The shared server may run nothing else meanwhile: per-call deltas are exact.
+    grew("duplex_ticks_total")
+    grew("duplex_tick_compute_seconds_count")
+    grew("duplex_frames_in_total", s.frames_in)
+    grew("duplex_frames_out_total", s.frames_out)
+    grew("duplex_estimates_total", s.estimates_made)
+    grew("duplex_estimates_replaced_total", s.estimates_replaced)
+    grew("duplex_sessions_total", 1)
+    assert (
+        after['duplex_tick_compute_seconds_bucket{le="+Inf"}']
+        == after["duplex_tick_compute_seconds_count"]
+    )
+    assert after["duplex_tick_overruns_total"] >= before["duplex_tick_overruns_total"]
+    deadline = time.monotonic() + 2
+    while healthz(server)["sessions"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert metrics(server)["duplex_sessions_active"] == 0
+
+
+# -- the known end-of-call bug, pinned down deterministically ----------------------------------------
+
+
+@pytest.mark.xfail(reason=END_HANG_REASON, strict=True)
+def test_call_finishes_when_end_arrives_after_the_last_chunk(server: ServerProcess) -> None:
+    """`end` after the agent chunk covering the last user sample: stats and 1000 must follow.
+
+    A live client's `end` always leaves after its last audio, while the server computes agent
+    chunk k a lead *before* t0 + k*T; with any uplink delay the chunk covering the last sample
+    has normally been sent by the time `end` arrives. Here that order is forced.
+    """
+
+    async def main() -> tuple[StatsMessage | None, int | None]:
+        async with DuplexClient.connect(server.url, audio=AudioFormat(sample_rate=16000)) as c:
+            n = 4 * c.ready.chunk_samples  # exactly chunks 0..3
+            fs = c.frame_samples
+            pcm = (0.1 * np.sin(np.arange(n) * 0.05)).astype(np.float32)
+            for i in range(0, n, fs):
+                await c.send_frame(pcm[i : i + fs], last=i + fs >= n)
+            events = c.events()
+            async for ev in events:  # wait until chunk 4 (beyond the audio) was sent
+                if isinstance(ev, ReceivedFrame) and ev.seq >= 4:
+                    break
+            await c.end(n)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.5):  # a few ticks
+                    async for ev in events:
+                        if isinstance(ev, StatsMessage):
+                            break
+            return c.stats, c._ws.close_code
+
+    stats, close = asyncio.run(main())
+    assert stats is not None, "no `stats` after `end`"
+    assert close == 1000
+
+
+# -- admission: server_full --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def one_slot_server(
+    checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    log = tmp_path_factory.mktemp("one_slot") / "server.log"
+    srv = start_server(checkpoint, log, "--max-sessions", "1")
+    yield srv
+    stop_server(srv)
+
+
+def test_server_full_refuses_at_once_and_first_call_goes_on(
+    one_slot_server: ServerProcess, voice: Voice
+) -> None:
+    srv = one_slot_server
+    pcm = voice.seconds(1.6)
+
+    async def main() -> tuple[CallResult, DuplexError, float]:
+        first = asyncio.create_task(call(srv.url, pcm, voice.rate))
+        async with httpx.AsyncClient() as http:
+            deadline = time.monotonic() + 5
+            while (await http.get(f"{srv.http}/healthz")).json()["sessions"] < 1:
+                assert time.monotonic() < deadline, "the first call never opened"
+                await asyncio.sleep(0.02)
+        t0 = time.monotonic()
+        with pytest.raises(DuplexError) as info:
+            async with DuplexClient.connect(srv.url):
+                pass
+        refused_after = time.monotonic() - t0
+        return await first, info.value, refused_after
+
+    try:
+        result, err, refused_after = asyncio.run(main())
+    except _CallHung:
+        _hung()
+    assert err.code == "server_full"
+    assert err.close_code == 1013
+    assert refused_after < 1.0
+    assert len(result.output) == wire_length(len(pcm), voice.rate, 16000)
+    check_stats(result.stats, result)
+    m = metrics(srv)
+    assert m['duplex_sessions_rejected_total{reason="server_full"}'] == 1
+
+
+# -- graceful shutdown --------------------------------------------------------------------------------
+
+
+@dataclass
+class ShutdownRun:
+    error: DuplexError | None
+    error_after_s: float | None  # since SIGTERM
+    frames_before_error: int
+    healthz_while_draining: tuple[int, str] | None
+    new_call_error: DuplexError | None
+    exit_code: int | None
+    exit_after_s: float | None
+
+
+@pytest.fixture(scope="module")
+def shutdown_run(
+    checkpoint: Path, tmp_path_factory: pytest.TempPathFactory, voice: Voice
+) -> Iterator[ShutdownRun]:
+    """SIGTERM a server (grace 0.5 s) while a call keeps streaming; record what everyone saw."""
+    log = tmp_path_factory.mktemp("shutdown") / "server.log"
+    srv = start_server(checkpoint, log, "--shutdown-grace-s", "0.5")
+    try:
+        run = asyncio.run(_shutdown_scenario(srv, voice))
+        t = time.monotonic()
+        try:
+            run.exit_code = srv.proc.wait(10)
+            run.exit_after_s = time.monotonic() - t + (run.error_after_s or 0.0)
+        except subprocess.TimeoutExpired:
+            pass
+        yield run
+    finally:
+        stop_server(srv)
+
+
+async def _shutdown_scenario(srv: ServerProcess, voice: Voice) -> ShutdownRun:
+    pcm = np.tile(resample_whole(voice.pcm, voice.rate, 16000), 10)  # far longer than needed
+    run = ShutdownRun(None, None, 0, None, None, None, None)
+    async with DuplexClient.connect(srv.url, audio=AudioFormat(sample_rate=16000)) as c:
+        fs = c.frame_samples
+
+        async def send() -> None:
+            with contextlib.suppress(DuplexError):
+                for n in range(len(pcm) // fs):
+                    await asyncio.sleep(max(0.0, c.t_ready + n * fs / 16000 - time.monotonic()))
+                    await c.send_frame(pcm[n * fs : (n + 1) * fs])
+
+        sender = asyncio.create_task(send())
+        t_sig: float | None = None
+        try:
+            async with asyncio.timeout(15):
+                async for ev in c.events():
+                    if isinstance(ev, ReceivedFrame):
+                        run.frames_before_error += 1
+                        if ev.seq == 4 and t_sig is None:
+                            t_sig = time.monotonic()
+                            srv.proc.send_signal(signal.SIGTERM)
+                            asyncio.create_task(_probe_draining(srv, run))
+        except DuplexError as exc:
+            run.error = exc
+            assert t_sig is not None
+            run.error_after_s = time.monotonic() - t_sig
+        finally:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+    return run
+
+
+async def _probe_draining(srv: ServerProcess, run: ShutdownRun) -> None:
+    """While the grace period runs: /healthz says draining and a new call gets 1012."""
+    async with httpx.AsyncClient() as http:
+        for _ in range(40):
+            with contextlib.suppress(httpx.HTTPError):
+                r = await http.get(f"{srv.http}/healthz", timeout=1)
+                if r.status_code != 200:
+                    run.healthz_while_draining = (r.status_code, r.json()["status"])
+                    break
+            await asyncio.sleep(0.01)
+    try:
+        async with DuplexClient.connect(srv.url):
+            pass
+    except DuplexError as exc:
+        run.new_call_error = exc
+
+
+def test_sigterm_sends_server_shutdown_1012_to_open_calls(shutdown_run: ShutdownRun) -> None:
+    run = shutdown_run
+    assert run.error is not None, "the call ended without an error"
+    assert (run.error.code, run.error.close_code) == ("server_shutdown", 1012)
+    assert run.error_after_s is not None
+    assert 0.4 <= run.error_after_s <= 3.0, "after the 0.5 s grace period, not before"
+    assert run.frames_before_error >= 5
+    assert run.healthz_while_draining == (503, "draining")
+    assert run.new_call_error is not None
+    assert (run.new_call_error.code, run.new_call_error.close_code) == ("server_shutdown", 1012)
+
+
+@pytest.mark.xfail(
+    reason="server bug: after a graceful drain the process dies of SIGTERM (exit -15), because "
+    "uvicorn.Server.capture_signals re-raises the captured signal after serve() returns",
+    strict=True,
+)
+def test_sigterm_exits_zero_after_drain(shutdown_run: ShutdownRun) -> None:
+    run = shutdown_run
+    assert run.exit_code is not None, "the server did not exit within 10 s of its drain"
+    assert run.exit_after_s is not None and run.exit_after_s < 5.0
+    assert run.exit_code == 0

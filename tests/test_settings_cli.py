@@ -1,0 +1,118 @@
+"""Settings, the `duplex` command line, and access control through the real server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from server.settings import Settings
+from tests.conftest import ROOT, start_server, stop_server
+
+
+def duplex(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "server.cli", *args], cwd=ROOT, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-sessions", "0"], "invalid setting max_sessions"),
+        (["--port", "http"], "invalid setting port"),
+        (["--device", "tpu"], "invalid setting device"),
+        (["--dtype", "int3"], "invalid setting dtype"),
+        (["--model", "/nonexistent"], "duplex.json is missing"),
+    ],
+)
+def test_serve_refuses_bad_settings_with_one_line(args: list[str], message: str) -> None:
+    result = duplex("serve", *args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("duplex serve: error:") and message in lines[0]
+
+
+def test_env_vars_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DUPLEX_MAX_SESSIONS", "12")
+    monkeypatch.setenv("DUPLEX_API_KEYS", "k1, k2")
+    s = Settings()
+    assert s.max_sessions == 12 and s.api_keys == ["k1", "k2"]
+    assert Settings(max_sessions=3).max_sessions == 3
+
+
+def test_every_setting_is_documented() -> None:
+    doc = (ROOT / "docs" / "configuration.md").read_text()
+    for name in Settings.model_fields:
+        assert f"`DUPLEX_{name.upper()}`" in doc and f"`--{name.replace('_', '-')}`" in doc
+
+
+def test_model_init_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
+    out = tmp_path / "m"
+    result = duplex("model", "init", "--out", str(out), "--layers", "1", "--hidden", "64")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / "duplex.json").read_text())["special_tokens"]["S0"] == 1024
+    again = duplex("model", "init", "--out", str(out))
+    assert again.returncode == 2 and "already holds a checkpoint" in again.stderr
+
+
+@pytest.mark.slow
+def test_codec_build_command(tmp_path: Path) -> None:
+    out = tmp_path / "cb.npz"
+    result = duplex("codec", "build", "--out", str(out), "--units", "16", "--minutes", "0.3")
+    assert result.returncode == 0, result.stderr
+    assert out.is_file()
+
+
+def test_codec_build_refuses_bad_arguments(tmp_path: Path) -> None:
+    result = duplex("codec", "build", "--out", str(tmp_path / "x.npz"), "--units", "1")
+    assert result.returncode == 2 and "--units must be >= 2" in result.stderr
+
+
+async def _first_error(url: str, **kwargs: object) -> tuple[dict[str, object], int | None]:
+    async with connect(url, **kwargs) as ws:  # type: ignore[arg-type]
+        await ws.send(json.dumps({"type": "start"}))
+        message = json.loads(await ws.recv())
+        try:
+            await asyncio.wait_for(ws.recv(), 5)
+        except ConnectionClosed:
+            pass
+        return message, ws.close_code
+
+
+def test_api_keys_and_origins(checkpoint: Path, tmp_path: Path) -> None:
+    srv = start_server(
+        checkpoint, tmp_path / "log", "--api-keys", "sesame,other",
+        "--allowed-origins", "https://app.example", "--max-sessions", "2",
+    )  # fmt: skip
+    try:
+        msg, code = asyncio.run(_first_error(srv.url))
+        assert msg["code"] == "unauthorized" and code == 1008
+        msg, code = asyncio.run(
+            _first_error(srv.url, additional_headers={"Authorization": "Bearer nope"})
+        )
+        assert msg["code"] == "unauthorized" and "not valid" in str(msg["message"])
+        msg, code = asyncio.run(
+            _first_error(srv.url, additional_headers={"Origin": "https://evil.example"})
+        )
+        assert msg["code"] == "forbidden_origin" and code == 1008
+        msg, _ = asyncio.run(
+            _first_error(
+                srv.url + "?token=sesame", additional_headers={"Origin": "https://app.example"}
+            )
+        )
+        assert msg["type"] == "ready"  # a good key (query token, as browsers do) and origin
+        msg, _ = asyncio.run(
+            _first_error(srv.url, additional_headers={"Authorization": "Bearer other"})
+        )
+        assert msg["type"] == "ready"
+    finally:
+        stop_server(srv)
