@@ -116,7 +116,8 @@ class DuplexClient:
             body = (exc.response.body or b"").decode(errors="replace").strip()
             raise DuplexError(
                 CONNECT_FAILED,
-                f"{url} refused the WebSocket upgrade: HTTP {exc.response.status_code} {body}".rstrip(),
+                f"{url} refused the WebSocket upgrade: "
+                f"HTTP {exc.response.status_code} {body}".rstrip(),
             ) from exc
         except (OSError, TimeoutError, InvalidURI, WebSocketException) as exc:
             raise DuplexError(CONNECT_FAILED, f"cannot connect to {url}: {exc}") from exc

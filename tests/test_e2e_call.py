@@ -448,13 +448,14 @@ def test_server_full_refuses_at_once_and_first_call_goes_on(
 
 @dataclass
 class ShutdownRun:
-    error: DuplexError | None
-    error_after_s: float | None  # since SIGTERM
-    frames_before_error: int
-    healthz_while_draining: tuple[int, str] | None
-    new_call_error: DuplexError | None
-    exit_code: int | None
-    exit_after_s: float | None
+    t_sigterm: float | None = None
+    error: DuplexError | None = None
+    error_after_s: float | None = None  # since SIGTERM
+    frames_before_error: int = 0
+    healthz_while_draining: tuple[int, str] | None = None
+    new_call_error: DuplexError | None = None
+    exit_code: int | None = None
+    exit_after_s: float | None = None  # since SIGTERM
 
 
 @pytest.fixture(scope="module")
@@ -466,12 +467,10 @@ def shutdown_run(
     srv = start_server(checkpoint, log, "--shutdown-grace-s", "0.5")
     try:
         run = asyncio.run(_shutdown_scenario(srv, voice))
-        t = time.monotonic()
-        try:
-            run.exit_code = srv.proc.wait(10)
-            run.exit_after_s = time.monotonic() - t + (run.error_after_s or 0.0)
-        except subprocess.TimeoutExpired:
-            pass
+        if run.t_sigterm is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                run.exit_code = srv.proc.wait(10)
+                run.exit_after_s = time.monotonic() - run.t_sigterm
         yield run
     finally:
         stop_server(srv)
@@ -479,7 +478,8 @@ def shutdown_run(
 
 async def _shutdown_scenario(srv: ServerProcess, voice: Voice) -> ShutdownRun:
     pcm = np.tile(resample_whole(voice.pcm, voice.rate, 16000), 10)  # far longer than needed
-    run = ShutdownRun(None, None, 0, None, None, None, None)
+    run = ShutdownRun()
+    probe: asyncio.Task[None] | None = None
     async with DuplexClient.connect(srv.url, audio=AudioFormat(sample_rate=16000)) as c:
         fs = c.frame_samples
 
@@ -490,24 +490,25 @@ async def _shutdown_scenario(srv: ServerProcess, voice: Voice) -> ShutdownRun:
                     await c.send_frame(pcm[n * fs : (n + 1) * fs])
 
         sender = asyncio.create_task(send())
-        t_sig: float | None = None
         try:
             async with asyncio.timeout(15):
                 async for ev in c.events():
                     if isinstance(ev, ReceivedFrame):
                         run.frames_before_error += 1
-                        if ev.seq == 4 and t_sig is None:
-                            t_sig = time.monotonic()
+                        if ev.seq == 4 and run.t_sigterm is None:
+                            run.t_sigterm = time.monotonic()
                             srv.proc.send_signal(signal.SIGTERM)
-                            asyncio.create_task(_probe_draining(srv, run))
+                            probe = asyncio.create_task(_probe_draining(srv, run))
         except DuplexError as exc:
             run.error = exc
-            assert t_sig is not None
-            run.error_after_s = time.monotonic() - t_sig
+            if run.t_sigterm is not None:
+                run.error_after_s = time.monotonic() - run.t_sigterm
         finally:
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sender
+    if probe is not None:
+        await asyncio.wait_for(probe, 10)
     return run
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -81,10 +82,8 @@ async def _first_error(url: str, **kwargs: object) -> tuple[dict[str, object], i
     async with connect(url, **kwargs) as ws:  # type: ignore[arg-type]
         await ws.send(json.dumps({"type": "start"}))
         message = json.loads(await ws.recv())
-        try:
+        with contextlib.suppress(ConnectionClosed):
             await asyncio.wait_for(ws.recv(), 5)
-        except ConnectionClosed:
-            pass
         return message, ws.close_code
 
 
