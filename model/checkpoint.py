@@ -40,7 +40,8 @@ class DuplexConfig(BaseModel):
     silence_unit: int = Field(default=0, ge=0)
     unit_offset: int = Field(ge=0)
     special_tokens: SpecialTokens
-    context_tokens: int = Field(gt=0, description="KV capacity per session (ring window)")
+    context_tokens: int = Field(gt=0, description="KV capacity per session: sink + ring")
+    sink_tokens: int = Field(default=0, ge=0, description="opening positions kept for good")
     description: str = ""
 
     @model_validator(mode="after")
@@ -50,6 +51,11 @@ class DuplexConfig(BaseModel):
             raise ValueError(
                 f"chunk_ms {self.chunk_ms} must be a multiple of the codec's frame_ms "
                 f"{self.frame_ms}"
+            )
+        if self.sink_tokens * 2 > self.context_tokens:
+            raise ValueError(
+                f"sink_tokens {self.sink_tokens} must be at most half of context_tokens "
+                f"{self.context_tokens}"
             )
         if self.silence_unit >= self.n_units:
             raise ValueError(f"silence_unit {self.silence_unit} >= n_units {self.n_units}")
@@ -124,7 +130,8 @@ def init_random_checkpoint(
     hidden: int = 256,
     heads: int = 4,
     kv_heads: int = 2,
-    context_tokens: int = 4096,
+    context_tokens: int = 2048,
+    sink_tokens: int = 64,
     codebook: str = "builtin:codec2_units_1024",
     n_units: int = 1024,
 ) -> DuplexConfig:
@@ -139,6 +146,7 @@ def init_random_checkpoint(
         unit_offset=0,
         special_tokens=SpecialTokens(S0=n_units, S1=n_units + 1, BOS=n_units + 2),
         context_tokens=context_tokens,
+        sink_tokens=sink_tokens,
         description=f"random-weight Llama, seed {seed}: untrained, it babbles",
     )
     torch.manual_seed(seed)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from transformers import LlamaForCausalLM
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+from transformers.models.llama.modeling_llama import rotate_half
 
 from model.slots import SlotKVCache
 
@@ -31,7 +31,7 @@ class SlotDecoder:
         self.device = param.device
         self.dtype = param.dtype
 
-    def new_cache(self, max_slots: int, capacity: int, reserve: int) -> SlotKVCache:
+    def new_cache(self, max_slots: int, capacity: int, reserve: int, sink: int = 0) -> SlotKVCache:
         return SlotKVCache(
             layers=self.layers,
             max_slots=max_slots,
@@ -39,6 +39,7 @@ class SlotDecoder:
             head_dim=self.head_dim,
             capacity=capacity,
             reserve=reserve,
+            sink=sink,
             device=self.device,
             dtype=self.dtype,
         )
@@ -60,22 +61,35 @@ class SlotDecoder:
             if t:
                 ids[r, : len(t)] = torch.tensor(t, dtype=torch.long)
         ids = ids.to(self.device)
-        qpos, row_idx, ring_idx = cache.plan_write(counts)
+        refresh = cache.sink_refresh(rows)
+        qpos, row_idx, pos = cache.plan_write(counts)
         mask, span = cache.attention_mask(qpos)
         flat_t = torch.cat([torch.arange(n) for n in counts]).to(self.device)
 
         model = self.llama.model
         h = model.embed_tokens(ids)
         cos, sin = model.rotary_emb(h, qpos)
+        cos, sin = cos[:, None], sin[:, None]  # broadcast over heads
+        if refresh is not None:
+            sink_rows, sink_pos = refresh
+            sink_cos, sink_sin = model.rotary_emb(h, sink_pos)
+            sink_cos, sink_sin = sink_cos[:, None], sink_sin[:, None]
         for i, layer in enumerate(model.layers):
             attn = layer.self_attn
             x = layer.input_layernorm(h)
             q = attn.q_proj(x).view(rows, width, self.heads, self.head_dim).transpose(1, 2)
             k = attn.k_proj(x).view(rows, width, self.kv_heads, self.head_dim).transpose(1, 2)
             v = attn.v_proj(x).view(rows, width, self.kv_heads, self.head_dim).transpose(1, 2)
-            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            q = q * cos + rotate_half(q) * sin
+            k_rot = k * cos + rotate_half(k) * sin
             # [rows, kvh, T, d] -> the real tokens [N, kvh, d]
-            cache.write(i, row_idx, ring_idx, k[row_idx, :, flat_t], v[row_idx, :, flat_t])
+            cache.write(
+                i, row_idx, pos, k_rot[row_idx, :, flat_t], v[row_idx, :, flat_t],
+                k[row_idx, :, flat_t],
+            )  # fmt: skip
+            if refresh is not None:
+                raw = cache.sink_raw[i][sink_rows]
+                cache.rotate_sink(i, sink_rows, raw * sink_cos + rotate_half(raw) * sink_sin)
             keys, values = cache.view(i, rows, span)
             out = F.scaled_dot_product_attention(
                 q, keys, values, attn_mask=mask, scale=attn.scaling, enable_gqa=True

@@ -92,12 +92,15 @@ class Engine:
         self.max_rollback_chunks = max_rollback_chunks
         chunk_tokens = 2 * (self.fmt.frames_per_chunk * self.fmt.units_per_frame + 1)
         reserve = (max_rollback_chunks + 2) * chunk_tokens
-        if reserve * 2 > config.context_tokens:
+        ring = config.context_tokens - config.sink_tokens
+        if reserve * 2 > ring:
             raise ValueError(
-                f"context_tokens {config.context_tokens} is too small for a rollback of "
-                f"{max_rollback_chunks} chunks"
+                f"context_tokens {config.context_tokens} (sink {config.sink_tokens}) is too "
+                f"small for a rollback of {max_rollback_chunks} chunks"
             )
-        self.cache = self.decoder.new_cache(max_sessions, config.context_tokens, reserve)
+        self.cache = self.decoder.new_cache(
+            max_sessions, config.context_tokens, reserve, sink=config.sink_tokens
+        )
         self.sessions: dict[str, _Session] = {}
 
     @property

@@ -1,25 +1,35 @@
-"""KV cache in preallocated session slots.
+"""KV cache in preallocated session slots: an attention sink plus a ring, per slot.
 
-Each live session owns one row ("slot") of fixed capacity W. Token at absolute position p is
-stored at ring index p % W with its position recorded in `positions`; queries attend to keys
-with position in (q - window, q]. Positions keep growing, so a call can last any time at flat
-cost (RoPE only sees relative distances <= window). The `reserve` = W - window positions are
-never attended, which is what makes rollback safe: rolling back to m only needs positions
-(m - window, m), and a later write at p >= m overwrites ring slots of positions p - W, which
-are older than m - window as long as the rollback depth is <= reserve.
+Each live session owns one row ("slot") of `capacity` entries. The first `sink` positions of a
+call (its opening: the prompt and first chunks) stay at indices [0, sink) for good; later
+positions p go round a ring at index sink + (p - sink) % ring. A query at position q sees the
+sink and the ring positions in (q - window, q], so a call can last any time at flat cost.
+
+RoPE: ring keys are rotated at their absolute positions (queries only ever see relative
+distances < window there). Sink keys are kept un-rotated too, and once the window has slid past
+them they are re-rotated to sit just before the window's oldest position, so no relative
+distance ever exceeds sink + window (the model's trained context), as in StreamingLLM.
 
 Rollback is moving a length back: no copy, no invalidation (stale entries have positions
-beyond every query and are masked by causality until they are overwritten).
+beyond every query and are masked by causality until they are overwritten). The `reserve` =
+ring - window positions are never attended, which keeps rollback safe after wrap-around:
+positions overwritten by rolled-back tokens are older than the window of every later query.
 Live slots are kept contiguous (rows 0..n-1) so a step attends over views, never gathers.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+
+SINK_SLACK = 16  # re-rotate sink keys only when the window moved this far (a bounded error)
+
+Rotate = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (keys, positions) -> rotated
 
 
 class SlotKVCache:
-    """Per-layer K/V tensors [slots, kv_heads, W, head_dim], per-slot lengths."""
+    """Per-layer K/V tensors [slots, kv_heads, capacity, head_dim], per-slot lengths."""
 
     def __init__(
         self,
@@ -30,19 +40,29 @@ class SlotKVCache:
         head_dim: int,
         capacity: int,
         reserve: int,
+        sink: int = 0,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        if not 0 < reserve < capacity:
-            raise ValueError(f"reserve {reserve} must be in (0, capacity {capacity})")
+        ring = capacity - sink
+        if not 0 <= sink < capacity or not 0 < reserve < ring:
+            raise ValueError(
+                f"need 0 <= sink ({sink}) < capacity ({capacity}) and "
+                f"0 < reserve ({reserve}) < capacity - sink ({ring})"
+            )
         self.capacity = capacity
-        self.window = capacity - reserve
+        self.sink = sink
+        self.ring = ring
+        self.window = ring - reserve
         self.max_slots = max_slots
         shape = (max_slots, kv_heads, capacity, head_dim)
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(layers)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(layers)]
+        sink_shape = (max_slots, kv_heads, sink, head_dim)
+        self.sink_raw = [torch.zeros(sink_shape, device=device, dtype=dtype) for _ in range(layers)]
         self.positions = torch.full((max_slots, capacity), -1, dtype=torch.long, device=device)
         self.lengths = [0] * max_slots
+        self.sink_shift = [0] * max_slots  # how far each row's sink keys are re-rotated
         self.live = 0  # rows 0..live-1 are in use
 
     def allocate(self) -> int:
@@ -52,6 +72,7 @@ class SlotKVCache:
         row = self.live
         self.live += 1
         self.lengths[row] = 0
+        self.sink_shift[row] = 0
         self.positions[row].fill_(-1)
         return row
 
@@ -62,11 +83,12 @@ class SlotKVCache:
             raise ValueError(f"row {row} is not live (live rows: 0..{last})")
         moved = None
         if row != last:
-            for k, v in zip(self.keys, self.values, strict=True):
-                k[row].copy_(k[last])
-                v[row].copy_(v[last])
+            for tensors in (self.keys, self.values, self.sink_raw):
+                for t in tensors:
+                    t[row].copy_(t[last])
             self.positions[row].copy_(self.positions[last])
             self.lengths[row] = self.lengths[last]
+            self.sink_shift[row] = self.sink_shift[last]
             moved = last
         self.lengths[last] = 0
         self.live = last
@@ -77,16 +99,20 @@ class SlotKVCache:
         current = self.lengths[row]
         if not 0 <= length <= current:
             raise ValueError(f"cannot roll row {row} back to {length}: it holds {current}")
-        reserve = self.capacity - self.window
+        reserve = self.ring - self.window
         if current - length > reserve:
             raise ValueError(f"rollback depth {current - length} exceeds the reserve {reserve}")
         self.lengths[row] = length
+
+    def _index(self, pos: torch.Tensor) -> torch.Tensor:
+        s = self.sink
+        return torch.where(pos < s, pos, s + (pos - s) % self.ring)
 
     def plan_write(self, counts: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Positions for `counts[i]` new tokens per live row; records them and advances lengths.
 
         Returns (query positions [rows, T] (padding repeats the last real position),
-        flat row index [N], flat ring index [N]) for the N real tokens.
+        flat row index [N], flat position [N]) for the N real tokens.
         """
         rows = len(counts)
         width = max(max(counts), 1)
@@ -96,9 +122,8 @@ class SlotKVCache:
         for r, n in enumerate(counts):
             start = self.lengths[r]
             if n:
-                pos = list(range(start, start + n))
                 flat_rows += [r] * n
-                flat_pos += pos
+                flat_pos += range(start, start + n)
                 qpos[r, :n] = torch.arange(start, start + n)
                 qpos[r, n:] = start + n - 1
             else:
@@ -106,18 +131,17 @@ class SlotKVCache:
             self.lengths[r] = start + n
         device = self.positions.device
         row_idx = torch.tensor(flat_rows, dtype=torch.long, device=device)
-        pos_t = torch.tensor(flat_pos, dtype=torch.long, device=device)
-        ring_idx = pos_t % self.capacity
-        self.positions[row_idx, ring_idx] = pos_t
-        return qpos.to(device), row_idx, ring_idx
+        pos = torch.tensor(flat_pos, dtype=torch.long, device=device)
+        self.positions[row_idx, self._index(pos)] = pos
+        return qpos.to(device), row_idx, pos
 
     def attention_mask(self, qpos: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """Boolean mask [rows, 1, T, span] over ring indices 0..span-1, and span."""
+        """Boolean mask [rows, 1, T, span] over cache indices 0..span-1, and span."""
         rows = qpos.shape[0]
         span = min(self.capacity, max(self.lengths[:rows]))
         kpos = self.positions[:rows, :span][:, None, :]  # [rows, 1, span]
         q = qpos[:, :, None]  # [rows, T, 1]
-        mask = (kpos <= q) & (kpos > q - self.window) & (kpos >= 0)
+        mask = (kpos <= q) & (kpos >= 0) & ((kpos < self.sink) | (kpos > q - self.window))
         # a row with nothing to attend to (a fresh slot riding along) would give NaN
         mask |= ~mask.any(dim=-1, keepdim=True)
         return mask[:, None], span
@@ -126,13 +150,49 @@ class SlotKVCache:
         self,
         layer: int,
         row_idx: torch.Tensor,
-        ring_idx: torch.Tensor,
+        pos: torch.Tensor,
         k: torch.Tensor,
         v: torch.Tensor,
+        k_raw: torch.Tensor,
     ) -> None:
-        """Store the new tokens' keys/values ([N, kv_heads, head_dim]) of one layer."""
-        self.keys[layer][row_idx, :, ring_idx] = k
-        self.values[layer][row_idx, :, ring_idx] = v
+        """Store the new tokens' keys/values ([N, kv_heads, head_dim]) of one layer.
+
+        `k_raw` are the keys before RoPE, kept for the sink positions.
+        """
+        index = self._index(pos)
+        self.keys[layer][row_idx, :, index] = k
+        self.values[layer][row_idx, :, index] = v
+        in_sink = pos < self.sink
+        if bool(in_sink.any()):
+            self.sink_raw[layer][row_idx[in_sink], :, pos[in_sink]] = k_raw[in_sink]
+
+    def sink_refresh(self, rows: int) -> tuple[list[int], torch.Tensor] | None:
+        """Rows whose sink keys must be re-rotated now, with their new sink positions [n, sink].
+
+        A row's sink sits just before the oldest position its window shows; it is moved only
+        when that drifted by SINK_SLACK, so most steps re-rotate nothing.
+        """
+        if not self.sink:
+            return None
+        todo: list[int] = []
+        shifts: list[int] = []
+        for r in range(rows):
+            want = max(0, self.lengths[r] - self.window - self.sink)
+            if abs(want - self.sink_shift[r]) >= SINK_SLACK or (want == 0) != (
+                self.sink_shift[r] == 0
+            ):
+                todo.append(r)
+                shifts.append(want)
+                self.sink_shift[r] = want
+        if not todo:
+            return None
+        base = torch.arange(self.sink, device=self.positions.device)
+        offsets = torch.tensor(shifts, device=self.positions.device)[:, None]
+        return todo, base[None, :] + offsets
+
+    def rotate_sink(self, layer: int, rows: list[int], rotated: torch.Tensor) -> None:
+        """Put re-rotated sink keys ([n, kv_heads, sink, head_dim]) in place."""
+        self.keys[layer][rows, :, : self.sink] = rotated
 
     def view(self, layer: int, rows: int, span: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.keys[layer][:rows, :, :span], self.values[layer][:rows, :, :span]

@@ -58,7 +58,12 @@ def _model_init(args: argparse.Namespace) -> int:
     if (out / "duplex.json").exists() and not args.force:
         return _fail("model init", f"{out} already holds a checkpoint (use --force to replace)")
     config = init_random_checkpoint(
-        out, seed=args.seed, layers=args.layers, hidden=args.hidden, context_tokens=args.context
+        out,
+        seed=args.seed,
+        layers=args.layers,
+        hidden=args.hidden,
+        context_tokens=args.context,
+        sink_tokens=args.sink,
     )
     print(f"wrote {out}: {config.description}")
     return 0
@@ -102,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--seed", type=int, default=0)
     init.add_argument("--layers", type=int, default=4)
     init.add_argument("--hidden", type=int, default=256)
-    init.add_argument("--context", type=int, default=4096, help="KV capacity per session")
+    init.add_argument("--context", type=int, default=2048, help="KV capacity per session")
+    init.add_argument("--sink", type=int, default=64, help="opening positions kept for good")
     init.add_argument("--force", action="store_true")
     init.set_defaults(func=_model_init)
 

@@ -185,3 +185,35 @@ def test_bad_checkpoints_give_one_clear_error(tmp_path: Path, checkpoint: Path) 
     )
     with pytest.raises(CheckpointError, match="multiple of the codec's frame_ms"):
         read_config(tmp_path)
+
+
+def test_sink_and_window_match_transformers_with_virtual_positions(tmp_path: Path) -> None:
+    """One layer makes K/V depend only on token and position, so the cache's view (sink
+    re-rotated before the window, ring at absolute positions) has an exact reference."""
+    from model.checkpoint import init_random_checkpoint
+
+    init_random_checkpoint(tmp_path, seed=3, layers=1, hidden=64, heads=2, kv_heads=1)
+    _, llama = load_checkpoint(tmp_path)
+    dec = SlotDecoder(llama)
+    cache = dec.new_cache(max_slots=2, capacity=44, reserve=8, sink=4)  # ring 40, window 32
+    cache.allocate()
+    cache.allocate()
+    gen = torch.Generator().manual_seed(1)
+    seq = torch.randint(0, 1024, (150,), generator=gen).tolist()
+    done = 0
+    for n in [3, 1, 5, 2, 7, 1, 1, 4] * 20:
+        if done + n > len(seq) - 1:
+            break
+        dec.forward(cache, [seq[done : done + n], [done % 1000]])
+        done += n
+    assert cache.lengths[0] == done > cache.capacity
+    logits = dec.forward(cache, [[seq[done]], []])[0]
+    q = done  # the query's position
+    shift = cache.sink_shift[0]
+    assert shift > 0
+    window = list(range(q - cache.window + 1, q + 1))
+    tokens = seq[:4] + [seq[p] for p in window]
+    positions = [shift + j for j in range(4)] + window
+    with torch.inference_mode():
+        ref = llama(torch.tensor([tokens]), position_ids=torch.tensor([positions])).logits[0, -1]
+    torch.testing.assert_close(logits, ref.float(), atol=1e-4, rtol=1e-4)
