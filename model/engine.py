@@ -92,6 +92,7 @@ class Engine:
         self.max_rollback_chunks = max_rollback_chunks
         chunk_tokens = 2 * (self.fmt.frames_per_chunk * self.fmt.units_per_frame + 1)
         reserve = (max_rollback_chunks + 2) * chunk_tokens
+        self.max_forward_tokens = 2 * chunk_tokens  # what the reserve leaves after a rollback
         ring = config.context_tokens - config.sink_tokens
         if reserve * 2 > ring:
             raise ValueError(
@@ -126,6 +127,7 @@ class Engine:
     def timeline(self, session_id: str) -> Timeline:
         return self.sessions[session_id].timeline
 
+    @torch.inference_mode()
     def step(self, requests: list[StepRequest]) -> dict[str, StepResult]:
         """Advance each requested session by one agent chunk."""
         jobs = [self._prepare(req) for req in requests]
@@ -176,13 +178,31 @@ class Engine:
     # -- execution -------------------------------------------------------------------------
 
     def _forward(self) -> torch.Tensor:
-        rows: list[list[int]] = [[] for _ in range(self.cache.live)]
-        for s in self.sessions.values():
-            rows[s.row] = s.timeline.tokens[s.timeline.cached :]
-        logits = self.decoder.forward(self.cache, rows)
-        for s in self.sessions.values():
-            s.timeline.cached = len(s.timeline.tokens)
-        return logits
+        """Feed every session's pending tokens; logits [rows, vocab] after each one's last.
+
+        A backlog longer than the ring can take in one write (after skipped ticks) goes in
+        pieces of `max_forward_tokens`.
+        """
+        out: torch.Tensor | None = None
+        while True:
+            rows: list[list[int]] = [[] for _ in range(self.cache.live)]
+            done: list[int] = []  # rows fed their last pending token in this forward
+            more = False
+            for s in self.sessions.values():
+                tl = s.timeline
+                rows[s.row] = tl.tokens[tl.cached : tl.cached + self.max_forward_tokens]
+                tl.cached += len(rows[s.row])
+                if tl.cached < len(tl.tokens):
+                    more = True
+                elif rows[s.row]:
+                    done.append(s.row)
+            logits = self.decoder.forward(self.cache, rows)
+            if out is None:
+                out = logits
+            else:
+                out[done] = logits[done]
+            if not more:
+                return out
 
     def _advance(self, job: _Job, logits: torch.Tensor) -> None:
         s, fmt, masks = job.session, self.fmt, self.masks

@@ -217,3 +217,24 @@ def test_sink_and_window_match_transformers_with_virtual_positions(tmp_path: Pat
     with torch.inference_mode():
         ref = llama(torch.tensor([tokens]), position_ids=torch.tensor([positions])).logits[0, -1]
     torch.testing.assert_close(logits, ref.float(), atol=1e-4, rtol=1e-4)
+
+
+def test_a_long_backlog_is_fed_in_pieces_the_ring_can_hold(loaded) -> None:  # type: ignore[no-untyped-def]
+    """Many skipped (silent) ticks leave more pending tokens than one ring write may take."""
+    _, llama = loaded
+    engine = make_engine(loaded, sessions=2)
+    engine.add_session("busy", SamplingParams(seed=0))
+    engine.add_session("calm", SamplingParams(seed=1))
+    audio = user_chunks(60, 5)
+    for k in range(40):  # real audio, no decode: tokens pile up
+        engine.step([StepRequest("busy", {k - 1: audio[k - 1]} if k else {}, silent=True)])
+    tl = engine.timeline("busy")
+    assert len(tl.tokens) - tl.cached > engine.max_forward_tokens
+    engine.step([StepRequest("busy", {39: audio[39]}), StepRequest("calm")])
+    rows = [[] for _ in range(engine.cache.live)]
+    row = engine.sessions["busy"].row
+    rows[row] = tl.tokens[tl.cached :] + [engine.fmt.s1]
+    logits = engine.decoder.forward(engine.cache, rows)
+    torch.testing.assert_close(
+        logits[row], reference_logits(llama, tl.tokens + [engine.fmt.s1]), atol=1e-4, rtol=1e-4
+    )
