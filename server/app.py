@@ -68,6 +68,19 @@ def create_app(runtime: Runtime) -> FastAPI:
             status_code=503 if ticker.draining else 200,
         )
 
+    @app.get("/v1/capacity")
+    async def capacity() -> JSONResponse:
+        """For load balancers: route new calls where `free` > 0."""
+        ticker = runtime.ticker
+        return JSONResponse(
+            {
+                "max_sessions": ticker.config.max_sessions,
+                "live": len(ticker.sessions),
+                "free": 0 if ticker.draining else ticker.free_slots,
+                "draining": ticker.draining,
+            }
+        )
+
     @app.get("/metrics")
     async def metrics() -> Response:
         return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -86,6 +86,12 @@ def _codec_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from model.bench import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from clients import call
     from server.settings import add_settings_arguments
@@ -121,6 +127,18 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--minutes", type=float, default=48.0)
     build.add_argument("--seed", type=int, default=0)
     build.set_defaults(func=_codec_build)
+
+    bench = sub.add_parser("bench", help="tick cost: batched engine vs per-session loop")
+    bench.add_argument("--model", default="models/default", help="checkpoint directory")
+    bench.add_argument("--sessions", default="1,4,8,16,32,64", help="comma-separated")
+    bench.add_argument("--contexts", default="500,1000,2000,4000,8000", help="tokens")
+    bench.add_argument("--ticks", type=int, default=8, help="measured ticks per cell")
+    bench.add_argument("--threads", type=int, default=1, help="torch threads")
+    bench.add_argument(
+        "--loop-limit-s", type=float, default=1.0,
+        help="stop growing the per-session loop once its median tick exceeds this",
+    )  # fmt: skip
+    bench.set_defaults(func=_bench)
     return parser
 
 

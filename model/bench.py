@@ -1,0 +1,173 @@
+"""`duplex bench`: tick cost of the batched engine vs a per-session loop, in the same run.
+
+The per-session loop is the same engine code with one session per engine (a batch of one),
+stepped one after the other: how single-user servers work. Both start from the same context
+(built once per length, then copied into every slot), and each measured tick is a real step:
+a replaced estimate (rollback + prefill), a new estimate and an agent chunk per session.
+A setup "sustains" N sessions when its p99 tick time stays under the tick (160 ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import random
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from model.checkpoint import DuplexConfig, load_checkpoint
+from model.engine import Engine, StepRequest
+from model.format import Frame
+from model.sampling import SamplingParams
+
+ROLLBACK_CHUNKS = 3  # 240 ms budget + lead at 160 ms ticks
+
+
+@dataclass
+class Row:
+    sessions: int
+    context: int
+    batched_p50_ms: float
+    batched_p99_ms: float
+    loop_p50_ms: float | None
+    loop_p99_ms: float | None
+
+
+def _user_chunk(rnd: random.Random, frames: int) -> list[Frame]:
+    return [(rnd.randrange(1024),)] * 2 + [(rnd.randrange(1024),)] * (frames - 2)
+
+
+def _template(config: DuplexConfig, llama: torch.nn.Module, context: int) -> Engine:
+    """One session whose conversation holds `context` tokens (silent ticks, then real ones)."""
+    engine = Engine(config, llama, max_sessions=1, max_rollback_chunks=ROLLBACK_CHUNKS)
+    engine.add_session("t", SamplingParams(seed=0))
+    rnd = random.Random(0)
+    f = engine.frames_per_chunk
+    k = 0
+    while len(engine.timeline("t").tokens) < context:
+        real = {k - 1: _user_chunk(rnd, f)} if k else {}
+        engine.step([StepRequest("t", real, silent=True)])
+        k += 1
+    engine.step([StepRequest("t", {k - 1: _user_chunk(rnd, f)})])  # prefill the backlog
+    return engine
+
+
+def _clone_into(template: Engine, engine: Engine, session_id: str, seed: int) -> None:
+    """Give `engine` a session with the template's conversation and KV cache."""
+    engine.add_session(session_id, SamplingParams(seed=seed))
+    src = template.sessions["t"]
+    dst = engine.sessions[session_id]
+    dst.timeline = copy.deepcopy(src.timeline)
+    a, b = template.cache, engine.cache
+    for tensors_a, tensors_b in ((a.keys, b.keys), (a.values, b.values), (a.sink_raw, b.sink_raw)):
+        for ta, tb in zip(tensors_a, tensors_b, strict=True):
+            tb[dst.row].copy_(ta[src.row])
+    b.positions[dst.row].copy_(a.positions[src.row])
+    b.lengths[dst.row] = a.lengths[src.row]
+    b.sink_shift[dst.row] = a.sink_shift[src.row]
+
+
+def _requests(engines: list[Engine], rnd: random.Random) -> list[list[StepRequest]]:
+    """Per engine, one request per session: the chunk estimated last tick is now real."""
+    out = []
+    for engine in engines:
+        reqs = []
+        for sid, s in engine.sessions.items():
+            k = len(s.timeline.agent)
+            reqs.append(StepRequest(sid, {k - 1: _user_chunk(rnd, engine.frames_per_chunk)}))
+        out.append(reqs)
+    return out
+
+
+def _time_ticks(engines: list[Engine], ticks: int, rnd: random.Random) -> list[float]:
+    times = []
+    for _ in range(ticks + 1):
+        batches = _requests(engines, rnd)
+        t0 = time.perf_counter()
+        for engine, reqs in zip(engines, batches, strict=True):
+            engine.step(reqs)
+        times.append(time.perf_counter() - t0)
+    return times[1:]  # the first tick after cloning settles caches
+
+
+def _p(times: list[float], q: float) -> float:
+    ordered = sorted(times)
+    return 1000 * ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def run_bench(
+    model: Path, sessions: list[int], contexts: list[int], ticks: int, loop_limit_s: float
+) -> list[Row]:
+    config, llama = load_checkpoint(model)
+    rows = []
+    for context in contexts:
+        template = _template(config, llama, context)
+        loop_too_slow = False
+        for n in sessions:
+            rnd = random.Random(n)
+            batched = Engine(config, llama, max_sessions=n, max_rollback_chunks=ROLLBACK_CHUNKS)
+            for i in range(n):
+                _clone_into(template, batched, f"s{i}", i)
+            bt = _time_ticks([batched], ticks, rnd)
+            del batched
+            lp50 = lp99 = None
+            if not loop_too_slow:
+                loop = []
+                for i in range(n):
+                    e = Engine(config, llama, max_sessions=1, max_rollback_chunks=ROLLBACK_CHUNKS)
+                    _clone_into(template, e, f"s{i}", i)
+                    loop.append(e)
+                lt = _time_ticks(loop, ticks, rnd)
+                del loop
+                lp50, lp99 = _p(lt, 0.5), _p(lt, 0.99)
+                loop_too_slow = statistics.median(lt) > loop_limit_s
+            rows.append(Row(n, context, _p(bt, 0.5), _p(bt, 0.99), lp50, lp99))
+            print(_format_row(rows[-1]), flush=True)
+    return rows
+
+
+def _format_row(r: Row) -> str:
+    loop = "skipped" if r.loop_p50_ms is None else f"{r.loop_p50_ms:8.1f} {r.loop_p99_ms:8.1f}"
+    return (
+        f"{r.sessions:8d} {r.context:8d} {r.batched_p50_ms:8.1f} {r.batched_p99_ms:8.1f}   {loop}"
+    )
+
+
+def sustained(rows: list[Row], context: int, tick_ms: float, loop: bool) -> int:
+    """Most sessions whose p99 tick stays under the tick at this context."""
+    best = 0
+    for r in rows:
+        p99 = r.loop_p99_ms if loop else r.batched_p99_ms
+        if r.context == context and p99 is not None and p99 < tick_ms:
+            best = max(best, r.sessions)
+    return best
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        sessions = [int(x) for x in args.sessions.split(",")]
+        contexts = [int(x) for x in args.contexts.split(",")]
+    except ValueError:
+        print("duplex bench: error: --sessions/--contexts take comma-separated integers",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    heads = ("sessions", "context", "batch50", "batch99", "  loop50", "loop99")
+    print(" ".join(f"{h:>8}" for h in heads))
+    rows = run_bench(Path(args.model), sessions, contexts, args.ticks, args.loop_limit_s)
+    tick_ms = 160.0
+    for context in contexts:
+        b, lp = sustained(rows, context, tick_ms, False), sustained(rows, context, tick_ms, True)
+        ratio = f"{b / lp:.1f}x" if lp else "inf"
+        print(f"context {context}: batched sustains {b}, per-session loop {lp} ({ratio})")
+    by_ctx = {r.context: r.batched_p50_ms for r in rows if r.sessions == sessions[0]}
+    if 8000 in by_ctx and 1000 in by_ctx:
+        print(f"flat cost: {sessions[0]} session(s), 8000 vs 1000 tokens: "
+              f"{by_ctx[8000] / by_ctx[1000]:.2f}x")  # fmt: skip
+    return 0
