@@ -41,11 +41,15 @@ class StepResult:
 
     chunk: int  # index k of the agent chunk
     frames: list[Frame]  # agent chunk k, frames_per_chunk frames
-    estimated: bool  # user chunk k-1 was estimated in this step
     replaced: list[int]  # user chunks whose estimates real audio replaced
     dropped: list[int]  # real user chunks too old to replace (beyond the rollback reserve)
     rollback_tokens: int
     prefill_tokens: int
+    estimate: list[Frame] = field(default_factory=list)  # user chunk k-1 as estimated here
+
+    @property
+    def estimated(self) -> bool:
+        return bool(self.estimate)
 
 
 class _Phase(enum.Enum):
@@ -145,7 +149,7 @@ class Engine:
         s = self.sessions[req.session_id]
         tl = s.timeline
         k = len(tl.agent)
-        result = StepResult(k, [], False, [], [], 0, 0)
+        result = StepResult(k, [], [], [], 0, 0)
         s.pending.update(req.real_user)
         for j in sorted(s.pending):
             if j >= len(tl.user):
@@ -166,8 +170,8 @@ class Engine:
         job = _Job(s, result, _Phase.USER_TAG if len(tl.user) < k else _Phase.AGENT_UNITS)
         if req.silent:
             if job.phase is _Phase.USER_TAG:
-                tl.append_user([tl.prev_user()] * self.frames_per_chunk, real=False)
-                result.estimated = True
+                result.estimate = [tl.prev_user()] * self.frames_per_chunk
+                tl.append_user(result.estimate, real=False)
             result.frames = tl.append_agent([])
             job.phase = _Phase.DONE
         elif job.phase is _Phase.AGENT_UNITS:
@@ -210,12 +214,12 @@ class Engine:
         n = self.frames_per_chunk
         if job.phase is _Phase.USER_TAG:
             tok = sample(logits, masks.user_open, s.params, s.gen)
-            job.result.estimated = True
             if tok == fmt.s1:
                 tl.tokens.append(tok)
                 job.phase = _Phase.USER_UNITS
             else:  # the user adds nothing new; this [S0] opens the agent's chunk
-                tl.append_user([tl.prev_user()] * n, real=False)
+                job.result.estimate = [tl.prev_user()] * n
+                tl.append_user(job.result.estimate, real=False)
                 tl.tokens.append(fmt.s0)
                 job.phase = _Phase.AGENT_UNITS
             return
@@ -228,8 +232,8 @@ class Engine:
                 job.units.append(fmt.token_unit(tok))
             if tok == fmt.s0 or len(job.units) == n:
                 new = [(u,) for u in job.units]
-                frames = interpolate(new, tl.prev_user(), n)
-                tl.append_user(frames, real=False, tokens_written=1 + len(job.units))
+                job.result.estimate = interpolate(new, tl.prev_user(), n)
+                tl.append_user(job.result.estimate, real=False, tokens_written=1 + len(job.units))
                 tl.tokens.append(fmt.s0)
                 job.units = []
                 job.phase = _Phase.AGENT_UNITS

@@ -116,6 +116,8 @@ def create_app(runtime: Runtime) -> FastAPI:
         finally:
             if session is not None:
                 runtime.ticker.discard(session)
+                if session.recorder is not None:
+                    session.recorder.close()
             if sender is not None:
                 sender.cancel()
 

@@ -25,6 +25,7 @@ from server.protocol import (
     ProtocolError,
     StartMessage,
 )
+from server.recording import CallRecorder
 from server.session import CallSession
 from server.settings import Settings
 from server.ticker import Ticker, TickerConfig
@@ -165,6 +166,10 @@ class Runtime:
             uuid.uuid4().hex, audio, params, self.codec, self.config.frames_per_chunk, self.tick_s
         )
         self.ticker.admit(session)
+        if s.record_dir is not None:
+            session.recorder = CallRecorder(
+                s.record_dir / session.id, audio.sample_rate, start.model_dump()
+            )
         return session
 
 

@@ -24,6 +24,7 @@ from server.protocol import (
     ProtocolError,
     StatsMessage,
 )
+from server.recording import CallRecorder
 from streaming.agent_output import AgentAudioOutput
 from streaming.codec import SpeechCodec
 from streaming.transport import bytes_per_sample, decode_audio
@@ -89,6 +90,7 @@ class CallSession:
         self.started_at = time.monotonic()
         self.done = asyncio.Event()
         self.queued_audio = 0  # audio frames in outbox, to detect a client not reading
+        self.recorder: CallRecorder | None = None
 
     # -- from the client --------------------------------------------------------------------
 
@@ -116,6 +118,8 @@ class CallSession:
                 "be shorter)",
             )
         pcm = decode_audio(frame.payload, self.audio.encoding)
+        if self.recorder is not None:
+            self.recorder.user_audio(frame.first_sample, pcm)
         gap = frame.first_sample - self.expected_sample
         if gap:  # frames the client dropped: their samples are silence
             pcm = np.concatenate([np.zeros(gap, dtype=np.float32), pcm])

@@ -63,6 +63,11 @@ class Settings(BaseSettings):
         default_factory=list,
         description="browser Origins allowed to connect, comma-separated (none = any)",
     )
+    record_dir: Path | None = Field(
+        default=None,
+        description="record every call (both channels' audio, units, estimates) into this "
+        "folder, for debugging; off by default",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info")
 
     @field_validator("api_keys", "allowed_origins", mode="before")

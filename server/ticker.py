@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from model.engine import Engine, StepRequest, StepResult
+from model.format import Frame
 from server.metrics import Metrics
 from server.protocol import AudioFrame, CloseCode, ErrorCode, ProtocolError, ReadyMessage
 from server.session import CallSession, State
@@ -43,6 +44,7 @@ class TickOutput:
     results: dict[str, StepResult]
     audio: dict[str, AgentAudio]
     newest_arrival: dict[str, float]
+    real: dict[str, dict[int, list[Frame]]]  # user chunks each session's step received
     compute_s: float
 
 
@@ -146,16 +148,18 @@ class Ticker:
         t0 = time.perf_counter()
         requests = []
         newest: dict[str, float] = {}
+        real: dict[str, dict[int, list[Frame]]] = {}
         for s in plan.sessions:
-            real = {c.index: [tuple(f) for f in c.units.tolist()] for c in s.user_in.drain()}
+            chunks = s.user_in.drain()
+            real[s.id] = {c.index: [tuple(f) for f in c.units.tolist()] for c in chunks}
             newest[s.id] = s.user_in.newest_arrival
-            requests.append(StepRequest(s.id, real, silent=plan.silent))
+            requests.append(StepRequest(s.id, real[s.id], silent=plan.silent))
         results = self.engine.step(requests)
         audio = {
             s.id: s.agent_out.render(np.asarray(results[s.id].frames, dtype=np.int64))
             for s in plan.sessions
         }
-        return TickOutput(results, audio, newest, time.perf_counter() - t0)
+        return TickOutput(results, audio, newest, real, time.perf_counter() - t0)
 
     def _deliver(self, plan: TickPlan, out: TickOutput) -> None:
         m, cfg = self.metrics, self.config
@@ -182,6 +186,9 @@ class Ticker:
             m.late_dropped.inc(len(r.dropped))
             if r.replaced:
                 m.rollback_tokens.observe(r.rollback_tokens)
+            if s.recorder is not None:
+                s.recorder.agent_audio(a.pcm)
+                s.recorder.tick(plan.tick, r, out.real[s.id])
             last = s.last_chunk is not None and r.chunk >= s.last_chunk
             frame = AudioFrame(r.chunk, a.first_sample, a.payload, last=last).pack()
             arrival = out.newest_arrival[s.id]

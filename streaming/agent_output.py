@@ -18,7 +18,7 @@ from streaming.transport import encode_audio
 @dataclass(frozen=True, slots=True)
 class AgentAudio:
     first_sample: int  # at the wire rate
-    samples: int
+    pcm: np.ndarray  # float32 at the wire rate
     payload: bytes
 
 
@@ -32,6 +32,6 @@ class AgentAudioOutput:
     def render(self, units: np.ndarray) -> AgentAudio:
         """Vocode one chunk of units [frames, units_per_frame] and encode it for the wire."""
         pcm = self._resampler.process(self._decoder.decode(units))
-        out = AgentAudio(self.samples_out, len(pcm), encode_audio(pcm, self._encoding))
+        out = AgentAudio(self.samples_out, pcm, encode_audio(pcm, self._encoding))
         self.samples_out += len(pcm)
         return out

@@ -1,0 +1,67 @@
+"""Opt-in call recording for debugging (`--record-dir`): never on by default.
+
+Per call, a folder with the user's audio as received and the agent's as sent (both at the wire
+rate, placed by sample index), and `ticks.jsonl`: per tick the agent units, the user chunks
+that arrived, the estimate made and which estimates real audio replaced.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+
+from model.engine import StepResult
+from model.format import Frame
+
+
+class CallRecorder:
+    def __init__(self, folder: Path, sample_rate: int, start: dict[str, Any]) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+        (folder / "start.json").write_text(json.dumps(start, indent=2) + "\n")
+        self._user = sf.SoundFile(
+            folder / "user.wav", "w", samplerate=sample_rate, channels=1, subtype="PCM_16"
+        )
+        self._agent = sf.SoundFile(
+            folder / "agent.wav", "w", samplerate=sample_rate, channels=1, subtype="PCM_16"
+        )
+        self._log = (folder / "ticks.jsonl").open("w")
+        self._user_samples = 0
+
+    def user_audio(self, first_sample: int, pcm: np.ndarray) -> None:
+        if first_sample > self._user_samples:  # frames the client dropped
+            self._user.write(np.zeros(first_sample - self._user_samples, dtype=np.float32))
+        self._user.write(pcm)
+        self._user_samples = first_sample + len(pcm)
+
+    def agent_audio(self, pcm: np.ndarray) -> None:
+        self._agent.write(pcm)
+
+    def tick(self, tick: int, result: StepResult, real: dict[int, list[Frame]]) -> None:
+        entry = {
+            "tick": tick,
+            "chunk": result.chunk,
+            "agent": _units(result.frames),
+            "real_user": {str(j): _units(f) for j, f in sorted(real.items())},
+            "estimate": _units(result.estimate) if result.estimated else None,
+            "replaced": result.replaced,
+            "dropped": result.dropped,
+            "rollback_tokens": result.rollback_tokens,
+            "prefill_tokens": result.prefill_tokens,
+        }
+        self._log.write(json.dumps(entry) + "\n")
+
+    def close(self) -> None:
+        self._user.close()
+        self._agent.close()
+        self._log.close()
+
+
+def _units(frames: list[Frame]) -> list[int] | list[list[int]]:
+    if frames and len(frames[0]) == 1:
+        return [f[0] for f in frames]
+    return [list(f) for f in frames]

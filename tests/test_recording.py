@@ -1,0 +1,39 @@
+"""Opt-in call recording: both channels and the estimate/replace log of a real call."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import soundfile as sf
+
+from clients.call import run_call
+from tests.conftest import read_wav, start_server, stop_server
+
+
+def test_record_dir_keeps_audio_units_and_estimates(
+    checkpoint: Path, speech_wav: Path, tmp_path: Path
+) -> None:
+    record = tmp_path / "rec"
+    srv = start_server(checkpoint, tmp_path / "log", "--record-dir", str(record))
+    try:
+        pcm, rate = read_wav(speech_wav)
+        pcm = pcm[: rate * 2]
+        result = asyncio.run(run_call(srv.url, pcm, rate, wire_rate=16000))
+    finally:
+        stop_server(srv)
+    (folder,) = list(record.iterdir())
+    assert folder.name == result.ready.session_id
+    user = sf.info(folder / "user.wav")
+    assert user.samplerate == 16000 and user.frames == result.samples_sent
+    agent, _ = sf.read(folder / "agent.wav", dtype="float32")
+    assert len(agent) > 0 and abs(agent).max() > 0
+    ticks = [json.loads(line) for line in (folder / "ticks.jsonl").read_text().splitlines()]
+    assert len(ticks) == result.stats.ticks
+    assert [t["chunk"] for t in ticks] == list(range(len(ticks)))
+    assert all(len(t["agent"]) == 4 for t in ticks)
+    assert sum(t["estimate"] is not None for t in ticks) == result.stats.estimates_made
+    assert sum(len(t["replaced"]) for t in ticks) == result.stats.estimates_replaced > 0
+    assert json.loads((folder / "start.json").read_text())["audio"]["sample_rate"] == 16000
+
