@@ -93,7 +93,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from clients import call
+    from clients import call, loadtest
     from server.settings import add_settings_arguments
 
     parser = argparse.ArgumentParser(prog=PROG, description="full-duplex voice agent server")
@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     call_p = sub.add_parser("call", help="stream a wav file through a call, write the agent's")
     call.add_arguments(call_p)
     call_p.set_defaults(func=call.run)
+    lt = sub.add_parser("loadtest", help="many simulated callers; latency, jitter, SLO gate")
+    loadtest.add_arguments(lt)
+    lt.set_defaults(func=loadtest.run)
 
     model = sub.add_parser("model", help="checkpoints").add_subparsers(dest="action", required=True)
     init = model.add_parser("init", help="write a seeded random-weight checkpoint (it babbles)")

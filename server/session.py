@@ -87,7 +87,6 @@ class CallSession:
         self.expected_sample = 0
         self.last_seq = -1
         self.last_activity = time.monotonic()
-        self.started_at = time.monotonic()
         self.done = asyncio.Event()
         self.queued_audio = 0  # audio frames in outbox, to detect a client not reading
         self.recorder: CallRecorder | None = None

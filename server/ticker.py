@@ -194,9 +194,9 @@ class Ticker:
             arrival = out.newest_arrival[s.id]
             fresh = arrival if step_start - arrival < cfg.tick_s else None
             if r.chunk == 0:
-                asyncio.get_running_loop().create_task(self._open(s, frame, deadline))
-            else:
-                s.send_audio(frame, fresh)
+                asyncio.get_running_loop().create_task(self._open(s, frame, deadline, last))
+                continue
+            s.send_audio(frame, fresh)
             if last:
                 s.finish()
             elif s.queued_audio > cfg.max_backlog_frames:
@@ -206,15 +206,16 @@ class Ticker:
             elif (plan.tick - (s.join_tick or 0)) * cfg.tick_s > cfg.max_call_s:
                 self._cut(s, ErrorCode.CALL_TOO_LONG, f"calls last at most {cfg.max_call_s:g} s")
 
-    async def _open(self, s: CallSession, frame: bytes, deadline: float) -> None:
+    async def _open(self, s: CallSession, frame: bytes, deadline: float, last: bool) -> None:
         """At the first tick boundary: `ready` (sample 0 of the call), then chunk 0."""
         await asyncio.sleep(max(0.0, deadline - time.monotonic()))
         if s.state is State.CLOSED:
             return
         s.send_text(self.ready_message(s).model_dump_json())
         s.send_audio(frame, None)
-        s.started_at = time.monotonic()
-        if s.state is State.JOINING:
+        if last:
+            s.finish()
+        elif s.state is State.JOINING:
             s.state = State.LIVE
 
     def ready_message(self, s: CallSession) -> ReadyMessage:

@@ -34,47 +34,26 @@ from tests.conftest import ServerProcess, read_wav, speak, start_server, stop_se
 TICK_S = 0.16
 DUPLEX = Path(sys.executable).parent / "duplex"
 
-# Known server bug (see test_call_finishes_when_end_arrives_after_the_last_chunk): when the
-# client's `end` arrives after the server already sent the agent chunk that covers the last
-# user sample, the ticker skips the call at every later tick and never sends `stats` / closes,
-# so a real-time call hangs (how often depends on the audio length and the lead). While this
-# is True, a call that does not finish in time makes its test xfail instead of hanging for
-# 30 s; set it to False once the ticker is fixed, so that a hang fails again.
-END_HANG_BUG = True
-END_HANG_REASON = (
-    "server bug: a call whose `end` arrives after its last agent chunk was sent never "
-    "finishes (ticker._plan skips it forever; no stats, no close)"
-)
-
-
-class _CallHung(Exception):
-    """A call did not finish within its audio length plus a margin."""
-
-
-def _hung() -> None:
-    if END_HANG_BUG:
-        pytest.xfail(END_HANG_REASON)
-    pytest.fail("the call did not finish: no `stats` / close after `end`")
+# Known server bug (see test_stats_count_every_frame_sent): when the call ends on a frame
+# flagged `last`, `stats` is built before that frame left the outbox, so frames_out is one
+# short. Set to 0 once fixed.
+FRAMES_OUT_SLACK = 1
 
 
 async def call(
     url: str, pcm: np.ndarray, rate: int, *, margin_s: float = 4.0, **kwargs: Any
 ) -> CallResult:
-    """`run_call` bounded by the audio length plus a margin (raises _CallHung past it)."""
+    """`run_call` bounded by the audio length plus a margin (a hung call fails fast)."""
     delay_s = float(kwargs.get("delay_ms", 0.0)) / 1000
     limit = len(pcm) / rate + delay_s + margin_s
     try:
         return await asyncio.wait_for(run_call(url, pcm, rate, **kwargs), limit)
     except TimeoutError as exc:
-        raise _CallHung from exc
+        raise AssertionError(f"the call did not finish within {limit:.1f} s") from exc
 
 
 def call_sync(url: str, pcm: np.ndarray, rate: int, **kwargs: Any) -> CallResult:
-    try:
-        return asyncio.run(call(url, pcm, rate, **kwargs))
-    except _CallHung:
-        _hung()
-        raise  # unreachable: _hung raises
+    return asyncio.run(call(url, pcm, rate, **kwargs))
 
 
 def healthz(server: ServerProcess) -> dict[str, Any]:
@@ -108,7 +87,7 @@ def wire_length(n: int, in_rate: int, wire_rate: int) -> int:
 def check_stats(stats: StatsMessage, result: CallResult | None = None) -> None:
     """Internal consistency of a `stats` message (and of the call that produced it)."""
     assert stats.ticks > 0
-    assert stats.frames_out == stats.ticks
+    assert stats.ticks - FRAMES_OUT_SLACK <= stats.frames_out <= stats.ticks
     assert stats.estimates_made >= 0 and stats.estimates_replaced >= 0
     assert stats.missing_chunks == max(0, stats.estimates_made - stats.estimates_replaced)
     assert stats.latency_ms_p50 is not None and stats.latency_ms_p99 is not None
@@ -123,7 +102,7 @@ def check_stats(stats: StatsMessage, result: CallResult | None = None) -> None:
         assert abs(stats.ticks - math.ceil(duration / TICK_S)) <= 1
 
 
-# -- audio --------------------------------------------------------------------------------------
+# -- audio ----------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -151,8 +130,7 @@ def _cli(server: ServerProcess, inp: Path, out: Path, *extra: str, duration_s: f
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration_s + 10)
     except subprocess.TimeoutExpired:
-        _hung()
-        raise
+        pytest.fail(f"`duplex call` did not finish within {duration_s + 10:.1f} s")
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -164,7 +142,7 @@ SUMMARY_KEYS = {
 }  # fmt: skip
 
 
-# -- `duplex call` -------------------------------------------------------------------------------
+# -- `duplex call` --------------------------------------------------------------------------------
 
 
 def test_cli_call_writes_aligned_output_and_summary(
@@ -241,7 +219,7 @@ def test_wire_formats(server: ServerProcess, voice: Voice, encoding: str, rate: 
     check_stats(result.stats, result)
 
 
-# -- estimates and replacement ---------------------------------------------------------------------
+# -- estimates and replacement --------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("delay_ms", [0, 100, 240])
@@ -261,7 +239,7 @@ def test_delayed_uplink_estimates_are_replaced(
     assert result.frames_received == s.ticks
 
 
-# -- time alignment ---------------------------------------------------------------------------------
+# -- time alignment -------------------------------------------------------------------------------
 
 
 def test_agent_frames_are_contiguous_and_on_the_clock(server: ServerProcess, voice: Voice) -> None:
@@ -285,7 +263,7 @@ def test_agent_frames_are_contiguous_and_on_the_clock(server: ServerProcess, voi
     np.testing.assert_array_equal(place_frames(frames, len(result.output)), result.output)
 
 
-# -- several calls ----------------------------------------------------------------------------------
+# -- several calls --------------------------------------------------------------------------------
 
 
 def test_three_concurrent_calls(server: ServerProcess, voice: Voice) -> None:
@@ -296,10 +274,7 @@ def test_three_concurrent_calls(server: ServerProcess, voice: Voice) -> None:
             *(call(server.url, voice.seconds(s), voice.rate) for s in lengths)
         )
 
-    try:
-        results = asyncio.run(main())
-    except _CallHung:
-        _hung()
+    results = asyncio.run(main())
     assert len({r.stats.session_id for r in results}) == 3
     for s, r in zip(lengths, results, strict=True):
         n = wire_length(len(voice.seconds(s)), voice.rate, 16000)
@@ -308,7 +283,7 @@ def test_three_concurrent_calls(server: ServerProcess, voice: Voice) -> None:
         check_stats(r.stats, r)
 
 
-# -- health and metrics ----------------------------------------------------------------------------
+# -- health and metrics ---------------------------------------------------------------------------
 
 
 METRIC_NAMES = [
@@ -325,8 +300,6 @@ def test_healthz_and_metrics_move_with_a_call(server: ServerProcess, voice: Voic
     assert h["tick_ms"] == pytest.approx(160.0)
     assert 0 < h["lead_ms"] < 160
 
-    text = httpx.get(f"{server.http}/metrics", timeout=5).text
-    assert "# TYPE duplex_errors counter" in text  # labelled: no sample before a first error
     before = metrics(server)
     for name in METRIC_NAMES:
         assert any(k == name or k.startswith(name + "{") for k in before), name
@@ -346,7 +319,7 @@ def test_healthz_and_metrics_move_with_a_call(server: ServerProcess, voice: Voic
     grew("duplex_ticks_total")
     grew("duplex_tick_compute_seconds_count")
     grew("duplex_frames_in_total", s.frames_in)
-    grew("duplex_frames_out_total", s.frames_out)
+    grew("duplex_frames_out_total", result.frames_received)
     grew("duplex_estimates_total", s.estimates_made)
     grew("duplex_estimates_replaced_total", s.estimates_replaced)
     grew("duplex_sessions_total", 1)
@@ -361,10 +334,9 @@ def test_healthz_and_metrics_move_with_a_call(server: ServerProcess, voice: Voic
     assert metrics(server)["duplex_sessions_active"] == 0
 
 
-# -- the known end-of-call bug, pinned down deterministically ----------------------------------------
+# -- the end of a call ----------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(reason=END_HANG_REASON, strict=True)
 def test_call_finishes_when_end_arrives_after_the_last_chunk(server: ServerProcess) -> None:
     """`end` after the agent chunk covering the last user sample: stats and 1000 must follow.
 
@@ -387,9 +359,8 @@ def test_call_finishes_when_end_arrives_after_the_last_chunk(server: ServerProce
             await c.end(n)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1.5):  # a few ticks
-                    async for ev in events:
-                        if isinstance(ev, StatsMessage):
-                            break
+                    async for _ in events:  # returns at the close 1000 that follows `stats`
+                        pass
             return c.stats, c._ws.close_code
 
     stats, close = asyncio.run(main())
@@ -397,7 +368,23 @@ def test_call_finishes_when_end_arrives_after_the_last_chunk(server: ServerProce
     assert close == 1000
 
 
-# -- admission: server_full --------------------------------------------------------------------------
+@pytest.mark.xfail(
+    reason="server bug: when the final chunk is flagged `last`, Ticker._deliver queues it and "
+    "calls finish() at once, which builds `stats` before the sender sent that frame: "
+    "stats.frames_out is one short (and its latency is left out of p50/p99)",
+    strict=True,
+)
+def test_stats_count_every_frame_sent(server: ServerProcess, voice: Voice) -> None:
+    """All audio (and `end`) sent at once: the last chunk is made after `end`, flagged `last`."""
+    result = call_sync(server.url, voice.seconds(1.0), voice.rate, realtime=False)
+    frames = sorted(result.frames, key=lambda f: f.seq)
+    assert frames[-1].last
+    assert not any(f.last for f in frames[:-1])
+    assert result.stats.ticks == result.frames_received
+    assert result.stats.frames_out == result.frames_received
+
+
+# -- admission: server_full -----------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -408,6 +395,18 @@ def one_slot_server(
     srv = start_server(checkpoint, log, "--max-sessions", "1")
     yield srv
     stop_server(srv)
+
+
+@pytest.mark.xfail(
+    reason="server bug (minor): labelled counters (duplex_errors_total, "
+    "duplex_sessions_rejected_total) are not exported at all until their first increment",
+    strict=True,
+)
+def test_error_counters_are_exported_before_any_error(one_slot_server: ServerProcess) -> None:
+    """A fresh server: every error code's counter exists at 0 (no 'missing series' in alerts)."""
+    m = metrics(one_slot_server)
+    assert m.get('duplex_errors_total{code="internal_error"}') == 0
+    assert m.get('duplex_sessions_rejected_total{reason="server_full"}') == 0
 
 
 def test_server_full_refuses_at_once_and_first_call_goes_on(
@@ -430,10 +429,7 @@ def test_server_full_refuses_at_once_and_first_call_goes_on(
         refused_after = time.monotonic() - t0
         return await first, info.value, refused_after
 
-    try:
-        result, err, refused_after = asyncio.run(main())
-    except _CallHung:
-        _hung()
+    result, err, refused_after = asyncio.run(main())
     assert err.code == "server_full"
     assert err.close_code == 1013
     assert refused_after < 1.0
@@ -443,7 +439,7 @@ def test_server_full_refuses_at_once_and_first_call_goes_on(
     assert m['duplex_sessions_rejected_total{reason="server_full"}'] == 1
 
 
-# -- graceful shutdown --------------------------------------------------------------------------------
+# -- graceful shutdown ----------------------------------------------------------------------------
 
 
 @dataclass
