@@ -204,6 +204,9 @@ async def _send_loop(ws: WebSocket, session: CallSession, runtime: Runtime) -> N
             if ws.client_state is WebSocketState.CONNECTED:
                 await ws.close(item.close_code, item.close_reason)
             return
+        if item.stats:
+            await ws.send_text(session.stats_message().model_dump_json())
+            continue
         if item.text is not None:
             await ws.send_text(item.text)
             continue

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from server.protocol import ErrorCode
+
 _TICK_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.12, 0.16, 0.2, 0.3, 0.5, 1.0)
 _LAT_BUCKETS = (0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.08, 0.12, 0.16, 0.25, 0.5)
 
@@ -50,6 +52,9 @@ class Metrics:
         self.frames_in = Counter("duplex_frames_in", "audio frames received", registry=r)
         self.frames_out = Counter("duplex_frames_out", "audio frames sent", registry=r)
         self.errors = Counter("duplex_errors", "calls ended by an error", ["code"], registry=r)
+        for code in ErrorCode:  # export every series from the start, at 0
+            self.errors.labels(code.value)
+        self.sessions_rejected.labels(ErrorCode.SERVER_FULL.value)
         self.latency = Histogram(
             "duplex_server_latency_seconds",
             "newest user frame arrival to the send of the agent frame its step made",

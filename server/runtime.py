@@ -33,6 +33,7 @@ from streaming.codec import SpeechCodec, load_codec
 
 log = logging.getLogger("duplex.runtime")
 
+ROLLBACK_SLACK_S = 0.04
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -104,8 +105,12 @@ class Runtime:
         )
 
     def _rollback_chunks(self, lead_s: float) -> int:
-        """How many user chunks may be estimated at once: ceil((budget + lead) / tick)."""
-        return max(1, math.ceil((self.settings.latency_budget_ms / 1000 + lead_s) / self.tick_s))
+        """How many user chunks may be estimated at once: ceil((budget + lead + slack) / tick).
+
+        The slack keeps audio that is exactly `budget` late (plus scheduling noise) usable.
+        """
+        budget = self.settings.latency_budget_ms / 1000
+        return max(1, math.ceil((budget + lead_s + ROLLBACK_SLACK_S) / self.tick_s))
 
     def _warm_up(self, engine: Engine) -> float:
         """Run steps of every shape at full load; return the slowest step (seconds)."""
@@ -163,7 +168,13 @@ class Runtime:
             seed=_seed(s.seed if req.seed is None else req.seed),
         )
         session = CallSession(
-            uuid.uuid4().hex, audio, params, self.codec, self.config.frames_per_chunk, self.tick_s
+            uuid.uuid4().hex,
+            audio,
+            params,
+            self.codec,
+            self.config.frames_per_chunk,
+            self.tick_s,
+            max_gap_s=max(self.tick_s, s.latency_budget_ms / 1000),
         )
         self.ticker.admit(session)
         if s.record_dir is not None:

@@ -44,6 +44,7 @@ class Outgoing:
 
     text: str | None = None
     frame: bytes | None = None
+    stats: bool = False  # send the call's `stats`, built when its turn comes
     close_code: int | None = None
     close_reason: str = ""
     newest_arrival: float | None = None  # for server-added latency
@@ -70,6 +71,7 @@ class CallSession:
         codec: SpeechCodec,
         frames_per_chunk: int,
         tick_s: float,
+        max_gap_s: float,
     ) -> None:
         self.id = session_id
         self.audio = audio
@@ -77,6 +79,7 @@ class CallSession:
         self.state = State.JOINING
         self.frame_samples = audio.sample_rate * audio.frame_ms // 1000
         self.chunk_samples = round(audio.sample_rate * tick_s)
+        self.max_gap_samples = round(audio.sample_rate * max_gap_s)
         self._frame_bytes = self.frame_samples * bytes_per_sample(audio.encoding)
         self.user_in = UserAudioInput(codec, audio.sample_rate, frames_per_chunk)
         self.agent_out = AgentAudioOutput(codec, audio.sample_rate, audio.encoding)
@@ -109,24 +112,31 @@ class CallSession:
                 f"{self.expected_sample} were already received",
             )
         size = len(frame.payload)
-        if size != self._frame_bytes and not (frame.last and 0 < size < self._frame_bytes):
+        width = bytes_per_sample(self.audio.encoding)
+        if size % width or (
+            size != self._frame_bytes and not (frame.last and 0 < size < self._frame_bytes)
+        ):
             raise ProtocolError(
                 ErrorCode.BAD_FRAME_SIZE,
                 f"audio payload of {size} bytes; frames are {self._frame_bytes} bytes "
                 f"({self.frame_samples} samples of {self.audio.encoding}; only the last may "
                 "be shorter)",
             )
+        gap = frame.first_sample - self.expected_sample
+        if gap > self.max_gap_samples:
+            raise ProtocolError(
+                ErrorCode.SAMPLE_ORDER,
+                f"frame starts at sample {frame.first_sample}, {gap} samples after the previous "
+                f"one ended; gaps (dropped frames) may be at most {self.max_gap_samples} samples",
+            )
         pcm = decode_audio(frame.payload, self.audio.encoding)
         if self.recorder is not None:
             self.recorder.user_audio(frame.first_sample, pcm)
-        gap = frame.first_sample - self.expected_sample
         if gap:  # frames the client dropped: their samples are silence
             pcm = np.concatenate([np.zeros(gap, dtype=np.float32), pcm])
         now = time.monotonic()
         self.user_in.push(pcm, now)
-        self.expected_sample = frame.first_sample + len(frame.payload) // bytes_per_sample(
-            self.audio.encoding
-        )
+        self.expected_sample = frame.first_sample + size // width
         self.last_seq = frame.seq
         self.last_activity = now
         self.stats.frames_in += 1
@@ -138,6 +148,12 @@ class CallSession:
             raise ProtocolError(
                 ErrorCode.INVALID_MESSAGE,
                 f"`end` says {total_samples} samples but {self.expected_sample} were sent",
+            )
+        if total_samples > self.expected_sample + self.frame_samples:
+            raise ProtocolError(
+                ErrorCode.INVALID_MESSAGE,
+                f"`end` says {total_samples} samples but only {self.expected_sample} were sent "
+                "(at most one frame of padding is allowed)",
             )
         if total_samples > self.expected_sample:
             pad = total_samples - self.expected_sample
@@ -171,7 +187,7 @@ class CallSession:
         if self.state is State.CLOSED:
             return
         self.state = State.CLOSED
-        self.send_text(self.stats_message().model_dump_json())
+        self.outbox.put_nowait(Outgoing(stats=True))  # after every frame queued before it
         self.outbox.put_nowait(Outgoing(close_code=1000, close_reason="call complete"))
         self.done.set()
 

@@ -7,7 +7,9 @@ On SIGTERM/SIGINT open calls get `shutdown_grace_s` to finish, then an `error` m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+from collections.abc import Generator
 
 import uvicorn
 
@@ -19,6 +21,13 @@ class DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, runtime: Runtime) -> None:
         super().__init__(config)
         self.runtime = runtime
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        """A drained shutdown is a clean exit (0), not death by the signal uvicorn re-raises."""
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         await self.runtime.ticker.drain(self.runtime.settings.shutdown_grace_s)
@@ -40,5 +49,20 @@ def serve(runtime: Runtime) -> int:
         timeout_graceful_shutdown=5,
     )
     server = DrainingServer(config, runtime)
-    server.run()
+    server.run(sockets=[_listen(s.host, s.port)])
     return 0
+
+
+# A small send buffer, inherited by accepted sockets, so a client that stops reading fills it
+# quickly and is cut off (`slow_consumer`) after `send_queue_s` instead of after megabytes.
+SEND_BUFFER_BYTES = 64 * 1024
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock

@@ -1,0 +1,247 @@
+"""`duplex loadtest`: the analysis on synthetic streams with known answers, then real runs.
+
+The real runs are short (a few seconds of audio per caller) because callers stream in real time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clients.call import load_input
+from clients.loadtest import (
+    LoadtestConfig,
+    ReceiveFigures,
+    _metrics_summary,
+    _metrics_url,
+    caller_audio,
+    heard_time,
+    main,
+    receive_figures,
+    run_loadtest,
+    simulate_downlink,
+    speech_segments,
+    turn_latencies,
+)
+from streaming.resample import resample_whole
+from tests.conftest import ServerProcess, speak, start_server, stop_server
+
+RATE = 8000
+
+
+# --- turn latency on known segments ----------------------------------------------------------
+
+
+def test_turn_latency_is_agent_onset_minus_user_end() -> None:
+    turns = turn_latencies([(0.0, 1.0)], [1.3], end_s=5.0)
+    assert turns.latencies_s == pytest.approx([0.3])
+    assert turns.unanswered == 0
+
+
+def test_a_short_pause_is_not_a_turn_end() -> None:
+    # 0.2 s between the segments is a pause inside the turn; only the second end counts
+    turns = turn_latencies([(0.0, 1.0), (1.2, 2.0)], [2.4], end_s=6.0)
+    assert turns.latencies_s == pytest.approx([0.4])
+    assert turns.count == 1
+
+
+def test_agent_talking_through_the_end_or_too_late_is_unanswered() -> None:
+    # onset before the user's end (talking over), and one after the 3 s window
+    turns = turn_latencies([(0.0, 1.0)], [0.5, 4.5], end_s=10.0)
+    assert (turns.latencies_s, turns.unanswered) == ([], 1)
+
+
+def test_an_answer_must_come_before_the_user_speaks_again() -> None:
+    turns = turn_latencies([(0.0, 1.0), (2.0, 3.0)], [2.5, 3.5], end_s=10.0)
+    assert turns.latencies_s == pytest.approx([0.5])  # the second turn's
+    assert turns.unanswered == 1  # the first: the onset at 2.5 s came after the user resumed
+
+
+def test_a_turn_whose_window_the_call_cut_off_is_not_counted() -> None:
+    assert turn_latencies([(0.0, 1.0)], [], end_s=2.0).count == 0
+    assert turn_latencies([(0.0, 1.0)], [], end_s=4.5).unanswered == 1
+
+
+def test_a_late_frame_delays_the_onset_as_heard() -> None:
+    firsts = [0, 1280, 2560]  # 160 ms frames at 8 kHz
+    arrivals = [0.0, 0.5, 0.33]  # the second frame is due at 0.16 s but arrives at 0.5 s
+    assert heard_time(100, firsts, arrivals, RATE) == pytest.approx(100 / RATE)
+    assert heard_time(1280 + 160, firsts, arrivals, RATE) == pytest.approx(0.52)
+    assert heard_time(2560, firsts, arrivals, RATE) == pytest.approx(0.33)
+
+
+def _trimmed(path: Path) -> np.ndarray:
+    """espeak-ng speech at RATE without its leading and trailing silence."""
+    pcm, rate = load_input(str(path))
+    x = resample_whole(pcm, rate, RATE)
+    loud = np.nonzero(np.abs(x) > 0.02 * np.abs(x).max())[0]
+    return x[loud[0] : loud[-1] + 1]
+
+
+def test_vad_turn_latency_in_speech_tracks_the_true_gap(tmp_path: Path) -> None:
+    """User speech ends at a known time; the agent starts 300 ms or 800 ms later.
+
+    silero-vad holds speech for 0-110 ms past the last sound (measured on espeak speech), so
+    the absolute figure reads up to that much low; the difference between the two must be
+    exact to about one 32 ms VAD window.
+    """
+    user_clip = _trimmed(speak("What time is it in Paris?", tmp_path / "u.wav"))
+    agent_clip = _trimmed(speak("It is nine in the morning.", tmp_path / "a.wav"))
+    user_end = 0.5 + len(user_clip) / RATE
+    n = round((user_end + 0.8) * RATE) + len(agent_clip) + RATE
+    user = np.zeros(n, np.float32)
+    user[RATE // 2 : RATE // 2 + len(user_clip)] = user_clip
+    streams = [user]
+    for gap in (0.3, 0.8):
+        agent = np.zeros(n, np.float32)
+        onset = round((user_end + gap) * RATE)
+        agent[onset : onset + len(agent_clip)] = agent_clip
+        streams.append(agent)
+
+    user_segs, *agent_segs = speech_segments(streams, RATE)
+    assert user_segs[-1][1] == pytest.approx(user_end, abs=0.12)
+    measured = []
+    for segs, gap in zip(agent_segs, (0.3, 0.8), strict=True):
+        assert segs[0][0] == pytest.approx(user_end + gap, abs=0.04)
+        turns = turn_latencies(user_segs, [s for s, _ in segs], end_s=n / RATE)
+        assert turns.unanswered == 0 and len(turns.latencies_s) == 1
+        assert turns.latencies_s[0] == pytest.approx(gap, abs=0.12)
+        measured.append(turns.latencies_s[0])
+    assert measured[1] - measured[0] == pytest.approx(0.5, abs=0.04)
+
+
+# --- jitter and gaps on known arrival times --------------------------------------------------
+
+
+def test_jitter_and_gaps_from_arrival_times() -> None:
+    # frames as the server sends them: the first one short (a codec delay), then 1280 each
+    t_ready, tick, chunk = 100.0, 0.16, 1280
+    firsts, lengths, arrivals, lateness = [], [], [], []
+    for k in range(10):
+        first = 0 if k == 0 else k * chunk - 24
+        if k in (7, 9):
+            continue  # never arrive: one hole inside, one at the end
+        late = 0.2 if k == 5 else 0.01 * (k % 2)  # k=5: more than a tick late
+        firsts.append(first)
+        lengths.append(chunk - 24 if k == 0 else chunk)
+        arrivals.append(t_ready + first / RATE + late)
+        lateness.append(late)
+
+    def figures(arrived: list[float], base: float = 0.0) -> ReceiveFigures:
+        return receive_figures(
+            firsts,
+            lengths,
+            arrived,
+            t_ready=t_ready,
+            rate=RATE,
+            total_samples=10 * chunk,
+            chunk_samples=chunk,
+            tick_s=tick,
+            base_delay_s=base,
+        )
+
+    fig = figures(arrivals)
+    assert fig.jitter_ms == pytest.approx(np.std(lateness) * 1e3)
+    assert fig.late_ms_p99 == pytest.approx(np.percentile(lateness, 99) * 1e3)
+    assert (fig.late_frames, fig.missing_frames, fig.gaps) == (1, 2, 3)
+    # an injected fixed downlink delay is latency, not a gap
+    moved = figures([a + 0.5 for a in arrivals], base=0.5)
+    assert (moved.gaps, moved.jitter_ms) == (3, pytest.approx(fig.jitter_ms))
+    assert figures([a + 0.5 for a in arrivals]).late_frames == len(arrivals)  # not absorbed
+    # frames out of order or overlapping leave no hole
+    full = receive_figures(
+        [1280, 0, 1000],
+        [1280, 1280, 1280],
+        [1.0, 1.0, 1.0],
+        t_ready=0.0,
+        rate=RATE,
+        total_samples=2560,
+        chunk_samples=chunk,
+        tick_s=tick,
+    )
+    assert full.missing_frames == 0
+
+
+def test_simulated_downlink_delays_and_never_reorders() -> None:
+    arrivals = [i * 0.02 for i in range(200)]
+    assert simulate_downlink(arrivals, 0.05, 0.0, random.Random(0)) == pytest.approx(
+        [a + 0.05 for a in arrivals]
+    )
+    out = simulate_downlink(arrivals, 0.05, 0.1, random.Random(0))
+    assert out == simulate_downlink(arrivals, 0.05, 0.1, random.Random(0))  # seeded
+    assert all(b >= a for a, b in zip(out, out[1:], strict=False))
+    assert all(0.05 <= o - a <= 0.15 + 0.02 * 5 for a, o in zip(arrivals, out, strict=True))
+
+
+def test_tick_time_per_second_from_metrics_differences() -> None:
+    page = {"overruns": 0.0, "sessions_active": 2.0, "latency_buckets": {"0.1": 0.0, "+Inf": 0.0}}
+    samples = [
+        {**page, "t": 0.0, "tick_sum": 1.0, "tick_count": 10.0},
+        {**page, "t": 1.0, "tick_sum": 1.3, "tick_count": 16.0, "overruns": 1.0},
+        {**page, "t": 2.0, "tick_sum": 1.3, "tick_count": 16.0, "overruns": 1.0},
+    ]
+    m = _metrics_summary(samples, [])
+    assert [p["tick_mean_ms"] for p in m["series"]] == [pytest.approx(50.0), None]
+    assert [p["overruns"] for p in m["series"]] == [1, 0]
+    assert m["tick_mean_ms"] == pytest.approx(50.0)
+    assert _metrics_url("wss://h:9/v1/duplex?token=x") == "https://h:9/metrics"
+
+
+def test_callers_loop_the_clips_with_pauses_from_their_own_start() -> None:
+    clips = [np.full(10, 1.0, np.float32), np.full(10, 2.0, np.float32)]
+    x = caller_audio(clips, 10, duration_s=7.0, first=1)  # PAUSE_S = 2 s = 20 samples
+    assert len(x) == 70
+    assert x[0] == 2.0 and x[30] == 1.0 and x[60] == 2.0
+    assert not x[10:30].any()
+
+
+# --- real runs against `duplex serve` --------------------------------------------------------
+
+
+def test_real_run_reports_writes_files_and_gates_on_slo(
+    server: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, plots = tmp_path / "report.json", tmp_path / "plots"
+    rc = main(
+        [
+            "--url", server.url, "--callers", "3", "--duration", "4", "--ramp-up", "0.4",
+            "--seed", "0", "--json", "--json-out", str(out), "--plots-dir", str(plots),
+            "--slo-p99-ms", "0.001",
+        ]
+    )  # fmt: skip
+    captured = capsys.readouterr()
+    assert rc == 1
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and "SLO missed" in err[0] and "p99" in err[0], captured.err
+    report = json.loads(captured.out)
+    assert report == json.loads(out.read_text())
+    o = report["overall"]
+    assert (o["completed"], o["connect_failures"], o["errors"]) == (3, {}, {})
+    for key in ("latency_ms_p50", "latency_ms_p95", "latency_ms_p99", "recv_jitter_ms"):
+        assert o[key] is not None and o[key] >= 0
+    assert o["frames_sent"] == 3 * 200  # 4 s of 20 ms frames each
+    assert o["frames_received"] >= 3 * 25  # 160 ms agent frames
+    for c in report["callers"]:
+        assert c["status"] == "ok" and c["session_id"]
+        assert {"overruns", "late_samples_dropped", "recv_gaps", "turns"} <= c.keys()
+    assert report["server_metrics"]["available"]
+    for name in ("latency_cdf.png", "tick_time.png"):
+        assert (plots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_callers_beyond_capacity_are_connect_failures(checkpoint: Path, tmp_path: Path) -> None:
+    srv = start_server(checkpoint, tmp_path / "server.log", "--max-sessions", "2")
+    try:
+        report = asyncio.run(run_loadtest(LoadtestConfig(url=srv.url, callers=6, duration_s=1.5)))
+    finally:
+        stop_server(srv)
+    o = report.overall
+    assert o["connect_failures"] == {"server_full": 4}
+    assert o["completed"] == 2 and o["errors"] == {}
+    refused = [c for c in report.callers if c.status == "server_full"]
+    assert all(not c.connected and c.frames_received == 0 for c in refused)
