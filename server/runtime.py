@@ -175,6 +175,7 @@ class Runtime:
             self.config.frames_per_chunk,
             self.tick_s,
             max_gap_s=max(self.tick_s, s.latency_budget_ms / 1000),
+            rollback_chunks=self.engine.max_rollback_chunks,
         )
         self.ticker.admit(session)
         if s.record_dir is not None:

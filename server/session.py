@@ -57,6 +57,7 @@ class CallStats:
     frames_out: int = 0
     estimates_made: int = 0
     estimates_replaced: int = 0
+    unreplaced: set[int] = field(default_factory=set)  # user chunks still only estimated
     late_chunks_dropped: int = 0
     overruns: int = 0
     latencies_ms: list[float] = field(default_factory=list)
@@ -72,6 +73,7 @@ class CallSession:
         frames_per_chunk: int,
         tick_s: float,
         max_gap_s: float,
+        rollback_chunks: int,
     ) -> None:
         self.id = session_id
         self.audio = audio
@@ -80,6 +82,7 @@ class CallSession:
         self.frame_samples = audio.sample_rate * audio.frame_ms // 1000
         self.chunk_samples = round(audio.sample_rate * tick_s)
         self.max_gap_samples = round(audio.sample_rate * max_gap_s)
+        self.rollback_chunks = rollback_chunks
         self._frame_bytes = self.frame_samples * bytes_per_sample(audio.encoding)
         self.user_in = UserAudioInput(codec, audio.sample_rate, frames_per_chunk)
         self.agent_out = AgentAudioOutput(codec, audio.sample_rate, audio.encoding)
@@ -195,7 +198,9 @@ class CallSession:
         lat = np.array(self.stats.latencies_ms)
         pct = (lambda q: round(float(np.percentile(lat, q)), 3)) if len(lat) else (lambda q: None)
         s = self.stats
-        missing = max(0, s.estimates_made - s.estimates_replaced)  # estimates kept for good
+        # estimates whose budget ran out during the call with no real audio replacing them
+        # (chunk j can be replaced up to step j + 1 + rollback_chunks; the last step is ticks-1)
+        missing = sum(1 for j in s.unreplaced if j + 1 + self.rollback_chunks <= s.ticks - 1)
         return StatsMessage(
             session_id=self.id,
             ticks=s.ticks,

@@ -179,6 +179,9 @@ class Ticker:
             st.ticks += 1
             st.estimates_made += r.estimated
             st.estimates_replaced += len(r.replaced)
+            if r.estimated:
+                st.unreplaced.add(r.chunk - 1)
+            st.unreplaced.difference_update(r.replaced)
             st.late_chunks_dropped += len(r.dropped)
             st.overruns += overrun
             m.estimates.inc(r.estimated)

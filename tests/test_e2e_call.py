@@ -89,7 +89,8 @@ def check_stats(stats: StatsMessage, result: CallResult | None = None) -> None:
     assert stats.ticks > 0
     assert stats.ticks - FRAMES_OUT_SLACK <= stats.frames_out <= stats.ticks
     assert stats.estimates_made >= 0 and stats.estimates_replaced >= 0
-    assert stats.missing_chunks == max(0, stats.estimates_made - stats.estimates_replaced)
+    # missing: estimates never replaced whose budget ran out while the call still ran
+    assert 0 <= stats.missing_chunks <= stats.estimates_made - stats.estimates_replaced
     assert stats.latency_ms_p50 is not None and stats.latency_ms_p99 is not None
     assert 0 <= stats.latency_ms_p50 <= stats.latency_ms_p99
     assert stats.latency_ms_p95 is not None
@@ -167,7 +168,8 @@ def test_cli_call_writes_aligned_output_and_summary(
     assert summary["frames_received"] == summary["ticks"]
     assert 0 <= summary["latency_ms_p50"] <= summary["latency_ms_p95"] <= summary["latency_ms_p99"]
     assert summary["estimates_made"] > 0  # the newest user chunk is always an estimate
-    assert summary["missing_chunks"] == summary["estimates_made"] - summary["estimates_replaced"]
+    unreplaced = summary["estimates_made"] - summary["estimates_replaced"]
+    assert 0 <= summary["missing_chunks"] <= unreplaced
     assert summary["late_samples_dropped"] == 0
     assert summary["duration_s"] >= duration - 0.05
     assert len(summary["session_id"]) >= 8
@@ -232,14 +234,10 @@ def test_delayed_uplink_estimates_are_replaced(
     assert s.estimates_made > 0, "the newest user chunk is always estimated (decisions.md 2)"
     assert s.estimates_replaced > 0, "estimates must be replaced once the real audio arrived"
     # Chunk j's audio is complete at the server at (j+1)T + delay; the step of agent chunk k
-    # starts at kT - lead and may replace chunks down to k-1-R, R = ceil((budget + lead) / T)
-    # (decisions.md 2). The slack left for network and scheduling jitter at this delay:
-    ready = result.ready
-    budget, lead, tick = ready.latency_budget_ms, ready.lead_ms, ready.tick_ms
-    slack_ms = math.ceil((budget + lead) / tick) * tick - (delay_ms + lead)
-    assert delay_ms <= budget
-    if slack_ms >= 25:  # else a delay of exactly the budget may legitimately drop a chunk
-        assert s.late_samples_dropped == 0, (delay_ms, slack_ms)
+    # starts at kT - lead and may replace chunks down to k-1-R, R = ceil((budget + lead +
+    # 40 ms) / T) (decisions.md 2): audio up to the budget late (and then some) is never lost.
+    assert delay_ms <= result.ready.latency_budget_ms
+    assert s.late_samples_dropped == 0 and s.missing_chunks == 0, s
     assert len(result.output) == wire_length(len(pcm), voice.rate, 16000)
     assert rms(result.output) > 1e-3
     check_stats(s)
@@ -539,3 +537,15 @@ def test_sigterm_exits_zero_after_drain(shutdown_run: ShutdownRun) -> None:
     assert run.exit_code is not None, "the server did not exit within 10 s of its drain"
     assert run.exit_after_s is not None and run.exit_after_s < 5.0
     assert run.exit_code == 0
+
+
+def test_audio_later_than_the_budget_is_dropped_and_counted(
+    server: ServerProcess, voice: Voice
+) -> None:
+    """decisions.md 2: late audio never stalls the call; its estimate stays and is counted."""
+    pcm = voice.seconds(2.5)
+    result = call_sync(server.url, pcm, voice.rate, delay_ms=700)
+    s = result.stats
+    assert s.late_samples_dropped > 0 and s.late_samples_dropped % result.ready.chunk_samples == 0
+    assert s.missing_chunks > 0
+    assert len(result.output) == wire_length(len(pcm), voice.rate, 16000)
