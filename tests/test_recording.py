@@ -36,4 +36,3 @@ def test_record_dir_keeps_audio_units_and_estimates(
     assert sum(t["estimate"] is not None for t in ticks) == result.stats.estimates_made
     assert sum(len(t["replaced"]) for t in ticks) == result.stats.estimates_replaced > 0
     assert json.loads((folder / "start.json").read_text())["audio"]["sample_rate"] == 16000
-
