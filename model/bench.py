@@ -166,8 +166,39 @@ def run(args: argparse.Namespace) -> int:
         b, lp = sustained(rows, context, tick_ms, False), sustained(rows, context, tick_ms, True)
         ratio = f"{b / lp:.1f}x" if lp else "inf"
         print(f"context {context}: batched sustains {b}, per-session loop {lp} ({ratio})")
-    by_ctx = {r.context: r.batched_p50_ms for r in rows if r.sessions == sessions[0]}
-    if 8000 in by_ctx and 1000 in by_ctx:
-        print(f"flat cost: {sessions[0]} session(s), 8000 vs 1000 tokens: "
-              f"{by_ctx[8000] / by_ctx[1000]:.2f}x")  # fmt: skip
+    for n in sessions:
+        by_ctx = {r.context: r.batched_p50_ms for r in rows if r.sessions == n}
+        if 8000 in by_ctx and 1000 in by_ctx:
+            ratio = by_ctx[8000] / by_ctx[1000]
+            print(f"flat cost at {n} session(s): 8000 vs 1000 tokens {ratio:.2f}x")
+    if args.markdown:
+        _write_markdown(Path(args.markdown), rows, contexts, tick_ms)
     return 0
+
+
+def _write_markdown(path: Path, rows: list[Row], contexts: list[int], tick_ms: float) -> None:
+    """Append this run's table, with the command that made it, to a markdown file."""
+    command = "duplex bench " + " ".join(sys.argv[2:])
+    lines = [
+        f"\n### `{command}`\n",
+        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
+        f"{time.strftime('%Y-%m-%d')}; milliseconds per tick (p50 / p99)\n",
+        "| sessions | context | batched p50 | batched p99 | loop p50 | loop p99 |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        loop = (
+            ("-", "-")
+            if r.loop_p50_ms is None
+            else (f"{r.loop_p50_ms:.1f}", f"{r.loop_p99_ms:.1f}")
+        )
+        lines.append(
+            f"| {r.sessions} | {r.context} | {r.batched_p50_ms:.1f} | {r.batched_p99_ms:.1f} | "
+            f"{loop[0]} | {loop[1]} |"
+        )
+    lines.append("")
+    for context in contexts:
+        b, lp = sustained(rows, context, tick_ms, False), sustained(rows, context, tick_ms, True)
+        lines.append(f"- context {context}: batched sustains {b} sessions, per-session loop {lp}")
+    with path.open("a") as f:
+        f.write("\n".join(lines) + "\n")

@@ -46,6 +46,7 @@ class StepResult:
     rollback_tokens: int
     prefill_tokens: int
     estimate: list[Frame] = field(default_factory=list)  # user chunk k-1 as estimated here
+    tokens: int = 0  # length of the conversation in tokens after this step
 
     @property
     def estimated(self) -> bool:
@@ -141,6 +142,8 @@ class Engine:
             for job in active:
                 self._advance(job, logits[job.session.row])
             active = [job for job in active if job.phase is not _Phase.DONE]
+        for job in jobs:
+            job.result.tokens = len(job.session.timeline.tokens)
         return {req.session_id: job.result for req, job in zip(requests, jobs, strict=True)}
 
     # -- planning --------------------------------------------------------------------------

@@ -141,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--loop-limit-s", type=float, default=1.0,
         help="stop growing the per-session loop once its median tick exceeds this",
     )  # fmt: skip
+    bench.add_argument("--markdown", help="append the table and the command to this file")
     bench.set_defaults(func=_bench)
     return parser
 

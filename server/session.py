@@ -60,6 +60,7 @@ class CallStats:
     unreplaced: set[int] = field(default_factory=set)  # user chunks still only estimated
     late_chunks_dropped: int = 0
     overruns: int = 0
+    context_tokens: int = 0
     latencies_ms: list[float] = field(default_factory=list)
 
 
@@ -212,6 +213,7 @@ class CallSession:
             late_samples_dropped=s.late_chunks_dropped * self.chunk_samples,
             missing_chunks=missing,
             overruns=s.overruns,
+            context_tokens=s.context_tokens,
             latency_ms_p50=pct(50),
             latency_ms_p95=pct(95),
             latency_ms_p99=pct(99),

@@ -184,6 +184,7 @@ class Ticker:
             st.unreplaced.difference_update(r.replaced)
             st.late_chunks_dropped += len(r.dropped)
             st.overruns += overrun
+            st.context_tokens = r.tokens
             m.estimates.inc(r.estimated)
             m.replaced.inc(len(r.replaced))
             m.late_dropped.inc(len(r.dropped))

@@ -549,3 +549,24 @@ def test_audio_later_than_the_budget_is_dropped_and_counted(
     assert s.late_samples_dropped > 0 and s.late_samples_dropped % result.ready.chunk_samples == 0
     assert s.missing_chunks > 0
     assert len(result.output) == wire_length(len(pcm), voice.rate, 16000)
+
+
+def test_a_call_runs_past_the_model_context(tmp_path: Path, voice: Voice) -> None:
+    """Issue 3: sink + sliding window; a 256-token context is outgrown 2-3 times in 12 s."""
+    from model.checkpoint import init_random_checkpoint
+
+    ckpt = tmp_path / "small"
+    init_random_checkpoint(ckpt, seed=1, context_tokens=256, sink_tokens=16)
+    srv = start_server(ckpt, tmp_path / "log", "--max-sessions", "1")
+    try:
+        pcm = np.concatenate([voice.seconds(2.0)] * 6)
+        result = call_sync(srv.url, pcm, voice.rate)
+        text = metrics(srv)
+    finally:
+        stop_server(srv)
+    s = result.stats
+    assert s.ticks >= 70 and s.context_tokens > 2 * 256
+    assert s.estimates_replaced > 0 and s.missing_chunks == 0
+    assert len(result.output) == wire_length(len(pcm), voice.rate, 16000)
+    assert rms(result.output[-16000:]) > 1e-3  # still talking at the end
+    assert text['duplex_errors_total{code="internal_error"}'] == 0

@@ -238,3 +238,36 @@ def test_a_long_backlog_is_fed_in_pieces_the_ring_can_hold(loaded) -> None:  # t
     torch.testing.assert_close(
         logits[row], reference_logits(llama, tl.tokens + [engine.fmt.s1]), atol=1e-4, rtol=1e-4
     )
+
+
+def test_any_llama_with_an_extended_vocabulary_loads(tmp_path: Path) -> None:
+    """Units and tags may live anywhere in a bigger (e.g. text + speech) vocabulary."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from model.checkpoint import DUPLEX_JSON, DuplexConfig, SpecialTokens
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=1400, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False,
+    )  # fmt: skip
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path)
+    duplex = DuplexConfig(
+        codec={"type": "codec2-units", "codebook": "builtin:codec2_units_1024"},
+        codec_sample_rate=8000, frame_ms=40, chunk_ms=160, n_units=1024, unit_offset=300,
+        special_tokens=SpecialTokens(S0=7, S1=8, BOS=1), context_tokens=512, sink_tokens=16,
+    )  # fmt: skip
+    (tmp_path / DUPLEX_JSON).write_text(duplex.model_dump_json())
+    config, llama = load_checkpoint(tmp_path)
+    engine = Engine(config, llama, max_sessions=1, max_rollback_chunks=2)
+    engine.add_session("x", SamplingParams(seed=0))
+    for k in range(6):
+        engine.step([StepRequest("x", {k - 2: [(5,), (5,), (900,), (17,)]} if k >= 2 else {})])
+    tl = engine.timeline("x")
+    assert tl.tokens == format_timeline(engine.fmt, tl.agent, tl.user)
+    units = [t for t in tl.tokens if t not in (1, 7, 8)]
+    assert units and all(300 <= t < 1324 for t in units)
+    bad = duplex.model_copy(update={"unit_offset": 500})  # units would run past the vocab
+    (tmp_path / DUPLEX_JSON).write_text(bad.model_dump_json())
+    with pytest.raises(CheckpointError, match="vocab is 1400"):
+        load_checkpoint(tmp_path)
