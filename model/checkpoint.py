@@ -129,13 +129,17 @@ def init_random_checkpoint(
     layers: int = 4,
     hidden: int = 256,
     heads: int = 4,
-    kv_heads: int = 2,
+    kv_heads: int = 1,
     context_tokens: int = 2048,
     sink_tokens: int = 64,
     codebook: str = "builtin:codec2_units_1024",
     n_units: int = 1024,
 ) -> DuplexConfig:
-    """Write a small seeded random-weight Llama checkpoint (it babbles: no training)."""
+    """Write a small seeded random-weight Llama checkpoint (it babbles: no training).
+
+    One KV head (multi-query attention) by default: a batched tick reads every call's KV
+    cache once per decode forward, and on CPU those reads dominate (docs/benchmarks.md).
+    """
     n_special = 3
     config = DuplexConfig(
         codec={"type": "codec2-units", "codebook": codebook},
