@@ -208,7 +208,7 @@ async def run_call(
                 if isinstance(event, ReceivedFrame):
                     frames.append(event)
 
-        await _run_both(send(), receive(), due[-1] - t_start + FINISH_TIMEOUT_S)
+        await run_both(send(), receive(), due[-1] - t_start + FINISH_TIMEOUT_S)
         duration = time.monotonic() - t_start
         if c.stats is None:
             raise DuplexError("protocol_violation", "the server closed without sending 'stats'")
@@ -225,7 +225,7 @@ async def run_call(
         )
 
 
-async def _run_both(
+async def run_both(
     send: Coroutine[Any, Any, None], receive: Coroutine[Any, Any, None], timeout_s: float
 ) -> None:
     """Run sender and receiver together until the server closes.

@@ -42,9 +42,9 @@ from clients.call import (
     FINISH_TIMEOUT_S,
     InputError,
     WireEncoding,
-    _run_both,
     load_input,
     place_frames,
+    run_both,
     send_schedule,
 )
 from clients.client import PROTOCOL_VIOLATION, DuplexClient, DuplexError, ReceivedFrame
@@ -470,7 +470,7 @@ async def _call(
                         live.received += 1
 
             try:
-                await _run_both(send(), receive(), due[-1] - c.t_ready + FINISH_TIMEOUT_S)
+                await run_both(send(), receive(), due[-1] - c.t_ready + FINISH_TIMEOUT_S)
             finally:
                 live.connected -= 1
             if c.stats is None:

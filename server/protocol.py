@@ -189,7 +189,7 @@ class StatsMessage(_ServerMessage):
     late_samples_dropped: int
     missing_chunks: int
     overruns: int
-    context_tokens: int = Field(description="conversation length in model tokens")
+    context_tokens: int = Field(default=0, description="conversation length in model tokens")
     latency_ms_p50: float | None
     latency_ms_p95: float | None
     latency_ms_p99: float | None
