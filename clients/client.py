@@ -123,7 +123,8 @@ class DuplexClient:
             raise DuplexError(CONNECT_FAILED, f"cannot connect to {url}: {exc}") from exc
         try:
             try:
-                await ws.send(start.model_dump_json())
+                with suppress(ConnectionClosed):  # a refusing server may close first: its
+                    await ws.send(start.model_dump_json())  # reason is still queued to read
                 ready, t_ready = await asyncio.wait_for(_await_ready(ws, audio), ready_timeout)
             except TimeoutError as exc:
                 raise DuplexError(TIMEOUT, f"no 'ready' within {ready_timeout:g} s") from exc
@@ -244,7 +245,7 @@ async def _close_code_after_error(ws: ClientConnection, code: ErrorCode | str | 
         await asyncio.wait_for(ws.wait_closed(), _CLOSE_WAIT_S)
     if ws.close_code is not None:
         return ws.close_code
-    known = CLOSE_CODES.get(ErrorCode(code)) if code in ErrorCode._value2member_map_ else None
+    known = CLOSE_CODES.get(ErrorCode(str(code))) if code in ErrorCode._value2member_map_ else None
     return int(known) if known is not None else None
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers import LlamaForCausalLM
 
 from model.checkpoint import DuplexConfig, load_checkpoint
 from model.engine import Engine, StepRequest
@@ -39,10 +40,12 @@ class Row:
 
 
 def _user_chunk(rnd: random.Random, frames: int) -> list[Frame]:
-    return [(rnd.randrange(1024),)] * 2 + [(rnd.randrange(1024),)] * (frames - 2)
+    a: Frame = (rnd.randrange(1024),)
+    b: Frame = (rnd.randrange(1024),)
+    return [a] * 2 + [b] * (frames - 2)
 
 
-def _template(config: DuplexConfig, llama: torch.nn.Module, context: int) -> Engine:
+def _template(config: DuplexConfig, llama: LlamaForCausalLM, context: int) -> Engine:
     """One session whose conversation holds `context` tokens (silent ticks, then real ones)."""
     engine = Engine(config, llama, max_sessions=1, max_rollback_chunks=ROLLBACK_CHUNKS)
     engine.add_session("t", SamplingParams(seed=0))
@@ -164,8 +167,8 @@ def run(args: argparse.Namespace) -> int:
     tick_ms = 160.0
     for context in contexts:
         b, lp = sustained(rows, context, tick_ms, False), sustained(rows, context, tick_ms, True)
-        ratio = f"{b / lp:.1f}x" if lp else "inf"
-        print(f"context {context}: batched sustains {b}, per-session loop {lp} ({ratio})")
+        times = f"{b / lp:.1f}x" if lp else "inf"
+        print(f"context {context}: batched sustains {b}, per-session loop {lp} ({times})")
     for n in sessions:
         by_ctx = {r.context: r.batched_p50_ms for r in rows if r.sessions == n}
         if 8000 in by_ctx and 1000 in by_ctx:

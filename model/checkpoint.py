@@ -119,7 +119,8 @@ def load_checkpoint(
     if top >= vocab:
         raise CheckpointError(f"duplex.json uses token id {top} but the model's vocab is {vocab}")
     llama.eval().requires_grad_(False)
-    return config, llama.to(device)
+    llama.to(torch.device(device))  # type: ignore[arg-type]  # transformers types .to oddly
+    return config, llama
 
 
 def init_random_checkpoint(

@@ -24,7 +24,7 @@ class SlotDecoder:
         cfg = llama.config
         self.layers = cfg.num_hidden_layers
         self.heads = cfg.num_attention_heads
-        self.kv_heads = cfg.num_key_value_heads
+        self.kv_heads: int = cfg.num_key_value_heads or self.heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
         self.vocab_size = cfg.vocab_size
         param = next(llama.parameters())

@@ -16,6 +16,7 @@ import torch
 
 from model.checkpoint import DuplexConfig, load_checkpoint
 from model.engine import Engine, StepRequest
+from model.format import Frame
 from model.sampling import SamplingParams
 from server.metrics import Metrics
 from server.protocol import (
@@ -124,7 +125,7 @@ class Runtime:
         for k in range(6):
             reqs = []
             for sid in ids:
-                real = {}
+                real: dict[int, list[Frame]] = {}
                 if k >= 3:  # replace the estimate of chunk k-3: the rollback path
                     units = rng.integers(0, fmt.n_units, fmt.frames_per_chunk)
                     real[k - 3] = [(int(u),) for u in units]

@@ -1,7 +1,8 @@
-"""One call: its lifecycle, wire-side checks, outgoing queue and figures.
+"""One call, whatever its transport: lifecycle, sample-order checks, outgoing queue, figures.
 
-The WebSocket handler feeds it client messages; the ticker feeds it agent audio. Everything
-bound for the socket goes through `outbox`, drained by one sender task, so a slow socket only
+A transport adapter (the native protocol, a telephony bridge, ...) decodes its client's
+messages into `on_audio` / `on_end`; the ticker feeds agent audio. Everything bound for the
+socket goes through `outbox`, drained by the adapter's one sender task, so a slow socket only
 ever delays (and finally cuts off) its own call.
 """
 
@@ -18,16 +19,15 @@ import numpy as np
 from model.sampling import SamplingParams
 from server.protocol import (
     AudioFormat,
-    AudioFrame,
     ErrorCode,
     ErrorMessage,
     ProtocolError,
+    ReadyMessage,
     StatsMessage,
 )
 from server.recording import CallRecorder
 from streaming.agent_output import AgentAudioOutput
 from streaming.codec import SpeechCodec
-from streaming.transport import bytes_per_sample, decode_audio
 from streaming.user_input import UserAudioInput
 
 
@@ -38,16 +38,30 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
+@dataclass(frozen=True, slots=True)
+class AgentChunk:
+    """One tick's agent audio, encoded for the call's wire format."""
+
+    chunk: int  # tick index k of the call
+    first_sample: int  # at the wire rate
+    payload: bytes
+    last: bool
+
+
 @dataclass
 class Outgoing:
-    """An item for the sender task: a text message, an audio frame, or the final close."""
+    """An item for the call's sender task, which renders it in its transport's protocol.
 
-    text: str | None = None
-    frame: bytes | None = None
-    stats: bool = False  # send the call's `stats`, built when its turn comes
+    Exactly one of: `ready`, `audio`, `stats`, `error`, `close_code`.
+    """
+
+    ready: ReadyMessage | None = None  # sample 0 of the call
+    audio: AgentChunk | None = None
+    newest_arrival: float | None = None  # for server-added latency
+    stats: bool = False  # the call's `stats`, built when its turn comes
+    error: ErrorMessage | None = None
     close_code: int | None = None
     close_reason: str = ""
-    newest_arrival: float | None = None  # for server-added latency
 
 
 @dataclass
@@ -84,7 +98,6 @@ class CallSession:
         self.chunk_samples = round(audio.sample_rate * tick_s)
         self.max_gap_samples = round(audio.sample_rate * max_gap_s)
         self.rollback_chunks = rollback_chunks
-        self._frame_bytes = self.frame_samples * bytes_per_sample(audio.encoding)
         self.user_in = UserAudioInput(codec, audio.sample_rate, frames_per_chunk)
         self.agent_out = AgentAudioOutput(codec, audio.sample_rate, audio.encoding)
         self.outbox: asyncio.Queue[Outgoing] = asyncio.Queue()
@@ -92,7 +105,6 @@ class CallSession:
         self.join_tick: int | None = None
         self.last_chunk: int | None = None  # final agent chunk once `end` arrived
         self.expected_sample = 0
-        self.last_seq = -1
         self.last_activity = time.monotonic()
         self.done = asyncio.Event()
         self.queued_audio = 0  # audio frames in outbox, to detect a client not reading
@@ -100,48 +112,30 @@ class CallSession:
 
     # -- from the client --------------------------------------------------------------------
 
-    def on_frame(self, data: bytes) -> None:
+    def on_audio(self, first_sample: int, pcm: np.ndarray) -> None:
+        """User audio from the transport, placed by its first sample index (wire rate)."""
         if self.state not in (State.JOINING, State.LIVE):
             raise ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, "audio after `end`")
-        frame = AudioFrame.unpack(data)
-        if frame.seq <= self.last_seq:
+        if first_sample < self.expected_sample:
             raise ProtocolError(
                 ErrorCode.SAMPLE_ORDER,
-                f"frame sequence {frame.seq} after {self.last_seq}: sequence numbers must grow",
-            )
-        if frame.first_sample < self.expected_sample:
-            raise ProtocolError(
-                ErrorCode.SAMPLE_ORDER,
-                f"frame starts at sample {frame.first_sample} but samples up to "
+                f"frame starts at sample {first_sample} but samples up to "
                 f"{self.expected_sample} were already received",
             )
-        size = len(frame.payload)
-        width = bytes_per_sample(self.audio.encoding)
-        if size % width or (
-            size != self._frame_bytes and not (frame.last and 0 < size < self._frame_bytes)
-        ):
-            raise ProtocolError(
-                ErrorCode.BAD_FRAME_SIZE,
-                f"audio payload of {size} bytes; frames are {self._frame_bytes} bytes "
-                f"({self.frame_samples} samples of {self.audio.encoding}; only the last may "
-                "be shorter)",
-            )
-        gap = frame.first_sample - self.expected_sample
+        gap = first_sample - self.expected_sample
         if gap > self.max_gap_samples:
             raise ProtocolError(
                 ErrorCode.SAMPLE_ORDER,
-                f"frame starts at sample {frame.first_sample}, {gap} samples after the previous "
+                f"frame starts at sample {first_sample}, {gap} samples after the previous "
                 f"one ended; gaps (dropped frames) may be at most {self.max_gap_samples} samples",
             )
-        pcm = decode_audio(frame.payload, self.audio.encoding)
         if self.recorder is not None:
-            self.recorder.user_audio(frame.first_sample, pcm)
+            self.recorder.user_audio(first_sample, pcm)
         if gap:  # frames the client dropped: their samples are silence
             pcm = np.concatenate([np.zeros(gap, dtype=np.float32), pcm])
         now = time.monotonic()
         self.user_in.push(pcm, now)
-        self.expected_sample = frame.first_sample + size // width
-        self.last_seq = frame.seq
+        self.expected_sample = first_sample + len(pcm) - gap
         self.last_activity = now
         self.stats.frames_in += 1
 
@@ -170,19 +164,19 @@ class CallSession:
 
     # -- to the client ----------------------------------------------------------------------
 
-    def send_text(self, text: str) -> None:
-        self.outbox.put_nowait(Outgoing(text=text))
+    def send_ready(self, ready: ReadyMessage) -> None:
+        self.outbox.put_nowait(Outgoing(ready=ready))
 
-    def send_audio(self, frame: bytes, newest_arrival: float | None) -> None:
+    def send_audio(self, audio: AgentChunk, newest_arrival: float | None) -> None:
         self.queued_audio += 1
-        self.outbox.put_nowait(Outgoing(frame=frame, newest_arrival=newest_arrival))
+        self.outbox.put_nowait(Outgoing(audio=audio, newest_arrival=newest_arrival))
 
     def fail(self, code: ErrorCode, message: str, close_code: int) -> None:
-        """Queue an error message and the close; later audio is not sent."""
+        """Queue an error and the close; later audio is not sent."""
         if self.state is State.CLOSED:
             return
         self.state = State.CLOSED
-        self.send_text(ErrorMessage(code=code, message=message).model_dump_json())
+        self.outbox.put_nowait(Outgoing(error=ErrorMessage(code=code, message=message)))
         self.outbox.put_nowait(Outgoing(close_code=close_code, close_reason=code.value))
         self.done.set()
 

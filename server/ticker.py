@@ -20,8 +20,8 @@ import numpy as np
 from model.engine import Engine, StepRequest, StepResult
 from model.format import Frame
 from server.metrics import Metrics
-from server.protocol import AudioFrame, CloseCode, ErrorCode, ProtocolError, ReadyMessage
-from server.session import CallSession, State
+from server.protocol import CloseCode, ErrorCode, ProtocolError, ReadyMessage
+from server.session import AgentChunk, CallSession, State
 from streaming.agent_output import AgentAudio
 from streaming.clock import TickClock
 
@@ -194,7 +194,7 @@ class Ticker:
                 s.recorder.agent_audio(a.pcm)
                 s.recorder.tick(plan.tick, r, out.real[s.id])
             last = s.last_chunk is not None and r.chunk >= s.last_chunk
-            frame = AudioFrame(r.chunk, a.first_sample, a.payload, last=last).pack()
+            frame = AgentChunk(r.chunk, a.first_sample, a.payload, last)
             arrival = out.newest_arrival[s.id]
             fresh = arrival if step_start - arrival < cfg.tick_s else None
             if r.chunk == 0:
@@ -210,12 +210,12 @@ class Ticker:
             elif (plan.tick - (s.join_tick or 0)) * cfg.tick_s > cfg.max_call_s:
                 self._cut(s, ErrorCode.CALL_TOO_LONG, f"calls last at most {cfg.max_call_s:g} s")
 
-    async def _open(self, s: CallSession, frame: bytes, deadline: float, last: bool) -> None:
+    async def _open(self, s: CallSession, frame: AgentChunk, deadline: float, last: bool) -> None:
         """At the first tick boundary: `ready` (sample 0 of the call), then chunk 0."""
         await asyncio.sleep(max(0.0, deadline - time.monotonic()))
         if s.state is State.CLOSED:
             return
-        s.send_text(self.ready_message(s).model_dump_json())
+        s.send_ready(self.ready_message(s))
         s.send_audio(frame, None)
         if last:
             s.finish()

@@ -1,0 +1,160 @@
+"""What every WebSocket call shares, whatever its protocol: access checks, admission, one
+reader and one sender task, errors turned into closes in one place, cleanup in `finally`.
+
+A protocol adapter (`server/native.py`, and bridges to other protocols) implements
+`CallTransport`: how the call opens, how client messages become `on_audio` / `on_end`, and
+how each outgoing item is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import time
+from typing import Protocol
+
+from fastapi import WebSocket
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from server.protocol import ErrorCode, ErrorMessage, ProtocolError
+from server.runtime import Runtime
+from server.session import CallSession, Outgoing
+from server.settings import Settings
+
+log = logging.getLogger("duplex.calls")
+
+CLOSE_TIMEOUT_S = 2.0
+
+
+class Disconnected(Exception):
+    """The client went away."""
+
+
+class CallTransport(Protocol):
+    async def open(self, ws: WebSocket, runtime: Runtime) -> CallSession:
+        """Read the client's opening and admit the call (raise ProtocolError to refuse)."""
+        ...
+
+    async def read_loop(self, ws: WebSocket, session: CallSession) -> None:
+        """Turn client messages into the session's input until the client is done."""
+        ...
+
+    async def send(self, ws: WebSocket, session: CallSession, item: Outgoing) -> None:
+        """Write one outgoing item (anything but the close) in this protocol."""
+        ...
+
+    async def send_error(self, ws: WebSocket, error: ErrorMessage) -> None:
+        """Tell the client why it is being closed, if the protocol has a way to."""
+        ...
+
+
+async def serve_call(ws: WebSocket, runtime: Runtime, transport: CallTransport) -> None:
+    await ws.accept()
+    session: CallSession | None = None
+    sender: asyncio.Task[None] | None = None
+    try:
+        check_access(ws, runtime.settings)
+        session = await transport.open(ws, runtime)
+        sender = asyncio.create_task(_send_loop(ws, session, runtime, transport))
+        await _converse(ws, session, transport)
+        await asyncio.wait_for(asyncio.shield(sender), CLOSE_TIMEOUT_S)
+    except ProtocolError as exc:
+        runtime.metrics.errors.labels(exc.code.value).inc()
+        if session is not None and sender is not None:
+            session.fail(exc.code, exc.message, int(exc.close_code))
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(sender), CLOSE_TIMEOUT_S)
+        else:
+            await close_with_error(ws, transport, exc)
+    except (Disconnected, WebSocketDisconnect, TimeoutError):
+        pass
+    except Exception:
+        log.exception("call %s failed", session.id if session else "-")
+        runtime.metrics.errors.labels(ErrorCode.INTERNAL_ERROR.value).inc()
+        await close_with_error(
+            ws, transport, ProtocolError(ErrorCode.INTERNAL_ERROR, "internal server error")
+        )
+    finally:
+        if session is not None:
+            runtime.ticker.discard(session)
+            if session.recorder is not None:
+                session.recorder.close()
+        if sender is not None:
+            sender.cancel()
+
+
+def check_access(ws: WebSocket, settings: Settings) -> None:
+    """API key and Origin checks (both off unless configured)."""
+    origin = ws.headers.get("origin")
+    if settings.allowed_origins and origin is not None and origin not in settings.allowed_origins:
+        raise ProtocolError(ErrorCode.FORBIDDEN_ORIGIN, f"origin {origin!r} is not allowed")
+    if not settings.api_keys:
+        return
+    auth = ws.headers.get("authorization", "")
+    key = auth[7:].strip() if auth.lower().startswith("bearer ") else ws.query_params.get("token")
+    if not key:
+        raise ProtocolError(
+            ErrorCode.UNAUTHORIZED,
+            "an API key is required: `Authorization: Bearer KEY` header or `?token=KEY`",
+        )
+    if not any(hmac.compare_digest(key, k) for k in settings.api_keys):
+        raise ProtocolError(ErrorCode.UNAUTHORIZED, "the API key is not valid")
+
+
+async def receive(ws: WebSocket) -> str | bytes:
+    """The next client message, text or binary."""
+    message = await ws.receive()
+    if message["type"] == "websocket.disconnect":
+        raise Disconnected
+    if message.get("text") is not None:
+        return str(message["text"])
+    return bytes(message.get("bytes") or b"")
+
+
+async def _converse(ws: WebSocket, session: CallSession, transport: CallTransport) -> None:
+    """Read the client until the call is done (normally, by error, or by the ticker)."""
+    reader = asyncio.create_task(transport.read_loop(ws, session))
+    done = asyncio.create_task(session.done.wait())
+    try:
+        finished, _ = await asyncio.wait({reader, done}, return_when=asyncio.FIRST_COMPLETED)
+        if reader in finished:
+            reader.result()  # re-raises a ProtocolError or a disconnect
+            await done  # the client said it is done: the ticker finishes the call
+    finally:
+        reader.cancel()
+        done.cancel()
+
+
+async def _send_loop(
+    ws: WebSocket, session: CallSession, runtime: Runtime, transport: CallTransport
+) -> None:
+    """The only writer of this socket once the call is admitted."""
+    metrics = runtime.metrics
+    while True:
+        item = await session.outbox.get()
+        if item.close_code is not None:
+            if ws.client_state is WebSocketState.CONNECTED:
+                await ws.close(item.close_code, item.close_reason)
+            return
+        await transport.send(ws, session, item)
+        if item.audio is None:
+            continue
+        session.queued_audio -= 1
+        session.stats.frames_out += 1
+        metrics.frames_out.inc()
+        if item.newest_arrival is not None:
+            latency = time.monotonic() - item.newest_arrival
+            session.stats.latencies_ms.append(latency * 1000)
+            metrics.latency.observe(latency)
+
+
+async def close_with_error(ws: WebSocket, transport: CallTransport, exc: ProtocolError) -> None:
+    """The one place an error before admission becomes a message and a close code."""
+    if ws.client_state is not WebSocketState.CONNECTED:
+        return
+    with contextlib.suppress(Exception):
+        error = ErrorMessage(code=exc.code, message=exc.message)
+        await asyncio.wait_for(transport.send_error(ws, error), CLOSE_TIMEOUT_S)
+        await asyncio.wait_for(ws.close(int(exc.close_code), exc.code.value), CLOSE_TIMEOUT_S)
