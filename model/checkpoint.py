@@ -13,10 +13,12 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from transformers import LlamaConfig, LlamaForCausalLM
+from transformers.utils import logging as hf_logging
 
 from model.format import ChunkFormat
 
 DUPLEX_JSON = "duplex.json"
+hf_logging.disable_progress_bar()  # a server log is no terminal
 
 
 class SpecialTokens(BaseModel):
