@@ -12,7 +12,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from server.calls import serve_call
 from server.native import NativeTransport
+from server.realtime import RealtimeTransport
 from server.runtime import Runtime
+from server.twilio import TwilioTransport
 
 
 def create_app(runtime: Runtime) -> FastAPI:
@@ -65,5 +67,14 @@ def create_app(runtime: Runtime) -> FastAPI:
     @app.websocket("/v1/duplex")
     async def duplex(ws: WebSocket) -> None:
         await serve_call(ws, runtime, NativeTransport())
+
+    @app.websocket("/v1/realtime")
+    async def realtime(ws: WebSocket) -> None:
+        """OpenAI Realtime-compatible events (docs/realtime.md)."""
+        await serve_call(ws, runtime, RealtimeTransport())
+
+    @app.websocket("/v1/telephony/twilio")
+    async def twilio(ws: WebSocket) -> None:
+        await serve_call(ws, runtime, TwilioTransport())
 
     return app
