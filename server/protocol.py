@@ -190,6 +190,7 @@ class StatsMessage(_ServerMessage):
     missing_chunks: int
     overruns: int
     context_tokens: int = Field(default=0, description="conversation length in model tokens")
+    max_rollback_tokens: int = Field(default=0, description="deepest KV rollback of the call")
     latency_ms_p50: float | None
     latency_ms_p95: float | None
     latency_ms_p99: float | None

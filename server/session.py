@@ -75,6 +75,7 @@ class CallStats:
     late_chunks_dropped: int = 0
     overruns: int = 0
     context_tokens: int = 0
+    max_rollback_tokens: int = 0
     latencies_ms: list[float] = field(default_factory=list)
 
 
@@ -208,6 +209,7 @@ class CallSession:
             missing_chunks=missing,
             overruns=s.overruns,
             context_tokens=s.context_tokens,
+            max_rollback_tokens=s.max_rollback_tokens,
             latency_ms_p50=pct(50),
             latency_ms_p95=pct(95),
             latency_ms_p99=pct(99),

@@ -185,6 +185,7 @@ class Ticker:
             st.late_chunks_dropped += len(r.dropped)
             st.overruns += overrun
             st.context_tokens = r.tokens
+            st.max_rollback_tokens = max(st.max_rollback_tokens, r.rollback_tokens)
             m.estimates.inc(r.estimated)
             m.replaced.inc(len(r.replaced))
             m.late_dropped.inc(len(r.dropped))

@@ -238,6 +238,8 @@ def test_delayed_uplink_estimates_are_replaced(
     # 40 ms) / T) (decisions.md 2): audio up to the budget late (and then some) is never lost.
     assert delay_ms <= result.ready.latency_budget_ms
     assert s.late_samples_dropped == 0 and s.missing_chunks == 0, s
+    # a replacement rolls back at least the agent chunk that followed the estimate
+    assert s.max_rollback_tokens >= 1
     assert len(result.output) == wire_length(len(pcm), voice.rate, 16000)
     assert rms(result.output) > 1e-3
     check_stats(s)
