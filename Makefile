@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 MODEL ?= models/default
 TORCH_VERSION := 2.13.0
-APT_PACKAGES := espeak-ng sox
+APT_PACKAGES := espeak-ng sox chromium
 STAMP := $(VENV)/.installed
 
 .PHONY: serve test test-all lint setup apt clean

@@ -30,7 +30,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.error import URLError
 from urllib.parse import urlsplit, urlunsplit
 
@@ -47,7 +47,14 @@ from clients.call import (
     run_both,
     send_schedule,
 )
-from clients.client import PROTOCOL_VIOLATION, DuplexClient, DuplexError, ReceivedFrame
+from clients.client import (
+    CONNECT_FAILED,
+    PROTOCOL_VIOLATION,
+    DuplexClient,
+    DuplexError,
+    ReceivedFrame,
+)
+from clients.twilio_sim import run_twilio_call
 from server.protocol import (
     SUPPORTED_RATES,
     AudioFormat,
@@ -118,6 +125,7 @@ class LoadtestConfig:
     seed: int | None = None
     api_key: str | None = None
     progress: bool = False
+    protocol: Literal["native", "twilio"] = "native"  # twilio: clients/twilio_sim.py, mu-law 8k
 
     @property
     def wire_rate(self) -> int:
@@ -417,7 +425,10 @@ class _CallerRun:
     frames: list[ReceivedFrame] = field(default_factory=list)
     ready: ReadyMessage | None = None
     t_ready: float = 0.0
-    stats: StatsMessage | None = None
+    stats: StatsMessage | None = None  # never over Twilio: its protocol carries no stats
+    chunk_samples: int = 0
+    tick_s: float = 0.0
+    finished: bool = False
 
 
 def _rng(seed: int | None, caller: int, stream: str) -> random.Random:
@@ -437,12 +448,16 @@ async def _call(
     seed = None if cfg.seed is None else cfg.seed + rep.caller
     headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else None
     try:
+        if cfg.protocol == "twilio":
+            await _twilio_call(run, cfg, t0, live)
+            return
         async with DuplexClient.connect(
             cfg.url, audio=audio, sampling=SamplingParams(seed=seed), headers=headers
         ) as c:
             rep.connected, rep.session_id = True, c.ready.session_id
             rep.start_s = round(c.t_ready - t0, 3)
             run.ready, run.t_ready = c.ready, c.t_ready
+            run.chunk_samples, run.tick_s = c.ready.chunk_samples, c.ready.tick_ms / 1e3
             live.connected += 1
             fs = c.frame_samples
             n_frames = -(-len(wire) // fs)
@@ -475,7 +490,7 @@ async def _call(
                 live.connected -= 1
             if c.stats is None:
                 raise DuplexError(PROTOCOL_VIOLATION, "the server closed without sending 'stats'")
-            run.stats = c.stats
+            run.stats, run.finished = c.stats, True
     except DuplexError as exc:
         rep.status, rep.message = exc.code, str(exc)
     except Exception as exc:  # a client bug must still not stop the other callers
@@ -484,6 +499,45 @@ async def _call(
         rep.frames_received = len(run.frames)
         live.finished += 1
         live.errors += rep.status != "ok"
+
+
+async def _twilio_call(run: _CallerRun, cfg: LoadtestConfig, t0: float, live: _Live) -> None:
+    """One caller as a simulated Twilio stream; its agent media become one frame per tick.
+
+    Twilio's messages carry no sample positions and no session clock: ticks (the media between
+    two marks) are placed by arrival order, and the timeline is anchored where the earliest
+    tick is least late, so receive figures measure jitter, not the unknown start offset.
+    """
+    rep = run.report
+    headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else None
+    live.connected += 1
+    try:
+        r = await run_twilio_call(cfg.url, run.audio, cfg.wire_rate, headers=headers)
+    except DuplexError as exc:
+        rep.connected = exc.code != CONNECT_FAILED
+        raise
+    finally:
+        live.connected -= 1
+    rep.connected, rep.session_id = True, r.stream_sid
+    rep.start_s, rep.frames_sent = round(r.t_start - t0, 3), r.frames_sent
+    live.sent += r.frames_sent
+    ticks: dict[int, list[np.ndarray]] = {}
+    arrivals: dict[int, float] = {}
+    for m in r.media:
+        ticks.setdefault(m.tick, []).append(m.pcm)
+        arrivals.setdefault(m.tick, m.arrival)
+    first = 0
+    for k, parts in ticks.items():
+        pcm = np.concatenate(parts)
+        run.frames.append(ReceivedFrame(k, first, pcm, False, arrivals[k]))
+        first += len(pcm)
+    live.received += len(run.frames)
+    sizes = Counter(len(f.pcm) for f in run.frames)
+    run.chunk_samples = sizes.most_common(1)[0][0] if sizes else 1
+    run.tick_s = run.chunk_samples / cfg.wire_rate
+    rate = cfg.wire_rate
+    run.t_ready = min((f.arrival - f.first_sample / rate for f in run.frames), default=r.t_start)
+    run.finished = True
 
 
 def _metrics_url(ws_url: str) -> str:
@@ -608,19 +662,20 @@ async def run_loadtest(config: LoadtestConfig) -> LoadtestReport:
 
 def _analyse(runs: Sequence[_CallerRun], cfg: LoadtestConfig) -> None:
     """Fill in each completed caller's stats, receive figures and turn latencies."""
-    done = [r for r in runs if r.stats is not None]
+    done = [r for r in runs if r.finished]
     rate = cfg.wire_rate
     streams: list[np.ndarray] = []
     for r in done:
         streams += [r.audio, place_frames(r.frames, len(r.audio))]
     segments = speech_segments(streams, rate)
     for k, r in enumerate(done):
-        assert r.stats is not None and r.ready is not None
-        rep, s, chunk = r.report, r.stats, r.ready.chunk_samples
-        rep.latency_ms_p50, rep.latency_ms_p95 = s.latency_ms_p50, s.latency_ms_p95
-        rep.latency_ms_p99, rep.overruns = s.latency_ms_p99, s.overruns
-        rep.estimates_made, rep.estimates_replaced = s.estimates_made, s.estimates_replaced
-        rep.late_samples_dropped, rep.missing_chunks = s.late_samples_dropped, s.missing_chunks
+        rep, s, chunk = r.report, r.stats, r.chunk_samples
+        if s is not None:
+            rep.latency_ms_p50, rep.latency_ms_p95 = s.latency_ms_p50, s.latency_ms_p95
+            rep.latency_ms_p99, rep.overruns = s.latency_ms_p99, s.overruns
+            rep.estimates_made, rep.estimates_replaced = s.estimates_made, s.estimates_replaced
+            rep.late_samples_dropped = s.late_samples_dropped
+            rep.missing_chunks = s.missing_chunks
         arrived = simulate_downlink(  # in arrival order, as the network would deliver them
             [f.arrival for f in r.frames],
             cfg.delay_ms / 1e3,
@@ -638,7 +693,7 @@ def _analyse(runs: Sequence[_CallerRun], cfg: LoadtestConfig) -> None:
             rate=rate,
             total_samples=len(r.audio),
             chunk_samples=chunk,
-            tick_s=r.ready.tick_ms / 1e3,
+            tick_s=r.tick_s,
             base_delay_s=cfg.delay_ms / 1e3,
         )
         rep.recv_jitter_ms, rep.recv_late_ms_p99, rep.recv_gaps = (
@@ -680,8 +735,9 @@ def _overall(callers: Sequence[CallerReport]) -> dict[str, Any]:
         vals = [getattr(c, key) for c in done if getattr(c, key) is not None]
         return max(vals) if vals else None
 
-    def total(key: str) -> int:
-        return sum(getattr(c, key) or 0 for c in done)
+    def total(key: str) -> int | None:
+        vals = [getattr(c, key) for c in done if getattr(c, key) is not None]
+        return sum(vals) if vals else None
 
     return {
         "callers": len(callers),
@@ -962,17 +1018,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the JSON report on stdout")
     parser.add_argument("--quiet", action="store_true", help="no progress line on stderr")
     parser.add_argument("--api-key", help="sent as 'Authorization: Bearer KEY'")
+    parser.add_argument(
+        "--protocol",
+        choices=("native", "twilio"),
+        default="native",
+        help="native: /v1/duplex; twilio: each caller is a simulated Twilio Media Stream "
+        "(mu-law 8 kHz; the default --url becomes /v1/telephony/twilio; no server-side stats "
+        "per caller, and --delay-ms/--jitter-ms apply to the downlink analysis only)",
+    )
 
 
 def _config(args: argparse.Namespace) -> LoadtestConfig:
     """Validate flags before any I/O."""
     if not args.url.startswith(("ws://", "wss://")):
         raise InputError(f"--url must start with ws:// or wss://, got {args.url!r}")
-    rate = args.rate or DEFAULT_RATES[args.encoding]
-    if rate not in SUPPORTED_RATES[args.encoding]:
+    url, encoding, rate = args.url, args.encoding, args.rate or DEFAULT_RATES[args.encoding]
+    if args.protocol == "twilio":
+        encoding, rate = "mulaw", 8000
+        if url == DEFAULT_URL:
+            url = DEFAULT_URL.replace("/v1/duplex", "/v1/telephony/twilio")
+    if rate not in SUPPORTED_RATES[encoding]:
         raise InputError(
-            f"--rate {rate} is not supported with {args.encoding}; use one of "
-            + ", ".join(map(str, SUPPORTED_RATES[args.encoding]))
+            f"--rate {rate} is not supported with {encoding}; use one of "
+            + ", ".join(map(str, SUPPORTED_RATES[encoding]))
         )
     for flag, value, low in (
         ("--callers", args.callers, 1),
@@ -987,12 +1055,12 @@ def _config(args: argparse.Namespace) -> LoadtestConfig:
     if args.json_out and not Path(args.json_out).parent.is_dir():
         raise InputError(f"cannot write {args.json_out!r}: no such directory")
     return LoadtestConfig(
-        url=args.url,
+        url=url,
         callers=args.callers,
         duration_s=args.duration,
         ramp_up_s=args.ramp_up,
         inputs=tuple(args.input or ()),
-        encoding=args.encoding,
+        encoding=encoding,
         rate=rate,
         frame_ms=args.frame_ms,
         delay_ms=args.delay_ms,
@@ -1000,6 +1068,7 @@ def _config(args: argparse.Namespace) -> LoadtestConfig:
         seed=args.seed,
         api_key=args.api_key,
         progress=not args.quiet and sys.stderr.isatty(),
+        protocol=args.protocol,
     )
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.resources
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from fastapi import FastAPI, Response, WebSocket
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.staticfiles import StaticFiles
 
 from server.calls import serve_call
 from server.native import NativeTransport
@@ -76,5 +79,10 @@ def create_app(runtime: Runtime) -> FastAPI:
     @app.websocket("/v1/telephony/twilio")
     async def twilio(ws: WebSocket) -> None:
         await serve_call(ws, runtime, TwilioTransport())
+
+    # The browser client (docs/browser.md), found through the installed `clients` package.
+    # Mounted last: a mount at "/" matches every path, so the routes above must come first.
+    web = Path(str(importlib.resources.files("clients") / "web"))
+    app.mount("/", StaticFiles(directory=web, html=True), name="web")
 
     return app

@@ -52,12 +52,13 @@ class AgentChunk:
 class Outgoing:
     """An item for the call's sender task, which renders it in its transport's protocol.
 
-    Exactly one of: `ready`, `audio`, `stats`, `error`, `close_code`.
+    Exactly one of: `ready`, `audio`, `barge_in`, `stats`, `error`, `close_code`.
     """
 
     ready: ReadyMessage | None = None  # sample 0 of the call
     audio: AgentChunk | None = None
     newest_arrival: float | None = None  # for server-added latency
+    barge_in: bool = False  # the caller talks over the agent: drop agent audio queued so far
     stats: bool = False  # the call's `stats`, built when its turn comes
     error: ErrorMessage | None = None
     close_code: int | None = None
@@ -171,6 +172,10 @@ class CallSession:
     def send_audio(self, audio: AgentChunk, newest_arrival: float | None) -> None:
         self.queued_audio += 1
         self.outbox.put_nowait(Outgoing(audio=audio, newest_arrival=newest_arrival))
+
+    def send_barge_in(self) -> None:
+        """Queued behind the audio already on its way, so the client drops that too."""
+        self.outbox.put_nowait(Outgoing(barge_in=True))
 
     def fail(self, code: ErrorCode, message: str, close_code: int) -> None:
         """Queue an error and the close; later audio is not sent."""

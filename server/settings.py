@@ -68,6 +68,14 @@ class Settings(BaseSettings):
         description="record every call (both channels' audio, units, estimates) into this "
         "folder, for debugging; off by default",
     )
+    ssl_certfile: Path | None = Field(
+        default=None,
+        description="serve HTTPS/WSS with this PEM certificate (browsers on other hosts need "
+        "HTTPS for the microphone); needs --ssl-keyfile",
+    )
+    ssl_keyfile: Path | None = Field(
+        default=None, description="the PEM private key of --ssl-certfile"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info")
 
     @field_validator("api_keys", "allowed_origins", mode="before")

@@ -47,6 +47,8 @@ def serve(runtime: Runtime) -> int:
         log_level=s.log_level,
         lifespan="on",
         timeout_graceful_shutdown=5,
+        ssl_certfile=s.ssl_certfile,
+        ssl_keyfile=s.ssl_keyfile,
     )
     server = DrainingServer(config, runtime)
     server.run(sockets=[_listen(s.host, s.port)])

@@ -1,0 +1,380 @@
+// The duplex browser client: microphone -> /v1/duplex -> speakers, in plain ES modules.
+//
+// Wire format: PCM16 at 16 kHz, 20 ms frames (320 samples, 640 bytes + a 16-byte header), i.e.
+// 256 kbit/s each way: fine on a LAN or loopback, and the server needs no Opus decoder. The
+// AudioContext runs at 16 kHz where the browser allows it, so the browser resamples the mic
+// and the output; otherwise the worklets resample (see capture-worklet.js).
+
+const WIRE_RATE = 16000;
+const FRAME_MS = 20;
+const FRAME_SAMPLES = (WIRE_RATE * FRAME_MS) / 1000;
+const HEADER_BYTES = 16;
+// If the socket has more than this much unsent, drop mic frames (a gap is silence to the
+// server) rather than let the user's audio fall ever further behind.
+const MAX_BUFFERED_BYTES = 64 * 1024;
+
+// Error codes (docs/protocol.md) in words a caller understands.
+const ERROR_WORDS = {
+  server_full: "All lines are busy, try again in a moment.",
+  unauthorized: "The server refused the access token (add ?token=YOUR_KEY to the page address).",
+  forbidden_origin: "The server does not accept calls from this page's address.",
+  server_shutdown: "The server is restarting; please call again.",
+  idle_timeout: "The call ended: the server received no audio for too long.",
+  call_too_long: "The call reached its maximum length.",
+  slow_consumer: "The connection is too slow to keep up with the agent's audio.",
+  start_timeout: "The call could not start in time.",
+  internal_error: "The server hit an internal error.",
+  mic_denied: "Microphone access was denied. Allow the microphone for this page and try again.",
+  mic_missing: "No microphone was found.",
+  insecure: "The microphone needs a secure page: open it over HTTPS (or on localhost).",
+  connect_failed: "Cannot reach the server.",
+  connection_lost: "The connection to the server was lost.",
+  audio_failed: "The browser's audio engine could not start.",
+};
+
+const $ = (id) => document.getElementById(id);
+
+// Test and debugging hooks: everything the page shows, as numbers.
+const stats = {
+  state: "idle",
+  sessionId: null,
+  framesSent: 0,
+  framesDropped: 0,
+  samplesSent: 0,
+  agentFrames: 0,
+  samplesPlayed: 0,
+  latencyMs: null,
+  bufferedMs: 0,
+  targetMs: 0,
+  underruns: 0,
+  overflows: 0,
+  micLevel: 0,
+  agentLevel: 0,
+  maxMicLevel: 0,
+  maxAgentLevel: 0,
+  lastError: null,
+  lastErrorCode: null,
+  serverStats: null,
+  contextRate: null,
+};
+window.duplexStats = stats;
+
+let call = null; // the live call's resources, null when idle
+
+function setState(state) {
+  stats.state = state;
+  const labels = {
+    idle: "Not connected",
+    starting: "Connecting…",
+    live: "In call",
+    ending: "Hanging up…",
+  };
+  $("state").textContent = labels[state] || state;
+  $("state").dataset.state = state;
+  const button = $("call");
+  button.textContent = state === "idle" ? "Call" : "Hang up";
+  button.disabled = state === "ending";
+}
+
+function showError(code, detail) {
+  const words = ERROR_WORDS[code] || `Error: ${code}.`;
+  stats.lastError = detail ? `${words} (${detail})` : words;
+  stats.lastErrorCode = code;
+  $("error").textContent = stats.lastError;
+  $("error").hidden = false;
+}
+
+function clearError() {
+  stats.lastError = null;
+  stats.lastErrorCode = null;
+  $("error").hidden = true;
+}
+
+function socketUrl() {
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  const url = new URL(`${scheme}//${location.host}/v1/duplex`);
+  const token = new URLSearchParams(location.search).get("token");
+  if (token) url.searchParams.set("token", token); // browsers cannot set WebSocket headers
+  return url.toString();
+}
+
+// One binary audio frame: the 16-byte little-endian header, then PCM16 samples.
+function packFrame(seq, firstSample, pcm, last) {
+  const buf = new ArrayBuffer(HEADER_BYTES + pcm.byteLength);
+  const view = new DataView(buf);
+  view.setUint8(0, 1); // version
+  view.setUint8(1, 1); // kind: audio
+  view.setUint8(2, last ? 1 : 0); // flags
+  view.setUint8(3, 0);
+  view.setUint32(4, seq, true);
+  view.setBigUint64(8, BigInt(firstSample), true);
+  new Uint8Array(buf, HEADER_BYTES).set(new Uint8Array(pcm));
+  return buf;
+}
+
+function unpackFrame(buf) {
+  const view = new DataView(buf);
+  if (buf.byteLength < HEADER_BYTES || view.getUint8(0) !== 1 || view.getUint8(1) !== 1) {
+    return null;
+  }
+  const pcm16 = new Int16Array(buf.slice(HEADER_BYTES));
+  const pcm = new Float32Array(pcm16.length);
+  for (let i = 0; i < pcm16.length; i++) pcm[i] = pcm16[i] / 32768;
+  return {
+    seq: view.getUint32(4, true),
+    firstSample: Number(view.getBigUint64(8, true)),
+    last: (view.getUint8(2) & 1) === 1,
+    pcm,
+  };
+}
+
+async function openMic() {
+  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+    throw Object.assign(new Error("no mediaDevices"), { code: "insecure" });
+  }
+  try {
+    return await navigator.mediaDevices.getUserMedia({
+      audio: {
+        channelCount: 1,
+        echoCancellation: true, // the agent's voice from the speakers must not come back
+        noiseSuppression: true,
+        autoGainControl: true,
+      },
+    });
+  } catch (err) {
+    const code = err.name === "NotFoundError" ? "mic_missing" : "mic_denied";
+    throw Object.assign(new Error(err.message), { code });
+  }
+}
+
+async function openAudio(mic) {
+  let ctx;
+  try {
+    // At the wire rate the browser resamples for us; not every browser can feed a mic into
+    // a context of another rate, so fall back to the device rate (the worklets resample).
+    ctx = new AudioContext({ sampleRate: WIRE_RATE, latencyHint: "interactive" });
+  } catch {
+    ctx = new AudioContext({ latencyHint: "interactive" });
+  }
+  try {
+    await ctx.audioWorklet.addModule(new URL("./capture-worklet.js", import.meta.url));
+    await ctx.audioWorklet.addModule(new URL("./playback-worklet.js", import.meta.url));
+    let source;
+    try {
+      source = ctx.createMediaStreamSource(mic);
+    } catch (err) {
+      if (ctx.sampleRate === WIRE_RATE) {
+        await ctx.close();
+        ctx = new AudioContext({ latencyHint: "interactive" });
+        await ctx.audioWorklet.addModule(new URL("./capture-worklet.js", import.meta.url));
+        await ctx.audioWorklet.addModule(new URL("./playback-worklet.js", import.meta.url));
+        source = ctx.createMediaStreamSource(mic);
+      } else {
+        throw err;
+      }
+    }
+    const processorOptions = { wireRate: WIRE_RATE, frameSamples: FRAME_SAMPLES };
+    const capture = new AudioWorkletNode(ctx, "duplex-capture", {
+      numberOfOutputs: 1,
+      processorOptions,
+    });
+    const playback = new AudioWorkletNode(ctx, "duplex-playback", {
+      numberOfInputs: 0,
+      outputChannelCount: [1],
+      processorOptions,
+    });
+    // The capture node outputs nothing useful; route it through a muted gain so that every
+    // browser keeps pulling it (a node connected to nothing may not be processed).
+    const mute = ctx.createGain();
+    mute.gain.value = 0;
+    source.connect(capture).connect(mute).connect(ctx.destination);
+    playback.connect(ctx.destination);
+    await ctx.resume();
+    stats.contextRate = ctx.sampleRate;
+    return { ctx, capture, playback };
+  } catch (err) {
+    await ctx.close().catch(() => {});
+    throw Object.assign(new Error(err.message), { code: "audio_failed" });
+  }
+}
+
+function resetStats() {
+  Object.assign(stats, {
+    sessionId: null,
+    framesSent: 0,
+    framesDropped: 0,
+    samplesSent: 0,
+    agentFrames: 0,
+    samplesPlayed: 0,
+    latencyMs: null,
+    bufferedMs: 0,
+    targetMs: 0,
+    underruns: 0,
+    overflows: 0,
+    micLevel: 0,
+    agentLevel: 0,
+    maxMicLevel: 0,
+    maxAgentLevel: 0,
+    serverStats: null,
+  });
+}
+
+async function startCall() {
+  clearError();
+  resetStats();
+  setState("starting");
+  const c = { ws: null, mic: null, audio: null, seq: 0, nextSample: 0, ended: false };
+  call = c;
+  try {
+    c.mic = await openMic();
+    c.audio = await openAudio(c.mic);
+  } catch (err) {
+    teardown(c);
+    showError(err.code || "audio_failed", err.message);
+    return;
+  }
+  if (call !== c) return teardown(c); // hung up while the mic prompt was open
+
+  c.audio.capture.port.onmessage = (e) => onMicFrame(c, e.data);
+  c.audio.playback.port.onmessage = (e) => onPlaybackReport(c, e.data);
+
+  const ws = new WebSocket(socketUrl());
+  ws.binaryType = "arraybuffer";
+  c.ws = ws;
+  ws.onopen = () => {
+    ws.send(
+      JSON.stringify({
+        type: "start",
+        version: 1,
+        audio: { encoding: "pcm16", sample_rate: WIRE_RATE, frame_ms: FRAME_MS },
+      }),
+    );
+  };
+  ws.onmessage = (e) => onMessage(c, e.data);
+  ws.onerror = () => {}; // the close event that follows says what happened
+  ws.onclose = (e) => onClose(c, e);
+}
+
+function onMessage(c, data) {
+  if (typeof data !== "string") {
+    const frame = unpackFrame(data);
+    if (!frame) return;
+    stats.agentFrames++;
+    c.audio.playback.port.postMessage(
+      { type: "frame", firstSample: frame.firstSample, pcm: frame.pcm.buffer },
+      [frame.pcm.buffer],
+    );
+    return;
+  }
+  const msg = JSON.parse(data);
+  if (msg.type === "ready") {
+    // This instant is sample 0 of the call: start cutting mic frames from here.
+    stats.sessionId = msg.session_id;
+    $("session").textContent = msg.session_id;
+    c.audio.capture.port.postMessage({ type: "start" });
+    setState("live");
+  } else if (msg.type === "stats") {
+    stats.serverStats = msg;
+    $("server-frames").textContent = `${msg.frames_in} in / ${msg.frames_out} out`;
+  } else if (msg.type === "error") {
+    c.errorCode = msg.code;
+    showError(msg.code, msg.message);
+  }
+}
+
+function onMicFrame(c, m) {
+  if (m.type !== "frame" || c.ended || !c.ws || c.ws.readyState !== WebSocket.OPEN) return;
+  stats.micLevel = m.level;
+  stats.maxMicLevel = Math.max(stats.maxMicLevel, m.level);
+  const first = c.nextSample;
+  c.nextSample += FRAME_SAMPLES; // a dropped frame leaves a gap: the server hears silence
+  if (c.ws.bufferedAmount > MAX_BUFFERED_BYTES) {
+    stats.framesDropped++;
+    return;
+  }
+  c.ws.send(packFrame(c.seq++, first, m.pcm, false));
+  stats.framesSent++;
+  stats.samplesSent = c.nextSample;
+}
+
+function onPlaybackReport(c, m) {
+  if (m.type !== "report") return;
+  stats.samplesPlayed = m.played;
+  stats.bufferedMs = m.bufferedMs;
+  stats.targetMs = m.targetMs;
+  stats.underruns = m.underruns;
+  stats.overflows = m.overflows;
+  stats.agentLevel = m.level;
+  stats.maxAgentLevel = Math.max(stats.maxAgentLevel, m.level);
+  if (stats.state === "live") {
+    // Audio sent minus audio played: how far the agent's voice trails the user's, end to end.
+    stats.latencyMs = ((c.nextSample - m.played) / WIRE_RATE) * 1000;
+  }
+}
+
+function onClose(c, e) {
+  const wasEnding = c.ended;
+  if (!c.errorCode && !(wasEnding && e.code === 1000)) {
+    if (stats.state === "starting" && !stats.sessionId && e.code === 1006) {
+      showError("connect_failed", `close ${e.code}`);
+    } else {
+      showError("connection_lost", `close ${e.code}${e.reason ? ": " + e.reason : ""}`);
+    }
+  }
+  teardown(c);
+}
+
+// Hang up: stop the mic, tell the server the audio is complete, and let it finish (it sends the
+// rest of the agent's audio, then `stats`, then closes).
+function hangUp() {
+  const c = call;
+  if (!c) return;
+  if (!c.ws || c.ws.readyState !== WebSocket.OPEN || !stats.sessionId) {
+    if (c.ws) c.ws.close(1000);
+    teardown(c);
+    return;
+  }
+  c.ended = true;
+  setState("ending");
+  c.audio.capture.port.postMessage({ type: "stop" });
+  c.mic.getTracks().forEach((t) => t.stop());
+  c.ws.send(JSON.stringify({ type: "end", total_samples: c.nextSample }));
+  // Do not wait for ever on a server that does not close.
+  c.closeTimer = setTimeout(() => c.ws && c.ws.close(1000), 5000);
+}
+
+function teardown(c) {
+  if (c.closeTimer) clearTimeout(c.closeTimer);
+  if (c.mic) c.mic.getTracks().forEach((t) => t.stop());
+  if (c.audio) c.audio.ctx.close().catch(() => {});
+  if (c.ws && c.ws.readyState <= WebSocket.OPEN) c.ws.close(1000);
+  if (call === c) {
+    call = null;
+    stats.micLevel = 0;
+    stats.agentLevel = 0;
+    setState("idle");
+  }
+}
+
+function render() {
+  const meter = (id, level) => {
+    // RMS to a 0..1 bar on a dB scale: -60 dBFS and below is empty.
+    const db = 20 * Math.log10(Math.max(level, 1e-6));
+    $(id).value = Math.max(0, Math.min(1, (db + 60) / 60));
+  };
+  meter("mic-level", stats.micLevel);
+  meter("agent-level", stats.agentLevel);
+  $("latency").textContent = stats.latencyMs === null ? "–" : `${Math.round(stats.latencyMs)} ms`;
+  $("buffer").textContent = `${Math.round(stats.bufferedMs)} ms (target ${Math.round(stats.targetMs)} ms)`;
+  $("sent").textContent = `${stats.framesSent} frames (${(stats.samplesSent / WIRE_RATE).toFixed(1)} s)`;
+  $("played").textContent = `${(stats.samplesPlayed / WIRE_RATE).toFixed(1)} s`;
+  $("glitches").textContent = `${stats.underruns} underruns, ${stats.overflows} trims`;
+}
+
+$("call").addEventListener("click", () => {
+  if (stats.state === "idle") startCall();
+  else hangUp();
+});
+setState("idle");
+// A timer, not requestAnimationFrame: the figures keep updating in a background tab.
+setInterval(render, 100);

@@ -1,0 +1,511 @@
+"""An OpenAI Realtime-compatible adapter for `WS /v1/realtime` (docs/realtime.md).
+
+OpenAI clients talk in turns (`response.*`); the duplex model speaks on its own clock. So the
+adapter admits the call at the first `input_audio_buffer.append` (the session clock starts
+with the audio: the running sample count is each chunk's first sample), opens a response when
+the agent's chunk carries speech and closes it at the first silent chunk, and derives
+`speech_started` / `speech_stopped` from an energy VAD on the user's audio. Both the GA event
+names and the beta ones (`OpenAI-Beta: realtime=v1` header, or beta-shaped `session.update`)
+are spoken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+from fastapi import WebSocket
+
+from server.calls import receive
+from server.protocol import AudioFormat, ErrorCode, ErrorMessage, ProtocolError, StartMessage
+from server.runtime import Runtime
+from server.session import CallSession, Outgoing
+from streaming.transport import decode_audio
+from streaming.vad import FRAME_MS, EnergyVad, VadParams
+
+DEFAULT_MODEL = "duplex"
+AGENT_SPEECH_RMS = 0.01  # an agent chunk quieter than this (-40 dBFS) ends the response
+CATCH_UP_S = 1.0  # a client this far behind the clock paused: its gap becomes silence
+SUPPORTED_EVENTS = (
+    "session.update",
+    "input_audio_buffer.append",
+    "input_audio_buffer.commit",
+    "input_audio_buffer.clear",
+    "response.create",
+    "response.cancel",
+)
+UNSUPPORTED_EVENTS = (
+    "conversation.item.create",
+    "conversation.item.truncate",
+    "conversation.item.delete",
+    "conversation.item.retrieve",
+    "output_audio_buffer.clear",
+    "transcription_session.update",
+)
+_SERVER_SIDE = {ErrorCode.INTERNAL_ERROR, ErrorCode.SERVER_FULL, ErrorCode.SERVER_SHUTDOWN}
+_PCM_RATES = (8000, 16000, 24000, 48000)
+
+
+def _id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:20]}"
+
+
+# -- G.711 A-law (the wire layer knows pcm16 and mu-law; A-law is converted here) -------------
+
+
+def _alaw_to_int16(code: npt.NDArray[np.int64]) -> npt.NDArray[np.int16]:
+    """G.711 A-law expansion, bit-exact with audioop.alaw2lin."""
+    a = code ^ 0x55
+    t = (a & 0x0F) << 4
+    seg = (a & 0x70) >> 4
+    t = np.where(
+        seg == 0, t + 8, np.where(seg == 1, t + 0x108, (t + 0x108) << np.maximum(seg - 1, 0))
+    )
+    return np.where(a & 0x80, t, -t).astype(np.int16)
+
+
+def _int16_to_alaw(pcm: npt.NDArray[np.int64]) -> npt.NDArray[np.uint8]:
+    """G.711 A-law compression of 16-bit input (13 bits used), bit-exact with audioop.lin2alaw."""
+    v = pcm >> 3
+    negative = v < 0
+    mask = np.where(negative, 0x55, 0xD5)
+    v = np.where(negative, -v - 1, v)
+    seg = np.searchsorted(np.array([(0x20 << i) - 1 for i in range(8)]), v, side="left")
+    mantissa = np.where(seg < 2, v >> 1, v >> np.maximum(seg, 1)) & 0x0F
+    return (np.where(seg >= 8, 0x7F, (seg << 4) | mantissa) ^ mask).astype(np.uint8)
+
+
+_ALAW_DECODE = _alaw_to_int16(np.arange(256, dtype=np.int64)).astype(np.float32) / np.float32(32768)
+_ALAW_ENCODE = _int16_to_alaw(np.arange(65536, dtype=np.uint16).view(np.int16).astype(np.int64))
+
+
+def alaw_decode(payload: bytes) -> npt.NDArray[np.float32]:
+    return _ALAW_DECODE[np.frombuffer(payload, dtype=np.uint8)]
+
+
+def alaw_encode(pcm16: bytes) -> bytes:
+    """pcm16 little-endian bytes -> A-law bytes."""
+    return _ALAW_ENCODE[np.frombuffer(pcm16, dtype="<u2")].tobytes()
+
+
+# -- formats -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RealtimeFormat:
+    """One audio format for both directions (duplex has one wire format per call)."""
+
+    kind: Literal["pcm", "pcmu", "pcma"] = "pcm"
+    rate: int = 24000
+
+    def wire(self) -> AudioFormat:
+        """What the call is admitted with: A-law travels as pcm16 8 kHz inside duplex."""
+        if self.kind == "pcmu":
+            return AudioFormat(encoding="mulaw", sample_rate=8000, frame_ms=FRAME_MS)
+        return AudioFormat(encoding="pcm16", sample_rate=self.rate, frame_ms=FRAME_MS)
+
+    def ga(self) -> dict[str, Any]:
+        if self.kind == "pcm":
+            return {"type": "audio/pcm", "rate": self.rate}
+        return {"type": f"audio/{self.kind}"}
+
+    def beta(self) -> str:
+        return {"pcm": "pcm16", "pcmu": "g711_ulaw", "pcma": "g711_alaw"}[self.kind]
+
+
+class ClientError(Exception):
+    """A bad client event: answered with an `error` event, the connection stays open."""
+
+    def __init__(self, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.param = code, message, param
+
+
+_NAMED_FORMATS = {
+    "pcm16": RealtimeFormat("pcm", 24000),
+    "g711_ulaw": RealtimeFormat("pcmu", 8000),
+    "g711_alaw": RealtimeFormat("pcma", 8000),
+    "audio/pcmu": RealtimeFormat("pcmu", 8000),
+    "audio/pcma": RealtimeFormat("pcma", 8000),
+}
+
+
+def parse_format(value: Any, param: str) -> RealtimeFormat:
+    """A GA format object ({type, rate}) or a beta format name."""
+    if isinstance(value, str) and value in ("pcm16", "g711_ulaw", "g711_alaw"):
+        return _NAMED_FORMATS[value]
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind in ("audio/pcmu", "audio/pcma"):
+        return _NAMED_FORMATS[kind]
+    if kind == "audio/pcm":
+        rate = value.get("rate", 24000)
+        if rate not in _PCM_RATES:
+            raise ClientError(
+                "invalid_value", f"audio/pcm at {rate} Hz: use one of {_PCM_RATES}", f"{param}.rate"
+            )
+        return RealtimeFormat("pcm", rate)
+    raise ClientError(
+        "invalid_value",
+        f"unsupported audio format {value!r}: use {{'type': 'audio/pcm', 'rate': 24000}}, "
+        "'audio/pcmu', 'audio/pcma' or the beta names 'pcm16', 'g711_ulaw', 'g711_alaw'",
+        param,
+    )
+
+
+def requested_format(session: dict[str, Any]) -> RealtimeFormat | None:
+    """The one format a `session.update` asks for (GA or beta shape), None if it names none."""
+    found: list[RealtimeFormat] = []
+    for key in ("input_audio_format", "output_audio_format"):
+        if key in session:
+            found.append(parse_format(session[key], f"session.{key}"))
+    audio = session.get("audio")
+    if isinstance(audio, dict):
+        for side in ("input", "output"):
+            sub = audio.get(side)
+            if isinstance(sub, dict) and "format" in sub:
+                found.append(parse_format(sub["format"], f"session.audio.{side}.format"))
+    if len(set(found)) > 1:
+        raise ClientError(
+            "invalid_value",
+            "input and output audio formats must match: duplex speaks one format both ways",
+            "session.audio",
+        )
+    return found[0] if found else None
+
+
+# -- the transport -----------------------------------------------------------------------------
+
+
+@dataclass
+class QueuedEvent(Outgoing):
+    """A realtime event queued by the reader, so the sender stays the socket's only writer
+    and response state changes in the order the client sees them."""
+
+    event: dict[str, Any] = field(default_factory=dict)
+    cancel_event_id: str | None = None  # a `response.cancel`, resolved by the sender
+
+
+class RealtimeTransport:
+    """One call's adapter between OpenAI Realtime events and a duplex CallSession."""
+
+    def __init__(self) -> None:
+        self._id = _id("sess")
+        self._model = DEFAULT_MODEL
+        self._beta = False
+        self._format = RealtimeFormat()
+        self._admitted = False
+        self._samples = 0  # user samples received: the next append's first sample
+        self._vad: EnergyVad | None = None
+        self._speech_item: str | None = None
+        self._t0: float | None = None  # monotonic time of session sample 0
+        # sender-side response state
+        self._response: str | None = None
+        self._item: str | None = None
+        self._suppressed = False
+
+    # -- CallTransport -----------------------------------------------------------------------
+
+    async def open(self, ws: WebSocket, runtime: Runtime) -> CallSession:
+        """Answer `session.created`, then handle events until the first audio admits the call."""
+        self._model = ws.query_params.get("model") or DEFAULT_MODEL
+        self._beta = "realtime=v1" in ws.headers.get("openai-beta", "")
+        await self._send(ws, self._event("session.created", session=self._session()))
+        timeout_s = runtime.settings.start_timeout_s
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                data = await asyncio.wait_for(receive(ws), deadline - time.monotonic())
+            except TimeoutError as exc:
+                raise ProtocolError(
+                    ErrorCode.START_TIMEOUT, f"no input_audio_buffer.append within {timeout_s:g} s"
+                ) from exc
+            audio = await self._on_message(ws, None, data)
+            if audio is None:
+                continue
+            session = runtime.open_session(StartMessage(type="start", audio=self._format.wire()))
+            self._admitted = True
+            self._vad = EnergyVad(self._format.rate)
+            self._push(session, audio)
+            return session
+
+    async def read_loop(self, ws: WebSocket, session: CallSession) -> None:
+        while True:
+            audio = await self._on_message(ws, session, await receive(ws))
+            if audio is not None:
+                self._push(session, audio)
+
+    async def send(self, ws: WebSocket, session: CallSession, item: Outgoing) -> None:
+        if isinstance(item, QueuedEvent):
+            await self._send_event(ws, item)
+        elif item.audio is not None:
+            await self._send_audio(ws, session, item.audio.payload)
+        elif item.ready is not None:
+            self._t0 = time.monotonic()  # sample 0: nothing to tell an OpenAI client
+        elif item.error is not None:
+            await self.send_error(ws, item.error)
+        # `stats` has no Realtime counterpart: a realtime call ends by the client closing
+
+    async def send_error(self, ws: WebSocket, error: ErrorMessage) -> None:
+        kind = "server_error" if error.code in _SERVER_SIDE else "invalid_request_error"
+        await self._send(ws, self._error(kind, str(error.code), error.message))
+
+    # -- client events -----------------------------------------------------------------------
+
+    async def _on_message(
+        self, ws: WebSocket, session: CallSession | None, data: str | bytes
+    ) -> np.ndarray | None:
+        """Handle one client message; return the audio of an append (None otherwise)."""
+        event_id: str | None = None
+        try:
+            if isinstance(data, bytes):
+                raise ClientError("invalid_type", "binary messages are not supported; send JSON")
+            try:
+                event = json.loads(data)
+            except json.JSONDecodeError as exc:
+                raise ClientError("invalid_json", f"the event is not valid JSON: {exc}") from exc
+            if not isinstance(event, dict):
+                raise ClientError("invalid_type", "an event must be a JSON object")
+            event_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
+            return await self._dispatch(ws, session, event)
+        except ClientError as exc:
+            err = self._error("invalid_request_error", exc.code, exc.message, exc.param, event_id)
+            await self._emit(ws, session, err)
+            return None
+
+    async def _dispatch(
+        self, ws: WebSocket, session: CallSession | None, event: dict[str, Any]
+    ) -> np.ndarray | None:
+        kind = event.get("type")
+        if kind == "input_audio_buffer.append":
+            return self._decode(event.get("audio"))
+        if kind == "session.update":
+            await self._update(ws, session, event.get("session"))
+        elif kind == "input_audio_buffer.commit":
+            item = self._speech_item or _id("item")
+            committed = self._event("input_audio_buffer.committed", item_id=item)
+            await self._emit(ws, session, {**committed, "previous_item_id": None})
+        elif kind == "input_audio_buffer.clear":
+            await self._emit(ws, session, self._event("input_audio_buffer.cleared"))
+        elif kind == "response.cancel":
+            if session is None:
+                raise ClientError("response_cancel_not_active", "there is no active response")
+            session.outbox.put_nowait(QueuedEvent(cancel_event_id=event.get("event_id")))
+        elif kind in UNSUPPORTED_EVENTS:
+            raise ClientError(
+                "unsupported_event", f"{kind!r} is not supported by duplex (audio only)", "type"
+            )
+        elif kind != "response.create":  # accepted: the agent speaks on its own clock
+            raise ClientError(
+                "invalid_value",
+                f"Invalid value: {kind!r}. Supported values are: {', '.join(SUPPORTED_EVENTS)}.",
+                "type",
+            )
+        return None
+
+    async def _update(self, ws: WebSocket, session: CallSession | None, update: Any) -> None:
+        if not isinstance(update, dict):
+            raise ClientError("invalid_type", "`session` must be an object", "session")
+        if {"input_audio_format", "output_audio_format", "modalities"} & update.keys():
+            self._beta = True
+        wanted = requested_format(update)
+        if wanted is not None and wanted != self._format:
+            if self._admitted:
+                raise ClientError(
+                    "session_format_locked",
+                    f"the audio format is fixed once audio flows ({self._format.beta()}); "
+                    "open a new connection to change it",
+                    "session.audio.input.format",
+                )
+            self._format = wanted
+        await self._emit(ws, session, self._event("session.updated", session=self._session()))
+
+    def _decode(self, audio: Any) -> np.ndarray:
+        if not isinstance(audio, str):
+            raise ClientError("invalid_type", "`audio` must be a base64 string", "audio")
+        try:
+            raw = base64.b64decode(audio, validate=True)
+        except binascii.Error as exc:
+            raise ClientError(
+                "invalid_value", f"`audio` is not valid base64: {exc}", "audio"
+            ) from exc
+        kind = self._format.kind
+        if kind == "pcma":
+            return alaw_decode(raw)
+        if kind == "pcm" and len(raw) % 2:
+            raise ClientError("invalid_value", "pcm16 audio must have an even byte count", "audio")
+        return decode_audio(raw, "mulaw" if kind == "pcmu" else "pcm16")
+
+    def _push(self, session: CallSession, pcm: np.ndarray) -> None:
+        """Place audio at the running sample count (after silence for a pause), then run VAD."""
+        assert self._vad is not None
+        rate = self._format.rate
+        if self._t0 is not None:
+            behind = round((time.monotonic() - self._t0) * rate) - self._samples
+            if behind > CATCH_UP_S * rate:  # late audio would be dropped: restart on the clock
+                pcm = np.concatenate([np.zeros(behind, dtype=np.float32), pcm])
+        if not len(pcm):
+            return
+        session.on_audio(self._samples, pcm)
+        self._samples += len(pcm)
+        for kind, ms in self._vad.push(pcm):
+            if kind == "started":
+                self._speech_item = _id("item")
+                ev = self._event("input_audio_buffer.speech_started", audio_start_ms=ms)
+            else:
+                ev = self._event("input_audio_buffer.speech_stopped", audio_end_ms=ms)
+            session.outbox.put_nowait(QueuedEvent(event={**ev, "item_id": self._speech_item}))
+
+    async def _emit(
+        self, ws: WebSocket, session: CallSession | None, event: dict[str, Any]
+    ) -> None:
+        """Before admission the reader writes itself; after, the sender task does."""
+        if session is None:
+            await self._send(ws, event)
+        else:
+            session.outbox.put_nowait(QueuedEvent(event=event))
+
+    # -- the sender's side: responses ----------------------------------------------------------
+
+    async def _send_event(self, ws: WebSocket, item: QueuedEvent) -> None:
+        if item.event.get("type") == "input_audio_buffer.speech_started":
+            self._suppressed = False  # the user spoke again: the agent may be heard
+        if item.event:
+            await self._send(ws, item.event)
+        elif self._response is not None:
+            await self._close_response(ws, "cancelled")
+            self._suppressed = True
+        else:
+            msg = "there is no active response to cancel"
+            err = self._error(
+                "invalid_request_error",
+                "response_cancel_not_active",
+                msg,
+                None,
+                item.cancel_event_id,
+            )
+            await self._send(ws, err)
+
+    async def _send_audio(self, ws: WebSocket, session: CallSession, payload: bytes) -> None:
+        pcm = decode_audio(payload, session.audio.encoding)
+        speaking = bool(len(pcm)) and float(np.sqrt(np.mean(np.square(pcm)))) >= AGENT_SPEECH_RMS
+        if not speaking:
+            if self._response is not None:
+                await self._close_response(ws, "completed")
+            return
+        if self._suppressed:
+            return
+        if self._response is None:
+            self._response, self._item = _id("resp"), _id("item")
+            await self._send(
+                ws, self._event("response.created", response=self._resp("in_progress"))
+            )
+        delta = alaw_encode(payload) if self._format.kind == "pcma" else payload
+        ev = self._event(self._audio_name("delta"), **self._where())
+        await self._send(ws, {**ev, "delta": base64.b64encode(delta).decode("ascii")})
+
+    async def _close_response(
+        self, ws: WebSocket, status: Literal["completed", "cancelled"]
+    ) -> None:
+        await self._send(ws, self._event(self._audio_name("done"), **self._where()))
+        response = self._resp(status)
+        if status == "cancelled":
+            response["status_details"] = {"type": "cancelled", "reason": "client_cancelled"}
+        await self._send(ws, self._event("response.done", response=response))
+        self._response = self._item = None
+
+    # -- rendering -----------------------------------------------------------------------------
+
+    def _audio_name(self, suffix: str) -> str:
+        return f"response.audio.{suffix}" if self._beta else f"response.output_audio.{suffix}"
+
+    def _where(self) -> dict[str, Any]:
+        return {
+            "response_id": self._response,
+            "item_id": self._item,
+            "output_index": 0,
+            "content_index": 0,
+        }
+
+    def _resp(self, status: str) -> dict[str, Any]:
+        done = status != "in_progress"
+        output = [
+            {
+                "id": self._item,
+                "object": "realtime.item",
+                "type": "message",
+                "role": "assistant",
+                "status": "completed" if done else "in_progress",
+                "content": [{"type": "audio" if self._beta else "output_audio"}] if done else [],
+            }
+        ]
+        modalities = "modalities" if self._beta else "output_modalities"
+        return {
+            "id": self._response,
+            "object": "realtime.response",
+            "status": status,
+            "status_details": None,
+            "output": output,
+            modalities: ["audio"],
+            "usage": None,
+        }
+
+    def _session(self) -> dict[str, Any]:
+        turn = {
+            "type": "server_vad",
+            "prefix_padding_ms": 0,
+            "silence_duration_ms": VadParams().stop_frames * FRAME_MS,
+            "create_response": False,
+            "interrupt_response": False,
+        }
+        common = {"id": self._id, "object": "realtime.session", "model": self._model}
+        if self._beta:
+            return {
+                **common,
+                "modalities": ["audio"],
+                "instructions": "",
+                "voice": DEFAULT_MODEL,
+                "input_audio_format": self._format.beta(),
+                "output_audio_format": self._format.beta(),
+                "input_audio_transcription": None,
+                "turn_detection": turn,
+                "tools": [],
+                "tool_choice": "none",
+            }
+        fmt = self._format.ga()
+        return {
+            **common,
+            "type": "realtime",
+            "output_modalities": ["audio"],
+            "instructions": "",
+            "tools": [],
+            "tool_choice": "none",
+            "audio": {
+                "input": {"format": fmt, "transcription": None, "turn_detection": turn},
+                "output": {"format": fmt, "voice": DEFAULT_MODEL},
+            },
+        }
+
+    def _event(self, kind: str, **fields: Any) -> dict[str, Any]:
+        return {"type": kind, "event_id": _id("event"), **fields}
+
+    def _error(
+        self,
+        kind: str,
+        code: str,
+        message: str,
+        param: str | None = None,
+        event_id: str | None = None,
+    ) -> dict[str, Any]:
+        detail = {"type": kind, "code": code, "message": message, "param": param}
+        return self._event("error", error={**detail, "event_id": event_id})
+
+    async def _send(self, ws: WebSocket, event: dict[str, Any]) -> None:
+        await ws.send_text(json.dumps(event))

@@ -1,0 +1,291 @@
+"""`WS /v1/realtime` driven by the official `openai` SDK's realtime client (GA and beta).
+
+Each call streams espeak-ng speech framed by silence at real-time pace while receiving, the
+way a microphone client does, and checks the events and the audio format of the deltas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import openai
+import pytest
+
+from server.protocol import AudioFormat
+from server.realtime import QueuedEvent, RealtimeTransport, alaw_decode, alaw_encode
+from server.session import AgentChunk, Outgoing
+from streaming.resample import resample_whole
+from streaming.transport import decode_audio, encode_audio
+from tests.conftest import ServerProcess, read_wav, speak
+
+SEND_MS = 100  # append size, as a microphone client would send
+LEAD_S, TAIL_S = 0.5, 1.0  # silence around the speech
+TICK_S = 0.16
+
+Encoder = Callable[[np.ndarray], bytes]
+Decoder = Callable[[bytes], np.ndarray]
+FORMATS: dict[str, tuple[int, Encoder, Decoder]] = {
+    "pcm16": (
+        24000,
+        lambda x: encode_audio(x, "pcm16"),
+        lambda b: decode_audio(b, "pcm16"),
+    ),
+    "g711_ulaw": (8000, lambda x: encode_audio(x, "mulaw"), lambda b: decode_audio(b, "mulaw")),
+    "g711_alaw": (8000, lambda x: alaw_encode(encode_audio(x, "pcm16")), alaw_decode),
+}
+GA_FORMATS = {
+    "pcm16": {"type": "audio/pcm", "rate": 24000},
+    "g711_ulaw": {"type": "audio/pcmu"},
+    "g711_alaw": {"type": "audio/pcma"},
+}
+
+
+@pytest.fixture(scope="module")
+def voice(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, int]:
+    path = speak("Hello there, what time is it in Paris?", tmp_path_factory.mktemp("rt") / "v.wav")
+    return read_wav(path)
+
+
+def _signal(voice: tuple[np.ndarray, int], rate: int) -> tuple[np.ndarray, float, float]:
+    """Silence, speech, silence at `rate`; and where the speech is (seconds)."""
+    pcm = resample_whole(voice[0], voice[1], rate)
+    loud = np.flatnonzero(np.abs(pcm) > 0.02)
+    x = np.concatenate([np.zeros(int(LEAD_S * rate)), pcm, np.zeros(int(TAIL_S * rate))])
+    return x.astype(np.float32), LEAD_S + loud[0] / rate, LEAD_S + loud[-1] / rate
+
+
+def _client(server: ServerProcess, beta: bool = False) -> openai.AsyncOpenAI:
+    """GA: the base URL is enough (http -> ws). The beta client always uses wss:// unless
+    `websocket_base_url` is set."""
+    ws = server.http.replace("http://", "ws://") + "/v1" if beta else None
+    return openai.AsyncOpenAI(
+        base_url=f"{server.http}/v1", websocket_base_url=ws, api_key="unused-on-loopback"
+    )
+
+
+async def _collect(conn: Any, events: list[Any]) -> None:
+    with contextlib.suppress(Exception):  # the connection closing ends the collection
+        while True:
+            events.append(await conn.recv())
+
+
+async def _stream(conn: Any, x: np.ndarray, rate: int, encode: Encoder) -> None:
+    """Append `x` in SEND_MS pieces at real-time pace."""
+    loop = asyncio.get_running_loop()
+    step = rate * SEND_MS // 1000
+    t0 = loop.time()
+    for i, start in enumerate(range(0, len(x), step)):
+        audio = base64.b64encode(encode(x[start : start + step])).decode("ascii")
+        await conn.input_audio_buffer.append(audio=audio)
+        await asyncio.sleep(max(0.0, t0 + (i + 1) * SEND_MS / 1000 - loop.time()))
+
+
+async def _call(
+    server: ServerProcess, voice: tuple[np.ndarray, int], fmt: str, beta: bool
+) -> tuple[list[Any], float, float]:
+    rate, encode, _ = FORMATS[fmt]
+    x, speech_start, speech_end = _signal(voice, rate)
+    client = _client(server, beta)
+    realtime: Any = client.beta.realtime if beta else client.realtime
+    update: Any = (
+        {"input_audio_format": fmt, "output_audio_format": fmt}
+        if beta
+        else {"type": "realtime", "audio": {"input": {"format": GA_FORMATS[fmt]}}}
+    )
+    async with realtime.connect(model="duplex-test") as conn:
+        events: list[Any] = []
+        collector = asyncio.create_task(_collect(conn, events))
+        await conn.session.update(session=update)
+        await _stream(conn, x, rate, encode)
+        await conn.input_audio_buffer.commit()
+        await conn.response.cancel()  # ends the open response (or answers that none is open)
+        await asyncio.sleep(2 * TICK_S)
+        collector.cancel()
+        await asyncio.gather(collector, return_exceptions=True)
+    return events, speech_start, speech_end
+
+
+def _check_call(events: list[Any], fmt: str, beta: bool, speech: tuple[float, float]) -> None:
+    types = [e.type for e in events]
+    assert types[0] == "session.created", types[:5]
+    assert events[0].session.model == "duplex-test"
+    assert "session.updated" in types
+    assert "error" not in types or all(
+        e.error.code == "response_cancel_not_active" for e in events if e.type == "error"
+    ), [e.error for e in events if e.type == "error"]
+    delta_name = "response.audio.delta" if beta else "response.output_audio.delta"
+    other = "response.output_audio.delta" if beta else "response.audio.delta"
+    assert other not in types
+    deltas = [e for e in events if e.type == delta_name]
+    assert len(deltas) >= 5, types
+    rate, _, decode = FORMATS[fmt]
+    width = 2 if fmt == "pcm16" else 1
+    chunk = round(rate * TICK_S)
+    created = {e.response.id for e in events if e.type == "response.created"}
+    done = {e.response.id: e.response.status for e in events if e.type == "response.done"}
+    assert created and set(done) == created, (created, done)
+    for d in deltas:
+        raw = base64.b64decode(d.delta)
+        assert 0 < len(raw) <= chunk * width and len(raw) % width == 0
+        pcm = decode(raw)
+        assert float(np.sqrt(np.mean(np.square(pcm)))) >= 0.01  # speech, decoded as the format
+        assert d.response_id in created and d.output_index == 0 and d.content_index == 0
+    # each response: created, its deltas, then done, in order
+    for rid in created:
+        mine = [i for i, e in enumerate(events) if getattr(e, "response_id", None) == rid]
+        first = next(
+            i for i, e in enumerate(events) if e.type == "response.created" and e.response.id == rid
+        )
+        last = next(
+            i for i, e in enumerate(events) if e.type == "response.done" and e.response.id == rid
+        )
+        assert first < min(mine) and max(mine) < last
+    started = [e for e in events if e.type == "input_audio_buffer.speech_started"]
+    stopped = [e for e in events if e.type == "input_audio_buffer.speech_stopped"]
+    assert started and stopped, types
+    start_s, end_s = speech
+    assert abs(started[0].audio_start_ms / 1000 - start_s) < 0.15, (started[0], speech)
+    assert abs(stopped[-1].audio_end_ms / 1000 - end_s) < 0.15, (stopped[-1], speech)
+    assert stopped[-1].item_id == started[-1].item_id
+    assert "input_audio_buffer.committed" in types
+
+
+@pytest.mark.parametrize(
+    ("fmt", "beta"), [("pcm16", False), ("g711_ulaw", False), ("g711_alaw", True)]
+)
+def test_call(server: ServerProcess, voice: tuple[np.ndarray, int], fmt: str, beta: bool) -> None:
+    events, start, end = asyncio.run(_call(server, voice, fmt, beta))
+    _check_call(events, fmt, beta, (start, end))
+    created = events[0].session
+    if beta:
+        assert created.input_audio_format == "pcm16"  # the default until session.update
+        updated = next(e for e in events if e.type == "session.updated").session
+        assert updated.input_audio_format == updated.output_audio_format == fmt
+    else:
+        assert created.audio.input.format.type == "audio/pcm"
+        assert created.object == "realtime.session"
+
+
+async def _errors(server: ServerProcess) -> list[dict[str, Any]]:
+    async with _client(server).realtime.connect(model="duplex-test") as conn:
+
+        async def next_of(kind: str) -> dict[str, Any]:
+            while True:
+                event = json.loads(await asyncio.wait_for(conn.recv_bytes(), 5))
+                if event["type"] == kind:
+                    return event
+
+        got = [await next_of("session.created")]
+        await conn.send_raw("{not json")
+        got.append(await next_of("error"))
+        await conn.send_raw(json.dumps({"type": "no.such.event", "event_id": "evt_1"}))
+        got.append(await next_of("error"))
+        await conn.send_raw(json.dumps({"type": "input_audio_buffer.append", "audio": "%%"}))
+        got.append(await next_of("error"))
+        await conn.response.cancel(event_id="evt_3")  # nothing is playing yet
+        got.append(await next_of("error"))
+        silence = base64.b64encode(bytes(4800)).decode("ascii")
+        await conn.input_audio_buffer.append(audio=silence)  # admits the call as pcm16 24 kHz
+        await conn.send(
+            {
+                "type": "session.update",
+                "event_id": "evt_2",
+                "session": {
+                    "type": "realtime",
+                    "audio": {"input": {"format": {"type": "audio/pcmu"}}},
+                },
+            }
+        )
+        got.append(await next_of("error"))
+        await conn.input_audio_buffer.clear()  # still usable
+        got.append(await next_of("input_audio_buffer.cleared"))
+    return got
+
+
+def test_errors_keep_the_connection(server: ServerProcess) -> None:
+    created, bad_json, unknown, bad_audio, cancel, locked, cleared = asyncio.run(_errors(server))
+    assert created["session"]["model"] == "duplex-test"
+    for err in (bad_json, unknown, bad_audio, locked, cancel):
+        assert set(err["error"]) >= {"type", "code", "message", "param", "event_id"}
+        assert err["error"]["type"] == "invalid_request_error"
+    assert bad_json["error"]["code"] == "invalid_json"
+    assert unknown["error"]["code"] == "invalid_value"
+    assert unknown["error"]["param"] == "type" and unknown["error"]["event_id"] == "evt_1"
+    assert bad_audio["error"]["param"] == "audio"
+    assert locked["error"]["code"] == "session_format_locked"
+    assert locked["error"]["event_id"] == "evt_2"
+    assert cancel["error"]["code"] == "response_cancel_not_active"
+    assert cancel["error"]["event_id"] == "evt_3"
+    assert cleared["type"] == "input_audio_buffer.cleared"
+
+
+def test_alaw_matches_g711() -> None:
+    """A-law round trip: every code decodes to a value that encodes back to the same code."""
+    codes = np.arange(256, dtype=np.uint8).tobytes()
+    pcm16 = encode_audio(alaw_decode(codes), "pcm16")
+    assert alaw_encode(pcm16) == codes
+    assert alaw_decode(bytes([0xD5]))[0] == pytest.approx(8 / 32768)  # smallest positive step
+
+
+class _Socket:
+    """Stands in for the WebSocket: the transport only calls send_text on the sender side."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    async def send_text(self, text: str) -> None:
+        self.sent.append(json.loads(text))
+
+
+def test_responses_follow_agent_speech_and_cancel() -> None:
+    """Speech opens a response, a silent chunk completes it; cancel ends it and mutes the agent
+    until the user starts speaking again."""
+    rng = np.random.default_rng(0)
+    speech = encode_audio(0.2 * rng.standard_normal(3840).astype(np.float32), "pcm16")
+    silence = bytes(7680)
+    t = RealtimeTransport()
+    ws, session = _Socket(), SimpleNamespace(audio=AudioFormat(sample_rate=24000))
+
+    async def play(*items: bytes | Outgoing) -> list[str]:
+        ws.sent.clear()
+        for i, item in enumerate(items):
+            out = item if isinstance(item, Outgoing) else Outgoing(audio=_chunk(i, item))
+            await t.send(ws, session, out)  # type: ignore[arg-type]
+        return [e["type"] for e in ws.sent]
+
+    async def scenario() -> None:
+        assert await play(speech, speech, silence) == [
+            "response.created",
+            "response.output_audio.delta",
+            "response.output_audio.delta",
+            "response.output_audio.done",
+            "response.done",
+        ]
+        assert ws.sent[-1]["response"]["status"] == "completed"
+        assert await play(QueuedEvent(cancel_event_id="evt_c")) == ["error"]  # nothing is playing
+        assert await play(speech, QueuedEvent(cancel_event_id="evt_c"), speech) == [
+            "response.created",
+            "response.output_audio.delta",
+            "response.output_audio.done",
+            "response.done",
+        ]
+        assert ws.sent[-1]["response"]["status"] == "cancelled"
+        started = QueuedEvent(event={"type": "input_audio_buffer.speech_started"})
+        assert await play(started, speech) == [
+            "input_audio_buffer.speech_started",
+            "response.created",
+            "response.output_audio.delta",
+        ]
+
+    asyncio.run(scenario())
+
+
+def _chunk(k: int, payload: bytes) -> AgentChunk:
+    return AgentChunk(k, k * 3840, payload, False)
