@@ -313,8 +313,9 @@ function onPlaybackReport(c, m) {
 }
 
 function onClose(c, e) {
-  const wasEnding = c.ended;
-  if (!c.errorCode && !(wasEnding && e.code === 1000)) {
+  // Expected: the normal close after hang-up, or a hang-up before the call started.
+  const expected = c.ended && (e.code === 1000 || !stats.sessionId);
+  if (!c.errorCode && !expected) {
     if (stats.state === "starting" && !stats.sessionId && e.code === 1006) {
       showError("connect_failed", `close ${e.code}`);
     } else {
@@ -330,6 +331,7 @@ function hangUp() {
   const c = call;
   if (!c) return;
   if (!c.ws || c.ws.readyState !== WebSocket.OPEN || !stats.sessionId) {
+    c.ended = true; // not in a call yet: just drop the connection, no error to show
     if (c.ws) c.ws.close(1000);
     teardown(c);
     return;
