@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from streaming.agent_output import AgentAudio
 from streaming.clock import TickClock
 
 log = logging.getLogger("duplex.ticker")
+
+TOKENIZE_EVERY_S = 0.02  # one client frame: audio is encoded within a frame of arriving
 
 
 @dataclass
@@ -69,6 +72,11 @@ class Ticker:
         self._in_engine: set[str] = set()
         self._leaving: list[str] = []
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duplex-tick")
+        self._stop = threading.Event()
+        self._tokenizer = threading.Thread(
+            target=self._tokenize_loop, name="duplex-tokenize", daemon=True
+        )
+        self._tokenizer.start()
         self.draining = False
 
     # -- admission (event loop) ---------------------------------------------------------------
@@ -102,6 +110,12 @@ class Ticker:
         return max(0, self.config.max_sessions - len(self.sessions))
 
     # -- the loop -----------------------------------------------------------------------------
+
+    def _tokenize_loop(self) -> None:
+        """Encode user audio as it arrives, off the tick's critical path."""
+        while not self._stop.wait(TOKENIZE_EVERY_S):
+            for s in list(self.sessions.values()):
+                s.user_in.tokenize()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -264,4 +278,5 @@ class Ticker:
             )
 
     def shutdown(self) -> None:
+        self._stop.set()
         self._executor.shutdown(wait=False, cancel_futures=True)

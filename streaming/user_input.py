@@ -1,8 +1,9 @@
 """A session's user audio on its way in: wire PCM -> codec rate -> units, per time chunk.
 
-The event loop only appends decoded frames (`push`, cheap); the tick worker resamples and
-tokenizes (`drain`). A chunk's index is fixed by its samples' indices, never by arrival time,
-and its arrival is the arrival of the frame that completed it.
+The event loop only appends decoded frames (`push`, cheap); a tokenizer thread resamples and
+encodes them as they come (`tokenize`), and the tick worker collects whole chunks (`drain`).
+A chunk's index is fixed by its samples' indices, never by arrival time, and its arrival is the
+arrival of the frame that completed it.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ class UserAudioInput:
         self.frames_per_chunk = frames_per_chunk
         self._resampler = StreamResampler(wire_rate, codec.sample_rate)
         self._encoder = codec.new_encoder()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the queue (event loop vs threads)
+        self._work = threading.Lock()  # guards codec state (tokenizer thread vs tick worker)
+        self._ready: list[UserChunk] = []
         self._queue: list[tuple[np.ndarray, float]] = []
         self._ended = False
         self._flushed = False
@@ -53,25 +56,32 @@ class UserAudioInput:
     def newest_arrival(self) -> float:
         return self._last_arrival
 
-    def drain(self) -> list[UserChunk]:
-        """Tokenize what arrived; return every newly completed chunk (worker thread)."""
+    def tokenize(self) -> None:
+        """Encode what arrived so far. A background thread calls this between ticks, so the
+        tick's own `drain` finds little left to do."""
         with self._lock:
             queue, self._queue = self._queue, []
             ended = self._ended
-        chunks: list[UserChunk] = []
-        for pcm, arrival in queue:
-            self._last_arrival = arrival
-            self._add_units(self._encoder.encode(self._resampler.process(pcm)))
-            chunks += self._complete_chunks(arrival)
-        if ended and not self._flushed:
-            self._flushed = True
-            self._add_units(self._encoder.encode(self._resampler.flush()))
-            self._add_units(self._encoder.flush())
-            short = -len(self._units) % self.frames_per_chunk
-            silence = np.full((short, self.codec.units_per_frame), self.codec.silence_unit)
-            self._add_units(silence)
-            chunks += self._complete_chunks(self._last_arrival)
-        return chunks
+        with self._work:
+            for pcm, arrival in queue:
+                self._last_arrival = arrival
+                self._add_units(self._encoder.encode(self._resampler.process(pcm)))
+                self._ready += self._complete_chunks(arrival)
+            if ended and not self._flushed:
+                self._flushed = True
+                self._add_units(self._encoder.encode(self._resampler.flush()))
+                self._add_units(self._encoder.flush())
+                short = -len(self._units) % self.frames_per_chunk
+                silence = np.full((short, self.codec.units_per_frame), self.codec.silence_unit)
+                self._add_units(silence)
+                self._ready += self._complete_chunks(self._last_arrival)
+
+    def drain(self) -> list[UserChunk]:
+        """Every chunk completed since the last drain (the tick worker)."""
+        self.tokenize()
+        with self._work:
+            ready, self._ready = self._ready, []
+        return ready
 
     def _add_units(self, units: np.ndarray) -> None:
         if len(units):
