@@ -86,6 +86,31 @@ def _codec_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_synth(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+    from subprocess import SubprocessError
+
+    from model.checkpoint import CheckpointError, read_config
+    from model.data.synth import synth
+
+    if args.dialogues is not None and args.dialogues < 2:
+        return _fail("data synth", f"--dialogues must be >= 2, got {args.dialogues}")
+    checkpoint = Path(args.checkpoint)
+    try:
+        stats = synth(
+            Path(args.out),
+            read_config(checkpoint),
+            checkpoint,
+            n_dialogues=args.dialogues,
+            seed=args.seed,
+            wav=args.wav,
+        )
+    except (CheckpointError, OSError, ValueError, RuntimeError, SubprocessError) as exc:
+        return _fail("data synth", str(exc), 1)
+    print(" ".join(f"{k}={v}" for k, v in asdict(stats).items()))
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from model.bench import run
 
@@ -130,6 +155,17 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--minutes", type=float, default=48.0)
     build.add_argument("--seed", type=int, default=0)
     build.set_defaults(func=_codec_build)
+
+    data = sub.add_parser("data", help="training data").add_subparsers(dest="action", required=True)
+    synth = data.add_parser("synth", help="spoken two-channel dialogues in the chunk format")
+    synth.add_argument("--out", required=True, help="output directory")
+    synth.add_argument("--dialogues", type=int, help="how many (default: the whole corpus)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument(
+        "--checkpoint", default="models/default", help="its duplex.json: codec, chunk format"
+    )
+    synth.add_argument("--wav", action="store_true", help="also write stereo wavs")
+    synth.set_defaults(func=_data_synth)
 
     bench = sub.add_parser("bench", help="tick cost: batched engine vs per-session loop")
     bench.add_argument("--model", default="models/default", help="checkpoint directory")
