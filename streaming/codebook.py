@@ -40,20 +40,20 @@ KMEANS_MAX_ITER = 40
 _ESPEAK_RATE = 22050
 _WAVE_PARAGRAPHS = 16
 
-_NAMES = (
+NAMES = (
     "Anna", "Ben", "Carlos", "Diana", "Emma", "Frank", "Grace", "Hiro", "Isabel", "Jack",
     "Kate", "Liam", "Maria", "Noah", "Olivia", "Priya", "Sam", "Tom", "Yusuf", "Zoe",
 )  # fmt: skip
-_PLACES = (
+PLACES = (
     "the station", "the office", "the park", "the library", "the airport", "the market",
     "the gym", "the cafe on Main Street", "my place", "the hospital", "the cinema", "school",
 )  # fmt: skip
-_DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday",
+DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday",
          "tomorrow", "tonight", "this weekend", "next week", "this afternoon")  # fmt: skip
 _WEATHER = ("sunny", "cloudy", "rainy", "windy", "freezing", "really hot", "foggy", "mild")
-_FOODS = ("pizza", "pasta", "sushi", "a sandwich", "soup", "coffee", "tea", "a salad",
+FOODS = ("pizza", "pasta", "sushi", "a sandwich", "soup", "coffee", "tea", "a salad",
           "pancakes", "curry", "some fruit", "chocolate cake")  # fmt: skip
-_ACTIVITIES = ("go for a walk", "watch a movie", "call my mother", "finish the report",
+ACTIVITIES = ("go for a walk", "watch a movie", "call my mother", "finish the report",
                "clean the kitchen", "go shopping", "play football", "read a book",
                "fix the bike", "visit my friends", "book the tickets", "cook dinner")  # fmt: skip
 _BACKCHANNELS = ("Yeah.", "Uh huh.", "Okay.", "Right.", "Sure.", "Mm hmm.", "Oh really?",
@@ -99,7 +99,7 @@ _TEMPLATES = (
 )
 
 
-def _number_words(n: int) -> str:
+def number_words(n: int) -> str:
     """0-99 in words, so espeak's output does not depend on its number parser."""
     tens = ("", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
     teens = ("thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen")
@@ -119,14 +119,14 @@ def _sentence(rng: np.random.Generator) -> str:
 
     minute = int(rng.integers(0, 12)) * 5
     slots = {
-        "name": pick(_NAMES), "name2": pick(_NAMES), "place": pick(_PLACES), "day": pick(_DAYS),
-        "weather": pick(_WEATHER), "food": pick(_FOODS), "food2": pick(_FOODS),
-        "activity": pick(_ACTIVITIES), "part": pick(("morning", "afternoon", "evening")),
+        "name": pick(NAMES), "name2": pick(NAMES), "place": pick(PLACES), "day": pick(DAYS),
+        "weather": pick(_WEATHER), "food": pick(FOODS), "food2": pick(FOODS),
+        "activity": pick(ACTIVITIES), "part": pick(("morning", "afternoon", "evening")),
         "hour": _ONES[int(rng.integers(1, 13))],
-        "minute": "o'clock" if minute == 0 else _number_words(minute),
-        "num": _number_words(int(rng.integers(2, 100))),
-        "num2": _number_words(int(rng.integers(1, 100))),
-        "age": _number_words(int(rng.integers(5, 90))),
+        "minute": "o'clock" if minute == 0 else number_words(minute),
+        "num": number_words(int(rng.integers(2, 100))),
+        "num2": number_words(int(rng.integers(1, 100))),
+        "age": number_words(int(rng.integers(5, 90))),
         "small": _ONES[int(rng.integers(1, 13))],
         "digits": ", ".join(" ".join(_ONES[int(d)] for d in rng.integers(0, 10, 3)) for _ in "ab"),
     }  # fmt: skip

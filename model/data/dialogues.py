@@ -17,7 +17,7 @@ from typing import Literal
 
 import numpy as np
 
-from streaming.codebook import _ACTIVITIES, _DAYS, _FOODS, _NAMES, _PLACES, _number_words
+from streaming.codebook import ACTIVITIES, DAYS, FOODS, NAMES, PLACES, number_words
 
 Speaker = Literal["A", "B"]
 BACKCHANNELS = ("Mm hmm.", "Yeah.", "Right.", "Okay.", "Uh huh.", "I see.", "Sure.", "Oh.")
@@ -210,18 +210,18 @@ class _Pick:
         return self(*options)
 
     def name(self) -> str:
-        return self.of(_NAMES + _MORE_NAMES)
+        return self.of(NAMES + _MORE_NAMES)
 
     def two_names(self) -> tuple[str, str]:
-        names = _NAMES + _MORE_NAMES
+        names = NAMES + _MORE_NAMES
         i, j = self.rng.choice(len(names), 2, replace=False)
         return names[int(i)], names[int(j)]
 
     def number(self, lo: int, hi: int) -> str:
-        return _number_words(int(self.rng.integers(lo, hi + 1)))
+        return number_words(int(self.rng.integers(lo, hi + 1)))
 
     def clock(self) -> str:
-        hour = _number_words(int(self.rng.integers(1, 13)))
+        hour = number_words(int(self.rng.integers(1, 13)))
         minute = int(self.rng.integers(0, 12)) * 5
         if minute == 0:
             return self(f"{hour} o'clock", f"{hour}")
@@ -230,24 +230,24 @@ class _Pick:
                 {15: f"a quarter past {hour}", 30: f"half past {hour}"}.get(
                     minute, f"{hour} forty-five"
                 ),
-                f"{hour} {_number_words(minute)}",
+                f"{hour} {number_words(minute)}",
             )
-        return f"{hour} {'' if minute > 9 else 'oh '}{_number_words(minute)}"
+        return f"{hour} {'' if minute > 9 else 'oh '}{number_words(minute)}"
 
     def digits(self, n: int) -> str:
-        return ", ".join(_number_words(int(d)) for d in self.rng.integers(0, 10, n))
+        return ", ".join(number_words(int(d)) for d in self.rng.integers(0, 10, n))
 
     def day(self) -> str:
-        return self.of(_DAYS)
+        return self.of(DAYS)
 
     def place(self) -> str:
-        return self.of(_PLACES)
+        return self.of(PLACES)
 
     def food(self) -> str:
-        return self.of(_FOODS)
+        return self.of(FOODS)
 
     def activity(self) -> str:
-        return self.of(_ACTIVITIES)
+        return self.of(ACTIVITIES)
 
     def weather(self) -> str:
         return self.of(_WEATHERS)
@@ -433,9 +433,9 @@ def _phone_number(p: _Pick) -> list[str]:
 def _number_correction(p: _Pick) -> list[str]:
     n, m = sorted(int(x) for x in p.rng.choice(np.arange(10, 99), 2, replace=False))
     return [
-        f"A~: {p('So the total is', 'The room is number', 'Your seat is', 'It is bus number')} {_number_words(n)}, and",  # noqa: E501
-        f"B: {p('No,', 'Sorry,', 'Actually,')} {_number_words(m)}.",
-        f"A: {p('Oh,', 'Ah,', 'Sorry,')} {_number_words(m)}. {p.thanks()}",
+        f"A~: {p('So the total is', 'The room is number', 'Your seat is', 'It is bus number')} {number_words(n)}, and",  # noqa: E501
+        f"B: {p('No,', 'Sorry,', 'Actually,')} {number_words(m)}.",
+        f"A: {p('Oh,', 'Ah,', 'Sorry,')} {number_words(m)}. {p.thanks()}",
     ]
 
 
