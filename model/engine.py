@@ -139,8 +139,14 @@ class Engine:
         active = [job for job in jobs if job.phase is not _Phase.DONE]
         while active:
             logits = self._forward()
-            for job in active:
-                self._advance(job, logits[job.session.row])
+            rows = [job.session.row for job in active]
+            allowed = torch.stack([self._allowed(job) for job in active])
+            tokens = sample(
+                logits[rows], allowed, [job.session.params for job in active],
+                [job.session.gen for job in active],
+            )  # fmt: skip
+            for job, tok in zip(active, tokens, strict=True):
+                self._advance(job, tok)
             active = [job for job in active if job.phase is not _Phase.DONE]
         for job in jobs:
             job.result.tokens = len(job.session.timeline.tokens)
@@ -211,12 +217,22 @@ class Engine:
             if not more:
                 return out
 
-    def _advance(self, job: _Job, logits: torch.Tensor) -> None:
-        s, fmt, masks = job.session, self.fmt, self.masks
-        tl = s.timeline
+    def _allowed(self, job: _Job) -> torch.Tensor:
+        """What the chunk format allows next for this job ([vocab] booleans)."""
+        fmt, tl = self.fmt, job.session.timeline
+        if job.phase is _Phase.USER_TAG:
+            return self.masks.user_open
+        if job.phase is _Phase.USER_UNITS:
+            last = job.units[-1] if job.units else tl.prev_user()[0]
+            return self.masks.unit_after(last, *((fmt.s0,) if job.units else ()))
+        last = job.units[-1] if job.units else tl.prev_agent()[0]
+        return self.masks.unit_after(last, fmt.s0, fmt.s1)
+
+    def _advance(self, job: _Job, tok: int) -> None:
+        """Take the sampled token: extend the chunk, or close it and move on."""
+        fmt, tl = self.fmt, job.session.timeline
         n = self.frames_per_chunk
         if job.phase is _Phase.USER_TAG:
-            tok = sample(logits, masks.user_open, s.params, s.gen)
             if tok == fmt.s1:
                 tl.tokens.append(tok)
                 job.phase = _Phase.USER_UNITS
@@ -227,9 +243,6 @@ class Engine:
                 job.phase = _Phase.AGENT_UNITS
             return
         if job.phase is _Phase.USER_UNITS:
-            last = job.units[-1] if job.units else tl.prev_user()[0]
-            ends = (fmt.s0,) if job.units else ()
-            tok = sample(logits, masks.unit_after(last, *ends), s.params, s.gen)
             if tok != fmt.s0:
                 tl.tokens.append(tok)
                 job.units.append(fmt.token_unit(tok))
@@ -241,8 +254,6 @@ class Engine:
                 job.units = []
                 job.phase = _Phase.AGENT_UNITS
             return
-        last = job.units[-1] if job.units else tl.prev_agent()[0]
-        tok = sample(logits, masks.unit_after(last, fmt.s0, fmt.s1), s.params, s.gen)
         if tok not in (fmt.s0, fmt.s1):
             tl.tokens.append(tok)
             job.units.append(fmt.token_unit(tok))

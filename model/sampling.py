@@ -53,16 +53,30 @@ class TokenMasks:
 
 
 def sample(
-    logits: torch.Tensor, allowed: torch.Tensor, params: SamplingParams, gen: torch.Generator
-) -> int:
-    """Draw one token id from `logits` [vocab] restricted to `allowed`."""
-    masked = logits.masked_fill(~allowed, float("-inf"))
-    if params.temperature == 0:
-        return int(masked.argmax())
-    if params.top_k:
-        k = min(params.top_k, int(allowed.sum()))
-        top = torch.topk(masked, k)
-        probs = torch.softmax(top.values / params.temperature, dim=-1)
-        return int(top.indices[torch.multinomial(probs, 1, generator=gen)])
-    probs = torch.softmax(masked / params.temperature, dim=-1)
-    return int(torch.multinomial(probs, 1, generator=gen))
+    logits: torch.Tensor,
+    allowed: torch.Tensor,
+    params: list[SamplingParams],
+    gens: list[torch.Generator],
+) -> list[int]:
+    """Draw one token per row of `logits` [rows, vocab], restricted to `allowed` [rows, vocab].
+
+    Batched: one set of tensor ops for all rows. Each row draws its uniform number from its own
+    session's generator, so a seeded call replays the same whatever else shares the batch (up
+    to float differences in the logits themselves).
+    """
+    rows, vocab = logits.shape
+    masked = logits.float().masked_fill(~allowed, float("-inf"))
+    temps = torch.tensor([p.temperature for p in params])
+    greedy = masked.argmax(dim=-1)
+    ks = torch.tensor(
+        [min(p.top_k or vocab, int(n)) for p, n in zip(params, allowed.sum(dim=-1), strict=True)]
+    )
+    k = int(ks.max())
+    top = torch.topk(masked / temps.clamp(min=1e-6)[:, None], k, dim=-1)
+    keep = torch.arange(k)[None, :] < ks[:, None]
+    probs = torch.softmax(top.values.masked_fill(~keep, float("-inf")), dim=-1)
+    u = torch.cat([torch.rand(1, generator=g) for g in gens])
+    cdf = probs.cumsum(dim=-1)
+    pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).clamp(max=k - 1)[:, 0]
+    drawn = top.indices[torch.arange(rows), pick]
+    return torch.where(temps == 0, greedy, drawn).tolist()
