@@ -1,4 +1,4 @@
-"""The `duplex` command: serve, call, codec build, model init.
+"""The `duplex` command: serve, call, codec build, model init, data synth, train.
 
 Subcommands import their modules lazily, so `duplex call` never loads torch. Every failure
 the user can cause ends with a non-zero exit and one readable line on stderr.
@@ -111,6 +111,34 @@ def _data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from model.checkpoint import CheckpointError
+    from model.train import PRESETS, STATE, describe, train
+
+    data, out = Path(args.data), Path(args.out)
+    if not data.is_dir():
+        return _fail("train", f"no data directory {data}: run `duplex data synth --out {data}`")
+    if (out / STATE).exists() and not args.resume:
+        return _fail("train", f"{out} holds a training run: add --resume, or pick another --out")
+    overrides = {k: v for k, v in (("steps", args.steps), ("minutes", args.minutes),
+                                   ("seed", args.seed)) if v is not None}  # fmt: skip
+    if args.threads is not None:
+        if args.threads < 1:
+            return _fail("train", f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        cfg = replace(PRESETS[args.preset], **overrides)
+        record = train(cfg, data, out, checkpoint=Path(args.checkpoint), resume=args.resume)
+    except (CheckpointError, OSError, ValueError, RuntimeError) as exc:
+        return _fail("train", str(exc), 1)
+    print(describe(record))
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from model.bench import run
 
@@ -166,6 +194,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     synth.add_argument("--wav", action="store_true", help="also write stereo wavs")
     synth.set_defaults(func=_data_synth)
+
+    tr = sub.add_parser("train", help="train a Llama decoder on `data synth` output")
+    tr.add_argument("--data", required=True, help="`duplex data synth` output directory")
+    tr.add_argument("--out", required=True, help="checkpoint directory to write")
+    tr.add_argument("--preset", choices=["cpu-default", "gpu"], default="cpu-default")
+    tr.add_argument("--steps", type=int, help="schedule length (default: the preset's)")
+    tr.add_argument("--minutes", type=float, help="stop after this long; --resume carries on")
+    tr.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
+    tr.add_argument("--seed", type=int)
+    tr.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    tr.add_argument(
+        "--checkpoint", default="models/default", help="its duplex.json: codec, chunk format"
+    )
+    tr.set_defaults(func=_train)
 
     bench = sub.add_parser("bench", help="tick cost: batched engine vs per-session loop")
     bench.add_argument("--model", default="models/default", help="checkpoint directory")

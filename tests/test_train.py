@@ -1,0 +1,109 @@
+"""`duplex train`: loss goes down, resume is exact, the output is a servable checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model.checkpoint import load_checkpoint, read_config
+from model.data.synth import synth
+from model.engine import Engine, StepRequest
+from model.format import ChunkFormat
+from model.sampling import SamplingParams
+from model.train import KINDS, STATE, TrainConfig, cut_windows, token_kinds, train
+from server.cli import main
+
+TINY = TrainConfig(
+    layers=1, hidden=64, heads=2, intermediate=128, context=128, batch_tokens=512, lr=3e-3,
+    warmup_steps=5, steps=30, eval_every=10, checkpoint_every=15, serve_sink=16,
+)  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def data(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("synth")
+    synth(out, read_config(checkpoint), checkpoint, n_dialogues=6, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(data: Path, checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("trained")
+    train(TINY, data, out, checkpoint=checkpoint, progress=False)
+    return out
+
+
+def _rows(out: Path) -> list[dict[str, float]]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_windows_and_kinds() -> None:
+    fmt = ChunkFormat(8, 1, 0, 4, s0=8, s1=9, bos=10, silence_unit=0)
+    tokens = np.array([10, 8, 1, 2, 9, 3, 8, 9, 4, 5])
+    assert token_kinds(tokens, fmt).tolist() == [2, 2, 0, 0, 2, 1, 2, 2, 1, 1]
+    w = cut_windows(tokens, fmt, 4)
+    assert w.inputs.tolist() == [[10, 8, 1, 2], [9, 3, 8, 9], [4, 5, 10, 10]]
+    assert w.targets.tolist() == [[8, 1, 2, 9], [3, 8, 9, 4], [5, -100, -100, -100]]
+    assert w.kinds[0].tolist() == [2, 0, 0, 2]
+
+
+def test_loss_goes_down(trained: Path) -> None:
+    rows = _rows(trained)
+    assert [r["step"] for r in rows] == [0, 10, 20, 30]
+    first, last = rows[0], rows[-1]
+    assert first["heldout_loss"] == pytest.approx(np.log(1027), abs=0.3)  # uniform at init
+    assert last["train_loss"] < 0.75 * first["heldout_loss"]
+    assert last["heldout_loss"] < first["heldout_loss"] - 0.5
+    assert all(np.isfinite(last[f"heldout_{k}"]) for k in KINDS)
+    assert last["tok_s"] > 0
+    assert (trained / "loss.png").stat().st_size > 1000
+
+
+def test_resume_is_exact(data: Path, checkpoint: Path, trained: Path, tmp_path: Path) -> None:
+    train(TINY, data, tmp_path, checkpoint=checkpoint, progress=False, until=12)
+    assert torch.load(tmp_path / STATE, weights_only=False)["step"] == 12
+    train(TINY, data, tmp_path, checkpoint=checkpoint, progress=False, resume=True)
+    whole = torch.load(trained / STATE, weights_only=False)["model"]
+    resumed = torch.load(tmp_path / STATE, weights_only=False)["model"]
+    for name, value in whole.items():
+        torch.testing.assert_close(resumed[name], value, rtol=1e-5, atol=1e-6)
+    assert [r["step"] for r in _rows(tmp_path)] == [0, 10, 12, 20, 30]
+
+
+def test_output_is_servable(trained: Path) -> None:
+    config, llama = load_checkpoint(trained)
+    assert config.context_tokens == TINY.context
+    assert "duplex train" in config.description
+    engine = Engine(config, llama, max_sessions=1, max_rollback_chunks=2)
+    engine.add_session("s", SamplingParams(seed=0))
+    for _ in range(4):
+        result = engine.step([StepRequest("s")])["s"]
+        assert len(result.frames) == engine.frames_per_chunk
+
+
+def test_cli_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert "no data directory" in capsys.readouterr().err
+    assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("duplex train: error:") and "train.npz" in err and "\n" not in err
+
+
+def test_cli_trains_and_refuses_to_overwrite(
+    data: Path, checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["train", "--data", str(data), "--out", str(tmp_path), "--checkpoint", str(checkpoint)]
+    assert main([*args, "--steps", "1", "--threads", "1"]) == 0
+    assert "step=1 " in capsys.readouterr().out
+    assert load_checkpoint(tmp_path)[0].context_tokens == 512
+    assert main([*args, "--steps", "1"]) == 2
+    assert "--resume" in capsys.readouterr().err
