@@ -3,25 +3,28 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 MODEL ?= models/default
 TORCH_VERSION := 2.13.0
-APT_PACKAGES := espeak-ng sox chromium
+# Debian packages: serving needs libopus0 (Opus on the wire); the tests also synthesize speech
+# (espeak-ng, sox) and drive a real browser (chromium).
+APT_SERVE := libopus0
+APT_TEST := $(APT_SERVE) espeak-ng sox chromium
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test test-all lint setup apt clean
+.PHONY: serve test test-all lint setup apt-serve apt-test clean
 
-serve: $(STAMP) $(MODEL)/duplex.json
+serve: apt-serve $(STAMP) $(MODEL)/duplex.json
 	$(VENV)/bin/duplex serve --model $(MODEL)
 
-test: apt $(STAMP)
+test: apt-test $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
-test-all: apt $(STAMP)
+test-all: apt-test $(STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-setup: apt $(STAMP) $(MODEL)/duplex.json
+setup: apt-test $(STAMP) $(MODEL)/duplex.json
 
 # torch first, pinned, so pip takes the local CPU build instead of a multi-GB CUDA one.
 $(STAMP): pyproject.toml
@@ -35,15 +38,22 @@ $(STAMP): pyproject.toml
 $(MODEL)/duplex.json: | $(STAMP)
 	$(VENV)/bin/duplex model init --out $(MODEL)
 
-# Debian packages the tests need (espeak-ng synthesizes test speech), installed when missing.
-apt:
-	@missing=""; for p in $(APT_PACKAGES); do \
+# Installs the Debian packages of $(1) that are missing (as root, or with sudo).
+define apt_install
+	@missing=""; for p in $(1); do \
 	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
 	fi
+endef
+
+apt-serve:
+	$(call apt_install,$(APT_SERVE))
+
+apt-test:
+	$(call apt_install,$(APT_TEST))
 
 clean:
 	rm -rf $(VENV) $(MODEL)

@@ -30,6 +30,7 @@ from server.protocol import (
     SamplingParams,
     StatsMessage,
 )
+from streaming.opus import opus_available
 from streaming.resample import resample_whole
 
 __all__ = [
@@ -46,8 +47,8 @@ __all__ = [
 
 PROG = "duplex call"
 DEFAULT_URL = "ws://127.0.0.1:8000/v1/duplex"
-WireEncoding = Literal["pcm16", "mulaw"]
-DEFAULT_RATES: dict[str, int] = {"pcm16": 16000, "mulaw": 8000}
+WireEncoding = Literal["pcm16", "mulaw", "opus"]
+DEFAULT_RATES: dict[str, int] = {"pcm16": 16000, "mulaw": 8000, "opus": 16000}
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
 # After `end` the server only finishes the few remaining ticks; this bounds one that never does.
@@ -170,7 +171,7 @@ async def run_call(
 ) -> CallResult:
     """Play mono `pcm` (at `sample_rate`) as one call and collect the agent's answer.
 
-    `wire_rate` defaults to the encoding's natural rate (16 kHz pcm16, 8 kHz mulaw). With
+    `wire_rate` defaults to the encoding's natural rate (16 kHz pcm16 and opus, 8 kHz mulaw). With
     `realtime=False` frames go out as fast as the socket takes them (delay/jitter ignored).
     Raises DuplexError for connection and server failures, ValueError for empty audio.
     """
@@ -269,7 +270,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--encoding",
         choices=sorted(SUPPORTED_RATES),
         default="pcm16",
-        help="wire encoding (mulaw implies 8000 Hz)",
+        help="wire encoding (mulaw implies 8000 Hz; opus is 16000 or 48000 Hz)",
     )
     parser.add_argument("--rate", type=int, help="wire sample rate (16000 for pcm16)")
     parser.add_argument("--frame-ms", type=int, default=20, help="client frame length (20)")
@@ -293,6 +294,8 @@ def _check_args(args: argparse.Namespace) -> tuple[int, SamplingParams]:
     """Validate flags before any I/O; returns the wire rate and the sampling overrides."""
     if not args.url.startswith(("ws://", "wss://")):
         raise InputError(f"--url must start with ws:// or wss://, got {args.url!r}")
+    if args.encoding == "opus" and not opus_available():
+        raise InputError("--encoding opus needs the libopus system library (Debian: libopus0)")
     rates = SUPPORTED_RATES[args.encoding]
     rate = args.rate or DEFAULT_RATES[args.encoding]
     if rate not in rates:

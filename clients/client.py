@@ -37,6 +37,7 @@ from server.protocol import (
     StatsMessage,
     parse_server_message,
 )
+from streaming.opus import OpusDecoderStream, OpusEncoderStream, unpack_packets
 from streaming.transport import decode_audio, encode_audio
 
 __all__ = ["DuplexClient", "DuplexError", "ReceivedFrame"]
@@ -88,6 +89,12 @@ class DuplexClient:
         self.frames_sent = 0
         self.samples_sent = 0
         self.stats: StatsMessage | None = None
+        # Opus is stateful: one encoder for the user's packets, one decoder for the agent's.
+        self._opus_out: OpusEncoderStream | None = None
+        self._opus_in: OpusDecoderStream | None = None
+        if audio.encoding == "opus":
+            self._opus_out = OpusEncoderStream(audio.sample_rate, audio.frame_ms, align=False)
+            self._opus_in = OpusDecoderStream(audio.sample_rate)
 
     @classmethod
     @asynccontextmanager
@@ -140,22 +147,38 @@ class DuplexClient:
         return self.ready.frame_samples
 
     async def send_frame(self, pcm: np.ndarray, last: bool = False) -> None:
-        """Send exactly one client frame of float32 mono audio (the last one may be shorter)."""
+        """Send exactly one client frame of float32 mono audio (the last one may be shorter).
+
+        With Opus every packet is a whole frame: a short last frame is padded with silence, and
+        `samples_sent` counts the padding (the server hears it).
+        """
         n = len(pcm)
         if n != self.frame_samples and not (last and 0 < n < self.frame_samples):
             raise ValueError(
                 f"a frame holds {self.frame_samples} samples (the last may hold fewer), got {n}"
             )
-        frame = AudioFrame(
-            self.frames_sent, self.samples_sent, encode_audio(pcm, self.audio.encoding), last
-        )
+        if self._opus_out is not None:
+            n = self.frame_samples
+            payload = self._encode_opus(self._opus_out, np.pad(pcm, (0, n - len(pcm))))
+        else:
+            payload = encode_audio(pcm, self.audio.encoding)
+        frame = AudioFrame(self.frames_sent, self.samples_sent, payload, last)
         await self._send(frame.pack())
         self.frames_sent += 1
         self.samples_sent += n
 
+    @staticmethod
+    def _encode_opus(encoder: OpusEncoderStream, pcm: np.ndarray) -> bytes:
+        """One frame, one packet, sent at once: the user's audio decodes the encoder's
+        lookahead (6.5 ms) late, as if the network were that much slower."""
+        _, packets = encoder.encode(pcm)
+        return packets[0]
+
     async def end(self, total_samples: int | None = None) -> None:
         """Tell the server the user audio is complete (defaults to the samples sent so far)."""
         total = self.samples_sent if total_samples is None else total_samples
+        if self._opus_out is not None:  # the last packet was padded to a whole frame
+            total = max(total, self.samples_sent)
         await self._send(EndMessage(type="end", total_samples=total).model_dump_json())
 
     async def events(self) -> AsyncIterator[ReceivedFrame | StatsMessage]:
@@ -183,7 +206,11 @@ class DuplexClient:
     def _decode_frame(self, data: bytes, arrival: float) -> ReceivedFrame:
         try:
             frame = AudioFrame.unpack(data)
-            pcm = decode_audio(frame.payload, self.audio.encoding)
+            if self._opus_in is not None:  # the tick's 20 ms packets, decoded in order
+                decoded = [self._opus_in.decode(p) for p in unpack_packets(frame.payload)]
+                pcm = np.concatenate(decoded) if decoded else np.zeros(0, np.float32)
+            else:
+                pcm = decode_audio(frame.payload, self.audio.encoding)
         except (ProtocolError, ValueError) as exc:
             raise DuplexError(PROTOCOL_VIOLATION, f"bad agent frame: {exc}") from exc
         return ReceivedFrame(frame.seq, frame.first_sample, pcm, frame.last, arrival)

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 from fastapi import WebSocket
 from prometheus_client import Counter
 
 from server.calls import receive
 from server.protocol import (
+    OPUS_MAX_PACKET_BYTES,
     AudioFrame,
     EndMessage,
     ErrorCode,
@@ -20,6 +22,7 @@ from server.protocol import (
 )
 from server.runtime import Runtime
 from server.session import CallSession, Outgoing
+from streaming.opus import OpusDecoderStream
 from streaming.transport import bytes_per_sample, decode_audio
 
 
@@ -29,6 +32,7 @@ class NativeTransport:
     def __init__(self) -> None:
         self._last_seq = -1
         self._frames_in: Counter | None = None
+        self._opus: OpusDecoderStream | None = None  # the call's decoder, for encoding opus
 
     async def open(self, ws: WebSocket, runtime: Runtime) -> CallSession:
         timeout_s = runtime.settings.start_timeout_s
@@ -46,7 +50,10 @@ class NativeTransport:
                 ErrorCode.UNEXPECTED_MESSAGE, f"expected `start` first, got `{message.type}`"
             )
         self._frames_in = runtime.metrics.frames_in
-        return runtime.open_session(message)
+        session = runtime.open_session(message)
+        if session.audio.encoding == "opus":
+            self._opus = OpusDecoderStream(session.audio.sample_rate)
+        return session
 
     async def read_loop(self, ws: WebSocket, session: CallSession) -> None:
         while True:
@@ -67,6 +74,17 @@ class NativeTransport:
                 ErrorCode.SAMPLE_ORDER,
                 f"frame sequence {frame.seq} after {self._last_seq}: sequence numbers must grow",
             )
+        if self._opus is not None:
+            pcm = _decode_opus(self._opus, session, frame.payload)
+        else:
+            pcm = self._decode_samples(session, frame)
+        session.on_audio(frame.first_sample, pcm)
+        self._last_seq = frame.seq
+        if self._frames_in is not None:
+            self._frames_in.inc()
+
+    def _decode_samples(self, session: CallSession, frame: AudioFrame) -> np.ndarray:
+        """PCM16 or mu-law: exactly one frame of samples, only the last may be shorter."""
         encoding = session.audio.encoding
         width = bytes_per_sample(encoding)
         full = session.frame_samples * width
@@ -77,10 +95,7 @@ class NativeTransport:
                 f"audio payload of {size} bytes; frames are {full} bytes "
                 f"({session.frame_samples} samples of {encoding}; only the last may be shorter)",
             )
-        session.on_audio(frame.first_sample, decode_audio(frame.payload, encoding))
-        self._last_seq = frame.seq
-        if self._frames_in is not None:
-            self._frames_in.inc()
+        return decode_audio(frame.payload, encoding)
 
     async def send(self, ws: WebSocket, session: CallSession, item: Outgoing) -> None:
         if item.audio is not None:
@@ -95,3 +110,25 @@ class NativeTransport:
 
     async def send_error(self, ws: WebSocket, error: ErrorMessage) -> None:
         await ws.send_text(error.model_dump_json())
+
+
+def _decode_opus(decoder: OpusDecoderStream, session: CallSession, packet: bytes) -> np.ndarray:
+    """One Opus packet of exactly `frame_ms` (packets are whole: the last is padded too)."""
+    size = len(packet)
+    if not 0 < size <= OPUS_MAX_PACKET_BYTES:
+        raise ProtocolError(
+            ErrorCode.BAD_FRAME_SIZE,
+            f"Opus payload of {size} bytes; a frame holds one packet of 1 to "
+            f"{OPUS_MAX_PACKET_BYTES} bytes",
+        )
+    try:
+        pcm = decoder.decode(packet)
+    except ValueError as exc:
+        raise ProtocolError(ErrorCode.BAD_FRAME, f"undecodable Opus packet: {exc}") from exc
+    if len(pcm) != session.frame_samples:
+        raise ProtocolError(
+            ErrorCode.BAD_FRAME_SIZE,
+            f"Opus packet of {len(pcm)} samples; frames are {session.frame_samples} samples "
+            f"({session.audio.frame_ms} ms)",
+        )
+    return pcm

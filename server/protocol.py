@@ -26,7 +26,10 @@ FLAG_LAST = 0x01
 SUPPORTED_RATES: dict[str, tuple[int, ...]] = {
     "pcm16": (8000, 16000, 24000, 48000),
     "mulaw": (8000,),
+    "opus": (16000, 48000),
 }
+OPUS_FRAME_MS = (10, 20, 40, 60)  # Opus packet lengths; frame_ms must also divide the tick
+OPUS_MAX_PACKET_BYTES = 1275  # RFC 6716 section 3.4
 
 
 class FrameKind(IntEnum):
@@ -113,7 +116,7 @@ class _Message(BaseModel):
 class AudioFormat(_Message):
     """How audio travels on the wire in both directions."""
 
-    encoding: Literal["pcm16", "mulaw"] = "pcm16"
+    encoding: Literal["pcm16", "mulaw", "opus"] = "pcm16"
     sample_rate: int = 16000
     frame_ms: int = Field(default=20, description="client frame length; 10..160 ms, divides 160")
 

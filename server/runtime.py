@@ -20,6 +20,7 @@ from model.format import Frame
 from model.sampling import SamplingParams
 from server.metrics import Metrics
 from server.protocol import (
+    OPUS_FRAME_MS,
     PROTOCOL_VERSION,
     SUPPORTED_RATES,
     ErrorCode,
@@ -31,6 +32,7 @@ from server.session import CallSession
 from server.settings import Settings
 from server.ticker import Ticker, TickerConfig
 from streaming.codec import SpeechCodec, load_codec
+from streaming.opus import opus_available
 
 log = logging.getLogger("duplex.runtime")
 
@@ -160,6 +162,17 @@ class Runtime:
                 ErrorCode.UNSUPPORTED_AUDIO,
                 f"frame_ms {audio.frame_ms} must be at least 10 and divide the "
                 f"{chunk_ms:g} ms tick",
+            )
+        if audio.encoding == "opus" and not opus_available():
+            raise ProtocolError(
+                ErrorCode.UNSUPPORTED_AUDIO,
+                "this server has no Opus (the libopus system library is missing); use pcm16",
+            )
+        if audio.encoding == "opus" and audio.frame_ms not in OPUS_FRAME_MS:
+            raise ProtocolError(
+                ErrorCode.UNSUPPORTED_AUDIO,
+                f"frame_ms {audio.frame_ms} is not an Opus packet length; use one of "
+                f"{list(OPUS_FRAME_MS)} that divides the tick",
             )
         s = self.settings
         req = start.sampling

@@ -124,9 +124,16 @@ def test_page_is_served_next_to_the_api(server: ServerProcess) -> None:
     assert httpx.get(f"{server.http}/healthz", timeout=5).json()["status"] == "ok"
 
 
-def test_browser_call_sends_and_plays_audio(server: ServerProcess, page_factory: Any) -> None:
+@pytest.mark.parametrize("codec", ["pcm16", "opus"])
+def test_browser_call_sends_and_plays_audio(
+    server: ServerProcess, page_factory: Any, codec: str
+) -> None:
+    """A call on each wire codec: `?codec=pcm16` forces PCM16; by default the page negotiates
+    Opus through WebCodecs."""
     before = frames_in_total(server)
-    page = page_factory(f"{server.http}/")
+    page = page_factory(f"{server.http}/" + ("?codec=pcm16" if codec == "pcm16" else ""))
+    if codec == "opus" and not page.evaluate("() => 'AudioEncoder' in window"):
+        pytest.skip("this chromium has no WebCodecs AudioEncoder: the page falls back to PCM16")
     page.click("#call")
     page.wait_for_function("() => window.duplexStats.state === 'live'", timeout=30_000)
     page.wait_for_timeout(CALL_S * 1000)
@@ -141,6 +148,16 @@ def test_browser_call_sends_and_plays_audio(server: ServerProcess, page_factory:
 
     assert final["lastError"] is None, final["lastError"]
     assert final["sessionId"]
+    assert final["codec"] == codec
+    assert page.inner_text("#codec") == ("PCM16" if codec == "pcm16" else "Opus (WebCodecs)")
+    # Wire bytes per second of call, headers included: PCM16 ~262 kbit/s up, Opus ~30.
+    seconds = final["samplesSent"] / WIRE_RATE
+    up, down = (final[k] * 8 / seconds / 1000 for k in ("bytesSent", "bytesReceived"))
+    print(f"{codec}: {up:.1f} kbit/s up, {down:.1f} kbit/s down")
+    if codec == "opus":
+        assert up < 64 and down < 64, (up, down)
+    else:
+        assert up > 250 and down > 200, (up, down)
     # The server received the user's audio: ~50 frames a second, every one counted.
     assert final["framesSent"] > 100, final
     assert final["maxMicLevel"] > 0.001, "the fake microphone delivered silence"

@@ -1,9 +1,12 @@
 // The duplex browser client: microphone -> /v1/duplex -> speakers, in plain ES modules.
 //
-// Wire format: PCM16 at 16 kHz, 20 ms frames (320 samples, 640 bytes + a 16-byte header), i.e.
-// 256 kbit/s each way: fine on a LAN or loopback, and the server needs no Opus decoder. The
-// AudioContext runs at 16 kHz where the browser allows it, so the browser resamples the mic
-// and the output; otherwise the worklets resample (see capture-worklet.js).
+// Wire format: Opus at 16 kHz in 20 ms packets (~30 kbit/s each way) where the browser has
+// WebCodecs (opus.js), else PCM16 at 16 kHz, 20 ms frames (320 samples, 640 bytes + a 16-byte
+// header), i.e. 256 kbit/s each way. `?codec=pcm16` forces PCM16. The AudioContext runs at
+// 16 kHz where the browser allows it, so the browser resamples the mic and the output;
+// otherwise the worklets resample (see capture-worklet.js).
+
+import { OpusDownlink, OpusUplink, opusSupported } from "./opus.js";
 
 const WIRE_RATE = 16000;
 const FRAME_MS = 20;
@@ -12,6 +15,8 @@ const HEADER_BYTES = 16;
 // If the socket has more than this much unsent, drop mic frames (a gap is silence to the
 // server) rather than let the user's audio fall ever further behind.
 const MAX_BUFFERED_BYTES = 64 * 1024;
+// Answers to an Opus `start` from a server that lacks it: call again with PCM16.
+const NO_OPUS_CODES = new Set(["invalid_message", "unsupported_audio"]);
 
 // Error codes (docs/protocol.md) in words a caller understands.
 const ERROR_WORDS = {
@@ -56,6 +61,9 @@ const stats = {
   lastErrorCode: null,
   serverStats: null,
   contextRate: null,
+  codec: null, // "opus" or "pcm16": what the call uses on the wire
+  bytesSent: 0, // WebSocket binary bytes (headers included), for the bandwidth figures
+  bytesReceived: 0,
 };
 window.duplexStats = stats;
 
@@ -98,7 +106,8 @@ function socketUrl() {
   return url.toString();
 }
 
-// One binary audio frame: the 16-byte little-endian header, then PCM16 samples.
+// One binary audio frame: the 16-byte little-endian header, then the payload (PCM16 samples
+// or one Opus packet).
 function packFrame(seq, firstSample, pcm, last) {
   const buf = new ArrayBuffer(HEADER_BYTES + pcm.byteLength);
   const view = new DataView(buf);
@@ -117,15 +126,25 @@ function unpackFrame(buf) {
   if (buf.byteLength < HEADER_BYTES || view.getUint8(0) !== 1 || view.getUint8(1) !== 1) {
     return null;
   }
-  const pcm16 = new Int16Array(buf.slice(HEADER_BYTES));
-  const pcm = new Float32Array(pcm16.length);
-  for (let i = 0; i < pcm16.length; i++) pcm[i] = pcm16[i] / 32768;
   return {
     seq: view.getUint32(4, true),
     firstSample: Number(view.getBigUint64(8, true)),
     last: (view.getUint8(2) & 1) === 1,
-    pcm,
+    payload: new Uint8Array(buf, HEADER_BYTES),
   };
+}
+
+function pcm16ToFloat(payload) {
+  const pcm16 = new Int16Array(payload.slice().buffer);
+  const pcm = new Float32Array(pcm16.length);
+  for (let i = 0; i < pcm16.length; i++) pcm[i] = pcm16[i] / 32768;
+  return pcm;
+}
+
+// The codec to ask for: Opus where WebCodecs has it, unless `?codec=pcm16` says otherwise.
+async function chooseCodec() {
+  if (new URLSearchParams(location.search).get("codec") === "pcm16") return "pcm16";
+  return (await opusSupported(WIRE_RATE, FRAME_MS)) ? "opus" : "pcm16";
 }
 
 async function openMic() {
@@ -216,6 +235,9 @@ function resetStats() {
     maxMicLevel: 0,
     maxAgentLevel: 0,
     serverStats: null,
+    codec: null,
+    bytesSent: 0,
+    bytesReceived: 0,
   });
 }
 
@@ -223,11 +245,13 @@ async function startCall() {
   clearError();
   resetStats();
   setState("starting");
-  const c = { ws: null, mic: null, audio: null, seq: 0, nextSample: 0, ended: false };
+  const c = { ws: null, mic: null, audio: null, seq: 0, nextSample: 0, wireEnd: 0, ended: false };
   call = c;
+  let codec;
   try {
     c.mic = await openMic();
     c.audio = await openAudio(c.mic);
+    codec = await chooseCodec();
   } catch (err) {
     teardown(c);
     showError(err.code || "audio_failed", err.message);
@@ -237,7 +261,22 @@ async function startCall() {
 
   c.audio.capture.port.onmessage = (e) => onMicFrame(c, e.data);
   c.audio.playback.port.onmessage = (e) => onPlaybackReport(c, e.data);
+  connect(c, codec);
+}
 
+function connect(c, codec) {
+  c.codec = codec;
+  stats.codec = codec;
+  $("codec").textContent = codec === "opus" ? "Opus (WebCodecs)" : "PCM16";
+  if (codec === "opus") {
+    const fail = (err) => {
+      c.errorCode = "audio_failed";
+      showError("audio_failed", `Opus: ${err.message}`);
+      if (c.ws) c.ws.close(1000);
+    };
+    c.uplink = new OpusUplink(WIRE_RATE, FRAME_MS, (first, bytes) => sendAudio(c, first, bytes), fail);
+    c.downlink = new OpusDownlink(WIRE_RATE, (first, pcm) => play(c, first, pcm), fail);
+  }
   const ws = new WebSocket(socketUrl());
   ws.binaryType = "arraybuffer";
   c.ws = ws;
@@ -246,7 +285,7 @@ async function startCall() {
       JSON.stringify({
         type: "start",
         version: 1,
-        audio: { encoding: "pcm16", sample_rate: WIRE_RATE, frame_ms: FRAME_MS },
+        audio: { encoding: codec, sample_rate: WIRE_RATE, frame_ms: FRAME_MS },
       }),
     );
   };
@@ -255,15 +294,19 @@ async function startCall() {
   ws.onclose = (e) => onClose(c, e);
 }
 
+function play(c, firstSample, pcm) {
+  if (call !== c) return; // a decoder's output after hang-up
+  c.audio.playback.port.postMessage({ type: "frame", firstSample, pcm: pcm.buffer }, [pcm.buffer]);
+}
+
 function onMessage(c, data) {
   if (typeof data !== "string") {
+    stats.bytesReceived += data.byteLength;
     const frame = unpackFrame(data);
     if (!frame) return;
     stats.agentFrames++;
-    c.audio.playback.port.postMessage(
-      { type: "frame", firstSample: frame.firstSample, pcm: frame.pcm.buffer },
-      [frame.pcm.buffer],
-    );
+    if (c.downlink) c.downlink.decodeFrame(frame.firstSample, frame.payload);
+    else play(c, frame.firstSample, pcm16ToFloat(frame.payload));
     return;
   }
   const msg = JSON.parse(data);
@@ -277,6 +320,10 @@ function onMessage(c, data) {
     stats.serverStats = msg;
     $("server-frames").textContent = `${msg.frames_in} in / ${msg.frames_out} out`;
   } else if (msg.type === "error") {
+    if (c.codec === "opus" && !stats.sessionId && NO_OPUS_CODES.has(msg.code)) {
+      c.retryPcm16 = true; // a server without Opus: onClose calls again with PCM16
+      return;
+    }
     c.errorCode = msg.code;
     showError(msg.code, msg.message);
   }
@@ -288,12 +335,21 @@ function onMicFrame(c, m) {
   stats.maxMicLevel = Math.max(stats.maxMicLevel, m.level);
   const first = c.nextSample;
   c.nextSample += FRAME_SAMPLES; // a dropped frame leaves a gap: the server hears silence
+  if (c.uplink) c.uplink.encode(first, m.pcm, FRAME_SAMPLES);
+  else sendAudio(c, first, m.pcm);
+}
+
+function sendAudio(c, first, payload) {
+  if (!c.ws || c.ws.readyState !== WebSocket.OPEN) return;
   if (c.ws.bufferedAmount > MAX_BUFFERED_BYTES) {
     stats.framesDropped++;
     return;
   }
-  c.ws.send(packFrame(c.seq++, first, m.pcm, false));
+  const frame = packFrame(c.seq++, first, payload, false);
+  c.ws.send(frame);
+  stats.bytesSent += frame.byteLength;
   stats.framesSent++;
+  c.wireEnd = Math.max(c.wireEnd, first + FRAME_SAMPLES);
   stats.samplesSent = c.nextSample;
 }
 
@@ -313,6 +369,12 @@ function onPlaybackReport(c, m) {
 }
 
 function onClose(c, e) {
+  if (c.retryPcm16 && call === c && !c.ended) {
+    c.retryPcm16 = false;
+    closeCodecs(c);
+    connect(c, "pcm16");
+    return;
+  }
   // Expected: the normal close after hang-up, or a hang-up before the call started.
   const expected = c.ended && (e.code === 1000 || !stats.sessionId);
   if (!c.errorCode && !expected) {
@@ -340,13 +402,28 @@ function hangUp() {
   setState("ending");
   c.audio.capture.port.postMessage({ type: "stop" });
   c.mic.getTracks().forEach((t) => t.stop());
-  c.ws.send(JSON.stringify({ type: "end", total_samples: c.nextSample }));
   // Do not wait for ever on a server that does not close.
   c.closeTimer = setTimeout(() => c.ws && c.ws.close(1000), 5000);
+  // Opus: the encoder's last packets go out before `end` (the server refuses audio after it).
+  const flushed = c.uplink ? c.uplink.flush().catch(() => {}) : Promise.resolve();
+  flushed.then(() => {
+    if (c.ws.readyState !== WebSocket.OPEN) return;
+    // An encoder may pad its last packet past the mic audio: `end` counts what was sent.
+    const total = Math.max(c.nextSample, c.wireEnd);
+    c.ws.send(JSON.stringify({ type: "end", total_samples: total }));
+  });
+}
+
+function closeCodecs(c) {
+  if (c.uplink) c.uplink.close();
+  if (c.downlink) c.downlink.close();
+  c.uplink = null;
+  c.downlink = null;
 }
 
 function teardown(c) {
   if (c.closeTimer) clearTimeout(c.closeTimer);
+  closeCodecs(c);
   if (c.mic) c.mic.getTracks().forEach((t) => t.stop());
   if (c.audio) c.audio.ctx.close().catch(() => {});
   if (c.ws && c.ws.readyState <= WebSocket.OPEN) c.ws.close(1000);
@@ -371,6 +448,13 @@ function render() {
   $("sent").textContent = `${stats.framesSent} frames (${(stats.samplesSent / WIRE_RATE).toFixed(1)} s)`;
   $("played").textContent = `${(stats.samplesPlayed / WIRE_RATE).toFixed(1)} s`;
   $("glitches").textContent = `${stats.underruns} underruns, ${stats.overflows} trims`;
+  $("bandwidth").textContent = `${kbits(stats.bytesSent)} up / ${kbits(stats.bytesReceived)} down`;
+}
+
+// Average kbit/s over the call so far (both directions count from the call's sample 0).
+function kbits(bytes) {
+  const seconds = stats.samplesSent / WIRE_RATE;
+  return seconds > 0 ? `${Math.round((bytes * 8) / seconds / 1000)} kbit/s` : "–";
 }
 
 $("call").addEventListener("click", () => {
