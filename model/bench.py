@@ -76,26 +76,27 @@ def _clone_into(template: Engine, engine: Engine, session_id: str, seed: int) ->
 
 
 def _requests(engines: list[Engine], rnd: random.Random) -> list[list[StepRequest]]:
-    """Per engine, one request per session: the chunk estimated last tick is now real."""
+    """Per engine, one request per session at agent chunk k: user chunk k-2, estimated last
+    tick, is now real (rollback + prefill); chunk k-1 is estimated; chunk k is generated."""
     out = []
     for engine in engines:
         reqs = []
         for sid, s in engine.sessions.items():
             k = len(s.timeline.agent)
-            reqs.append(StepRequest(sid, {k - 1: _user_chunk(rnd, engine.frames_per_chunk)}))
+            reqs.append(StepRequest(sid, {k - 2: _user_chunk(rnd, engine.frames_per_chunk)}))
         out.append(reqs)
     return out
 
 
 def _time_ticks(engines: list[Engine], ticks: int, rnd: random.Random) -> list[float]:
     times = []
-    for _ in range(ticks + 1):
+    for _ in range(ticks + 2):
         batches = _requests(engines, rnd)
         t0 = time.perf_counter()
         for engine, reqs in zip(engines, batches, strict=True):
             engine.step(reqs)
         times.append(time.perf_counter() - t0)
-    return times[1:]  # the first tick after cloning settles caches
+    return times[2:]  # the first two ticks after cloning settle into the estimate/replace rhythm
 
 
 def _p(times: list[float], q: float) -> float:

@@ -116,26 +116,39 @@ class Runtime:
         return max(1, math.ceil((budget + lead_s + ROLLBACK_SLACK_S) / self.tick_s))
 
     def _warm_up(self, engine: Engine) -> float:
-        """Run steps of every shape at full load; return the slowest step (seconds)."""
+        """Run steps of every shape at full load and full context; return the slowest step.
+
+        Every warm-up call is first filled to the attention window with silent ticks (real user
+        units, agent silence: no decoding), because a step's cost grows with the window it
+        attends over and the lead must hold for long calls, not just fresh ones.
+        """
         n = self.settings.max_sessions
         fmt = engine.fmt
         ids = [f"warmup-{i}" for i in range(n)]
         for i, sid in enumerate(ids):
             engine.add_session(sid, SamplingParams(seed=i))
         rng = np.random.default_rng(0)
+
+        def user_chunk() -> list[Frame]:
+            return [(int(u),) for u in rng.integers(1, fmt.n_units, fmt.frames_per_chunk)]
+
+        k = 0
+        while len(engine.timeline(ids[0]).tokens) < self.config.context_tokens:
+            engine.step([StepRequest(sid, {k - 1: user_chunk()} if k else {}, True) for sid in ids])
+            k += 1
         slowest = 0.0
-        for k in range(6):
+        for step in range(6):
             reqs = []
             for sid in ids:
                 real: dict[int, list[Frame]] = {}
-                if k >= 3:  # replace the estimate of chunk k-3: the rollback path
-                    units = rng.integers(0, fmt.n_units, fmt.frames_per_chunk)
-                    real[k - 3] = [(int(u),) for u in units]
+                if step >= 3:  # replace an estimate made 3 steps ago: the rollback path
+                    real[k - 3] = user_chunk()
                 reqs.append(StepRequest(sid, real))
             t0 = time.perf_counter()
             engine.step(reqs)
-            if k >= 1:
+            if step >= 1:
                 slowest = max(slowest, time.perf_counter() - t0)
+            k += 1
         for sid in ids:
             engine.remove_session(sid)
         return slowest
