@@ -113,6 +113,16 @@ async def receive(ws: WebSocket) -> str | bytes:
     return bytes(message.get("bytes") or b"")
 
 
+async def receive_opening(
+    ws: WebSocket, deadline: float, timeout_s: float, what: str
+) -> str | bytes:
+    """The next client message before the call's opening deadline, else `start_timeout`."""
+    try:
+        return await asyncio.wait_for(receive(ws), max(0.0, deadline - time.monotonic()))
+    except TimeoutError as exc:
+        raise ProtocolError(ErrorCode.START_TIMEOUT, f"no {what} within {timeout_s:g} s") from exc
+
+
 async def _converse(ws: WebSocket, session: CallSession, transport: CallTransport) -> None:
     """Read the client until the call is done (normally, by error, or by the ticker)."""
     reader = asyncio.create_task(transport.read_loop(ws, session))

@@ -3,13 +3,13 @@ binary audio frames with a 16-byte header, both ways."""
 
 from __future__ import annotations
 
-import asyncio
+import time
 
 import numpy as np
 from fastapi import WebSocket
 from prometheus_client import Counter
 
-from server.calls import receive
+from server.calls import receive, receive_opening
 from server.protocol import (
     OPUS_MAX_PACKET_BYTES,
     AudioFrame,
@@ -36,12 +36,8 @@ class NativeTransport:
 
     async def open(self, ws: WebSocket, runtime: Runtime) -> CallSession:
         timeout_s = runtime.settings.start_timeout_s
-        try:
-            first = await asyncio.wait_for(receive(ws), timeout_s)
-        except TimeoutError as exc:
-            raise ProtocolError(
-                ErrorCode.START_TIMEOUT, f"no `start` message within {timeout_s:g} s"
-            ) from exc
+        deadline = time.monotonic() + timeout_s
+        first = await receive_opening(ws, deadline, timeout_s, "`start` message")
         if isinstance(first, bytes):
             raise ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, "audio before the `start` message")
         message = parse_client_message(first)

@@ -11,7 +11,6 @@ are spoken.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
@@ -24,8 +23,8 @@ import numpy as np
 import numpy.typing as npt
 from fastapi import WebSocket
 
-from server.calls import receive
-from server.protocol import AudioFormat, ErrorCode, ErrorMessage, ProtocolError, StartMessage
+from server.calls import receive, receive_opening
+from server.protocol import AudioFormat, ErrorCode, ErrorMessage, StartMessage
 from server.runtime import Runtime
 from server.session import CallSession, Outgoing
 from streaming.transport import decode_audio
@@ -221,12 +220,7 @@ class RealtimeTransport:
         timeout_s = runtime.settings.start_timeout_s
         deadline = time.monotonic() + timeout_s
         while True:
-            try:
-                data = await asyncio.wait_for(receive(ws), deadline - time.monotonic())
-            except TimeoutError as exc:
-                raise ProtocolError(
-                    ErrorCode.START_TIMEOUT, f"no input_audio_buffer.append within {timeout_s:g} s"
-                ) from exc
+            data = await receive_opening(ws, deadline, timeout_s, "input_audio_buffer.append")
             audio = await self._on_message(ws, None, data)
             if audio is None:
                 continue

@@ -14,7 +14,6 @@ audio sent in the last `AGENT_RECENT_S` had speech energy.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
@@ -26,7 +25,7 @@ import numpy as np
 from fastapi import WebSocket
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from server.calls import receive
+from server.calls import receive, receive_opening
 from server.protocol import AudioFormat, ErrorCode, ErrorMessage, ProtocolError, StartMessage
 from server.runtime import Runtime
 from server.session import CallSession, Outgoing
@@ -162,12 +161,7 @@ class TwilioTransport:
         timeout_s = runtime.settings.start_timeout_s
         deadline = time.monotonic() + timeout_s
         while True:
-            try:
-                data = await asyncio.wait_for(receive(ws), deadline - time.monotonic())
-            except TimeoutError as exc:
-                raise ProtocolError(
-                    ErrorCode.START_TIMEOUT, f"no `start` message within {timeout_s:g} s"
-                ) from exc
+            data = await receive_opening(ws, deadline, timeout_s, "`start` message")
             event = parse_event(data)
             if event is None:
                 continue

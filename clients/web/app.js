@@ -39,8 +39,9 @@ const ERROR_WORDS = {
 
 const $ = (id) => document.getElementById(id);
 
-// Test and debugging hooks: everything the page shows, as numbers.
-const stats = {
+// Test and debugging hooks: everything the page shows, as numbers (resetStats keeps the state,
+// the last error and the context rate across calls).
+const freshStats = () => ({
   state: "idle",
   sessionId: null,
   framesSent: 0,
@@ -64,7 +65,8 @@ const stats = {
   codec: null, // "opus" or "pcm16": what the call uses on the wire
   bytesSent: 0, // WebSocket binary bytes (headers included), for the bandwidth figures
   bytesReceived: 0,
-};
+});
+const stats = freshStats();
 window.duplexStats = stats;
 
 let call = null; // the live call's resources, null when idle
@@ -218,27 +220,8 @@ async function openAudio(mic) {
 }
 
 function resetStats() {
-  Object.assign(stats, {
-    sessionId: null,
-    framesSent: 0,
-    framesDropped: 0,
-    samplesSent: 0,
-    agentFrames: 0,
-    samplesPlayed: 0,
-    latencyMs: null,
-    bufferedMs: 0,
-    targetMs: 0,
-    underruns: 0,
-    overflows: 0,
-    micLevel: 0,
-    agentLevel: 0,
-    maxMicLevel: 0,
-    maxAgentLevel: 0,
-    serverStats: null,
-    codec: null,
-    bytesSent: 0,
-    bytesReceived: 0,
-  });
+  const { state, lastError, lastErrorCode, contextRate } = stats;
+  Object.assign(stats, freshStats(), { state, lastError, lastErrorCode, contextRate });
 }
 
 async function startCall() {
