@@ -205,6 +205,12 @@ _SERVER_MESSAGE: TypeAdapter[ReadyMessage | ErrorMessage | StatsMessage] = TypeA
 )
 
 
+def describe_validation(exc: ValidationError) -> str:
+    """The first problem of a validation error as `field.path: message`, for one-line errors."""
+    first = exc.errors()[0]
+    return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+
+
 def parse_client_message(text: str) -> StartMessage | EndMessage:
     """Parse one client text message, raising ProtocolError with a specific code."""
     try:
@@ -221,10 +227,9 @@ def parse_client_message(text: str) -> StartMessage | EndMessage:
     try:
         return _CLIENT_MESSAGE.validate_python(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
         raise ProtocolError(
-            ErrorCode.INVALID_MESSAGE, f"invalid {raw['type']!r} message: {where}: {first['msg']}"
+            ErrorCode.INVALID_MESSAGE,
+            f"invalid {raw['type']!r} message: {describe_validation(exc)}",
         ) from exc
 
 

@@ -26,7 +26,14 @@ from fastapi import WebSocket
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from server.calls import receive, receive_opening
-from server.protocol import AudioFormat, ErrorCode, ErrorMessage, ProtocolError, StartMessage
+from server.protocol import (
+    AudioFormat,
+    ErrorCode,
+    ErrorMessage,
+    ProtocolError,
+    StartMessage,
+    describe_validation,
+)
 from server.runtime import Runtime
 from server.session import CallSession, Outgoing
 from streaming.transport import decode_audio
@@ -137,10 +144,8 @@ def parse_event(data: str | bytes) -> _Event | None:
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
         raise ProtocolError(
-            ErrorCode.INVALID_MESSAGE, f"invalid {event!r} message: {where}: {first['msg']}"
+            ErrorCode.INVALID_MESSAGE, f"invalid {event!r} message: {describe_validation(exc)}"
         ) from exc
 
 
