@@ -125,6 +125,36 @@ def load_checkpoint(
     return config, llama
 
 
+def new_llama(
+    duplex: DuplexConfig,
+    *,
+    seed: int,
+    layers: int,
+    hidden: int,
+    heads: int,
+    kv_heads: int,
+    intermediate: int,
+    max_positions: int,
+) -> LlamaForCausalLM:
+    """A seeded, randomly initialised Llama whose vocabulary covers duplex.json's tokens."""
+    fmt = duplex.chunk_format()
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=max(fmt.s0, fmt.s1, fmt.bos, fmt.unit_token_range.stop - 1) + 1,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=max_positions,
+        bos_token_id=fmt.bos,
+        eos_token_id=None,
+        pad_token_id=None,
+        tie_word_embeddings=False,
+    )
+    return LlamaForCausalLM(config)
+
+
 def init_random_checkpoint(
     out: Path,
     *,
@@ -143,7 +173,6 @@ def init_random_checkpoint(
     One KV head (multi-query attention) by default: a batched tick reads every call's KV
     cache once per decode forward, and on CPU those reads dominate (docs/benchmarks.md).
     """
-    n_special = 3
     config = DuplexConfig(
         codec={"type": "codec2-units", "codebook": codebook},
         codec_sample_rate=8000,
@@ -156,21 +185,16 @@ def init_random_checkpoint(
         sink_tokens=sink_tokens,
         description=f"random-weight Llama, seed {seed}: untrained, it babbles",
     )
-    torch.manual_seed(seed)
-    llama_config = LlamaConfig(
-        vocab_size=n_units + n_special,
-        hidden_size=hidden,
-        intermediate_size=hidden * 3,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        max_position_embeddings=context_tokens,
-        bos_token_id=config.special_tokens.BOS,
-        eos_token_id=None,
-        pad_token_id=None,
-        tie_word_embeddings=False,
+    llama = new_llama(
+        config,
+        seed=seed,
+        layers=layers,
+        hidden=hidden,
+        heads=heads,
+        kv_heads=kv_heads,
+        intermediate=hidden * 3,
+        max_positions=context_tokens,
     )
-    llama = LlamaForCausalLM(llama_config)
     out.mkdir(parents=True, exist_ok=True)
     llama.save_pretrained(out)
     (out / DUPLEX_JSON).write_text(json.dumps(config.model_dump(), indent=2) + "\n")

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
-from model.checkpoint import DUPLEX_JSON, DuplexConfig, read_config
+from model.checkpoint import DUPLEX_JSON, DuplexConfig, new_llama, read_config
 from model.data.synth import load_split
 from model.format import ChunkFormat
 
@@ -189,23 +189,16 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 
 
 def build_model(cfg: TrainConfig, duplex: DuplexConfig) -> LlamaForCausalLM:
-    fmt = duplex.chunk_format()
-    vocab = max(fmt.s0, fmt.s1, fmt.bos, fmt.unit_token_range.stop - 1) + 1
-    torch.manual_seed(cfg.seed)
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=cfg.hidden,
-        intermediate_size=cfg.intermediate,
-        num_hidden_layers=cfg.layers,
-        num_attention_heads=cfg.heads,
-        num_key_value_heads=cfg.kv_heads,
-        max_position_embeddings=max(cfg.context, cfg.serve_context),
-        bos_token_id=fmt.bos,
-        eos_token_id=None,
-        pad_token_id=None,
-        tie_word_embeddings=False,
+    return new_llama(
+        duplex,
+        seed=cfg.seed,
+        layers=cfg.layers,
+        hidden=cfg.hidden,
+        heads=cfg.heads,
+        kv_heads=cfg.kv_heads,
+        intermediate=cfg.intermediate,
+        max_positions=max(cfg.context, cfg.serve_context),
     )
-    return LlamaForCausalLM(config)
 
 
 def _token_losses(
