@@ -25,7 +25,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -54,6 +53,7 @@ from clients.client import (
     DuplexError,
     ReceivedFrame,
 )
+from clients.speech_activity import Segment, speech_segments, vad_name
 from clients.twilio_sim import run_twilio_call
 from server.protocol import (
     SUPPORTED_RATES,
@@ -76,7 +76,6 @@ __all__ = [
     "run",
     "run_loadtest",
     "simulate_downlink",
-    "speech_segments",
     "summary_table",
     "turn_latencies",
     "write_plots",
@@ -100,12 +99,7 @@ DEFAULT_SENTENCES = (
 MIN_PAUSE_S = 0.3
 # An agent onset later than this after the user's turn end is not an answer to it.
 RESPONSE_WINDOW_S = 3.0
-# silero-vad runs at 8 kHz on 256-sample (32 ms) windows; every wire rate is a multiple of it.
-VAD_RATE = 8000
-VAD_WINDOW = 256
 METRICS_PERIOD_S = 1.0
-
-Segment = tuple[float, float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,60 +306,6 @@ def turn_latencies(
         elif next_start is not None or end + window_s <= end_s:
             unanswered += 1
     return Turns(latencies, unanswered)
-
-
-def speech_segments(streams: Sequence[np.ndarray], rate: int) -> list[list[Segment]]:
-    """silero-vad speech segments (seconds) of each stream at `rate`.
-
-    All streams go through the model as one batch, window by window: a batch of 16 costs about
-    what one stream does, so the analysis stays short at any caller count.
-    """
-    if not streams:
-        return []
-    x = [resample_whole(np.asarray(s, dtype=np.float32), rate, VAD_RATE) for s in streams]
-    windows = max(1, max(-(-len(s) // VAD_WINDOW) for s in x))
-    batch = np.zeros((len(x), windows * VAD_WINDOW), dtype=np.float32)
-    for row, s in zip(batch, x, strict=True):
-        row[: len(s)] = s
-    import torch
-
-    threads = torch.get_num_threads()  # importing silero_vad sets 1 thread process-wide
-    try:
-        from silero_vad import get_speech_timestamps_from_probs, load_silero_vad
-
-        torch.set_num_threads(1)  # one small step per window: threads only add overhead
-        with warnings.catch_warnings():
-            # silero-vad ships a TorchScript model; torch 2.13 deprecates loading those.
-            warnings.filterwarnings("ignore", "`torch.jit.load` is deprecated", DeprecationWarning)
-            model = load_silero_vad()
-        model.reset_states()
-        tensor = torch.from_numpy(batch)
-        with torch.inference_mode():
-            probs = torch.cat(
-                [
-                    model(tensor[:, w * VAD_WINDOW : (w + 1) * VAD_WINDOW], VAD_RATE)
-                    for w in range(windows)
-                ],
-                dim=1,
-            ).numpy()
-    finally:
-        torch.set_num_threads(threads)
-    out: list[list[Segment]] = []
-    for p, s in zip(probs, x, strict=True):
-        segs = get_speech_timestamps_from_probs(
-            p[: -(-len(s) // VAD_WINDOW)].tolist(),
-            sampling_rate=VAD_RATE,
-            speech_pad_ms=0,  # padding would shift ends later and onsets earlier
-            audio_length_samples=len(s),
-        )
-        out.append([(g["start"] / VAD_RATE, g["end"] / VAD_RATE) for g in segs])
-    return out
-
-
-def _vad_name() -> str:
-    from importlib.metadata import version
-
-    return f"silero-vad {version('silero-vad')}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -653,7 +593,7 @@ async def run_loadtest(config: LoadtestConfig) -> LoadtestReport:
     return LoadtestReport(
         config=cfg,
         wall_s=round(wall, 3),
-        vad=_vad_name(),
+        vad=vad_name(),
         callers=[r.report for r in runs],
         overall=_overall([r.report for r in runs]),
         server_metrics=metrics,

@@ -91,7 +91,7 @@ PRESETS: dict[str, TrainConfig] = {
         steps=1500,
         warmup_steps=50,
         minutes=58,
-        eval_every=50,
+        eval_every=100,
         checkpoint_every=100,
     ),
     # 12 x 768 (about 74 M parameters, 150 MB in bfloat16) for a CUDA GPU; serves with the

@@ -104,6 +104,7 @@ def _data_synth(args: argparse.Namespace) -> int:
             n_dialogues=args.dialogues,
             seed=args.seed,
             wav=args.wav,
+            renditions=args.renditions,
         )
     except (CheckpointError, OSError, ValueError, RuntimeError, SubprocessError) as exc:
         return _fail("data synth", str(exc), 1)
@@ -146,7 +147,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from clients import call, loadtest
+    from clients import call, evaluation, loadtest
     from server.settings import add_settings_arguments
 
     parser = argparse.ArgumentParser(prog=PROG, description="full-duplex voice agent server")
@@ -162,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     lt = sub.add_parser("loadtest", help="many simulated callers; latency, jitter, SLO gate")
     loadtest.add_arguments(lt)
     lt.set_defaults(func=loadtest.run)
+    ev = sub.add_parser("eval", help="full-duplex behaviour: turn-taking, pauses, interruptions")
+    evaluation.add_arguments(ev)
+    ev.set_defaults(func=evaluation.run)
 
     model = sub.add_parser("model", help="checkpoints").add_subparsers(dest="action", required=True)
     init = model.add_parser("init", help="write a seeded random-weight checkpoint (it babbles)")
@@ -189,6 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--out", required=True, help="output directory")
     synth.add_argument("--dialogues", type=int, help="how many (default: the whole corpus)")
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument(
+        "--renditions",
+        type=int,
+        default=1,
+        help="render each dialogue this many times (other voices, timing, roles; default 1)",
+    )
     synth.add_argument(
         "--checkpoint", default="models/default", help="its duplex.json: codec, chunk format"
     )

@@ -25,9 +25,9 @@ from clients.loadtest import (
     receive_figures,
     run_loadtest,
     simulate_downlink,
-    speech_segments,
     turn_latencies,
 )
+from clients.speech_activity import speech_segments
 from streaming.resample import resample_whole
 from tests.conftest import ServerProcess, speak, start_server, stop_server
 

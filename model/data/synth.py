@@ -7,8 +7,10 @@ channel and interruptions that cut the interrupted speaker short. Which corpus s
 agent ([S0]) is drawn per dialogue, so the agent learns both to open and to answer. The held-out
 split keeps its dialogues and one voice (the user's, every time) out of training.
 
-Everything random comes from `default_rng([seed, crc32(dialogue id)])`, so a dialogue renders
-the same whatever subset or thread order it is rendered in.
+Everything random comes from `default_rng([seed, crc32(dialogue id), rendition])`, so a dialogue
+renders the same whatever subset or thread order it is rendered in. Several renditions of one
+script (other voices, speeds, timing and agent role) multiply the audio the model hears without
+letting a held-out script leak into training: renditions stay in their script's split.
 """
 
 from __future__ import annotations
@@ -21,17 +23,19 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from model.checkpoint import DuplexConfig
 from model.data.dialogues import BACKCHANNELS, Dialogue, Speaker, dialogues, split
 from model.format import ChunkFormat, format_timeline
 from streaming.codebook import PITCH_RANGE, VOICES, WPM_RANGE, synthesize
 from streaming.codec import SpeechCodec, load_codec
+
+if TYPE_CHECKING:  # the checkpoint module loads torch; `duplex eval` needs none of it
+    from model.checkpoint import DuplexConfig
 
 RATE = 8000
 TRAIN_VOICES = VOICES  # the codebook's voices
@@ -45,7 +49,7 @@ _SEGMENT_END = re.compile(r"(?<=[,.?!;])\s+")
 class Timing:
     """The timing model; durations in seconds."""
 
-    fto_mean: float = 0.2  # floor-transfer offset ~ N(mean, sd): gaps, some overlaps
+    fto_mean: float = 0.15  # floor-transfer offset ~ N(mean, sd): gaps, some overlaps
     fto_sd: float = 0.25
     fto_min: float = -0.6
     fto_max: float = 1.5
@@ -57,7 +61,7 @@ class Timing:
     interrupt_p: float = 0.7  # at an interruption point
     interrupt_at: tuple[float, float] = (0.4, 0.75)  # share of the turn before the barge-in
     interrupt_min: float = 0.6  # never barge in earlier than this into a turn
-    cut_after: tuple[float, float] = (0.3, 0.6)  # the interrupted speaker stops this much later
+    cut_after: tuple[float, float] = (0.1, 0.3)  # the interrupted speaker stops this much later
     same_channel_gap: float = 0.1  # a channel never overlaps itself
     lead_in: tuple[float, float] = (0.2, 0.8)
     tail: tuple[float, float] = (0.3, 0.8)
@@ -196,7 +200,8 @@ class Rendered:
     stereo: np.ndarray | None
 
 
-def _trimmed(pcm: np.ndarray) -> np.ndarray:
+def trim_silence(pcm: np.ndarray) -> np.ndarray:
+    """Cut espeak's leading and trailing silence: timing is the caller's to decide."""
     loud = np.flatnonzero(np.abs(pcm) > _TRIM_LEVEL)
     return pcm[loud[0] : loud[-1] + 1] if loud.size else pcm[:0]
 
@@ -222,16 +227,17 @@ def render(
     codec: SpeechCodec,
     timing: Timing = Timing(),
     keep_audio: bool = False,
+    rendition: int = 0,
 ) -> Rendered:
     """Voice, place, encode and tokenize one dialogue (thread-safe: all state is local)."""
-    rng = np.random.default_rng([seed, zlib.crc32(dialogue.id.encode())])
+    rng = np.random.default_rng([seed, zlib.crc32(dialogue.id.encode()), rendition])
     agent, voices = draw_voices(rng, dialogue.heldout)
     audio: dict[tuple[Speaker, str], np.ndarray] = {}
 
     def length(spk: Speaker, text: str) -> int:
         if (spk, text) not in audio:
             v = voices[spk]
-            audio[spk, text] = _trimmed(synthesize(text, v.voice, v.wpm, v.pitch))
+            audio[spk, text] = trim_silence(synthesize(text, v.voice, v.wpm, v.pitch))
         return len(audio[spk, text])
 
     chunk_samples = codec.frame_samples * fmt.frames_per_chunk
@@ -256,7 +262,7 @@ def render(
         ]
 
     tokens = np.asarray(format_timeline(fmt, chunks(0), chunks(1)), dtype=np.int32)
-    meta = _meta(dialogue, agent, voices, layout, n_chunks, len(tokens))
+    meta = _meta(dialogue, agent, voices, layout, n_chunks, len(tokens), rendition)
     stereo = np.stack(order, axis=1) if keep_audio else None
     return Rendered(tokens, frames, meta, stereo)
 
@@ -266,12 +272,20 @@ def _s(samples: int) -> float:
 
 
 def _meta(
-    d: Dialogue, agent: Speaker, voices: dict[Speaker, Voice], p: Plan, n_chunks: int, n_tok: int
+    d: Dialogue,
+    agent: Speaker,
+    voices: dict[Speaker, Voice],
+    p: Plan,
+    n_chunks: int,
+    n_tok: int,
+    rendition: int,
 ) -> dict[str, Any]:
     ftos = [_s(t.fto) for t in p.turns if t.fto is not None]
     bcs = [c for c in p.clips if c.turn < 0]
     return {
-        "id": d.id,
+        "id": f"{d.id}~{rendition}" if rendition else d.id,
+        "dialogue": d.id,
+        "rendition": rendition,
         "topic": d.topic,
         "split": "heldout" if d.heldout else "train",
         "agent": agent,
@@ -347,10 +361,13 @@ def synth(
     progress: bool = True,
     workers: int = 2,
     timing: Timing = Timing(),
+    renditions: int = 1,
 ) -> SynthStats:
-    """Render the corpus (or `n_dialogues` of it) into `out_dir`: per split an .npz (tokens,
-    frames, offsets, ids) and a .jsonl of per-dialogue meta, plus synth.json; `wav` adds the
-    stereo wavs (left = agent, right = user)."""
+    """Render the corpus (or `n_dialogues` of it) `renditions` times into `out_dir`: per split
+    an .npz (tokens, frames, offsets, ids) and a .jsonl of per-dialogue meta, plus synth.json;
+    `wav` adds the stereo wavs (left = agent, right = user)."""
+    if renditions < 1:
+        raise ValueError(f"--renditions must be at least 1, got {renditions}")
     start = time.perf_counter()
     codec = load_codec(config.codec, base_dir)
     fmt = config.chunk_format()
@@ -364,11 +381,14 @@ def synth(
     stats = SynthStats()
     ftos: list[float] = []
     samples = 0
-    bar = tqdm(total=len(train) + len(held), desc="synth", unit="dlg", disable=not progress)
+    total = (len(train) + len(held)) * renditions
+    bar = tqdm(total=total, desc="synth", unit="dlg", disable=not progress)
     with bar, ThreadPoolExecutor(max_workers=workers) as pool:
-        for name, items in (("train", train), ("heldout", held)):
+        for name, scripts in (("train", train), ("heldout", held)):
+            items = [(d, k) for k in range(renditions) for d in scripts]
             done: list[Rendered] = []
-            for r in pool.map(lambda d: render(d, seed, fmt, codec, timing, wav), items):
+            jobs = pool.map(lambda dk: render(dk[0], seed, fmt, codec, timing, wav, dk[1]), items)
+            for r in jobs:
                 done.append(r)
                 bar.update()
                 ftos += r.meta["fto_s"]
@@ -389,7 +409,8 @@ def synth(
         stats.fto_0_500ms = round(float(((f >= 0) & (f <= 0.5)).mean()), 3)
         stats.fto_overlap = round(float((f < 0).mean()), 3)
     stats.seconds = round(time.perf_counter() - start, 1)
-    summary = {"seed": seed, "codec": config.codec, "chunk_format": asdict(fmt),
+    summary = {"seed": seed, "renditions": renditions, "codec": config.codec,
+               "chunk_format": asdict(fmt),
                "timing": asdict(timing), "heldout_voice": HELDOUT_VOICE,
                "train_voices": list(TRAIN_VOICES), "stats": asdict(stats)}  # fmt: skip
     (out_dir / "synth.json").write_text(json.dumps(summary, indent=2) + "\n")

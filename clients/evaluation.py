@@ -1,0 +1,514 @@
+"""`duplex eval`: the served model's full-duplex behaviour, in the style of Full-Duplex-Bench v1.
+
+Cases come from the held-out split (scripts no training dialogue shares, spoken by the voice
+no training data has) and each streams through the real server as one call at real-time pace:
+
+- turn_taking: the user says one turn and stops. Does the agent take the turn, how fast?
+- pause: the user pauses inside a turn. Does the agent wrongly take over?
+- interruption: once the agent talks, the user barges in. Does the agent stop within 500 ms?
+- backchannel: the user says a long turn with pauses. Does the agent backchannel (briefly)
+  without taking over?
+
+The user's speech is laid out by the case, so its boundaries are exact; the agent's speech is
+found by silero-vad on the audio the server sent (clients/speech_activity.py), as in the load
+test and self-play. Agent speech shorter than `BACKCHANNEL_MAX_S` counts as a backchannel, not
+a turn (Full-Duplex-Bench tells them apart by transcript; there is no ASR here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import soundfile as sf
+from tqdm import tqdm
+
+from clients.call import FINISH_TIMEOUT_S, place_frames, run_both
+from clients.client import DuplexClient, DuplexError, ReceivedFrame
+from clients.speech_activity import Segment, speech_segments, vad_name
+from model.data.dialogues import Dialogue, Turn, dialogues, split
+from model.data.synth import HELDOUT_VOICE, RATE, Timing, segments, trim_silence
+from server.protocol import AudioFormat, SamplingParams
+from streaming.codebook import PITCH_RANGE, WPM_RANGE, synthesize
+from streaming.resample import resample_whole
+from streaming.vad import EnergyVad
+
+PROG = "duplex eval"
+DEFAULT_URL = "ws://127.0.0.1:8000/v1/duplex"
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+Category = Literal["turn_taking", "pause", "interruption", "backchannel"]
+CATEGORIES: tuple[Category, ...] = ("turn_taking", "pause", "interruption", "backchannel")
+
+WIRE_RATE = 16000
+LEAD_IN_S = 0.3  # silence before the user speaks
+LISTEN_S = 2.5  # silence after the user's last word: time for the agent to answer
+TAKEOVER_WINDOW_S = 2.0  # an agent onset later than this after the user's end is no answer
+OVERLAP_MAX_S = 0.6  # the training data's earliest floor transfer: onsets up to this early count
+PAUSE_S = (0.3, 0.6)  # a mid-turn pause: the long end of the training data's own pauses
+REACTION_S = 0.3  # agent speech this soon after a pause ends is still a reaction to the pause
+BACKCHANNEL_MAX_S = 0.6  # agent speech shorter than this is a backchannel, not a turn
+BARGE_AFTER_S = 0.4  # the user barges in once the agent has talked this long...
+BARGE_WAIT_S = 3.0  # ...if it starts within this long of the user's end
+BARGE_MAX_S = 2.5  # the barge-in is at most this long
+STOP_WITHIN_S = 0.5  # the interruption target
+
+TARGETS = {
+    "turn_taking.takeover_rate": (">=", 0.9),
+    "turn_taking.latency_median_s": ("<=", 0.4),
+    "pause.takeover_rate": ("<=", 0.3),
+    "interruption.stop_rate": (">=", 0.8),
+}
+
+
+@dataclass(slots=True)
+class Case:
+    """One scripted call. Times are seconds of the session; audio is at the codec's 8 kHz."""
+
+    category: Category
+    id: str
+    text: str
+    user: np.ndarray  # what the user says, from sample 0 (the barge-in is added live)
+    speech: list[Segment]  # where the user speaks (pieces of the turn)
+    pause: Segment | None = None  # the mid-turn pause (pause cases)
+    barge_in: np.ndarray | None = None  # interruption cases: said once the agent talks
+    barge_text: str = ""
+    seed: int = 0
+
+    @property
+    def user_end(self) -> float:
+        return self.speech[-1][1]
+
+
+@dataclass(slots=True)
+class CaseResult:
+    id: str
+    category: Category
+    text: str
+    agent_segments: list[Segment] = field(default_factory=list)
+    barge_at: float | None = None  # when the barge-in started (interruption)
+    outcome: dict[str, Any] = field(default_factory=dict)
+    latency_ms_p50: float | None = None  # server-added latency of the call
+    overruns: int = 0
+    error: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Cases
+
+
+def _speak(
+    pieces: Sequence[str], rng: np.random.Generator, pause_at: int | None = None
+) -> tuple[np.ndarray, list[Segment], Segment | None]:
+    """The pieces of a turn in the held-out voice, with the training data's pauses between
+    them, from LEAD_IN_S; the pause after piece `pause_at` is drawn from PAUSE_S instead."""
+    wpm = int(rng.integers(WPM_RANGE[0], WPM_RANGE[1] + 1))
+    pitch = int(rng.integers(PITCH_RANGE[0], PITCH_RANGE[1] + 1))
+    timing = Timing()
+    pos = round(LEAD_IN_S * RATE)
+    parts: list[tuple[int, np.ndarray]] = []
+    spans: list[Segment] = []
+    pause: Segment | None = None
+    for j, piece in enumerate(pieces):
+        pcm = trim_silence(synthesize(piece, HELDOUT_VOICE, wpm, pitch))
+        parts.append((pos, pcm))
+        spans.append((pos / RATE, (pos + len(pcm)) / RATE))
+        pos += len(pcm)
+        if j < len(pieces) - 1:
+            bounds = (
+                PAUSE_S
+                if j == pause_at
+                else (timing.sentence_pause if piece[-1] in ".?!" else timing.comma_pause)
+            )
+            gap = round(rng.uniform(*bounds) * RATE)
+            if j == pause_at:
+                pause = (pos / RATE, (pos + gap) / RATE)
+            pos += gap
+    audio = np.zeros(pos + round(LISTEN_S * RATE), dtype=np.float32)
+    for at, pcm in parts:
+        audio[at : at + len(pcm)] = pcm
+    return audio, spans, pause
+
+
+def _pool(held: Sequence[Dialogue], category: Category) -> list[tuple[Dialogue, int]]:
+    """The held-out turns a category can use: (dialogue, turn index)."""
+    out: list[tuple[Dialogue, int]] = []
+    for d in held:
+        for i, t in enumerate(d.turns):
+            n = len(segments(t.text))
+            if category == "pause" and n < 2:
+                continue
+            if category == "backchannel" and not (t.backchannel or n >= 3):
+                continue
+            out.append((d, i))
+    return out
+
+
+def build_cases(per_category: int, seed: int, categories: Sequence[Category]) -> list[Case]:
+    """`per_category` cases of each category from the held-out split (seeded, reproducible)."""
+    held = split(dialogues(0))[1]  # the corpus of `duplex data synth` (corpus seed 0)
+    all_turns: list[Turn] = [t for d in held for t in d.turns]
+    cases: list[Case] = []
+    for category in categories:
+        pool = _pool(held, category)
+        rng = np.random.default_rng([seed, zlib.crc32(category.encode())])
+        picks = rng.choice(len(pool), size=min(per_category, len(pool)), replace=False)
+        for k in sorted(int(p) for p in picks):
+            d, i = pool[k]
+            case_seed = int(rng.integers(2**31))
+            crng = np.random.default_rng(case_seed)
+            pieces = segments(d.turns[i].text)
+            pause_at = int(crng.integers(len(pieces) - 1)) if category == "pause" else None
+            user, spans, pause = _speak(pieces, crng, pause_at)
+            case = Case(category, f"{category}/{d.id}.{i}", d.turns[i].text, user, spans, pause,
+                        seed=case_seed)  # fmt: skip
+            if category == "interruption":
+                other = all_turns[int(crng.integers(len(all_turns)))]
+                barge = trim_silence(synthesize(other.text, HELDOUT_VOICE, 170, 50))
+                case.barge_in = barge[: round(BARGE_MAX_S * RATE)]
+                fade = min(80, len(case.barge_in))
+                case.barge_in[len(case.barge_in) - fade :] *= np.linspace(1, 0, fade)
+                case.barge_text = other.text
+                # Room to wait for the agent, then for the barge-in (LISTEN_S follows already).
+                room = round((BARGE_WAIT_S + BARGE_MAX_S) * RATE)
+                case.user = np.concatenate([user, np.zeros(room, np.float32)])
+            cases.append(case)
+    return cases
+
+
+# ---------------------------------------------------------------------------------------------
+# Calls
+
+
+@dataclass(slots=True)
+class _Heard:
+    user: np.ndarray  # what was sent, at the wire rate
+    agent: np.ndarray  # what came back, placed by first_sample
+    barge_at: float | None
+    stats: dict[str, Any]
+
+
+async def run_case(url: str, case: Case, headers: dict[str, str] | None = None) -> _Heard:
+    """Stream one case at real-time pace; an interruption case barges in live, once the agent
+    has talked for BARGE_AFTER_S (energy on the agent audio received so far)."""
+    audio = AudioFormat(encoding="pcm16", sample_rate=WIRE_RATE, frame_ms=20)
+    user = resample_whole(case.user, RATE, WIRE_RATE)
+    barge = resample_whole(case.barge_in, RATE, WIRE_RATE) if case.barge_in is not None else None
+    agent = np.zeros(len(user), dtype=np.float32)
+    frames: list[ReceivedFrame] = []
+    barge_at: int | None = None
+    sampling = SamplingParams(seed=case.seed)
+    async with DuplexClient.connect(url, audio=audio, sampling=sampling, headers=headers) as c:
+        fs = c.frame_samples
+        n_frames = len(user) // fs
+        vad = EnergyVad(WIRE_RATE)
+        wait_from = round(case.user_end * WIRE_RATE)
+        wait_until = wait_from + round(BARGE_WAIT_S * WIRE_RATE)
+        total = n_frames * fs
+
+        async def send() -> None:
+            nonlocal barge_at, total
+            heard = 0  # agent samples fed to the energy detector
+            started: int | None = None  # where the agent's current speech began
+            for n in range(n_frames):
+                due = c.t_ready + (n + 1) * fs / WIRE_RATE
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+                at = n * fs
+                if barge is not None and barge_at is None and at >= wait_from:
+                    live = place_frames(frames, at)
+                    for what, ms in vad.push(live[heard:at]):
+                        started = round(ms * WIRE_RATE / 1000) if what == "started" else None
+                    heard = at
+                    if started is not None and at - max(started, wait_from) >= round(
+                        BARGE_AFTER_S * WIRE_RATE
+                    ):
+                        barge_at = at
+                        user[at : at + len(barge)] = barge[: len(user) - at]
+                        end = at + len(barge) + round(LISTEN_S * WIRE_RATE)
+                        total = min(len(user), -(-end // fs) * fs)
+                    elif at >= wait_until:
+                        total = at  # the agent never took the turn: nothing to interrupt
+                if at >= total:
+                    break
+                await c.send_frame(user[at : at + fs], last=at + fs >= total)
+            await c.end(total)
+
+        async def receive() -> None:
+            async for event in c.events():
+                if isinstance(event, ReceivedFrame):
+                    frames.append(event)
+
+        await run_both(send(), receive(), n_frames * fs / WIRE_RATE + FINISH_TIMEOUT_S)
+        agent = place_frames(frames, total)
+        stats = c.stats.model_dump() if c.stats is not None else {}
+    return _Heard(user[:total], agent, None if barge_at is None else barge_at / WIRE_RATE, stats)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring (pure functions of segments and the case's marks)
+
+
+def score_turn_taking(agent: Sequence[Segment], user_end: float) -> dict[str, Any]:
+    """Takeover: an agent onset from OVERLAP_MAX_S before the user's end (an early start, as
+    the training data's overlaps) to TAKEOVER_WINDOW_S after it. Speech that began earlier is
+    talking over the user, not taking the turn. Latency: from the user's end (0 if earlier)."""
+    for start, end in agent:
+        if end > user_end and user_end - OVERLAP_MAX_S <= start < user_end + TAKEOVER_WINDOW_S:
+            return {"takeover": True, "latency_s": max(0.0, start - user_end),
+                    "overlap": start < user_end}  # fmt: skip
+    return {"takeover": False, "latency_s": None, "overlap": False}
+
+
+def _long(agent: Sequence[Segment]) -> list[Segment]:
+    return [(s, e) for s, e in agent if e - s >= BACKCHANNEL_MAX_S]
+
+
+def _meets(seg: Segment, start: float, end: float) -> bool:
+    return seg[0] < end and seg[1] > start
+
+
+def score_pause(agent: Sequence[Segment], pause: Segment) -> dict[str, Any]:
+    """Takeover: agent speech longer than a backchannel during the pause or as a reaction to
+    it (up to REACTION_S after the user resumes), including speech that began earlier: an
+    agent talking through the user's pause holds the floor as much as one that starts in it."""
+    window = (pause[0], pause[1] + REACTION_S)
+    short = [x for x in agent if x[1] - x[0] < BACKCHANNEL_MAX_S and window[0] <= x[0] < window[1]]
+    return {"takeover": any(_meets(x, *window) for x in _long(agent)), "backchannel": bool(short)}
+
+
+def score_interruption(agent: Sequence[Segment], barge_at: float | None) -> dict[str, Any]:
+    """Stop latency: from the barge-in to the end of the agent speech it interrupted."""
+    if barge_at is None:
+        return {"barged_in": False, "talking": False, "stop_s": None, "stopped": False}
+    talking = [(s, e) for s, e in agent if s <= barge_at < e]
+    if not talking:
+        return {"barged_in": True, "talking": False, "stop_s": None, "stopped": False}
+    stop = talking[0][1] - barge_at
+    return {"barged_in": True, "talking": True, "stop_s": stop, "stopped": stop <= STOP_WITHIN_S}
+
+
+def score_backchannel(agent: Sequence[Segment], speech: Sequence[Segment]) -> dict[str, Any]:
+    """While the user holds the turn: short agent speech starting in it is a backchannel;
+    longer agent speech within it is a takeover (talking over the user)."""
+    start, end = speech[0][0], speech[-1][1]
+    short = sum(1 for s, e in agent if e - s < BACKCHANNEL_MAX_S and start <= s < end)
+    takeover = any(_meets(x, start, end - REACTION_S) for x in _long(agent))
+    return {"backchannels": short, "takeover": takeover, "user_s": end - start}
+
+
+def score(case: Case, agent: Sequence[Segment], barge_at: float | None) -> dict[str, Any]:
+    if case.category == "turn_taking":
+        return score_turn_taking(agent, case.user_end)
+    if case.category == "pause":
+        assert case.pause is not None
+        return score_pause(agent, case.pause)
+    if case.category == "interruption":
+        return score_interruption(agent, barge_at)
+    return score_backchannel(agent, case.speech)
+
+
+def _rate(xs: Sequence[bool]) -> float | None:
+    return round(sum(xs) / len(xs), 3) if xs else None
+
+
+def _median(xs: Sequence[float]) -> float | None:
+    return round(float(np.median(xs)), 3) if xs else None
+
+
+def summarize(results: Sequence[CaseResult]) -> dict[str, dict[str, Any]]:
+    """Per category: the Full-Duplex-Bench-style rates and latencies."""
+    out: dict[str, dict[str, Any]] = {}
+    for cat in CATEGORIES:
+        rs = [r.outcome for r in results if r.category == cat and r.error is None]
+        errors = sum(1 for r in results if r.category == cat and r.error is not None)
+        if not rs and not errors:
+            continue
+        row: dict[str, Any] = {"cases": len(rs), "errors": errors}
+        if cat == "turn_taking":
+            lat = [o["latency_s"] for o in rs if o["takeover"]]
+            row |= {"takeover_rate": _rate([o["takeover"] for o in rs]),
+                    "latency_median_s": _median(lat),
+                    "latency_p90_s": round(float(np.percentile(lat, 90)), 3) if lat else None,
+                    "overlap_rate": _rate([o["overlap"] for o in rs])}  # fmt: skip
+        elif cat == "pause":
+            row |= {"takeover_rate": _rate([o["takeover"] for o in rs]),
+                    "backchannel_rate": _rate([o["backchannel"] for o in rs])}  # fmt: skip
+        elif cat == "interruption":
+            valid = [o for o in rs if o["talking"]]
+            row |= {"agent_talking": len(valid),
+                    "stop_rate": _rate([o["stopped"] for o in valid]),
+                    "stop_median_s": _median([o["stop_s"] for o in valid])}  # fmt: skip
+        else:
+            minutes = sum(o["user_s"] for o in rs) / 60
+            row |= {"backchannel_rate": _rate([o["backchannels"] > 0 for o in rs]),
+                    "backchannels_per_min": round(sum(o["backchannels"] for o in rs) / minutes, 2)
+                    if minutes else None,
+                    "takeover_rate": _rate([o["takeover"] for o in rs])}  # fmt: skip
+        out[cat] = row
+    return out
+
+
+def check_targets(summary: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each issue target: the figure reached and whether it is met (None: not measured)."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, (op, bound) in TARGETS.items():
+        cat, name = key.split(".")
+        value = summary.get(cat, {}).get(name)
+        met = None if value is None else (value >= bound if op == ">=" else value <= bound)
+        out[key] = {"value": value, "target": f"{op} {bound:g}", "met": met}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+@dataclass(slots=True)
+class EvalReport:
+    url: str
+    seed: int
+    vad: str
+    cases: list[CaseResult]
+    summary: dict[str, dict[str, Any]]
+    targets: dict[str, dict[str, Any]]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+async def run_eval(
+    url: str,
+    cases: Sequence[Case],
+    concurrency: int = 4,
+    out_dir: Path | None = None,
+    progress: bool = True,
+    seed: int = 0,
+) -> EvalReport:
+    """Run every case (`concurrency` calls at a time), then measure and score them."""
+    t0 = time.perf_counter()
+    gate = asyncio.Semaphore(concurrency)
+    bar = tqdm(total=len(cases), desc="eval", unit="case", disable=not progress)
+
+    async def one(case: Case) -> _Heard | DuplexError:
+        async with gate:
+            try:
+                return await run_case(url, case)
+            except DuplexError as exc:
+                return exc
+            finally:
+                bar.update()
+
+    with bar:
+        heard = await asyncio.gather(*(one(c) for c in cases))
+    ok = [(c, h) for c, h in zip(cases, heard, strict=True) if isinstance(h, _Heard)]
+    segs = speech_segments([h.agent for _, h in ok], WIRE_RATE)
+    by_id = {c.id: (h, s) for (c, h), s in zip(ok, segs, strict=True)}
+    results: list[CaseResult] = []
+    for case, h in zip(cases, heard, strict=True):
+        r = CaseResult(case.id, case.category, case.text)
+        if isinstance(h, DuplexError):
+            r.error = str(h)
+        else:
+            agent = by_id[case.id][1]
+            r.agent_segments = [(round(s, 3), round(e, 3)) for s, e in agent]
+            r.barge_at = h.barge_at
+            r.outcome = score(case, agent, h.barge_at)
+            r.latency_ms_p50 = h.stats.get("latency_ms_p50")
+            r.overruns = int(h.stats.get("overruns", 0))
+            if out_dir is not None:
+                out_dir.mkdir(parents=True, exist_ok=True)
+                stereo = np.stack([h.user, h.agent], axis=1)
+                sf.write(out_dir / f"{case.id.replace('/', '_')}.wav", stereo, WIRE_RATE)
+        results.append(r)
+    summary = summarize(results)
+    return EvalReport(url, seed, vad_name(), results, summary, check_targets(summary),
+                      round(time.perf_counter() - t0, 1))  # fmt: skip
+
+
+def summary_table(report: EvalReport) -> str:
+    lines = [f"{'category':<13} {'cases':>5}  figures"]
+    for cat, row in report.summary.items():
+        figures = "  ".join(f"{k}={v}" for k, v in row.items() if k not in ("cases",))
+        lines.append(f"{cat:<13} {row['cases']:>5}  {figures}")
+    lines.append("")
+    for key, t in report.targets.items():
+        verdict = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
+        lines.append(f"{key:<32} {t['value']!s:>8}  target {t['target']:<8} {verdict}")
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default=DEFAULT_URL, help=f"server endpoint ({DEFAULT_URL})")
+    parser.add_argument("--cases", type=int, default=20, help="cases per category (default 20)")
+    parser.add_argument(
+        "--categories",
+        default=",".join(CATEGORIES),
+        help=f"comma-separated subset of {','.join(CATEGORIES)}",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="case choice, voices and timing")
+    parser.add_argument(
+        "--concurrency", type=int, default=4, help="calls at once (at most the server's slots)"
+    )
+    parser.add_argument("--out", help="write each case's stereo wav (user, agent) here")
+    parser.add_argument("--json-out", help="write the full report (every case) as JSON here")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `duplex eval`: table (or JSON) on stdout; problems are one line on stderr."""
+    names = [c.strip() for c in args.categories.split(",") if c.strip()]
+    unknown = [c for c in names if c not in CATEGORIES]
+    if unknown or not names:
+        return _fail(f"unknown --categories {unknown or names}: choose from {CATEGORIES}", 2)
+    if args.cases < 1 or args.concurrency < 1:
+        return _fail("--cases and --concurrency must be at least 1", EXIT_USAGE)
+    cats = [c for c in CATEGORIES if c in names]
+    try:
+        cases = build_cases(args.cases, args.seed, cats)
+        report = asyncio.run(
+            run_eval(
+                args.url,
+                cases,
+                args.concurrency,
+                Path(args.out) if args.out else None,
+                seed=args.seed,
+            )  # fmt: skip
+        )
+        if args.json_out:
+            Path(args.json_out).write_text(json.dumps(report.to_dict(), indent=1) + "\n")
+    except OSError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    failed = [r for r in report.cases if r.error]
+    if len(failed) == len(report.cases):
+        return _fail(f"every case failed, e.g. {failed[0].error}")
+    print(json.dumps(report.to_dict()) if args.json else summary_table(report))
+    return 0
+
+
+def _fail(message: str, code: int = EXIT_FAILURE) -> int:
+    print(f"{PROG}: {'error: ' if code == EXIT_USAGE else ''}{message}", file=sys.stderr)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Standalone entry point (`python -m clients.evaluation`), also used by the tests."""
+    parser = argparse.ArgumentParser(prog=PROG)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

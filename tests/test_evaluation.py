@@ -1,0 +1,129 @@
+"""`duplex eval`: its cases, its scoring, and a run through the real server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from clients.evaluation import (
+    BACKCHANNEL_MAX_S,
+    CATEGORIES,
+    LEAD_IN_S,
+    WIRE_RATE,
+    build_cases,
+    main,
+    score_backchannel,
+    score_interruption,
+    score_pause,
+    score_turn_taking,
+)
+from model.data.dialogues import is_heldout
+from model.data.synth import RATE
+from tests.conftest import ServerProcess
+
+
+@pytest.fixture(scope="module")
+def cases() -> list:
+    return build_cases(2, seed=5, categories=CATEGORIES)
+
+
+def test_cases_come_from_the_heldout_split_and_are_reproducible(cases: list) -> None:
+    again = build_cases(2, seed=5, categories=CATEGORIES)
+    assert [c.id for c in cases] == [c.id for c in again]
+    assert all(np.array_equal(a.user, b.user) for a, b in zip(cases, again, strict=True))
+    assert {c.category for c in cases} == set(CATEGORIES)
+    for c in cases:
+        dialogue_id = c.id.split("/")[1].rsplit(".", 1)[0]
+        assert is_heldout(dialogue_id), c.id
+        assert c.speech[0][0] == pytest.approx(LEAD_IN_S)
+        assert np.abs(c.user[: round(LEAD_IN_S * RATE)]).max() == 0.0
+        assert np.abs(c.user[round(c.user_end * RATE) + 1 :]).max() == 0.0  # silent after
+    other = build_cases(2, seed=6, categories=CATEGORIES)
+    assert [c.id for c in cases] != [c.id for c in other]
+
+
+def test_a_pause_case_is_silent_in_its_pause_and_speaks_around_it(cases: list) -> None:
+    for c in (c for c in cases if c.category == "pause"):
+        assert c.pause is not None and 0.3 <= c.pause[1] - c.pause[0] <= 0.6 + 1e-9
+        a, b = round(c.pause[0] * RATE) + 1, round(c.pause[1] * RATE) - 1
+        assert np.abs(c.user[a:b]).max() == 0.0
+        assert any(abs(e - c.pause[0]) < 1e-6 for _, e in c.speech)  # speech ends at the pause
+        assert any(abs(s - c.pause[1]) < 1e-6 for s, _ in c.speech)  # and resumes after it
+    for c in (c for c in cases if c.category == "interruption"):
+        assert c.barge_in is not None and len(c.barge_in) > RATE // 4
+
+
+def test_turn_taking_scoring() -> None:
+    assert score_turn_taking([(3.3, 5.0)], 3.0) == pytest.approx(
+        {"takeover": True, "latency_s": 0.3, "overlap": False}
+    )
+    early = score_turn_taking([(2.8, 5.0)], 3.0)
+    assert early["takeover"] and early["latency_s"] == 0.0 and early["overlap"]
+    # Talking over the user all along is not taking the turn; nor is a reply 3 s late.
+    assert not score_turn_taking([(0.1, 6.0)], 3.0)["takeover"]
+    assert not score_turn_taking([(5.5, 6.0)], 3.0)["takeover"]
+
+
+def test_pause_scoring() -> None:
+    pause = (2.0, 2.5)
+    assert score_pause([(2.2, 3.5)], pause)["takeover"]
+    assert score_pause([(0.5, 6.0)], pause)["takeover"]  # talking through the pause
+    bc = score_pause([(2.1, 2.1 + BACKCHANNEL_MAX_S / 2)], pause)
+    assert bc == {"takeover": False, "backchannel": True}
+    assert not score_pause([(3.5, 5.0)], pause)["takeover"]  # after the reaction window
+    assert not score_pause([], pause)["takeover"]
+
+
+def test_interruption_scoring() -> None:
+    assert score_interruption([(1.0, 3.0)], 2.6)["stopped"]
+    late = score_interruption([(1.0, 3.0)], 2.0)
+    assert late["talking"] and not late["stopped"] and late["stop_s"] == pytest.approx(1.0)
+    assert not score_interruption([(1.0, 1.5)], 2.0)["talking"]
+    assert not score_interruption([(1.0, 3.0)], None)["barged_in"]
+
+
+def test_backchannel_scoring() -> None:
+    speech = [(0.3, 1.5), (1.8, 3.0), (3.3, 4.5)]
+    quiet = score_backchannel([(1.6, 1.9), (3.35, 3.6), (5.0, 7.0)], speech)
+    assert quiet["backchannels"] == 2 and not quiet["takeover"]
+    assert score_backchannel([(2.0, 3.5)], speech)["takeover"]
+
+
+def test_eval_runs_every_category_through_the_real_server(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    out = tmp_path / "report.json"
+    wavs = tmp_path / "wav"
+    argv = ["--url", server.url, "--cases", "1", "--seed", "2", "--json-out", str(out)]
+    assert main([*argv, "--out", str(wavs)]) == 0
+    report = json.loads(out.read_text())
+    assert [c["category"] for c in report["cases"]] == list(CATEGORIES)
+    assert all(c["error"] is None for c in report["cases"])
+    assert set(report["summary"]) == set(CATEGORIES)
+    assert set(report["targets"]) == {
+        "turn_taking.takeover_rate",
+        "turn_taking.latency_median_s",
+        "pause.takeover_rate",
+        "interruption.stop_rate",
+    }
+    # The random model babbles: the user barges in once it talks, live, into the sent audio.
+    inter = next(c for c in report["cases"] if c["category"] == "interruption")
+    assert inter["outcome"]["barged_in"], inter
+    stereo, rate = sf.read(wavs / f"{inter['id'].replace('/', '_')}.wav")
+    assert rate == WIRE_RATE and stereo.shape[1] == 2
+    at = round(inter["barge_at"] * rate)
+    assert np.abs(stereo[at - rate // 5 : at, 0]).max() < 1e-3  # silence, then the barge-in
+    assert np.abs(stereo[at : at + rate // 2, 0]).max() > 0.05
+    assert np.abs(stereo[:, 1]).max() > 0.05  # the agent's audio came back
+
+
+def test_bad_arguments_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--categories", "turn_taking,smalltalk"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "smalltalk" in err[0]
+    assert main(["--cases", "0"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
