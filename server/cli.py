@@ -147,7 +147,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from clients import call, evaluation, loadtest
+    from clients import call, evaluation, loadtest, selfplay
     from server.settings import add_settings_arguments
 
     parser = argparse.ArgumentParser(prog=PROG, description="full-duplex voice agent server")
@@ -166,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="full-duplex behaviour: turn-taking, pauses, interruptions")
     evaluation.add_arguments(ev)
     ev.set_defaults(func=evaluation.run)
+    sp = sub.add_parser("selfplay", help="two agents converse through the server; turn statistics")
+    selfplay.add_arguments(sp)
+    sp.set_defaults(func=selfplay.run)
 
     model = sub.add_parser("model", help="checkpoints").add_subparsers(dest="action", required=True)
     init = model.add_parser("init", help="write a seeded random-weight checkpoint (it babbles)")

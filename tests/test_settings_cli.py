@@ -116,3 +116,11 @@ def test_api_keys_and_origins(checkpoint: Path, tmp_path: Path) -> None:
         assert msg["type"] == "ready"
     finally:
         stop_server(srv)
+
+
+def test_client_commands_do_not_load_torch() -> None:
+    """`duplex call`, `loadtest`, `eval` and `selfplay` run on machines without a model stack
+    worth loading: building the parser (every subcommand's arguments) must not import torch."""
+    code = "import sys, server.cli as c; c.build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
