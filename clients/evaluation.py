@@ -294,7 +294,8 @@ def score_interruption(agent: Sequence[Segment], barge_at: float | None) -> dict
     if not talking:
         return {"barged_in": True, "talking": False, "stop_s": None, "stopped": False}
     stop = talking[0][1] - barge_at
-    return {"barged_in": True, "talking": True, "stop_s": stop, "stopped": stop <= STOP_WITHIN_S}
+    return {"barged_in": True, "talking": True, "stop_s": stop,
+            "stopped": round(stop, 3) <= STOP_WITHIN_S}  # fmt: skip
 
 
 def score_backchannel(agent: Sequence[Segment], speech: Sequence[Segment]) -> dict[str, Any]:

@@ -67,12 +67,16 @@ class Timeline:
         self.user_start.append(start)
 
     def replace_user(self, j: int, frames: list[Frame]) -> int:
-        """Put real frames in place of user chunk j's estimate; returns the rollback point."""
+        """Put real frames in place of user chunk j's estimate; returns the rollback point:
+        where the re-formatted tokens first differ from the old ones. A KV entry depends only
+        on the tokens before it, so an estimate that was right (silence, most often) costs no
+        rollback and no prefill."""
         if not 0 <= j < len(self.user):
             raise ValueError(f"no user chunk {j} to replace (have {len(self.user)})")
         if len(self.agent) != len(self.user) + 1:
             raise ValueError("replace_user needs a closed timeline (no chunk in progress)")
         cut = self.user_start[j]
+        old = self.tokens[cut:]
         later_agent = self.agent[j + 1 :]
         later_user = list(zip(self.user[j + 1 :], self.user_real[j + 1 :], strict=True))
         del self.tokens[cut:]
@@ -84,5 +88,9 @@ class Timeline:
             if i < len(later_user):
                 u_frames, real = later_user[i]
                 self.append_user(u_frames, real=real)
-        self.cached = min(self.cached, cut)
-        return cut
+        same = next(
+            (i for i, (a, b) in enumerate(zip(old, self.tokens[cut:], strict=False)) if a != b),
+            min(len(old), len(self.tokens) - cut),
+        )
+        self.cached = min(self.cached, cut + same)
+        return cut + same

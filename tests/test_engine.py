@@ -146,6 +146,30 @@ def test_engine_estimates_then_replaces_and_cache_matches_timeline(loaded) -> No
         )
 
 
+def test_a_right_estimate_costs_no_rollback(loaded) -> None:  # type: ignore[no-untyped-def]
+    """Real audio equal to its estimate (silence, mostly) keeps the KV cache: no rollback, and
+    the cache still holds exactly the timeline."""
+    engine = make_engine(loaded)
+    _, llama = loaded
+    engine.add_session("s", SamplingParams(seed=3))
+    last = engine.step([StepRequest("s")])["s"]
+    for _ in range(6):
+        r = engine.step([StepRequest("s", {last.chunk - 1: last.estimate} if last.chunk else {})])
+        s = r["s"]
+        if last.chunk:
+            assert s.replaced == [last.chunk - 1] and s.rollback_tokens == 0
+        last = s
+    tl = engine.timeline("s")
+    assert tl.tokens == format_timeline(engine.fmt, tl.agent, tl.user)
+    row = engine.sessions["s"].row
+    rows = [[] for _ in range(engine.cache.live)]
+    rows[row] = tl.tokens[tl.cached :] + [engine.fmt.s1]
+    logits = engine.decoder.forward(engine.cache, rows)
+    torch.testing.assert_close(
+        logits[row], reference_logits(llama, tl.tokens + [engine.fmt.s1]), atol=1e-4, rtol=1e-4
+    )
+
+
 def test_engine_drops_audio_older_than_the_rollback_reserve(loaded) -> None:  # type: ignore[no-untyped-def]
     engine = make_engine(loaded, rollback=2)
     engine.add_session("s", SamplingParams(seed=0))
