@@ -37,6 +37,12 @@ from streaming.opus import opus_available
 log = logging.getLogger("duplex.runtime")
 
 ROLLBACK_SLACK_S = 0.04
+# The auto lead starts each step this long after a user chunk's last sample is due: a chunk is
+# complete once the frame after it arrives (the wire-to-codec resampler looks 3 ms ahead; 20 ms
+# frames are the common size), plus 15 ms to arrive and be tokenized. The step then uses that
+# chunk at once and has the rest of the tick to finish (decisions.md 2, changed: see
+# docs/architecture.md).
+STEP_MARGIN_S = 0.035
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -66,8 +72,16 @@ class Runtime:
         self.warmup_step_s = self._warm_up(warm_engine)
         if settings.lead_ms is not None:
             self.lead_s = settings.lead_ms / 1000
-        else:  # comfortably above the slowest step seen at full load, below one tick
-            self.lead_s = min(0.8 * self.tick_s, max(0.02, 1.5 * self.warmup_step_s + 0.005))
+        else:
+            self.lead_s = self.tick_s - STEP_MARGIN_S
+            if 1.5 * self.warmup_step_s > self.lead_s:
+                log.warning(
+                    "a step at %d calls took %.0f ms in warm-up, close to the %.0f ms it has: "
+                    "expect overruns at full load (lower --max-sessions)",
+                    settings.max_sessions,
+                    self.warmup_step_s * 1000,
+                    self.lead_s * 1000,
+                )
         if self.lead_s >= self.tick_s:
             raise ValueError(
                 f"lead_ms {self.lead_s * 1000:g} must be below the tick ({self.tick_s * 1000:g} ms)"

@@ -46,7 +46,7 @@ class TickPlan:
 class TickOutput:
     results: dict[str, StepResult]
     audio: dict[str, AgentAudio]
-    newest_arrival: dict[str, float]
+    newest_arrival: dict[str, float | None]  # the newest real chunk a step used: its arrival
     real: dict[str, dict[int, list[Frame]]]  # user chunks each session's step received
     compute_s: float
 
@@ -161,12 +161,12 @@ class Ticker:
             self.engine.add_session(s.id, s.sampling)
         t0 = time.perf_counter()
         requests = []
-        newest: dict[str, float] = {}
+        newest: dict[str, float | None] = {}
         real: dict[str, dict[int, list[Frame]]] = {}
         for s in plan.sessions:
             chunks = s.user_in.drain()
             real[s.id] = {c.index: [tuple(f) for f in c.units.tolist()] for c in chunks}
-            newest[s.id] = s.user_in.newest_arrival
+            newest[s.id] = max((c.arrival for c in chunks), default=None)
             requests.append(StepRequest(s.id, real[s.id], silent=plan.silent))
         results = self.engine.step(requests)
         audio = {
@@ -184,7 +184,6 @@ class Ticker:
         m.tick_seconds.observe(out.compute_s)
         if overrun:
             m.overruns.inc()
-        step_start = deadline - cfg.lead_s
         for s in plan.sessions:
             if s.state is State.CLOSED or s.id not in self.sessions:
                 continue
@@ -210,12 +209,10 @@ class Ticker:
                 s.recorder.tick(plan.tick, r, out.real[s.id])
             last = s.last_chunk is not None and r.chunk >= s.last_chunk
             frame = AgentChunk(r.chunk, a.first_sample, a.payload, last)
-            arrival = out.newest_arrival[s.id]
-            fresh = arrival if step_start - arrival < cfg.tick_s else None
             if r.chunk == 0:
                 asyncio.get_running_loop().create_task(self._open(s, frame, deadline, last))
                 continue
-            s.send_audio(frame, fresh)
+            s.send_audio(frame, out.newest_arrival[s.id])
             if last:
                 s.finish()
             elif s.queued_audio > cfg.max_backlog_frames:

@@ -52,10 +52,6 @@ class UserAudioInput:
         with self._lock:
             self._ended = True
 
-    @property
-    def newest_arrival(self) -> float:
-        return self._last_arrival
-
     def tokenize(self) -> None:
         """Encode what arrived so far. A background thread calls this between ticks, so the
         tick's own `drain` finds little left to do."""
