@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 import numpy as np
 import soundfile as sf
+from pydantic import ValidationError
 from tqdm import tqdm
 
 from clients.call import FINISH_TIMEOUT_S, place_frames, run_both
@@ -37,7 +38,7 @@ from clients.client import DuplexClient, DuplexError, ReceivedFrame
 from clients.speech_activity import Segment, speech_segments, vad_name
 from model.data.dialogues import Dialogue, Turn, dialogues, split
 from model.data.synth import HELDOUT_VOICE, RATE, Timing, segments, trim_silence
-from server.protocol import AudioFormat, SamplingParams
+from server.protocol import AudioFormat, SamplingParams, describe_validation
 from streaming.codebook import PITCH_RANGE, WPM_RANGE, synthesize
 from streaming.resample import resample_whole
 from streaming.vad import EnergyVad
@@ -198,7 +199,12 @@ class _Heard:
     stats: dict[str, Any]
 
 
-async def run_case(url: str, case: Case, headers: dict[str, str] | None = None) -> _Heard:
+async def run_case(
+    url: str,
+    case: Case,
+    sampling: SamplingParams | None = None,
+    headers: dict[str, str] | None = None,
+) -> _Heard:
     """Stream one case at real-time pace; an interruption case barges in live, once the agent
     has talked for BARGE_AFTER_S (energy on the agent audio received so far)."""
     audio = AudioFormat(encoding="pcm16", sample_rate=WIRE_RATE, frame_ms=20)
@@ -207,7 +213,7 @@ async def run_case(url: str, case: Case, headers: dict[str, str] | None = None) 
     agent = np.zeros(len(user), dtype=np.float32)
     frames: list[ReceivedFrame] = []
     barge_at: int | None = None
-    sampling = SamplingParams(seed=case.seed)
+    sampling = (sampling or SamplingParams()).model_copy(update={"seed": case.seed})
     async with DuplexClient.connect(url, audio=audio, sampling=sampling, headers=headers) as c:
         fs = c.frame_samples
         n_frames = len(user) // fs
@@ -395,6 +401,8 @@ async def run_eval(
     out_dir: Path | None = None,
     progress: bool = True,
     seed: int = 0,
+    sampling: SamplingParams | None = None,
+    headers: dict[str, str] | None = None,
 ) -> EvalReport:
     """Run every case (`concurrency` calls at a time), then measure and score them."""
     t0 = time.perf_counter()
@@ -404,7 +412,7 @@ async def run_eval(
     async def one(case: Case) -> _Heard | DuplexError:
         async with gate:
             try:
-                return await run_case(url, case)
+                return await run_case(url, case, sampling, headers)
             except DuplexError as exc:
                 return exc
             finally:
@@ -461,6 +469,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--concurrency", type=int, default=4, help="calls at once (at most the server's slots)"
     )
+    parser.add_argument("--temperature", type=float, help="sampling temperature override")
+    parser.add_argument("--top-k", type=int, help="sampling top-k override")
+    parser.add_argument("--api-key", help="sent as 'Authorization: Bearer KEY'")
     parser.add_argument("--out", help="write each case's stereo wav (user, agent) here")
     parser.add_argument("--json-out", help="write the full report (every case) as JSON here")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
@@ -476,6 +487,11 @@ def run(args: argparse.Namespace) -> int:
         return _fail("--cases and --concurrency must be at least 1", EXIT_USAGE)
     cats = [c for c in CATEGORIES if c in names]
     try:
+        sampling = SamplingParams(temperature=args.temperature, top_k=args.top_k)
+    except ValidationError as exc:
+        return _fail(describe_validation(exc), EXIT_USAGE)
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else None
+    try:
         cases = build_cases(args.cases, args.seed, cats)
         report = asyncio.run(
             run_eval(
@@ -484,7 +500,9 @@ def run(args: argparse.Namespace) -> int:
                 args.concurrency,
                 Path(args.out) if args.out else None,
                 seed=args.seed,
-            )  # fmt: skip
+                sampling=sampling,
+                headers=headers,
+            )
         )
         if args.json_out:
             Path(args.json_out).write_text(json.dumps(report.to_dict(), indent=1) + "\n")

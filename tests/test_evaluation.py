@@ -127,3 +127,6 @@ def test_bad_arguments_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert len(err) == 1 and "smalltalk" in err[0]
     assert main(["--cases", "0"]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert main(["--temperature", "-1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "temperature" in err[0]
