@@ -15,7 +15,8 @@ COPY server server
 COPY model model
 COPY streaming streaming
 COPY clients clients
-RUN pip install . && duplex model init --out /app/models/default
+COPY models/default models/default
+RUN pip install .
 
 RUN useradd --system --uid 10001 duplex
 USER duplex

@@ -1,6 +1,7 @@
 # Two commands: `make serve` and `make test` set everything up on a fresh machine.
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# The committed trained default (docs/training.md); `duplex model init` writes random ones.
 MODEL ?= models/default
 TORCH_VERSION := 2.13.0
 # Debian packages: serving needs libopus0 (Opus on the wire); the tests also synthesize speech
@@ -11,7 +12,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: serve test test-all lint setup apt-serve apt-test clean
 
-serve: apt-serve $(STAMP) $(MODEL)/duplex.json
+serve: apt-serve $(STAMP)
 	$(VENV)/bin/duplex serve --model $(MODEL)
 
 test: apt-test $(STAMP)
@@ -24,7 +25,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-setup: apt-test $(STAMP) $(MODEL)/duplex.json
+setup: apt-test $(STAMP)
 
 # torch first, pinned, so pip takes the local CPU build instead of a multi-GB CUDA one.
 $(STAMP): pyproject.toml
@@ -34,9 +35,6 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -c "import torch; v = torch.__version__; assert v.startswith('$(TORCH_VERSION)'), v; print('torch', v)"
 	touch $@
-
-$(MODEL)/duplex.json: | $(STAMP)
-	$(VENV)/bin/duplex model init --out $(MODEL)
 
 # Installs the Debian packages of $(1) that are missing (as root, or with sudo).
 define apt_install
@@ -56,4 +54,4 @@ apt-test:
 	$(call apt_install,$(APT_TEST))
 
 clean:
-	rm -rf $(VENV) $(MODEL)
+	rm -rf $(VENV)

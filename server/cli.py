@@ -37,8 +37,9 @@ def _serve(args: argparse.Namespace) -> int:
     if not (settings.model / "duplex.json").is_file() and settings.model == Path("models/default"):
         return _fail(
             "serve",
-            f"no model at {settings.model}: run `make serve` (or `duplex model init --out "
-            f"{settings.model}`) first",
+            f"no model at {settings.model}: the trained default is part of the repository "
+            f"(`git checkout -- {settings.model}`), or write a random-weight one with "
+            f"`duplex model init --out {settings.model}`",
         )
     try:
         from server.runtime import Runtime

@@ -38,7 +38,7 @@ class Settings(BaseSettings):
         ge=1,
         description="a tick's step starts this long before its deadline (default: tick - 35 ms)",
     )
-    temperature: float = Field(default=0.8, ge=0, le=5, description="default sampling temperature")
+    temperature: float = Field(default=0.6, ge=0, le=5, description="default sampling temperature")
     top_k: int = Field(default=250, ge=0, description="default top-k (0 = off)")
     seed: int | None = Field(default=None, ge=0, description="default seed (none = random)")
     max_message_bytes: int = Field(

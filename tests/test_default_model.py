@@ -1,0 +1,52 @@
+"""The committed default checkpoint: small, loadable offline, and trained (not random)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from model.checkpoint import load_checkpoint, read_config
+from model.data.synth import load_split, synth
+from model.train import PRESETS, evaluate, heldout_windows
+from tests.conftest import ROOT
+
+DEFAULT = ROOT / "models" / "default"
+
+
+def test_the_default_checkpoint_is_committed_small_and_loads() -> None:
+    files = {p.name for p in DEFAULT.iterdir()}
+    assert {"duplex.json", "config.json", "model.safetensors"} <= files
+    assert "train_state.pt" not in files  # optimizer state stays out of the repository
+    size = sum(p.stat().st_size for p in DEFAULT.iterdir())
+    assert size <= 30 * 2**20, size
+    config, llama = load_checkpoint(DEFAULT)
+    assert config.sink_tokens < config.context_tokens
+    assert config.description.startswith("duplex train:")  # not `duplex model init`
+    assert sum(p.numel() for p in llama.parameters()) < 10_000_000
+
+
+def test_the_default_model_predicts_unseen_dialogues_far_better_than_chance(
+    tmp_path: Path,
+) -> None:
+    """Teacher-forced loss on freshly rendered held-out dialogues (unseen scripts, unseen
+    user voice): chance is ln(vocab) ~ 6.9 nats; the trained model must be far below it."""
+    config = read_config(DEFAULT)
+    synth(tmp_path, config, DEFAULT, n_dialogues=20, seed=11, progress=False)
+    held = load_split(tmp_path / "heldout.npz")[1]
+    assert held
+    _, llama = load_checkpoint(DEFAULT)
+    windows = heldout_windows(held, config.chunk_format(), config.context_tokens)
+    losses = evaluate(llama, windows, PRESETS["cpu-default"])
+    chance = math.log(llama.config.vocab_size)
+    assert losses["heldout_loss"] < chance - 2.0, losses
+    # Timing tokens ([S0]/[S1]: does a speaker add frames, when does a chunk end) are what
+    # turn-taking rests on: nearly certain for a trained model.
+    assert losses["heldout_tags"] < 1.0, losses
+    assert losses["heldout_agent"] < chance - 1.0, losses
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "duplex.json", "loss.png"])
+def test_the_training_record_is_committed(name: str) -> None:
+    assert (DEFAULT / name).is_file()
