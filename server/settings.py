@@ -28,7 +28,10 @@ class Settings(BaseSettings):
     )
     threads: int = Field(default=1, ge=0, description="torch CPU threads (0 = torch default)")
     max_sessions: int = Field(
-        default=16, ge=1, le=4096, description="concurrent calls (default: what 2 CPU cores sustain)"
+        default=16,
+        ge=1,
+        le=4096,
+        description="concurrent calls (default: what 2 CPU cores sustain)",
     )
     latency_budget_ms: float = Field(
         default=240.0, ge=0, le=2000, description="user audio may arrive this late"
