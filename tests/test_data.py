@@ -156,3 +156,29 @@ def test_speech_where_turns_are_silence_elsewhere(synthesized: Path) -> None:
                 near[max(0, int(a / FRAME_S) - 1) : int(np.ceil(b / FRAME_S)) + 1] = True
             assert (units[inside] != 0).mean() >= 0.8, (m["id"], spk)
             assert (units[~near] == 0).all(), (m["id"], spk)
+
+
+def test_renditions_vary_the_audio_and_keep_the_split(
+    synthesized: Path, checkpoint: Path, tmp_path: Path
+) -> None:
+    """Rendition 0 is the plain render; later ones re-voice and re-time the same scripts and
+    stay in their script's split."""
+    synth(tmp_path, read_config(checkpoint), checkpoint, n_dialogues=6, seed=3, renditions=2,
+          progress=False)  # fmt: skip
+    base = {
+        m["id"]: m for name in ("train", "heldout") for m in _meta(synthesized / f"{name}.jsonl")
+    }
+    for name in ("train", "heldout"):
+        metas = _meta(tmp_path / f"{name}.jsonl")
+        assert len(metas) == 2 * sum(1 for m in base.values() if m["split"] == name)
+        ids, tokens, _ = load_split(tmp_path / f"{name}.npz")
+        by_id = dict(zip(ids, tokens, strict=True))
+        for m in metas:
+            assert m["split"] == name and m["rendition"] in (0, 1)
+            if m["rendition"] == 0:
+                assert m["id"] == m["dialogue"] and m["voices"] == base[m["id"]]["voices"]
+            else:
+                assert m["id"] == f"{m['dialogue']}~1"
+                first = by_id[m["dialogue"]]
+                assert not np.array_equal(by_id[m["id"]], first)  # another voice and timing
+    assert json.loads((tmp_path / "synth.json").read_text())["renditions"] == 2
