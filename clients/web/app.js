@@ -272,7 +272,7 @@ function connect(c, codec) {
       }),
     );
   };
-  ws.onmessage = (e) => onMessage(c, e.data);
+  ws.onmessage = (e) => onMessage(c, e.data, e.timeStamp);
   ws.onerror = () => {}; // the close event that follows says what happened
   ws.onclose = (e) => onClose(c, e);
 }
@@ -282,7 +282,7 @@ function play(c, firstSample, pcm) {
   c.audio.playback.port.postMessage({ type: "frame", firstSample, pcm: pcm.buffer }, [pcm.buffer]);
 }
 
-function onMessage(c, data) {
+function onMessage(c, data, timeStamp) {
   if (typeof data !== "string") {
     stats.bytesReceived += data.byteLength;
     const frame = unpackFrame(data);
@@ -294,10 +294,13 @@ function onMessage(c, data) {
   }
   const msg = JSON.parse(data);
   if (msg.type === "ready") {
-    // This instant is sample 0 of the call: start cutting mic frames from here.
+    // This instant is sample 0 of the call: start cutting mic frames from here. `at` is when
+    // `ready` arrived, on the audio clock: if the page was busy before it got here, the capture
+    // worklet sends that much silence first, so every frame keeps its place in time.
     stats.sessionId = msg.session_id;
     $("session").textContent = msg.session_id;
-    c.audio.capture.port.postMessage({ type: "start" });
+    const waited = Math.max(0, performance.now() - timeStamp) / 1000;
+    c.audio.capture.port.postMessage({ type: "start", at: c.audio.ctx.currentTime - waited });
     setState("live");
   } else if (msg.type === "stats") {
     stats.serverStats = msg;

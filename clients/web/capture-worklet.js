@@ -5,8 +5,11 @@
 // this worklet only cuts frames. Where the context runs at another rate, a streaming linear
 // resampler converts here (after a moving-average low-pass, so downsampling aliases less).
 //
-// Nothing is sent until the page posts {type: "start"} (the server's `ready`): the protocol's
-// sample 0 is that moment, so audio captured before it is dropped.
+// Nothing is sent until the page posts {type: "start", at} (the server's `ready`): the
+// protocol's sample 0 is that moment, so audio captured before it is dropped. `at` is that
+// moment on the audio clock; when the start message comes later than that (a busy page), the
+// gap is sent as silence first, so that frame n still holds the audio of [n, n+1) frames after
+// `ready` (decisions.md 1) instead of every frame arriving that much late.
 
 class CaptureProcessor extends AudioWorkletProcessor {
   constructor(options) {
@@ -18,6 +21,7 @@ class CaptureProcessor extends AudioWorkletProcessor {
     this.frame = new Float32Array(this.frameSamples);
     this.fill = 0;
     this.running = false;
+    this.pad = 0; // wire samples of silence owed before the mic's (see "start")
     this.pos = 0; // fractional read position into the current input block (resampling only)
     this.prev = 0; // last input sample of the previous block (resampling only)
     // Low-pass for downsampling: average over `taps` input samples (~ the decimation factor).
@@ -29,6 +33,8 @@ class CaptureProcessor extends AudioWorkletProcessor {
       if (e.data.type === "start") {
         this.running = true;
         this.fill = 0;
+        const late = typeof e.data.at === "number" ? currentTime - e.data.at : 0;
+        this.pad = Math.max(0, Math.round(late * this.wireRate));
       } else if (e.data.type === "stop") {
         this.running = false;
       }
@@ -54,6 +60,7 @@ class CaptureProcessor extends AudioWorkletProcessor {
   process(inputs) {
     const input = inputs[0];
     if (!this.running || !input || input.length === 0) return true;
+    for (; this.pad > 0; this.pad--) this.push(0);
     const ch = input[0]; // mono: the page asks the mic for one channel
     if (this.step === 1) {
       for (let i = 0; i < ch.length; i++) this.push(ch[i]);
