@@ -98,13 +98,18 @@ class CallResult:
         }
 
 
+def place_frame(out: np.ndarray, frame: ReceivedFrame) -> None:
+    """Write one frame into `out` at its first_sample; what lies past the end is cut."""
+    if frame.first_sample < len(out):
+        chunk = frame.pcm[: len(out) - frame.first_sample]
+        out[frame.first_sample : frame.first_sample + len(chunk)] = chunk
+
+
 def place_frames(frames: Iterable[ReceivedFrame], length: int) -> np.ndarray:
     """Write each frame at its first_sample (whatever order it came in); gaps stay silent."""
     out = np.zeros(length, dtype=np.float32)
     for f in frames:
-        if f.first_sample < length:
-            chunk = f.pcm[: length - f.first_sample]
-            out[f.first_sample : f.first_sample + len(chunk)] = chunk
+        place_frame(out, f)
     return out
 
 

@@ -33,7 +33,7 @@ import soundfile as sf
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from clients.call import FINISH_TIMEOUT_S, place_frames, run_both
+from clients.call import FINISH_TIMEOUT_S, place_frame, run_both
 from clients.client import DuplexClient, DuplexError, ReceivedFrame
 from clients.speech_activity import Segment, speech_segments, vad_name
 from model.data.dialogues import Dialogue, Turn, dialogues, split
@@ -210,8 +210,7 @@ async def run_case(
     audio = AudioFormat(encoding="pcm16", sample_rate=WIRE_RATE, frame_ms=20)
     user = resample_whole(case.user, RATE, WIRE_RATE)
     barge = resample_whole(case.barge_in, RATE, WIRE_RATE) if case.barge_in is not None else None
-    agent = np.zeros(len(user), dtype=np.float32)
-    frames: list[ReceivedFrame] = []
+    agent = np.zeros(len(user), dtype=np.float32)  # placed as it arrives: the barge-in reads it
     barge_at: int | None = None
     sampling = (sampling or SamplingParams()).model_copy(update={"seed": case.seed})
     async with DuplexClient.connect(url, audio=audio, sampling=sampling, headers=headers) as c:
@@ -231,8 +230,7 @@ async def run_case(
                 await asyncio.sleep(max(0.0, due - time.monotonic()))
                 at = n * fs
                 if barge is not None and barge_at is None and at >= wait_from:
-                    live = place_frames(frames, at)
-                    for what, ms in vad.push(live[heard:at]):
+                    for what, ms in vad.push(agent[heard:at]):
                         started = round(ms * WIRE_RATE / 1000) if what == "started" else None
                     heard = at
                     if started is not None and at - max(started, wait_from) >= round(
@@ -252,12 +250,12 @@ async def run_case(
         async def receive() -> None:
             async for event in c.events():
                 if isinstance(event, ReceivedFrame):
-                    frames.append(event)
+                    place_frame(agent, event)
 
         await run_both(send(), receive(), n_frames * fs / WIRE_RATE + FINISH_TIMEOUT_S)
-        agent = place_frames(frames, total)
         stats = c.stats.model_dump() if c.stats is not None else {}
-    return _Heard(user[:total], agent, None if barge_at is None else barge_at / WIRE_RATE, stats)
+    barge_s = None if barge_at is None else barge_at / WIRE_RATE
+    return _Heard(user[:total], agent[:total], barge_s, stats)
 
 
 # ---------------------------------------------------------------------------------------------

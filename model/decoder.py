@@ -65,8 +65,9 @@ class SlotDecoder:
         qpos, row_idx, pos = cache.plan_write(counts)
         mask, span = cache.attention_mask(qpos)
         # Grouped-query attention with the query heads of a KV head folded into the query
-        # length: each KV head is read once for its group (SDPA's enable_gqa path is slower on
-        # CPU, ~15 % at 32 sessions).
+        # length: each KV head is read once for its group. On CPU this attention call took
+        # 1.06 ms against 1.29 ms with SDPA's enable_gqa (32 sessions x 512 keys, one query
+        # each); whole ticks did not move measurably.
         group = self.heads // self.kv_heads
         mask = mask.repeat(1, 1, group, 1)
         flat_t = torch.cat([torch.arange(n) for n in counts]).to(self.device)
