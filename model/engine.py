@@ -3,7 +3,8 @@
 A step, per session with agent chunk k to produce:
 1. real user chunks that arrived replace their estimates (the timeline truncates, the KV cache
    rolls back to the first replaced chunk) or are appended;
-2. user chunk k-1, if its audio is not complete yet, is estimated by the model;
+2. user chunk k-1, if its audio is not complete yet, is estimated by the model: the frames of
+   it that did arrive are kept as they are (forced tokens) and only the rest is sampled;
 3. agent chunk k is generated: a forced `[S0]`, then at most frames_per_chunk units, ending
    at the next speaker tag.
 All sessions' forwards are batched: the first forward prefills every session's pending tokens
@@ -21,7 +22,7 @@ from transformers import LlamaForCausalLM
 
 from model.checkpoint import DuplexConfig
 from model.decoder import SlotDecoder
-from model.format import Frame, interpolate
+from model.format import Frame, dedup, interpolate, user_tokens
 from model.sampling import SamplingParams, TokenMasks, sample
 from model.timeline import Timeline
 
@@ -33,6 +34,9 @@ class StepRequest:
     session_id: str
     real_user: dict[int, list[Frame]] = field(default_factory=dict)  # chunk index -> frames
     silent: bool = False  # a missed tick: write agent silence, estimate nothing
+    # The first frames of a user chunk still arriving, as (chunk index, frames). Used when it
+    # is the chunk this step estimates (k-1): the estimate starts with them.
+    partial_user: tuple[int, list[Frame]] | None = None
 
 
 @dataclass
@@ -46,6 +50,7 @@ class StepResult:
     rollback_tokens: int
     prefill_tokens: int
     estimate: list[Frame] = field(default_factory=list)  # user chunk k-1 as estimated here
+    partial_frames: int = 0  # real frames the estimate starts with
     tokens: int = 0  # length of the conversation in tokens after this step
 
     @property
@@ -77,6 +82,8 @@ class _Job:
     result: StepResult
     phase: _Phase
     units: list[int] = field(default_factory=list)
+    partial: list[Frame] = field(default_factory=list)  # real first frames of the estimate
+    max_units: int = 0  # new units the chunk being decoded may still hold in all
 
 
 class Engine:
@@ -177,14 +184,25 @@ class Engine:
         if k > 0 and (k - 1) in s.pending:
             tl.append_user(s.pending.pop(k - 1), real=True)
         job = _Job(s, result, _Phase.USER_TAG if len(tl.user) < k else _Phase.AGENT_UNITS)
+        n = self.frames_per_chunk
+        if job.phase is _Phase.USER_TAG and req.partial_user and req.partial_user[0] == k - 1:
+            job.partial = req.partial_user[1][: n - 1]
+            result.partial_frames = len(job.partial)
         if req.silent:
             if job.phase is _Phase.USER_TAG:
-                result.estimate = [tl.prev_user()] * self.frames_per_chunk
+                result.estimate = self._fill(job, [])
                 tl.append_user(result.estimate, real=False)
             result.frames = tl.append_agent([])
             job.phase = _Phase.DONE
         elif job.phase is _Phase.AGENT_UNITS:
             tl.tokens.append(self.fmt.s0)
+        else:
+            known = [f[0] for f in dedup(job.partial, tl.prev_user())]
+            job.max_units = len(known) + n - len(job.partial)
+            if known:  # the arrived frames are written as they are; sampling goes on after them
+                tl.tokens += user_tokens(self.fmt, [(u,) for u in known])
+                job.units = known
+                job.phase = _Phase.USER_UNITS
         result.prefill_tokens = len(tl.tokens) - tl.cached
         return job
 
@@ -217,6 +235,14 @@ class Engine:
             if not more:
                 return out
 
+    def _fill(self, job: _Job, sampled: list[Frame]) -> list[Frame]:
+        """The estimated chunk's frames: those that arrived, then the sampled ones spread over
+        the rest of the chunk."""
+        tl = job.session.timeline
+        last = job.partial[-1] if job.partial else tl.prev_user()
+        rest = self.frames_per_chunk - len(job.partial)
+        return job.partial + interpolate(sampled, last, rest)
+
     def _allowed(self, job: _Job) -> torch.Tensor:
         """What the chunk format allows next for this job ([vocab] booleans)."""
         fmt, tl = self.fmt, job.session.timeline
@@ -237,7 +263,7 @@ class Engine:
                 tl.tokens.append(tok)
                 job.phase = _Phase.USER_UNITS
             else:  # the user adds nothing new; this [S0] opens the agent's chunk
-                job.result.estimate = [tl.prev_user()] * n
+                job.result.estimate = self._fill(job, [])
                 tl.append_user(job.result.estimate, real=False)
                 tl.tokens.append(fmt.s0)
                 job.phase = _Phase.AGENT_UNITS
@@ -246,9 +272,9 @@ class Engine:
             if tok != fmt.s0:
                 tl.tokens.append(tok)
                 job.units.append(fmt.token_unit(tok))
-            if tok == fmt.s0 or len(job.units) == n:
-                new = [(u,) for u in job.units]
-                job.result.estimate = interpolate(new, tl.prev_user(), n)
+            if tok == fmt.s0 or len(job.units) == job.max_units:
+                known = len(dedup(job.partial, tl.prev_user()))
+                job.result.estimate = self._fill(job, [(u,) for u in job.units[known:]])
                 tl.append_user(job.result.estimate, real=False, tokens_written=1 + len(job.units))
                 tl.tokens.append(fmt.s0)
                 job.units = []

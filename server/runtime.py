@@ -44,6 +44,9 @@ ROLLBACK_SLACK_S = 0.04
 # chunk at once and has the rest of the tick to finish (decisions.md 2, changed: see
 # docs/architecture.md).
 STEP_MARGIN_S = 0.035
+# A codec frame is encoded once the wire frame after its last sample arrived (the resampler
+# looks ahead): about one 20 ms wire frame plus delivery.
+FRAME_ARRIVAL_S = 0.025
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -105,6 +108,10 @@ class Runtime:
             TickerConfig(
                 tick_s=self.tick_s,
                 lead_s=self.lead_s,
+                adaptive_lead=settings.lead_ms is None,
+                frame_s=self.config.frame_ms / 1000,
+                frames_per_chunk=self.config.frames_per_chunk,
+                arrival_s=FRAME_ARRIVAL_S,
                 latency_budget_s=settings.latency_budget_ms / 1000,
                 max_sessions=settings.max_sessions,
                 idle_timeout_s=settings.idle_timeout_s,

@@ -105,6 +105,7 @@ class CallSession:
         self.outbox: asyncio.Queue[Outgoing] = asyncio.Queue()
         self.stats = CallStats()
         self.join_tick: int | None = None
+        self.audio_on_time = True  # its audio was in before the last step started
         self.last_chunk: int | None = None  # final agent chunk once `end` arrived
         self.expected_sample = 0
         self.last_activity = time.monotonic()

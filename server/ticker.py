@@ -1,10 +1,13 @@
 """The global tick loop: one clock for every call, one batched engine step per tick.
 
-Tick g's step starts at deadline(g) - lead, runs on a worker thread (tokenize what arrived,
-engine step, vocode), and its agent chunk is due at deadline(g). A step that ends late is
-sent late and counted; a tick whose deadline passed before its step could start is skipped
-(the engine writes agent silence, so every timeline stays on the clock). The engine is only
-touched from the worker thread; sessions join and leave between steps.
+Tick g's agent chunk is due at deadline(g). Its step starts as soon as every call's user audio
+up to the frame the pacer waits for is encoded, and at the latest its budget before the
+deadline (server/pacing.py); it runs on a worker thread (tokenize what arrived, engine step,
+vocode). The frames of the newest user chunk that are in go to the engine as they are; the
+rest of that chunk is estimated. A step that ends late is sent late and counted; a tick whose
+deadline passed before its step could start is skipped (the engine writes agent silence, so
+every timeline stays on the clock). The engine is only touched from the worker thread;
+sessions join and leave between steps.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 from model.engine import Engine, StepRequest, StepResult
 from model.format import Frame
 from server.metrics import Metrics
+from server.pacing import StepPacer
 from server.protocol import CloseCode, ErrorCode, ProtocolError, ReadyMessage
 from server.session import AgentChunk, CallSession, State
 from streaming.agent_output import AgentAudio
@@ -28,7 +32,7 @@ from streaming.clock import TickClock
 
 log = logging.getLogger("duplex.ticker")
 
-TOKENIZE_EVERY_S = 0.02  # one client frame: audio is encoded within a frame of arriving
+TOKENIZE_EVERY_S = 0.02  # the tokenizer also wakes on every frame; this is a fallback
 
 
 @dataclass
@@ -46,7 +50,7 @@ class TickPlan:
 class TickOutput:
     results: dict[str, StepResult]
     audio: dict[str, AgentAudio]
-    newest_arrival: dict[str, float | None]  # the newest real chunk a step used: its arrival
+    newest_arrival: dict[str, float | None]  # the newest real frame a step used: its arrival
     real: dict[str, dict[int, list[Frame]]]  # user chunks each session's step received
     compute_s: float
 
@@ -54,7 +58,11 @@ class TickOutput:
 @dataclass
 class TickerConfig:
     tick_s: float
-    lead_s: float
+    lead_s: float  # the most time a step is given before its deadline
+    adaptive_lead: bool  # give steps only the time recent ones needed (more real frames)
+    frame_s: float  # one codec frame
+    frames_per_chunk: int
+    arrival_s: float  # a codec frame's usual arrival after its last sample is due
     latency_budget_s: float
     max_sessions: int
     idle_timeout_s: float
@@ -68,11 +76,23 @@ class Ticker:
         self.metrics = metrics
         self.config = config
         self.clock = TickClock(config.tick_s)
+        self.pacer = StepPacer(
+            tick_s=config.tick_s,
+            frame_s=config.frame_s,
+            frames_per_chunk=config.frames_per_chunk,
+            max_budget_s=config.lead_s,
+            arrival_s=config.arrival_s,
+            adaptive=config.adaptive_lead,
+        )
         self.sessions: dict[str, CallSession] = {}
         self._in_engine: set[str] = set()
         self._leaving: list[str] = []
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duplex-tick")
         self._stop = threading.Event()
+        self._wake = threading.Event()  # audio arrived: tokenize now
+        self._audio = asyncio.Event()  # audio was encoded: the tick may start
+        self._waiting = False  # the tick loop waits on `_audio`
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._tokenizer = threading.Thread(
             target=self._tokenize_loop, name="duplex-tokenize", daemon=True
         )
@@ -90,6 +110,7 @@ class Ticker:
                 ErrorCode.SERVER_FULL,
                 f"all {self.config.max_sessions} call slots are busy; try again later",
             )
+        session.user_in.on_push = self._wake.set
         self.sessions[session.id] = session
         self.metrics.sessions_total.inc()
         self.metrics.sessions_active.set(len(self.sessions))
@@ -112,18 +133,22 @@ class Ticker:
     # -- the loop -----------------------------------------------------------------------------
 
     def _tokenize_loop(self) -> None:
-        """Encode user audio as it arrives, off the tick's critical path."""
-        while not self._stop.wait(TOKENIZE_EVERY_S):
-            for s in list(self.sessions.values()):
-                s.user_in.tokenize()
+        """Encode user audio as it arrives, off the tick's critical path, and tell a waiting
+        tick."""
+        while not self._stop.is_set():
+            self._wake.wait(TOKENIZE_EVERY_S)
+            self._wake.clear()
+            new = sum(s.user_in.tokenize() for s in list(self.sessions.values()))
+            if new and self._waiting and self._loop is not None:
+                self._loop.call_soon_threadsafe(self._audio.set)
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
         tick = self.clock.next_tick() + 1
         while True:
-            start = self.clock.deadline(tick) - self.config.lead_s
-            await asyncio.sleep(max(0.0, start - time.monotonic()))
-            silent = time.monotonic() >= self.clock.deadline(tick)
+            await self._await_audio(tick)
+            started = time.monotonic()
+            silent = started >= self.clock.deadline(tick)
             plan = self._plan(tick, silent)
             if plan.sessions or plan.leaves:
                 try:
@@ -133,7 +158,45 @@ class Ticker:
                     self._fail_all(plan)
                 else:
                     self._deliver(plan, out)
+                    self.pacer.record(time.monotonic() - started, len(plan.sessions))
             tick += 1
+
+    async def _await_audio(self, tick: int) -> None:
+        """Wait until every live call's audio up to the awaited frame is encoded, the frame's
+        nominal arrival has come, or the step's latest start, whichever is first. A call whose
+        audio was not in time at the previous tick (network delay) is not waited for."""
+        deadline = self.clock.deadline(tick)
+        cfg = self.config
+        budget = self.pacer.budget(len(self.sessions))
+        m = self.pacer.frames_to_wait(budget)
+        latest = deadline - budget
+        earliest = deadline - cfg.tick_s + m * cfg.frame_s
+        need: dict[str, int] = {}
+        for s in self.sessions.values():
+            if s.state is State.LIVE and s.join_tick is not None and tick > s.join_tick:
+                need[s.id] = (tick - s.join_tick - 1) * cfg.frames_per_chunk + m
+        while True:
+            self._audio.clear()
+            now = time.monotonic()
+            if now >= latest:
+                break
+            missing = any(
+                s.audio_on_time and s.user_in.frames_encoded < need[sid]
+                for sid, s in self.sessions.items()
+                if sid in need
+            )
+            if not missing and now >= earliest:
+                break
+            self._waiting = missing
+            try:
+                await asyncio.wait_for(self._audio.wait(), (latest if missing else earliest) - now)
+            except TimeoutError:
+                pass
+            finally:
+                self._waiting = False
+        for sid, s in self.sessions.items():
+            if sid in need:
+                s.audio_on_time = s.user_in.frames_encoded >= need[sid]
 
     def _plan(self, tick: int, silent: bool) -> TickPlan:
         plan = TickPlan(tick, silent, leaves=self._leaving)
@@ -161,14 +224,20 @@ class Ticker:
             self.engine.add_session(s.id, s.sampling)
         t0 = time.perf_counter()
         requests = []
-        newest: dict[str, float | None] = {}
+        arrivals: dict[str, tuple[list[float], list[float]]] = {}  # whole chunks, partial frames
         real: dict[str, dict[int, list[Frame]]] = {}
         for s in plan.sessions:
             chunks = s.user_in.drain()
+            part = s.user_in.partial()
             real[s.id] = {c.index: [tuple(f) for f in c.units.tolist()] for c in chunks}
-            newest[s.id] = max((c.arrival for c in chunks), default=None)
-            requests.append(StepRequest(s.id, real[s.id], silent=plan.silent))
+            arrivals[s.id] = ([c.arrival for c in chunks], part.arrivals)
+            partial = (part.index, [tuple(f) for f in part.units.tolist()])
+            requests.append(StepRequest(s.id, real[s.id], silent=plan.silent, partial_user=partial))
         results = self.engine.step(requests)
+        newest: dict[str, float | None] = {}
+        for sid, (whole, frames) in arrivals.items():
+            used = whole + frames[: results[sid].partial_frames]
+            newest[sid] = max(used, default=None)
         audio = {
             s.id: s.agent_out.render(np.asarray(results[s.id].frames, dtype=np.int64))
             for s in plan.sessions
@@ -276,4 +345,5 @@ class Ticker:
 
     def shutdown(self) -> None:
         self._stop.set()
+        self._wake.set()
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,14 +1,16 @@
 """A session's user audio on its way in: wire PCM -> codec rate -> units, per time chunk.
 
 The event loop only appends decoded frames (`push`, cheap); a tokenizer thread resamples and
-encodes them as they come (`tokenize`), and the tick worker collects whole chunks (`drain`).
-A chunk's index is fixed by its samples' indices, never by arrival time, and its arrival is the
-arrival of the frame that completed it.
+encodes them as they come (`tokenize`), and the tick worker collects whole chunks (`drain`) and
+the first frames of the chunk still arriving (`partial`). A chunk's index is fixed by its
+samples' indices, never by arrival time; every codec frame keeps the arrival of the wire frame
+that completed it.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +26,15 @@ class UserChunk:
     arrival: float  # monotonic time the completing frame arrived
 
 
+@dataclass(frozen=True, slots=True)
+class PartialChunk:
+    """The frames of chunk `index` encoded so far (fewer than a chunk)."""
+
+    index: int
+    units: np.ndarray  # [frames, units_per_frame]
+    arrivals: list[float]  # per frame
+
+
 class UserAudioInput:
     def __init__(self, codec: SpeechCodec, wire_rate: int, frames_per_chunk: int) -> None:
         self.codec = codec
@@ -37,40 +48,47 @@ class UserAudioInput:
         self._ended = False
         self._flushed = False
         self._units = np.zeros((0, codec.units_per_frame), dtype=np.int64)
+        self._arrivals: list[float] = []  # per row of _units
         self._last_arrival = 0.0
-        self.next_chunk = 0  # index of the first chunk not yet drained
+        self.next_chunk = 0  # index of the first chunk not yet complete
+        self.frames_encoded = 0  # codec frames encoded so far (the tick waits on this)
         self.samples_in = 0  # wire samples received (gaps included)
+        self.on_push: Callable[[], None] | None = None  # wakes the tokenizer
 
     def push(self, pcm: np.ndarray, arrival: float) -> None:
         """Append the next wire samples (the caller checked their order)."""
         with self._lock:
             self._queue.append((pcm, arrival))
             self.samples_in += len(pcm)
+        if self.on_push is not None:
+            self.on_push()
 
     def end(self) -> None:
         """No more audio: the last partial chunk is completed with silence."""
         with self._lock:
             self._ended = True
 
-    def tokenize(self) -> None:
-        """Encode what arrived so far. A background thread calls this between ticks, so the
-        tick's own `drain` finds little left to do."""
+    def tokenize(self) -> int:
+        """Encode what arrived so far; returns how many codec frames that made. A background
+        thread calls this as audio comes, so the tick's own `drain` finds little left to do."""
         with self._lock:
             queue, self._queue = self._queue, []
             ended = self._ended
         with self._work:
+            before = self.frames_encoded
             for pcm, arrival in queue:
                 self._last_arrival = arrival
-                self._add_units(self._encoder.encode(self._resampler.process(pcm)))
-                self._ready += self._complete_chunks(arrival)
+                self._add_units(self._encoder.encode(self._resampler.process(pcm)), arrival)
             if ended and not self._flushed:
                 self._flushed = True
-                self._add_units(self._encoder.encode(self._resampler.flush()))
-                self._add_units(self._encoder.flush())
+                last = self._last_arrival
+                self._add_units(self._encoder.encode(self._resampler.flush()), last)
+                self._add_units(self._encoder.flush(), last)
                 short = -len(self._units) % self.frames_per_chunk
                 silence = np.full((short, self.codec.units_per_frame), self.codec.silence_unit)
-                self._add_units(silence)
-                self._ready += self._complete_chunks(self._last_arrival)
+                self._add_units(silence, last)
+            self._ready += self._complete_chunks()
+            return self.frames_encoded - before
 
     def drain(self) -> list[UserChunk]:
         """Every chunk completed since the last drain (the tick worker)."""
@@ -79,15 +97,23 @@ class UserAudioInput:
             ready, self._ready = self._ready, []
         return ready
 
-    def _add_units(self, units: np.ndarray) -> None:
+    def partial(self) -> PartialChunk:
+        """The frames of the chunk still arriving (call after `drain`)."""
+        with self._work:
+            return PartialChunk(self.next_chunk, self._units.copy(), list(self._arrivals))
+
+    def _add_units(self, units: np.ndarray, arrival: float) -> None:
         if len(units):
             self._units = np.concatenate([self._units, units.astype(np.int64)])
+            self._arrivals += [arrival] * len(units)
+            self.frames_encoded += len(units)
 
-    def _complete_chunks(self, arrival: float) -> list[UserChunk]:
+    def _complete_chunks(self) -> list[UserChunk]:
         f = self.frames_per_chunk
         out = []
         while len(self._units) >= f:
-            out.append(UserChunk(self.next_chunk, self._units[:f], arrival))
+            out.append(UserChunk(self.next_chunk, self._units[:f], self._arrivals[f - 1]))
             self._units = self._units[f:]
+            del self._arrivals[:f]
             self.next_chunk += 1
         return out

@@ -170,6 +170,50 @@ def test_a_right_estimate_costs_no_rollback(loaded) -> None:  # type: ignore[no-
     )
 
 
+def test_an_estimate_keeps_the_frames_that_arrived(loaded) -> None:  # type: ignore[no-untyped-def]
+    """The first frames of the newest chunk are written as they are and only the rest is
+    sampled; when the whole chunk arrives, the cache rolls back no further than the sampled
+    part, and the timeline and cache still agree."""
+    engine = make_engine(loaded)
+    _, llama = loaded
+    engine.add_session("s", SamplingParams(temperature=1.0, top_k=0, seed=5))
+    audio = user_chunks(12, 7)
+    n = engine.frames_per_chunk
+    rollbacks = []
+    for k in range(12):
+        real = {k - 2: audio[k - 2]} if k >= 2 else {}
+        p = k % n  # 0 .. n-1 frames of chunk k-1 have arrived
+        partial = (k - 1, audio[k - 1][:p]) if k >= 1 else None
+        r = engine.step([StepRequest("s", real, partial_user=partial)])["s"]
+        rollbacks.append(r.rollback_tokens)
+        if k >= 1:
+            assert r.partial_frames == p
+            assert r.estimate[:p] == audio[k - 1][:p]
+            assert len(r.estimate) == n
+    tl = engine.timeline("s")
+    assert tl.tokens == format_timeline(engine.fmt, tl.agent, tl.user)
+    # with n-1 frames kept, replacing the estimate re-feeds at most one sampled unit and the
+    # agent chunk after it, never the kept frames
+    for k in range(n - 1, 11, n):
+        assert rollbacks[k + 1] <= 1 + (1 + n), (k, rollbacks)
+    row = engine.sessions["s"].row
+    rows = [[] for _ in range(engine.cache.live)]
+    rows[row] = tl.tokens[tl.cached :] + [engine.fmt.s1]
+    logits = engine.decoder.forward(engine.cache, rows)
+    torch.testing.assert_close(
+        logits[row], reference_logits(llama, tl.tokens + [engine.fmt.s1]), atol=1e-4, rtol=1e-4
+    )
+
+
+def test_a_partial_chunk_of_another_index_is_ignored(loaded) -> None:  # type: ignore[no-untyped-def]
+    engine = make_engine(loaded)
+    engine.add_session("s", SamplingParams(seed=1))
+    engine.step([StepRequest("s")])
+    frames = user_chunks(1, 3)[0][:3]
+    r = engine.step([StepRequest("s", partial_user=(5, frames))])["s"]
+    assert r.partial_frames == 0 and r.estimated
+
+
 def test_engine_drops_audio_older_than_the_rollback_reserve(loaded) -> None:  # type: ignore[no-untyped-def]
     engine = make_engine(loaded, rollback=2)
     engine.add_session("s", SamplingParams(seed=0))

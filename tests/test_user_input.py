@@ -1,0 +1,47 @@
+"""User audio on its way in: whole chunks by sample index, the newest chunk's first frames."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from streaming.codec import load_codec
+from streaming.user_input import UserAudioInput
+
+BUILTIN = {"type": "codec2-units", "codebook": "builtin:codec2_units_1024"}
+
+
+def test_partial_frames_then_the_whole_chunk_with_their_arrivals() -> None:
+    codec = load_codec(BUILTIN, Path("."))
+    f = codec.frame_samples  # 8 kHz wire: no resampling, one codec frame per wire frame
+    audio = np.random.default_rng(0).normal(0, 0.1, 6 * f).astype(np.float32)
+    user = UserAudioInput(codec, codec.sample_rate, frames_per_chunk=4)
+    for i in range(2):
+        user.push(audio[i * f : (i + 1) * f], arrival=float(i))
+    assert user.drain() == []
+    part = user.partial()
+    assert part.index == 0 and len(part.units) == 2 and part.arrivals == [0.0, 1.0]
+    assert user.frames_encoded == 2
+    for i in range(2, 6):
+        user.push(audio[i * f : (i + 1) * f], arrival=float(i))
+    (chunk,) = user.drain()
+    assert chunk.index == 0 and chunk.arrival == 3.0  # the frame that completed it
+    assert chunk.units[:2].tolist() == part.units.tolist()  # the early frames stay as they were
+    part = user.partial()
+    assert part.index == 1 and len(part.units) == 2 and part.arrivals == [4.0, 5.0]
+
+
+def test_end_completes_the_last_chunk_with_silence() -> None:
+    codec = load_codec(BUILTIN, Path("."))
+    f = codec.frame_samples
+    user = UserAudioInput(codec, codec.sample_rate, frames_per_chunk=4)
+    woke: list[bool] = []
+    user.on_push = lambda: woke.append(True)
+    user.push(np.zeros(f, dtype=np.float32), arrival=7.0)
+    user.end()
+    (chunk,) = user.drain()
+    assert chunk.index == 0 and chunk.arrival == 7.0
+    assert (chunk.units == codec.silence_unit).all()
+    assert woke == [True]
+    assert len(user.partial().units) == 0
