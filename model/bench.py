@@ -105,7 +105,12 @@ def _p(times: list[float], q: float) -> float:
 
 
 def run_bench(
-    model: Path, sessions: list[int], contexts: list[int], ticks: int, loop_limit_s: float
+    model: Path,
+    sessions: list[int],
+    contexts: list[int],
+    ticks: int,
+    loop_limit_s: float,
+    estimate_units: int | None = None,
 ) -> list[Row]:
     config, llama = load_checkpoint(model)
     rows = []
@@ -114,7 +119,10 @@ def run_bench(
         loop_too_slow = False
         for n in sessions:
             rnd = random.Random(n)
-            batched = Engine(config, llama, max_sessions=n, max_rollback_chunks=ROLLBACK_CHUNKS)
+            batched = Engine(
+                config, llama, max_sessions=n, max_rollback_chunks=ROLLBACK_CHUNKS,
+                estimate_units=estimate_units,
+            )  # fmt: skip
             for i in range(n):
                 _clone_into(template, batched, f"s{i}", i)
             bt = _time_ticks([batched], ticks, rnd)
@@ -123,7 +131,10 @@ def run_bench(
             if not loop_too_slow:
                 loop = []
                 for i in range(n):
-                    e = Engine(config, llama, max_sessions=1, max_rollback_chunks=ROLLBACK_CHUNKS)
+                    e = Engine(
+                        config, llama, max_sessions=1, max_rollback_chunks=ROLLBACK_CHUNKS,
+                        estimate_units=estimate_units,
+                    )  # fmt: skip
                     _clone_into(template, e, f"s{i}", i)
                     loop.append(e)
                 lt = _time_ticks(loop, ticks, rnd)
@@ -164,7 +175,9 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     heads = ("sessions", "context", "batch50", "batch99", "  loop50", "loop99")
     print(" ".join(f"{h:>8}" for h in heads))
-    rows = run_bench(Path(args.model), sessions, contexts, args.ticks, args.loop_limit_s)
+    rows = run_bench(
+        Path(args.model), sessions, contexts, args.ticks, args.loop_limit_s, args.estimate_units
+    )
     tick_ms = 160.0
     for context in contexts:
         b, lp = sustained(rows, context, tick_ms, False), sustained(rows, context, tick_ms, True)

@@ -96,12 +96,18 @@ class Engine:
         *,
         max_sessions: int,
         max_rollback_chunks: int,
+        estimate_units: int | None = None,
     ) -> None:
+        """`estimate_units`: the most units sampled for an estimated user chunk (None: a whole
+        chunk's worth). Each is one sequential forward of the whole batch."""
+        if estimate_units is not None and estimate_units < 1:
+            raise ValueError(f"estimate_units must be >= 1, got {estimate_units}")
         self.config = config
         self.fmt = config.chunk_format()
         self.decoder = SlotDecoder(llama)
         self.masks = TokenMasks(self.fmt, self.decoder.vocab_size)
         self.max_rollback_chunks = max_rollback_chunks
+        self.estimate_units = estimate_units or self.fmt.frames_per_chunk
         chunk_tokens = 2 * (self.fmt.frames_per_chunk * self.fmt.units_per_frame + 1)
         reserve = (max_rollback_chunks + 2) * chunk_tokens
         self.max_forward_tokens = 2 * chunk_tokens  # what the reserve leaves after a rollback
@@ -198,7 +204,7 @@ class Engine:
             tl.tokens.append(self.fmt.s0)
         else:
             known = [f[0] for f in dedup(job.partial, tl.prev_user())]
-            job.max_units = len(known) + n - len(job.partial)
+            job.max_units = len(known) + min(n - len(job.partial), self.estimate_units)
             if known:  # the arrived frames are written as they are; sampling goes on after them
                 tl.tokens += user_tokens(self.fmt, [(u,) for u in known])
                 job.units = known

@@ -149,7 +149,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from clients import call, evaluation, loadtest, selfplay
-    from server.settings import add_settings_arguments
+    from server.settings import Settings, add_settings_arguments
 
     parser = argparse.ArgumentParser(prog=PROG, description="full-duplex voice agent server")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -232,6 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--loop-limit-s", type=float, default=1.0,
         help="stop growing the per-session loop once its median tick exceeds this",
+    )  # fmt: skip
+    bench.add_argument(
+        "--estimate-units", type=int, default=Settings.model_fields["estimate_units"].default,
+        help="most units sampled per estimated user chunk (the server's setting)",
     )  # fmt: skip
     bench.add_argument("--markdown", help="append the table and the command to this file")
     bench.set_defaults(func=_bench)

@@ -48,6 +48,7 @@ class CallRecorder:
             "agent": _units(result.frames),
             "real_user": {str(j): _units(f) for j, f in sorted(real.items())},
             "estimate": _units(result.estimate) if result.estimated else None,
+            "estimate_real_frames": result.partial_frames,  # its first frames, as they arrived
             "replaced": result.replaced,
             "dropped": result.dropped,
             "rollback_tokens": result.rollback_tokens,

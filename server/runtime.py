@@ -72,6 +72,7 @@ class Runtime:
             llama,
             max_sessions=settings.max_sessions,
             max_rollback_chunks=self._rollback_chunks(0.0),
+            estimate_units=settings.estimate_units,
         )
         self.warmup_step_s = self._warm_up(warm_engine)
         if settings.lead_ms is not None:
@@ -95,6 +96,7 @@ class Runtime:
             llama,
             max_sessions=settings.max_sessions,
             max_rollback_chunks=self._rollback_chunks(self.lead_s),
+            estimate_units=settings.estimate_units,
         )
         del warm_engine
         # Everything loaded so far (torch, transformers, the model) lives as long as the

@@ -39,7 +39,13 @@ class Settings(BaseSettings):
     lead_ms: float | None = Field(
         default=None,
         ge=1,
-        description="a tick's step starts this long before its deadline (default: tick - 35 ms)",
+        description="a tick's step starts at the latest this long before its deadline "
+        "(default: as recent steps needed, at most tick - 35 ms)",
+    )
+    estimate_units: int = Field(
+        default=2,
+        ge=1,
+        description="most units the model samples to estimate a user chunk still arriving",
     )
     temperature: float = Field(default=0.6, ge=0, le=5, description="default sampling temperature")
     top_k: int = Field(default=250, ge=0, description="default top-k (0 = off)")

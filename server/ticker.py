@@ -32,7 +32,7 @@ from streaming.clock import TickClock
 
 log = logging.getLogger("duplex.ticker")
 
-TOKENIZE_EVERY_S = 0.02  # the tokenizer also wakes on every frame; this is a fallback
+TOKENIZE_EVERY_S = 0.02  # between ticks' waits, audio is encoded within a frame of arriving
 
 
 @dataclass
@@ -110,7 +110,7 @@ class Ticker:
                 ErrorCode.SERVER_FULL,
                 f"all {self.config.max_sessions} call slots are busy; try again later",
             )
-        session.user_in.on_push = self._wake.set
+        session.user_in.on_push = self._on_audio
         self.sessions[session.id] = session
         self.metrics.sessions_total.inc()
         self.metrics.sessions_active.set(len(self.sessions))
@@ -131,6 +131,12 @@ class Ticker:
         return max(0, self.config.max_sessions - len(self.sessions))
 
     # -- the loop -----------------------------------------------------------------------------
+
+    def _on_audio(self) -> None:
+        """A frame arrived (event loop). Tokenize at once only while a tick waits for audio:
+        every wake-up of the tokenizer thread contends with the step for the GIL."""
+        if self._waiting:
+            self._wake.set()
 
     def _tokenize_loop(self) -> None:
         """Encode user audio as it arrives, off the tick's critical path, and tell a waiting
@@ -188,6 +194,8 @@ class Ticker:
             if not missing and now >= earliest:
                 break
             self._waiting = missing
+            if missing:
+                self._wake.set()  # encode what is queued now, not at the next poll
             try:
                 await asyncio.wait_for(self._audio.wait(), (latest if missing else earliest) - now)
             except TimeoutError:

@@ -11,7 +11,7 @@ import torch
 from model.checkpoint import CheckpointError, load_checkpoint, read_config
 from model.decoder import SlotDecoder
 from model.engine import Engine, StepRequest
-from model.format import format_timeline, parse_timeline
+from model.format import dedup, format_timeline, parse_timeline
 from model.sampling import SamplingParams
 
 
@@ -203,6 +203,25 @@ def test_an_estimate_keeps_the_frames_that_arrived(loaded) -> None:  # type: ign
     torch.testing.assert_close(
         logits[row], reference_logits(llama, tl.tokens + [engine.fmt.s1]), atol=1e-4, rtol=1e-4
     )
+
+
+def test_estimates_sample_at_most_estimate_units(loaded) -> None:  # type: ignore[no-untyped-def]
+    config, llama = loaded
+    engine = Engine(config, llama, max_sessions=2, max_rollback_chunks=3, estimate_units=1)
+    engine.add_session("s", SamplingParams(temperature=1.5, top_k=0, seed=2))
+    audio = user_chunks(20, 4)
+    new_units = []
+    for k in range(20):
+        r = engine.step([StepRequest("s", {k - 2: audio[k - 2]} if k >= 2 else {})])["s"]
+        if k >= 1:
+            tl = engine.timeline("s")
+            prev = tl.user[k - 2][-1] if k >= 2 else engine.fmt.silence
+            new_units.append(len(dedup(r.estimate, prev)))
+    assert max(new_units) == 1  # at 1.5 the model often wants more; one is all it gets
+    tl = engine.timeline("s")
+    assert tl.tokens == format_timeline(engine.fmt, tl.agent, tl.user)
+    with pytest.raises(ValueError, match="estimate_units"):
+        Engine(config, llama, max_sessions=1, max_rollback_chunks=3, estimate_units=0)
 
 
 def test_a_partial_chunk_of_another_index_is_ignored(loaded) -> None:  # type: ignore[no-untyped-def]
