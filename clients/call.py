@@ -280,6 +280,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=int, help="wire sample rate (16000 for pcm16)")
     parser.add_argument("--frame-ms", type=int, default=20, help="client frame length (20)")
     parser.add_argument("--temperature", type=float, help="sampling temperature override")
+    parser.add_argument("--turn-temperature", type=float, help="speak-or-not temperature override")
     parser.add_argument("--top-k", type=int, help="sampling top-k override")
     parser.add_argument("--seed", type=int, help="sampling seed override")
     parser.add_argument(
@@ -313,7 +314,12 @@ def _check_args(args: argparse.Namespace) -> tuple[int, SamplingParams]:
     if args.delay_ms < 0 or args.jitter_ms < 0:
         raise InputError("--delay-ms and --jitter-ms must not be negative")
     try:
-        sampling = SamplingParams(temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+        sampling = SamplingParams(
+            temperature=args.temperature,
+            top_k=args.top_k,
+            seed=args.seed,
+            turn_temperature=args.turn_temperature,
+        )
     except ValidationError as exc:
         err = exc.errors()[0]
         raise InputError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from exc

@@ -468,6 +468,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--concurrency", type=int, default=4, help="calls at once (at most the server's slots)"
     )
     parser.add_argument("--temperature", type=float, help="sampling temperature override")
+    parser.add_argument("--turn-temperature", type=float, help="speak-or-not temperature override")
     parser.add_argument("--top-k", type=int, help="sampling top-k override")
     parser.add_argument("--api-key", help="sent as 'Authorization: Bearer KEY'")
     parser.add_argument("--out", help="write each case's stereo wav (user, agent) here")
@@ -485,7 +486,9 @@ def run(args: argparse.Namespace) -> int:
         return _fail("--cases and --concurrency must be at least 1", EXIT_USAGE)
     cats = [c for c in CATEGORIES if c in names]
     try:
-        sampling = SamplingParams(temperature=args.temperature, top_k=args.top_k)
+        sampling = SamplingParams(
+            temperature=args.temperature, top_k=args.top_k, turn_temperature=args.turn_temperature
+        )
     except ValidationError as exc:
         return _fail(describe_validation(exc), EXIT_USAGE)
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else None

@@ -571,6 +571,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(%(default)s)",
     )
     parser.add_argument("--temperature", type=float, help="sampling temperature override")
+    parser.add_argument("--turn-temperature", type=float, help="speak-or-not temperature override")
     parser.add_argument("--top-k", type=int, help="sampling top-k override")
     parser.add_argument(
         "--data",
@@ -625,7 +626,12 @@ def _check_args(args: argparse.Namespace) -> tuple[list[float], tuple[SamplingPa
         raise InputError(f"--reference-dialogues must be positive, got {args.reference_dialogues}")
     try:
         sampling = tuple(
-            SamplingParams(temperature=args.temperature, top_k=args.top_k, seed=args.seed + k)
+            SamplingParams(
+                temperature=args.temperature,
+                top_k=args.top_k,
+                seed=args.seed + k,
+                turn_temperature=args.turn_temperature,
+            )
             for k in (0, 1)
         )
     except ValidationError as exc:
@@ -714,6 +720,7 @@ def _report(
             "seed_a": args.seed,
             "seed_b": args.seed + 1,
             "temperature": args.temperature,
+            "turn_temperature": args.turn_temperature,
             "top_k": args.top_k,
             "encoding": ENCODING,
             "rate": RATE,

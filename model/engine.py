@@ -156,7 +156,7 @@ class Engine:
             allowed = torch.stack([self._allowed(job) for job in active])
             tokens = sample(
                 logits[rows], allowed, [job.session.params for job in active],
-                [job.session.gen for job in active],
+                [job.session.gen for job in active], self.masks.units,
             )  # fmt: skip
             for job, tok in zip(active, tokens, strict=True):
                 self._advance(job, tok)

@@ -1,4 +1,13 @@
-"""Constrained sampling: every step draws from the tokens the chunk format allows there."""
+"""Constrained sampling: every step draws from the tokens the chunk format allows there.
+
+With a `turn_temperature`, a draw is made in two parts: first whether the next token is a unit
+(the speaker goes on making sound) or a speaker tag (the chunk ends: the speaker holds what it
+had, silence most often), from the two kinds' total probabilities at the turn temperature;
+then which token of that kind, at `temperature`. One flat temperature below 1 over ~1024 unit
+tokens against one or two tags takes probability from the side whose mass is spread over
+many tokens, so it biases every agent chunk towards not starting to speak; the split keeps
+"say what" sharp without making "speak or not" timid.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +23,13 @@ class SamplingParams:
     temperature: float = 0.8
     top_k: int = 250
     seed: int = 0
+    turn_temperature: float | None = None  # None: one flat draw at `temperature`
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.turn_temperature is not None and self.turn_temperature < 0:
+            raise ValueError(f"turn_temperature must be >= 0, got {self.turn_temperature}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0 = no limit), got {self.top_k}")
 
@@ -34,7 +46,7 @@ class TokenMasks:
         self.fmt = fmt
         units = torch.zeros(vocab_size, dtype=torch.bool)
         units[fmt.unit_offset : fmt.unit_offset + fmt.n_units] = True
-        self._units = units
+        self.units = units  # which tokens are units (the rest are tags)
         self.user_open = self._only(vocab_size, fmt.s1, fmt.s0)
 
     @staticmethod
@@ -45,7 +57,7 @@ class TokenMasks:
 
     def unit_after(self, last_unit: int, *end_tags: int) -> torch.Tensor:
         """Any unit but a repeat of `last_unit` (dedup), or one of `end_tags`."""
-        mask = self._units.clone()
+        mask = self.units.clone()
         mask[self.fmt.unit_offset + last_unit] = False
         if end_tags:
             mask[list(end_tags)] = True
@@ -57,15 +69,23 @@ def sample(
     allowed: torch.Tensor,
     params: list[SamplingParams],
     gens: list[torch.Generator],
+    units: torch.Tensor | None = None,
 ) -> list[int]:
     """Draw one token per row of `logits` [rows, vocab], restricted to `allowed` [rows, vocab].
 
-    Batched: one set of tensor ops for all rows. Each row draws its uniform number from its own
+    Batched: one set of tensor ops for all rows. Each row draws its uniform numbers from its own
     session's generator, so a seeded call replays the same whatever else shares the batch (up
-    to float differences in the logits themselves).
+    to float differences in the logits themselves). `units` ([vocab] booleans) is needed by
+    rows with a turn temperature.
     """
     rows, vocab = logits.shape
     masked = logits.float().masked_fill(~allowed, float("-inf"))
+    split = [i for i, p in enumerate(params) if p.turn_temperature is not None]
+    if split:
+        if units is None:
+            raise ValueError("a turn temperature needs the unit mask")
+        masked[split] = _choose_kind(masked[split], units, [params[i] for i in split],
+                                     [gens[i] for i in split])  # fmt: skip
     temps = torch.tensor([p.temperature for p in params])
     greedy = masked.argmax(dim=-1)
     ks = torch.tensor(
@@ -80,3 +100,25 @@ def sample(
     pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).clamp(max=k - 1)[:, 0]
     drawn = top.indices[torch.arange(rows), pick]
     return torch.where(temps == 0, greedy, drawn).tolist()
+
+
+def _choose_kind(
+    masked: torch.Tensor,
+    units: torch.Tensor,
+    params: list[SamplingParams],
+    gens: list[torch.Generator],
+) -> torch.Tensor:
+    """Draw unit-or-tag per row at its turn temperature; mask out the kind not chosen."""
+    logp = torch.log_softmax(masked, dim=-1)
+    lp_unit = torch.logsumexp(logp.masked_fill(~units, float("-inf")), dim=-1)
+    lp_tag = torch.logsumexp(logp.masked_fill(units, float("-inf")), dim=-1)
+    turn = torch.tensor([p.turn_temperature or 0.0 for p in params]).clamp(min=1e-6)
+    # P(unit) at the turn temperature; a kind with no allowed token has probability 0
+    p_unit = torch.where(
+        torch.isinf(lp_tag), 1.0,
+        torch.where(torch.isinf(lp_unit), 0.0, torch.sigmoid((lp_unit - lp_tag) / turn)),
+    )  # fmt: skip
+    u = torch.cat([torch.rand(1, generator=g) for g in gens])
+    speak = u < p_unit
+    keep = torch.where(speak[:, None], units[None, :], ~units[None, :])
+    return masked.masked_fill(~keep, float("-inf"))

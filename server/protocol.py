@@ -125,6 +125,7 @@ class SamplingParams(_Message):
     """Per-session overrides of the server's sampling defaults."""
 
     temperature: float | None = Field(default=None, ge=0.0, le=5.0)
+    turn_temperature: float | None = Field(default=None, ge=0.0, le=5.0)
     top_k: int | None = Field(default=None, ge=0, le=100_000)
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
 
@@ -168,6 +169,7 @@ class ReadyMessage(_ServerMessage):
     lead_ms: float
     latency_budget_ms: float
     temperature: float
+    turn_temperature: float | None = None
     top_k: int
     seed: int
 

@@ -222,6 +222,9 @@ class Runtime:
             temperature=s.temperature if req.temperature is None else req.temperature,
             top_k=s.top_k if req.top_k is None else req.top_k,
             seed=_seed(s.seed if req.seed is None else req.seed),
+            turn_temperature=s.turn_temperature
+            if req.turn_temperature is None
+            else req.turn_temperature,
         )
         session = CallSession(
             uuid.uuid4().hex,

@@ -48,6 +48,13 @@ class Settings(BaseSettings):
         description="most units the model samples to estimate a user chunk still arriving",
     )
     temperature: float = Field(default=0.6, ge=0, le=5, description="default sampling temperature")
+    turn_temperature: float | None = Field(
+        default=None,
+        ge=0,
+        le=5,
+        description="default temperature of the speak-or-not part of each draw "
+        "(none = one flat draw at temperature)",
+    )
     top_k: int = Field(default=250, ge=0, description="default top-k (0 = off)")
     seed: int | None = Field(default=None, ge=0, description="default seed (none = random)")
     max_message_bytes: int = Field(

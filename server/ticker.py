@@ -324,6 +324,7 @@ class Ticker:
             lead_ms=round(self.config.lead_s * 1000, 3),
             latency_budget_ms=self.config.latency_budget_s * 1000,
             temperature=s.sampling.temperature,
+            turn_temperature=s.sampling.turn_temperature,
             top_k=s.sampling.top_k,
             seed=s.sampling.seed,
         )

@@ -27,7 +27,7 @@ from scipy import signal as sps
 
 from clients.call import CallResult, place_frames, run_call
 from clients.client import DuplexClient, DuplexError, ReceivedFrame
-from server.protocol import AudioFormat, StatsMessage
+from server.protocol import AudioFormat, SamplingParams, StatsMessage
 from streaming.resample import resample_whole
 from tests.conftest import ServerProcess, read_wav, speak, start_server, stop_server
 
@@ -275,15 +275,21 @@ def test_agent_frames_are_contiguous_and_on_the_clock(server: ServerProcess, voi
 
 
 def test_three_concurrent_calls(server: ServerProcess, voice: Voice) -> None:
+    """Three calls share the ticks; one samples with its own turn temperature."""
     lengths = [1.0, 1.3, 1.6]
+    split = SamplingParams(turn_temperature=1.0)
 
     async def main() -> list[CallResult]:
         return await asyncio.gather(
-            *(call(server.url, voice.seconds(s), voice.rate) for s in lengths)
+            *(
+                call(server.url, voice.seconds(s), voice.rate, sampling=split if i else None)
+                for i, s in enumerate(lengths)
+            )
         )
 
     results = asyncio.run(main())
     assert len({r.stats.session_id for r in results}) == 3
+    assert [r.ready.turn_temperature for r in results] == [None, 1.0, 1.0]
     for s, r in zip(lengths, results, strict=True):
         n = wire_length(len(voice.seconds(s)), voice.rate, 16000)
         assert len(r.output) == n == r.samples_sent

@@ -54,3 +54,39 @@ def test_a_seeded_row_draws_the_same_whatever_shares_the_batch() -> None:
     alone = sample(logits[2:3], allowed[2:3], params[:1], gens(42))[0]
     together = sample(logits, allowed, params, gens(7, 8, 42, 9))[2]
     assert together == alone
+
+
+def test_a_turn_temperature_keeps_speak_or_not_at_its_own_temperature() -> None:
+    """Half the mass on one tag, half spread over 100 units: a flat 0.5 temperature all but
+    never picks a unit; with the turn temperature at 1 units come half the time, and which
+    unit is still drawn at 0.5 (the favoured unit wins more often than at 1)."""
+    vocab = 101
+    units = torch.zeros(vocab, dtype=torch.bool)
+    units[:100] = True
+    probs = torch.full((vocab,), 0.5 / 100)
+    probs[7] = 0.5 / 100 * 5  # one unit favoured
+    probs[:100] *= 0.5 / float(probs[:100].sum())
+    probs[100] = 0.5  # the tag
+    logits = probs.log()[None, :]
+    allowed = torch.ones(1, vocab, dtype=torch.bool)
+
+    def draws(params: SamplingParams, n: int = 3000) -> list[int]:
+        g = gens(11)
+        return [sample(logits, allowed, [params], g, units)[0] for _ in range(n)]
+
+    flat = draws(SamplingParams(temperature=0.5, top_k=0))
+    split = draws(SamplingParams(temperature=0.5, top_k=0, turn_temperature=1.0))
+    plain = draws(SamplingParams(temperature=1.0, top_k=0))
+    assert sum(t < 100 for t in flat) / len(flat) < 0.02
+    assert sum(t < 100 for t in split) / len(split) == pytest.approx(0.5, abs=0.04)
+    spoken = [t for t in split if t < 100]
+    assert spoken.count(7) / len(spoken) > 2 * [t for t in plain if t < 100].count(7) / sum(
+        t < 100 for t in plain
+    )
+    logits[0, 100] = math.log(0.6)  # the tag now outweighs all units together (0.5)
+    greedy = draws(SamplingParams(temperature=1.0, top_k=0, turn_temperature=0.0), n=50)
+    assert set(greedy) == {100}  # a turn temperature of 0 takes the likelier kind
+    with pytest.raises(ValueError, match="turn_temperature"):
+        SamplingParams(turn_temperature=-1.0)
+    with pytest.raises(ValueError, match="unit mask"):
+        sample(logits, allowed, [SamplingParams(turn_temperature=1.0)], gens(0))
