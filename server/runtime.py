@@ -126,10 +126,11 @@ class Runtime:
                 "listening on %s with no API keys: anyone who can reach it can call", settings.host
             )
         log.info(
-            "model %s: tick %.0f ms, lead %.1f ms (warm-up step %.1f ms at %d sessions), "
+            "model %s: tick %.0f ms, lead %s%.1f ms (warm-up step %.1f ms at %d sessions), "
             "latency budget %.0f ms",
             settings.model,
             self.tick_s * 1000,
+            "as recent steps need, at most " if settings.lead_ms is None else "",
             self.lead_s * 1000,
             self.warmup_step_s * 1000,
             settings.max_sessions,
