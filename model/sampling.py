@@ -6,7 +6,8 @@ had, silence most often), from the two kinds' total probabilities at the turn te
 then which token of that kind, at `temperature`. One flat temperature below 1 over ~1024 unit
 tokens against one or two tags takes probability from the side whose mass is spread over
 many tokens, so it biases every agent chunk towards not starting to speak; the split keeps
-"say what" sharp without making "speak or not" timid.
+"say what" sharp without making "speak or not" timid. (Whether an estimated user chunk adds
+anything, `[S1]` or `[S0]`, is a choice between two tags and stays at `temperature`.)
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ sessions join and leave between steps.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -32,6 +33,7 @@ from streaming.clock import TickClock
 
 log = logging.getLogger("duplex.ticker")
 
+RETRY_LATE_TICKS = 8  # a call that was late is waited for again this often (~1.3 s)
 TOKENIZE_EVERY_S = 0.02  # between ticks' waits, audio is encoded within a frame of arriving
 
 
@@ -168,9 +170,11 @@ class Ticker:
             tick += 1
 
     async def _await_audio(self, tick: int) -> None:
-        """Wait until every live call's audio up to the awaited frame is encoded, the frame's
-        nominal arrival has come, or the step's latest start, whichever is first. A call whose
-        audio was not in time at the previous tick (network delay) is not waited for."""
+        """Wait until every waited-for call's audio up to the awaited frame is encoded (and
+        not before that frame's last sample is due), or until the step's latest start. A call
+        whose audio was not in when the previous step started (network delay) is waited for
+        again only every RETRY_LATE_TICKS ticks, so it cannot hold the others up each tick,
+        and one that is on time again is noticed."""
         deadline = self.clock.deadline(tick)
         cfg = self.config
         budget = self.pacer.budget(len(self.sessions))
@@ -181,27 +185,30 @@ class Ticker:
         for s in self.sessions.values():
             if s.state is State.LIVE and s.join_tick is not None and tick > s.join_tick:
                 need[s.id] = (tick - s.join_tick - 1) * cfg.frames_per_chunk + m
-        while True:
-            self._audio.clear()
-            now = time.monotonic()
-            if now >= latest:
-                break
-            missing = any(
-                s.audio_on_time and s.user_in.frames_encoded < need[sid]
-                for sid, s in self.sessions.items()
-                if sid in need
-            )
-            if not missing and now >= earliest:
-                break
-            self._waiting = missing
-            if missing:
-                self._wake.set()  # encode what is queued now, not at the next poll
-            try:
-                await asyncio.wait_for(self._audio.wait(), (latest if missing else earliest) - now)
-            except TimeoutError:
-                pass
-            finally:
-                self._waiting = False
+        retry = tick % RETRY_LATE_TICKS == 0
+        self._waiting = True  # before reading frames_encoded: no wake-up is lost
+        try:
+            while True:
+                self._audio.clear()
+                now = time.monotonic()
+                if now >= latest:
+                    break
+                missing = any(
+                    s.state is State.LIVE
+                    and (s.audio_on_time or retry)
+                    and s.user_in.frames_encoded < need[sid]
+                    for sid, s in self.sessions.items()
+                    if sid in need
+                )
+                if not missing and now >= earliest:
+                    break
+                if missing:
+                    self._wake.set()  # encode what is queued now, not at the next poll
+                until = latest if missing else earliest
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._audio.wait(), until - now)
+        finally:
+            self._waiting = False
         for sid, s in self.sessions.items():
             if sid in need:
                 s.audio_on_time = s.user_in.frames_encoded >= need[sid]
@@ -235,8 +242,7 @@ class Ticker:
         arrivals: dict[str, tuple[list[float], list[float]]] = {}  # whole chunks, partial frames
         real: dict[str, dict[int, list[Frame]]] = {}
         for s in plan.sessions:
-            chunks = s.user_in.drain()
-            part = s.user_in.partial()
+            chunks, part = s.user_in.drain()
             real[s.id] = {c.index: [tuple(f) for f in c.units.tolist()] for c in chunks}
             arrivals[s.id] = ([c.arrival for c in chunks], part.arrivals)
             partial = (part.index, [tuple(f) for f in part.units.tolist()])

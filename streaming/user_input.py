@@ -1,8 +1,8 @@
 """A session's user audio on its way in: wire PCM -> codec rate -> units, per time chunk.
 
 The event loop only appends decoded frames (`push`, cheap); a tokenizer thread resamples and
-encodes them as they come (`tokenize`), and the tick worker collects whole chunks (`drain`) and
-the first frames of the chunk still arriving (`partial`). A chunk's index is fixed by its
+encodes them as they come (`tokenize`), and the tick worker collects whole chunks and the first
+frames of the chunk still arriving (`drain`). A chunk's index is fixed by its
 samples' indices, never by arrival time; every codec frame keeps the arrival of the wire frame
 that completed it.
 """
@@ -90,17 +90,14 @@ class UserAudioInput:
             self._ready += self._complete_chunks()
             return self.frames_encoded - before
 
-    def drain(self) -> list[UserChunk]:
-        """Every chunk completed since the last drain (the tick worker)."""
+    def drain(self) -> tuple[list[UserChunk], PartialChunk]:
+        """Every chunk completed since the last drain, and the frames of the chunk still
+        arriving, taken together (the tick worker)."""
         self.tokenize()
         with self._work:
             ready, self._ready = self._ready, []
-        return ready
-
-    def partial(self) -> PartialChunk:
-        """The frames of the chunk still arriving (call after `drain`)."""
-        with self._work:
-            return PartialChunk(self.next_chunk, self._units.copy(), list(self._arrivals))
+            part = PartialChunk(self.next_chunk, self._units.copy(), list(self._arrivals))
+        return ready, part
 
     def _add_units(self, units: np.ndarray, arrival: float) -> None:
         if len(units):

