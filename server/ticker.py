@@ -174,7 +174,8 @@ class Ticker:
         not before that frame's last sample is due), or until the step's latest start. A call
         whose audio was not in when the previous step started (network delay) is waited for
         again only every RETRY_LATE_TICKS ticks, so it cannot hold the others up each tick,
-        and one that is on time again is noticed."""
+        and one that is on time again is noticed. With no call to wait for, the step starts
+        at its latest."""
         deadline = self.clock.deadline(tick)
         cfg = self.config
         budget = self.pacer.budget(len(self.sessions))
@@ -193,18 +194,19 @@ class Ticker:
                 now = time.monotonic()
                 if now >= latest:
                     break
-                missing = any(
-                    s.state is State.LIVE
-                    and (s.audio_on_time or retry)
-                    and s.user_in.frames_encoded < need[sid]
+                waited = [
+                    s.user_in.frames_encoded >= need[sid]
                     for sid, s in self.sessions.items()
-                    if sid in need
-                )
-                if not missing and now >= earliest:
+                    if sid in need and s.state is State.LIVE and (s.audio_on_time or retry)
+                ]
+                missing = not all(waited)
+                if waited and not missing and now >= earliest:
                     break
                 if missing:
                     self._wake.set()  # encode what is queued now, not at the next poll
-                until = latest if missing else earliest
+                # with no call to wait for (all late, or none), start as late as the step
+                # allows: late audio that came in by then is used
+                until = earliest if waited and not missing else latest
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._audio.wait(), until - now)
         finally:
