@@ -34,7 +34,7 @@ from streaming.clock import TickClock
 log = logging.getLogger("duplex.ticker")
 
 RETRY_LATE_TICKS = 8  # a call that was late is waited for again this often (~1.3 s)
-TOKENIZE_EVERY_S = 0.02  # between ticks' waits, audio is encoded within a frame of arriving
+TOKENIZE_EVERY_S = 0.04  # between waits, audio is encoded within a codec frame (40 ms) of arriving
 
 
 @dataclass
