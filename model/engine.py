@@ -83,6 +83,7 @@ class _Job:
     phase: _Phase
     units: list[int] = field(default_factory=list)
     partial: list[Frame] = field(default_factory=list)  # real first frames of the estimate
+    kept: int = 0  # of `units`, how many are those frames' (forced, not sampled)
     max_units: int = 0  # new units the chunk being decoded may still hold in all
 
 
@@ -207,7 +208,7 @@ class Engine:
             job.max_units = len(known) + min(n - len(job.partial), self.estimate_units)
             if known:  # the arrived frames are written as they are; sampling goes on after them
                 tl.tokens += user_tokens(self.fmt, [(u,) for u in known])
-                job.units = known
+                job.units, job.kept = known, len(known)
                 job.phase = _Phase.USER_UNITS
         result.prefill_tokens = len(tl.tokens) - tl.cached
         return job
@@ -279,8 +280,7 @@ class Engine:
                 tl.tokens.append(tok)
                 job.units.append(fmt.token_unit(tok))
             if tok == fmt.s0 or len(job.units) == job.max_units:
-                known = len(dedup(job.partial, tl.prev_user()))
-                job.result.estimate = self._fill(job, [(u,) for u in job.units[known:]])
+                job.result.estimate = self._fill(job, [(u,) for u in job.units[job.kept :]])
                 tl.append_user(job.result.estimate, real=False, tokens_written=1 + len(job.units))
                 tl.tokens.append(fmt.s0)
                 job.units = []

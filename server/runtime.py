@@ -20,6 +20,7 @@ from model.engine import Engine, StepRequest
 from model.format import Frame
 from model.sampling import SamplingParams
 from server.metrics import Metrics
+from server.pacing import StepPacer
 from server.protocol import (
     OPUS_FRAME_MS,
     PROTOCOL_VERSION,
@@ -109,16 +110,19 @@ class Runtime:
             self.metrics,
             TickerConfig(
                 tick_s=self.tick_s,
-                lead_s=self.lead_s,
-                adaptive_lead=settings.lead_ms is None,
-                frame_s=self.config.frame_ms / 1000,
-                frames_per_chunk=self.config.frames_per_chunk,
-                arrival_s=FRAME_ARRIVAL_S,
                 latency_budget_s=settings.latency_budget_ms / 1000,
                 max_sessions=settings.max_sessions,
                 idle_timeout_s=settings.idle_timeout_s,
                 max_call_s=settings.max_call_s,
                 max_backlog_frames=max(2, math.ceil(settings.send_queue_s / self.tick_s)),
+            ),
+            StepPacer(
+                tick_s=self.tick_s,
+                frame_s=self.config.frame_ms / 1000,
+                frames_per_chunk=self.config.frames_per_chunk,
+                max_budget_s=self.lead_s,
+                arrival_s=FRAME_ARRIVAL_S,
+                adaptive=settings.lead_ms is None,
             ),
         )
         if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_keys:

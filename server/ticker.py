@@ -60,11 +60,6 @@ class TickOutput:
 @dataclass
 class TickerConfig:
     tick_s: float
-    lead_s: float  # the most time a step is given before its deadline
-    adaptive_lead: bool  # give steps only the time recent ones needed (more real frames)
-    frame_s: float  # one codec frame
-    frames_per_chunk: int
-    arrival_s: float  # a codec frame's usual arrival after its last sample is due
     latency_budget_s: float
     max_sessions: int
     idle_timeout_s: float
@@ -73,19 +68,14 @@ class TickerConfig:
 
 
 class Ticker:
-    def __init__(self, engine: Engine, metrics: Metrics, config: TickerConfig) -> None:
+    def __init__(
+        self, engine: Engine, metrics: Metrics, config: TickerConfig, pacer: StepPacer
+    ) -> None:
         self.engine = engine
         self.metrics = metrics
         self.config = config
         self.clock = TickClock(config.tick_s)
-        self.pacer = StepPacer(
-            tick_s=config.tick_s,
-            frame_s=config.frame_s,
-            frames_per_chunk=config.frames_per_chunk,
-            max_budget_s=config.lead_s,
-            arrival_s=config.arrival_s,
-            adaptive=config.adaptive_lead,
-        )
+        self.pacer = pacer
         self.sessions: dict[str, CallSession] = {}
         self._in_engine: set[str] = set()
         self._leaving: list[str] = []
@@ -177,15 +167,15 @@ class Ticker:
         and one that is on time again is noticed. With no call to wait for, the step starts
         at its latest."""
         deadline = self.clock.deadline(tick)
-        cfg = self.config
-        budget = self.pacer.budget(len(self.sessions))
-        m = self.pacer.frames_to_wait(budget)
+        p = self.pacer
+        budget = p.budget(len(self.sessions))
+        m = p.frames_to_wait(budget)
         latest = deadline - budget
-        earliest = deadline - cfg.tick_s + m * cfg.frame_s
+        earliest = deadline - p.tick_s + m * p.frame_s
         need: dict[str, int] = {}
         for s in self.sessions.values():
             if s.state is State.LIVE and s.join_tick is not None and tick > s.join_tick:
-                need[s.id] = (tick - s.join_tick - 1) * cfg.frames_per_chunk + m
+                need[s.id] = (tick - s.join_tick - 1) * p.frames_per_chunk + m
         retry = tick % RETRY_LATE_TICKS == 0
         self._waiting = True  # before reading frames_encoded: no wake-up is lost
         try:
@@ -329,7 +319,7 @@ class Ticker:
             sample_rate=s.audio.sample_rate,
             encoding=s.audio.encoding,
             codec_sample_rate=codec_rate,
-            lead_ms=round(self.config.lead_s * 1000, 3),
+            lead_ms=round(self.pacer.max_budget_s * 1000, 3),
             latency_budget_ms=self.config.latency_budget_s * 1000,
             temperature=s.sampling.temperature,
             turn_temperature=s.sampling.turn_temperature,

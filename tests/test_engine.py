@@ -104,6 +104,18 @@ def make_engine(loaded, sessions: int = 4, rollback: int = 3) -> Engine:  # type
     return Engine(config, llama, max_sessions=sessions, max_rollback_chunks=rollback)
 
 
+def assert_cache_holds_timeline(engine: Engine, llama, sid: str) -> None:  # type: ignore[no-untyped-def]
+    """The KV cache holds exactly the timeline: next-token logits match a fresh forward."""
+    tl = engine.timeline(sid)
+    row = engine.sessions[sid].row
+    rows: list[list[int]] = [[] for _ in range(engine.cache.live)]
+    rows[row] = tl.tokens[tl.cached :] + [engine.fmt.s1]
+    logits = engine.decoder.forward(engine.cache, rows)
+    torch.testing.assert_close(
+        logits[row], reference_logits(llama, tl.tokens + [engine.fmt.s1]), atol=1e-4, rtol=1e-4
+    )
+
+
 def user_chunks(n: int, seed: int) -> list[list[tuple[int, ...]]]:
     rnd = random.Random(seed)
     return [[(rnd.randrange(1024),)] * 2 + [(rnd.randrange(1024),)] * 2 for _ in range(n)]
@@ -135,15 +147,7 @@ def test_engine_estimates_then_replaces_and_cache_matches_timeline(loaded) -> No
         assert agent == tl.agent
         assert replaced[sid] == 25 - 2 - d
         assert all(tl.user_real[: 25 - 2 - d]) and not any(tl.user_real[25 - 2 - d :])
-        # the KV cache holds exactly the timeline: next-token logits match a fresh forward
-        row = engine.sessions[sid].row
-        rows = [[] for _ in range(engine.cache.live)]
-        pending = tl.tokens[tl.cached :] + [engine.fmt.s1]
-        rows[row] = pending
-        logits = engine.decoder.forward(engine.cache, rows)
-        torch.testing.assert_close(
-            logits[row], reference_logits(llama, tl.tokens + [engine.fmt.s1]), atol=1e-4, rtol=1e-4
-        )
+        assert_cache_holds_timeline(engine, llama, sid)
 
 
 def test_a_right_estimate_costs_no_rollback(loaded) -> None:  # type: ignore[no-untyped-def]
@@ -161,13 +165,7 @@ def test_a_right_estimate_costs_no_rollback(loaded) -> None:  # type: ignore[no-
         last = s
     tl = engine.timeline("s")
     assert tl.tokens == format_timeline(engine.fmt, tl.agent, tl.user)
-    row = engine.sessions["s"].row
-    rows = [[] for _ in range(engine.cache.live)]
-    rows[row] = tl.tokens[tl.cached :] + [engine.fmt.s1]
-    logits = engine.decoder.forward(engine.cache, rows)
-    torch.testing.assert_close(
-        logits[row], reference_logits(llama, tl.tokens + [engine.fmt.s1]), atol=1e-4, rtol=1e-4
-    )
+    assert_cache_holds_timeline(engine, llama, "s")
 
 
 def test_an_estimate_keeps_the_frames_that_arrived(loaded) -> None:  # type: ignore[no-untyped-def]
@@ -196,13 +194,7 @@ def test_an_estimate_keeps_the_frames_that_arrived(loaded) -> None:  # type: ign
     # agent chunk after it, never the kept frames
     for k in range(n - 1, 11, n):
         assert rollbacks[k + 1] <= 1 + (1 + n), (k, rollbacks)
-    row = engine.sessions["s"].row
-    rows = [[] for _ in range(engine.cache.live)]
-    rows[row] = tl.tokens[tl.cached :] + [engine.fmt.s1]
-    logits = engine.decoder.forward(engine.cache, rows)
-    torch.testing.assert_close(
-        logits[row], reference_logits(llama, tl.tokens + [engine.fmt.s1]), atol=1e-4, rtol=1e-4
-    )
+    assert_cache_holds_timeline(engine, llama, "s")
 
 
 def test_estimates_sample_at_most_estimate_units(loaded) -> None:  # type: ignore[no-untyped-def]
@@ -318,13 +310,7 @@ def test_a_long_backlog_is_fed_in_pieces_the_ring_can_hold(loaded) -> None:  # t
     tl = engine.timeline("busy")
     assert len(tl.tokens) - tl.cached > engine.max_forward_tokens
     engine.step([StepRequest("busy", {39: audio[39]}), StepRequest("calm")])
-    rows = [[] for _ in range(engine.cache.live)]
-    row = engine.sessions["busy"].row
-    rows[row] = tl.tokens[tl.cached :] + [engine.fmt.s1]
-    logits = engine.decoder.forward(engine.cache, rows)
-    torch.testing.assert_close(
-        logits[row], reference_logits(llama, tl.tokens + [engine.fmt.s1]), atol=1e-4, rtol=1e-4
-    )
+    assert_cache_holds_timeline(engine, llama, "busy")
 
 
 def test_any_llama_with_an_extended_vocabulary_loads(tmp_path: Path) -> None:
