@@ -48,34 +48,51 @@ class SlotDecoder:
     def forward(self, cache: SlotKVCache, tokens: list[list[int]]) -> torch.Tensor:
         """Feed `tokens[r]` (possibly empty) to live row r; logits at each row's last token.
 
-        Rows with no token ride along (their output is meaningless). Returns [rows, vocab]
-        float32 logits.
+        Only rows with tokens are computed, and every per-token layer (projections, MLP,
+        norms) runs on the real tokens alone, packed; only attention pads them to the longest
+        row. A step's prefill is ragged (3 to 7 tokens a row) and its last forwards serve a
+        few sessions, so neither pays for the others. Returns [rows, vocab] float32 logits;
+        rows fed nothing get zeros.
         """
         rows = len(tokens)
         if rows != cache.live:
             raise ValueError(f"{rows} token rows for {cache.live} live slots")
-        counts = [len(t) for t in tokens]
-        width = max(max(counts), 1)
-        ids = torch.zeros((rows, width), dtype=torch.long)
-        for r, t in enumerate(tokens):
-            if t:
-                ids[r, : len(t)] = torch.tensor(t, dtype=torch.long)
-        ids = ids.to(self.device)
-        refresh = cache.sink_refresh(rows)
-        qpos, row_idx, pos = cache.plan_write(counts)
-        mask, span = cache.attention_mask(qpos)
+        logits = torch.zeros((rows, self.vocab_size), device=self.device)
+        active = [r for r, t in enumerate(tokens) if t]
+        if not active:
+            return logits
+        # Attention runs over a view of rows 0..R-1 (idle rows ride along) or, when most of
+        # those would be idle, over a gathered copy of the active rows: either costs about
+        # the same per row.
+        span_rows = active[-1] + 1
+        att_rows = active if 2 * len(active) <= span_rows else list(range(span_rows))
+        counts = [len(tokens[r]) for r in att_rows]
+        n, width, batch = sum(counts), max(counts), len(att_rows)
+        ids = torch.tensor([tok for r in active for tok in tokens[r]], device=self.device)
+        refresh = cache.sink_refresh(active)
+        qpos, row_idx, pos = cache.plan_write(att_rows, counts)
+        mask, span = cache.attention_mask(att_rows, qpos)
         # Grouped-query attention with the query heads of a KV head folded into the query
         # length: each KV head is read once for its group. On CPU this attention call took
         # 1.06 ms against 1.29 ms with SDPA's enable_gqa (32 sessions x 512 keys, one query
         # each); whole ticks did not move measurably.
         group = self.heads // self.kv_heads
         mask = mask.repeat(1, 1, group, 1)
-        flat_t = torch.cat([torch.arange(n) for n in counts]).to(self.device)
+        dense = n == batch * width  # every row has `width` tokens: packed is padded already
+        if not dense:  # where each packed token sits in the padded [batch, width] layout
+            b = torch.repeat_interleave(torch.arange(batch), torch.tensor(counts))
+            t = torch.cat([torch.arange(c) for c in counts])
+        last = (
+            torch.tensor(counts, device=self.device).cumsum(0)[
+                torch.tensor([i for i, c in enumerate(counts) if c])
+            ]
+            - 1
+        )
 
         model = self.llama.model
-        h = model.embed_tokens(ids)
-        cos, sin = model.rotary_emb(h, qpos)
-        cos, sin = cos[:, None], sin[:, None]  # broadcast over heads
+        h = model.embed_tokens(ids)  # [n, hidden]
+        cos, sin = model.rotary_emb(h, pos[None])
+        cos, sin = cos[0, :, None], sin[0, :, None]  # [n, 1, d]: broadcast over heads
         if refresh is not None:
             sink_rows, sink_pos = refresh
             sink_cos, sink_sin = model.rotary_emb(h, sink_pos)
@@ -83,28 +100,29 @@ class SlotDecoder:
         for i, layer in enumerate(model.layers):
             attn = layer.self_attn
             x = layer.input_layernorm(h)
-            q = attn.q_proj(x).view(rows, width, self.heads, self.head_dim).transpose(1, 2)
-            k = attn.k_proj(x).view(rows, width, self.kv_heads, self.head_dim).transpose(1, 2)
-            v = attn.v_proj(x).view(rows, width, self.kv_heads, self.head_dim).transpose(1, 2)
+            q = attn.q_proj(x).view(n, self.heads, self.head_dim)
+            k = attn.k_proj(x).view(n, self.kv_heads, self.head_dim)
+            v = attn.v_proj(x).view(n, self.kv_heads, self.head_dim)
             q = q * cos + rotate_half(q) * sin
-            k_rot = k * cos + rotate_half(k) * sin
-            # [rows, kvh, T, d] -> the real tokens [N, kvh, d]
-            cache.write(
-                i, row_idx, pos, k_rot[row_idx, :, flat_t], v[row_idx, :, flat_t],
-                k[row_idx, :, flat_t],
-            )  # fmt: skip
+            cache.write(i, row_idx, pos, k * cos + rotate_half(k) * sin, v, k)
             if refresh is not None:
                 raw = cache.sink_raw[i][sink_rows]
                 cache.rotate_sink(i, sink_rows, raw * sink_cos + rotate_half(raw) * sink_sin)
-            keys, values = cache.view(i, rows, span)
-            q = q.reshape(rows, self.kv_heads, group * width, self.head_dim)
-            out = F.scaled_dot_product_attention(
-                q, keys, values, attn_mask=mask, scale=attn.scaling
+            keys, values = cache.view(i, att_rows, span)
+            if dense:
+                padded = q.view(batch, width, self.heads, self.head_dim)
+            else:
+                padded = q.new_zeros((batch, width, self.heads, self.head_dim))
+                padded[b, t] = q
+            padded = padded.transpose(1, 2).reshape(
+                batch, self.kv_heads, group * width, self.head_dim
             )
-            out = out.view(rows, self.heads, width, self.head_dim)
-            out = out.transpose(1, 2).reshape(rows, width, self.heads * self.head_dim)
-            h = h + attn.o_proj(out)
+            out = F.scaled_dot_product_attention(
+                padded, keys, values, attn_mask=mask, scale=attn.scaling
+            )
+            out = out.view(batch, self.heads, width, self.head_dim).transpose(1, 2)
+            out = out.reshape(n, self.heads, self.head_dim) if dense else out[b, t]
+            h = h + attn.o_proj(out.reshape(n, self.heads * self.head_dim))
             h = h + layer.mlp(layer.post_attention_layernorm(h))
-        last = torch.tensor([max(n - 1, 0) for n in counts], device=self.device)
-        h_last = model.norm(h[torch.arange(rows, device=self.device), last])
-        return self.llama.lm_head(h_last).float()
+        logits[active] = self.llama.lm_head(model.norm(h[last])).float()
+        return logits

@@ -14,7 +14,8 @@ Rollback is moving a length back: no copy, no invalidation (stale entries have p
 beyond every query and are masked by causality until they are overwritten). The `reserve` =
 ring - window positions are never attended, which keeps rollback safe after wrap-around:
 positions overwritten by rolled-back tokens are older than the window of every later query.
-Live slots are kept contiguous (rows 0..n-1) so a step attends over views, never gathers.
+Live slots are kept contiguous (rows 0..n-1) so a forward over every session attends over
+views; one over a few of them (the last forwards of a step) gathers just their rows.
 """
 
 from __future__ import annotations
@@ -108,26 +109,29 @@ class SlotKVCache:
         s = self.sink
         return torch.where(pos < s, pos, s + (pos - s) % self.ring)
 
-    def plan_write(self, counts: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Positions for `counts[i]` new tokens per live row; records them and advances lengths.
+    def plan_write(
+        self, rows: list[int], counts: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Positions for `counts[i]` new tokens on live row `rows[i]`; records them and
+        advances lengths. A row with no tokens rides along (its query repeats its last
+        position; its output is meaningless).
 
-        Returns (query positions [rows, T] (padding repeats the last real position),
-        flat row index [N], flat position [N]) for the N real tokens.
+        Returns (query positions [len(rows), T] (padding repeats the last real position),
+        flat slot row [N], flat position [N]) for the N real tokens, row by row.
         """
-        rows = len(counts)
         width = max(max(counts), 1)
-        qpos = torch.empty((rows, width), dtype=torch.long)
+        qpos = torch.empty((len(rows), width), dtype=torch.long)
         flat_rows: list[int] = []
         flat_pos: list[int] = []
-        for r, n in enumerate(counts):
+        for i, (r, n) in enumerate(zip(rows, counts, strict=True)):
             start = self.lengths[r]
             if n:
                 flat_rows += [r] * n
                 flat_pos += range(start, start + n)
-                qpos[r, :n] = torch.arange(start, start + n)
-                qpos[r, n:] = start + n - 1
+                qpos[i, :n] = torch.arange(start, start + n)
+                qpos[i, n:] = start + n - 1
             else:
-                qpos[r, :] = max(start - 1, 0)
+                qpos[i, :] = max(start - 1, 0)
             self.lengths[r] = start + n
         device = self.positions.device
         row_idx = torch.tensor(flat_rows, dtype=torch.long, device=device)
@@ -135,16 +139,17 @@ class SlotKVCache:
         self.positions[row_idx, self._index(pos)] = pos
         return qpos.to(device), row_idx, pos
 
-    def attention_mask(self, qpos: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """Boolean mask [rows, 1, T, span] over cache indices 0..span-1, and span."""
-        rows = qpos.shape[0]
-        span = min(self.capacity, max(self.lengths[:rows]))
-        kpos = self.positions[:rows, :span][:, None, :]  # [rows, 1, span]
+    def attention_mask(self, rows: list[int], qpos: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Additive mask [len(rows), 1, T, span] (0 = seen, -inf = not) over cache indices
+        0..span-1, and span."""
+        span = max(1, min(self.capacity, max(self.lengths[r] for r in rows)))
+        kpos = self._rows(self.positions, rows)[:, :span][:, None, :]  # [rows, 1, span]
         q = qpos[:, :, None]  # [rows, T, 1]
-        mask = (kpos <= q) & (kpos >= 0) & ((kpos < self.sink) | (kpos > q - self.window))
+        seen = (kpos <= q) & (kpos >= 0) & ((kpos < self.sink) | (kpos > q - self.window))
         # a row with nothing to attend to (a fresh slot riding along) would give NaN
-        mask |= ~mask.any(dim=-1, keepdim=True)
-        return mask[:, None], span
+        seen |= ~seen.any(dim=-1, keepdim=True)
+        mask = torch.zeros(seen.shape, dtype=self.keys[0].dtype, device=seen.device)
+        return mask.masked_fill_(~seen, float("-inf"))[:, None], span
 
     def write(
         self,
@@ -166,7 +171,7 @@ class SlotKVCache:
         if bool(in_sink.any()):
             self.sink_raw[layer][row_idx[in_sink], :, pos[in_sink]] = k_raw[in_sink]
 
-    def sink_refresh(self, rows: int) -> tuple[list[int], torch.Tensor] | None:
+    def sink_refresh(self, rows: list[int]) -> tuple[list[int], torch.Tensor] | None:
         """Rows whose sink keys must be re-rotated now, with their new sink positions [n, sink].
 
         A row's sink sits just before the oldest position its window shows; it is moved only
@@ -176,7 +181,7 @@ class SlotKVCache:
             return None
         todo: list[int] = []
         shifts: list[int] = []
-        for r in range(rows):
+        for r in rows:
             want = max(0, self.lengths[r] - self.window - self.sink)
             if abs(want - self.sink_shift[r]) >= SINK_SLACK or (want == 0) != (
                 self.sink_shift[r] == 0
@@ -194,5 +199,14 @@ class SlotKVCache:
         """Put re-rotated sink keys ([n, kv_heads, sink, head_dim]) in place."""
         self.keys[layer][rows, :, : self.sink] = rotated
 
-    def view(self, layer: int, rows: int, span: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.keys[layer][:rows, :, :span], self.values[layer][:rows, :, :span]
+    def view(self, layer: int, rows: list[int], span: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values [len(rows), kv_heads, span, head_dim] of one layer."""
+        keys = self._rows(self.keys[layer], rows)
+        return keys[:, :, :span], self._rows(self.values[layer], rows)[:, :, :span]
+
+    @staticmethod
+    def _rows(t: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        """`t[rows]` for ascending rows: a view when they are 0..n-1, else a gathered copy."""
+        if rows[-1] == len(rows) - 1:
+            return t[: len(rows)]
+        return t[torch.tensor(rows, device=t.device)]

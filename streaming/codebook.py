@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pycodec2
 from scipy.signal import resample_poly
 from tqdm import tqdm
 
@@ -24,6 +23,7 @@ from streaming.codec2_units import (
     FORMAT,
     FRAME_SAMPLES,
     SAMPLE_RATE,
+    Codec2,
     Codec2UnitCodec,
     codec2_words,
     energy_index,
@@ -164,7 +164,7 @@ def synthesize(text: str, voice: str = "en-us", wpm: int = 165, pitch: int = 50)
 def _encode_paragraph(item: tuple[str, str, int, int]) -> np.ndarray:
     pcm = pcm_to_int16(synthesize(*item))
     pcm = np.concatenate([pcm, np.zeros(-pcm.size % FRAME_SAMPLES, dtype=np.int16)])
-    return codec2_words(pycodec2.Codec2(CODEC2_MODE), pcm)
+    return codec2_words(Codec2(), pcm)
 
 
 def _sq_dists(x: np.ndarray, c: np.ndarray) -> np.ndarray:

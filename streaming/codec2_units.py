@@ -24,11 +24,12 @@ import ctypes.util
 import functools
 import json
 import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pycodec2
+import pycodec2  # noqa: F401  (loads the libcodec2 it ships, which we call)
 from scipy.fft import dct
 
 SAMPLE_RATE = 8000
@@ -71,6 +72,47 @@ def _libcodec2() -> ctypes.CDLL:
     if name is None:
         raise RuntimeError("cannot locate the libcodec2 shared library used by pycodec2")
     return ctypes.CDLL(name)
+
+
+_MODE_700C = 8  # CODEC2_MODE_700C in codec2.h
+
+
+class Codec2:
+    """One Codec2 700C encoder/decoder state, called through ctypes rather than pycodec2:
+    a ctypes call releases the GIL, so the tokenizer thread's encoding runs beside the tick
+    worker's forward passes instead of taking turns with them (and is ~1.7x quicker)."""
+
+    def __init__(self) -> None:
+        lib = _libcodec2()
+        lib.codec2_create.restype = ctypes.c_void_p
+        lib.codec2_create.argtypes = [ctypes.c_int]
+        lib.codec2_destroy.argtypes = [ctypes.c_void_p]
+        lib.codec2_encode.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+        lib.codec2_encode.restype = None
+        lib.codec2_decode.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p]
+        lib.codec2_decode.restype = None
+        self._lib = lib
+        self._state = lib.codec2_create(_MODE_700C)
+        if not self._state:
+            raise RuntimeError("codec2_create(700C) failed")
+        weakref.finalize(self, lib.codec2_destroy, self._state)
+        self._bits = ctypes.create_string_buffer(FRAME_BYTES)
+
+    def encode(self, pcm: np.ndarray) -> bytes:
+        """One frame of int16 PCM [320] -> its 4 bytes."""
+        frame = np.ascontiguousarray(pcm, dtype=np.int16)
+        if frame.shape != (FRAME_SAMPLES,):
+            raise ValueError(f"a Codec2 700C frame is {FRAME_SAMPLES} samples, got {frame.shape}")
+        self._lib.codec2_encode(self._state, self._bits, frame.ctypes.data)
+        return self._bits.raw
+
+    def decode(self, bits: bytes) -> np.ndarray:
+        """4 bytes -> one frame of int16 PCM [320]."""
+        if len(bits) != FRAME_BYTES:
+            raise ValueError(f"a Codec2 700C frame is {FRAME_BYTES} bytes, got {len(bits)}")
+        out = np.empty(FRAME_SAMPLES, dtype=np.int16)
+        self._lib.codec2_decode(self._state, out.ctypes.data, bits)
+        return out
 
 
 def _read_codebook(symbol: str, stage: int, rows: int, dim: int) -> np.ndarray:
@@ -132,9 +174,9 @@ def normalise_features(feats: np.ndarray, mean: np.ndarray, std: np.ndarray) -> 
     return z
 
 
-def codec2_words(c2: Any, pcm: np.ndarray) -> np.ndarray:
+def codec2_words(c2: Codec2, pcm: np.ndarray) -> np.ndarray:
     """Encode whole frames of int16 PCM with a (stateful) Codec2 700C encoder -> uint32
-    28-bit words. pycodec2 codes exactly one frame per call."""
+    28-bit words."""
     raw = b"".join(
         [c2.encode(pcm[i : i + FRAME_SAMPLES]) for i in range(0, pcm.size, FRAME_SAMPLES)]
     )
@@ -295,7 +337,7 @@ class Codec2UnitEncoder:
 
     def __init__(self, codec: Codec2UnitCodec) -> None:
         self._codec = codec
-        self._c2 = pycodec2.Codec2(CODEC2_MODE)
+        self._c2 = Codec2()
         self._pending = np.zeros(0, dtype=np.int16)
 
     def encode(self, pcm: np.ndarray) -> np.ndarray:
@@ -322,7 +364,7 @@ class Codec2UnitDecoder:
     def __init__(self, codec: Codec2UnitCodec) -> None:
         self._frames = codec._frames
         self._vocab = codec.vocab_size
-        self._c2 = pycodec2.Codec2(CODEC2_MODE)
+        self._c2 = Codec2()
         self._rand = _RAND_SEED
 
     def decode(self, units: np.ndarray) -> np.ndarray:
