@@ -21,12 +21,24 @@ views; one over a few of them (the last forwards of a step) gathers just their r
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
 SINK_SLACK = 16  # re-rotate sink keys only when the window moved this far (a bounded error)
 
 Rotate = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (keys, positions) -> rotated
+
+
+@dataclass(frozen=True, slots=True)
+class WritePlan:
+    """Where one forward's N new tokens go, worked out once for every layer."""
+
+    qpos: torch.Tensor  # [rows, T] query positions (padding repeats the last real one)
+    rows: torch.Tensor  # [N] slot row of each token
+    pos: torch.Tensor  # [N] absolute position of each token
+    index: torch.Tensor  # [N] cache index of each token
+    in_sink: torch.Tensor | None  # [N] booleans, None when no token lands in the sink
 
 
 class SlotKVCache:
@@ -109,16 +121,10 @@ class SlotKVCache:
         s = self.sink
         return torch.where(pos < s, pos, s + (pos - s) % self.ring)
 
-    def plan_write(
-        self, rows: list[int], counts: list[int]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def plan_write(self, rows: list[int], counts: list[int]) -> WritePlan:
         """Positions for `counts[i]` new tokens on live row `rows[i]`; records them and
         advances lengths. A row with no tokens rides along (its query repeats its last
-        position; its output is meaningless).
-
-        Returns (query positions [len(rows), T] (padding repeats the last real position),
-        flat slot row [N], flat position [N]) for the N real tokens, row by row.
-        """
+        position; its output is meaningless). Tokens are numbered row by row."""
         width = max(max(counts), 1)
         qpos = torch.empty((len(rows), width), dtype=torch.long)
         flat_rows: list[int] = []
@@ -136,8 +142,10 @@ class SlotKVCache:
         device = self.positions.device
         row_idx = torch.tensor(flat_rows, dtype=torch.long, device=device)
         pos = torch.tensor(flat_pos, dtype=torch.long, device=device)
-        self.positions[row_idx, self._index(pos)] = pos
-        return qpos.to(device), row_idx, pos
+        index = self._index(pos)
+        self.positions[row_idx, index] = pos
+        in_sink = pos < self.sink if flat_pos and min(flat_pos) < self.sink else None
+        return WritePlan(qpos.to(device), row_idx, pos, index, in_sink)
 
     def attention_mask(self, rows: list[int], qpos: torch.Tensor) -> tuple[torch.Tensor, int]:
         """Additive mask [len(rows), 1, T, span] (0 = seen, -inf = not) over cache indices
@@ -152,24 +160,17 @@ class SlotKVCache:
         return mask.masked_fill_(~seen, float("-inf"))[:, None], span
 
     def write(
-        self,
-        layer: int,
-        row_idx: torch.Tensor,
-        pos: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        k_raw: torch.Tensor,
+        self, layer: int, plan: WritePlan, k: torch.Tensor, v: torch.Tensor, k_raw: torch.Tensor
     ) -> None:
         """Store the new tokens' keys/values ([N, kv_heads, head_dim]) of one layer.
 
         `k_raw` are the keys before RoPE, kept for the sink positions.
         """
-        index = self._index(pos)
-        self.keys[layer][row_idx, :, index] = k
-        self.values[layer][row_idx, :, index] = v
-        in_sink = pos < self.sink
-        if bool(in_sink.any()):
-            self.sink_raw[layer][row_idx[in_sink], :, pos[in_sink]] = k_raw[in_sink]
+        self.keys[layer][plan.rows, :, plan.index] = k
+        self.values[layer][plan.rows, :, plan.index] = v
+        if plan.in_sink is not None:
+            sel = plan.in_sink
+            self.sink_raw[layer][plan.rows[sel], :, plan.pos[sel]] = k_raw[sel]
 
     def sink_refresh(self, rows: list[int]) -> tuple[list[int], torch.Tensor] | None:
         """Rows whose sink keys must be re-rotated now, with their new sink positions [n, sink].

@@ -75,8 +75,8 @@ def test_ring_cache_runs_past_capacity_with_flat_span(loaded) -> None:  # type: 
         logits = dec.forward(cache, [[i % 1000, (i * 7) % 1000]])
         assert torch.isfinite(logits).all()
     assert cache.lengths[0] == 100
-    qpos, _, _ = cache.plan_write([0], [1])
-    mask, span = cache.attention_mask([0], qpos)
+    plan = cache.plan_write([0], [1])
+    mask, span = cache.attention_mask([0], plan.qpos)
     assert span == 64
     assert int((mask == 0).sum()) == cache.window  # exactly the window, never more
 
@@ -169,9 +169,9 @@ def test_a_right_estimate_costs_no_rollback(loaded) -> None:  # type: ignore[no-
 
 
 def test_an_estimate_keeps_the_frames_that_arrived(loaded) -> None:  # type: ignore[no-untyped-def]
-    """The first frames of the newest chunk are written as they are and only the rest is
-    sampled; when the whole chunk arrives, the cache rolls back no further than the sampled
-    part, and the timeline and cache still agree."""
+    """The first frames of the newest chunk are written as they are and the last of them is
+    held for the rest; when the whole chunk arrives, the cache rolls back no further than the
+    held part, and the timeline and cache still agree."""
     engine = make_engine(loaded)
     _, llama = loaded
     engine.add_session("s", SamplingParams(temperature=1.0, top_k=0, seed=5))
@@ -188,10 +188,12 @@ def test_an_estimate_keeps_the_frames_that_arrived(loaded) -> None:  # type: ign
             assert r.partial_frames == p
             assert r.estimate[:p] == audio[k - 1][:p]
             assert len(r.estimate) == n
+            if p:
+                assert r.estimate[p:] == [r.estimate[p - 1]] * (n - p)
     tl = engine.timeline("s")
     assert tl.tokens == format_timeline(engine.fmt, tl.agent, tl.user)
-    # with n-1 frames kept, replacing the estimate re-feeds at most one sampled unit and the
-    # agent chunk after it, never the kept frames
+    # with n-1 frames kept, replacing the estimate re-feeds at most the last frame's unit and
+    # the agent chunk after it, never the kept frames
     for k in range(n - 1, 11, n):
         assert rollbacks[k + 1] <= 1 + (1 + n), (k, rollbacks)
     assert_cache_holds_timeline(engine, llama, "s")
