@@ -3,8 +3,10 @@
 A step, per session with agent chunk k to produce:
 1. real user chunks that arrived replace their estimates (the timeline truncates, the KV cache
    rolls back to the first replaced chunk) or are appended;
-2. user chunk k-1, if its audio is not complete yet, is estimated by the model: the frames of
-   it that did arrive are kept as they are (forced tokens) and only the rest is sampled;
+2. user chunk k-1, if its audio is not complete yet, is estimated: when none of it arrived,
+   the model samples it (at most `estimate_units` units); when its first frames did, they are
+   written as they are and the last of them is held for the rest (sampling that little
+   would cost a forward per unit, the step's latency, for a guess little better than chance);
 3. agent chunk k is generated: a forced `[S0]`, then at most frames_per_chunk units, ending
    at the next speaker tag.
 All sessions' forwards are batched: the first forward prefills every session's pending tokens
@@ -22,7 +24,7 @@ from transformers import LlamaForCausalLM
 
 from model.checkpoint import DuplexConfig
 from model.decoder import SlotDecoder
-from model.format import Frame, dedup, interpolate, user_tokens
+from model.format import Frame, interpolate
 from model.sampling import SamplingParams, TokenMasks, sample
 from model.timeline import Timeline
 
@@ -83,8 +85,6 @@ class _Job:
     phase: _Phase
     units: list[int] = field(default_factory=list)
     partial: list[Frame] = field(default_factory=list)  # real first frames of the estimate
-    kept: int = 0  # of `units`, how many are those frames' (forced, not sampled)
-    max_units: int = 0  # new units the chunk being decoded may still hold in all
 
 
 class Engine:
@@ -195,21 +195,16 @@ class Engine:
         if job.phase is _Phase.USER_TAG and req.partial_user and req.partial_user[0] == k - 1:
             job.partial = req.partial_user[1][: n - 1]
             result.partial_frames = len(job.partial)
+        if job.phase is _Phase.USER_TAG and (req.silent or job.partial):
+            # nothing sampled: a missed tick, or the frames that arrived with the last held
+            result.estimate = self._fill(job, [])
+            tl.append_user(result.estimate, real=False)
+            job.phase = _Phase.AGENT_UNITS
         if req.silent:
-            if job.phase is _Phase.USER_TAG:
-                result.estimate = self._fill(job, [])
-                tl.append_user(result.estimate, real=False)
             result.frames = tl.append_agent([])
             job.phase = _Phase.DONE
         elif job.phase is _Phase.AGENT_UNITS:
             tl.tokens.append(self.fmt.s0)
-        else:
-            known = [f[0] for f in dedup(job.partial, tl.prev_user())]
-            job.max_units = len(known) + min(n - len(job.partial), self.estimate_units)
-            if known:  # the arrived frames are written as they are; sampling goes on after them
-                tl.tokens += user_tokens(self.fmt, [(u,) for u in known])
-                job.units, job.kept = known, len(known)
-                job.phase = _Phase.USER_UNITS
         result.prefill_tokens = len(tl.tokens) - tl.cached
         return job
 
@@ -279,8 +274,8 @@ class Engine:
             if tok != fmt.s0:
                 tl.tokens.append(tok)
                 job.units.append(fmt.token_unit(tok))
-            if tok == fmt.s0 or len(job.units) == job.max_units:
-                job.result.estimate = self._fill(job, [(u,) for u in job.units[job.kept :]])
+            if tok == fmt.s0 or len(job.units) == self.estimate_units:
+                job.result.estimate = self._fill(job, [(u,) for u in job.units])
                 tl.append_user(job.result.estimate, real=False, tokens_written=1 + len(job.units))
                 tl.tokens.append(fmt.s0)
                 job.units = []
