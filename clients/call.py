@@ -93,6 +93,7 @@ class CallResult:
             "late_samples_dropped": s.late_samples_dropped,
             "missing_chunks": s.missing_chunks,
             "overruns": s.overruns,
+            "re_anchors": s.re_anchors,
             "output_samples": int(len(self.output)),
             "duration_s": round(self.duration_s, 3),
         }
@@ -396,7 +397,7 @@ def _human(s: dict[str, Any], output: str | None) -> str:
         f"p95 {_ms(s['latency_ms_p95'])}, p99 {_ms(s['latency_ms_p99'])}",
         f"  estimates {s['estimates_made']} made, {s['estimates_replaced']} replaced; "
         f"{s['late_samples_dropped']} late samples dropped, {s['missing_chunks']} missing "
-        f"chunks, {s['overruns']} overruns",
+        f"chunks, {s['overruns']} overruns, {s['re_anchors']} re-anchors",
     ]
     if output:
         lines.append(f"  wrote {output}")

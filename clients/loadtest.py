@@ -149,6 +149,7 @@ class CallerReport:
     estimates_replaced: int | None = None
     late_samples_dropped: int | None = None
     missing_chunks: int | None = None
+    re_anchors: int | None = None
     recv_jitter_ms: float | None = None
     recv_late_ms_p99: float | None = None
     recv_gaps: int | None = None
@@ -615,7 +616,7 @@ def _analyse(runs: Sequence[_CallerRun], cfg: LoadtestConfig) -> None:
             rep.latency_ms_p99, rep.overruns = s.latency_ms_p99, s.overruns
             rep.estimates_made, rep.estimates_replaced = s.estimates_made, s.estimates_replaced
             rep.late_samples_dropped = s.late_samples_dropped
-            rep.missing_chunks = s.missing_chunks
+            rep.missing_chunks, rep.re_anchors = s.missing_chunks, s.re_anchors
         arrived = simulate_downlink(  # in arrival order, as the network would deliver them
             [f.arrival for f in r.frames],
             cfg.delay_ms / 1e3,
@@ -694,6 +695,7 @@ def _overall(callers: Sequence[CallerReport]) -> dict[str, Any]:
         "estimates_replaced": total("estimates_replaced"),
         "late_samples_dropped": total("late_samples_dropped"),
         "missing_chunks": total("missing_chunks"),
+        "re_anchors": total("re_anchors"),
         "recv_jitter_ms": worst("recv_jitter_ms"),
         "recv_late_ms_p99": worst("recv_late_ms_p99"),
         "recv_gaps": total("recv_gaps"),

@@ -43,6 +43,14 @@ class Metrics:
             "user chunks that arrived beyond the latency budget",
             registry=r,
         )
+        self.re_anchors = Counter(
+            "duplex_re_anchors",
+            "calls' audio moved back onto the server's clock (drift or lasting delay)",
+            ["direction"],
+            registry=r,
+        )
+        for direction in ("late", "early"):
+            self.re_anchors.labels(direction)
         self.rollback_tokens = Histogram(
             "duplex_rollback_tokens",
             "KV positions rolled back per replacement",

@@ -196,6 +196,12 @@ class StatsMessage(_ServerMessage):
     overruns: int
     context_tokens: int = Field(default=0, description="conversation length in model tokens")
     max_rollback_tokens: int = Field(default=0, description="deepest KV rollback of the call")
+    re_anchors: int = Field(
+        default=0, description="times the call's audio was re-anchored to the server's clock"
+    )
+    re_anchored_samples: int = Field(
+        default=0, description="net wire samples of silence inserted (+) or audio dropped (-)"
+    )
     latency_ms_p50: float | None
     latency_ms_p95: float | None
     latency_ms_p99: float | None

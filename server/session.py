@@ -77,6 +77,8 @@ class CallStats:
     overruns: int = 0
     context_tokens: int = 0
     max_rollback_tokens: int = 0
+    re_anchors: int = 0
+    re_anchored_samples: int = 0  # net: silence inserted (+), audio dropped (-)
     latencies_ms: list[float] = field(default_factory=list)
 
 
@@ -107,7 +109,9 @@ class CallSession:
         self.join_tick: int | None = None
         self.audio_on_time = True  # its audio was in before the last step started
         self.last_chunk: int | None = None  # final agent chunk once `end` arrived
-        self.expected_sample = 0
+        self.expected_sample = 0  # in the client's sample numbering
+        self.drop_pending = 0  # wire samples of incoming audio still to drop (re-anchoring)
+        self.off_clock_ticks = 0  # consecutive ticks its audio was beyond the buffer's reach
         self.last_activity = time.monotonic()
         self.done = asyncio.Event()
         self.queued_audio = 0  # audio frames in outbox, to detect a client not reading
@@ -132,15 +136,41 @@ class CallSession:
                 f"frame starts at sample {first_sample}, {gap} samples after the previous "
                 f"one ended; gaps (dropped frames) may be at most {self.max_gap_samples} samples",
             )
-        if self.recorder is not None:
-            self.recorder.user_audio(first_sample, pcm)
         if gap:  # frames the client dropped: their samples are silence
             pcm = np.concatenate([np.zeros(gap, dtype=np.float32), pcm])
-        now = time.monotonic()
-        self.user_in.push(pcm, now)
         self.expected_sample = first_sample + len(pcm) - gap
+        if self.drop_pending:
+            cut = min(self.drop_pending, len(pcm))
+            self.drop_pending -= cut
+            pcm = pcm[cut:]
+        now = time.monotonic()
+        self._push(pcm, now)
         self.last_activity = now
         self.stats.frames_in += 1
+
+    def _push(self, pcm: np.ndarray, now: float) -> None:
+        """Append to the audio stream the model hears (and the recording)."""
+        if len(pcm):
+            if self.recorder is not None:
+                self.recorder.user_audio(self.user_in.samples_in, pcm)
+            self.user_in.push(pcm, now)
+
+    def lag_s(self, elapsed_s: float) -> float:
+        """How far the call's audio trails the server's clock, `elapsed_s` after its sample 0:
+        up to a frame for a client on time, more with network delay, less than 0 when the
+        client's clock runs fast (or it sends faster than real time)."""
+        streamed = self.user_in.samples_in - self.drop_pending
+        return elapsed_s - streamed / self.audio.sample_rate
+
+    def re_anchor(self, samples: int) -> None:
+        """Move the call's audio `samples` later on the server's timeline (silence inserted
+        now) or, when negative, earlier (that much of the incoming audio dropped)."""
+        if samples > 0:
+            self._push(np.zeros(samples, dtype=np.float32), time.monotonic())
+        else:
+            self.drop_pending -= samples
+        self.stats.re_anchors += 1
+        self.stats.re_anchored_samples += samples
 
     def on_end(self, total_samples: int) -> None:
         if self.state not in (State.JOINING, State.LIVE):
@@ -158,10 +188,11 @@ class CallSession:
             )
         if total_samples > self.expected_sample:
             pad = total_samples - self.expected_sample
-            self.user_in.push(np.zeros(pad, dtype=np.float32), time.monotonic())
+            self._push(np.zeros(pad, dtype=np.float32), time.monotonic())
             self.expected_sample = total_samples
         self.user_in.end()
-        self.last_chunk = max(0, math.ceil(total_samples / self.chunk_samples) - 1)
+        # the stream's length: the client's samples, moved by any re-anchoring
+        self.last_chunk = max(0, math.ceil(self.user_in.samples_in / self.chunk_samples) - 1)
         self.state = State.ENDING
         self.last_activity = time.monotonic()
 
@@ -216,6 +247,8 @@ class CallSession:
             overruns=s.overruns,
             context_tokens=s.context_tokens,
             max_rollback_tokens=s.max_rollback_tokens,
+            re_anchors=s.re_anchors,
+            re_anchored_samples=s.re_anchored_samples,
             latency_ms_p50=pct(50),
             latency_ms_p95=pct(95),
             latency_ms_p99=pct(99),

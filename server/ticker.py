@@ -35,6 +35,7 @@ log = logging.getLogger("duplex.ticker")
 
 RETRY_LATE_TICKS = 8  # a call that was late is waited for again this often (~1.3 s)
 TOKENIZE_EVERY_S = 0.04  # between waits, audio is encoded within a codec frame (40 ms) of arriving
+REANCHOR_TICKS = 12  # ~2 s off the clock: drift or a lasting delay, not a network stall
 
 
 @dataclass
@@ -144,6 +145,7 @@ class Ticker:
         self._loop = loop = asyncio.get_running_loop()
         tick = self.clock.next_tick() + 1
         while True:
+            self._keep_on_clock(tick)
             await self._await_audio(tick)
             started = time.monotonic()
             silent = started >= self.clock.deadline(tick)
@@ -158,6 +160,36 @@ class Ticker:
                     self._deliver(plan, out)
                     self.pacer.record(time.monotonic() - started, len(plan.sessions))
             tick += 1
+
+    def _keep_on_clock(self, tick: int) -> None:
+        """decisions.md §2: clock drift is absorbed within the latency buffer; a call whose
+        audio stays beyond the buffer's reach (rollback_chunks ticks), late or early, for
+        REANCHOR_TICKS ticks is re-anchored: silence is inserted (late) or incoming audio
+        dropped (early) so its audio is on time again, and that is counted. Late audio would
+        otherwise be dropped for the rest of the call (the agent deaf), early audio heard
+        that much later (the agent slow). A stall shorter than that is left alone: its audio
+        arrives in a burst, and only what is beyond the budget is dropped."""
+        now = time.monotonic()
+        for s in self.sessions.values():
+            if s.state is not State.LIVE or s.join_tick is None or tick <= s.join_tick:
+                continue
+            lag = s.lag_s(now - self.clock.deadline(s.join_tick))
+            reach = s.rollback_chunks * self.config.tick_s
+            if abs(lag) <= reach:
+                s.off_clock_ticks = 0
+                continue
+            s.off_clock_ticks += 1
+            if s.off_clock_ticks < REANCHOR_TICKS:
+                continue
+            s.off_clock_ticks = 0
+            frame_s = s.frame_samples / s.audio.sample_rate
+            shift = lag - frame_s if lag > 0 else lag  # a client on time trails by ~a frame
+            s.re_anchor(round(shift * s.audio.sample_rate))
+            direction = "late" if lag > 0 else "early"
+            self.metrics.re_anchors.labels(direction).inc()
+            log.info(
+                "call %s re-anchored: its audio was %.0f ms %s", s.id, abs(lag) * 1000, direction
+            )
 
     async def _await_audio(self, tick: int) -> None:
         """Wait until every waited-for call's audio up to the awaited frame is encoded (and

@@ -52,7 +52,7 @@ class UserAudioInput:
         self._last_arrival = 0.0
         self.next_chunk = 0  # index of the first chunk not yet complete
         self.frames_encoded = 0  # codec frames encoded so far (the tick waits on this)
-        self.samples_in = 0  # wire samples received (gaps included)
+        self.samples_in = 0  # wire samples in the stream (gaps and re-anchoring included)
         self.on_push: Callable[[], None] | None = None  # wakes the tokenizer
 
     def push(self, pcm: np.ndarray, arrival: float) -> None:

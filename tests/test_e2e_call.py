@@ -139,7 +139,7 @@ def _cli(server: ServerProcess, inp: Path, out: Path, *extra: str, duration_s: f
 SUMMARY_KEYS = {
     "session_id", "frames_sent", "frames_received", "ticks", "latency_ms_p50", "latency_ms_p95",
     "latency_ms_p99", "estimates_made", "estimates_replaced", "late_samples_dropped",
-    "missing_chunks", "overruns", "output_samples", "duration_s",
+    "missing_chunks", "overruns", "re_anchors", "output_samples", "duration_s",
 }  # fmt: skip
 
 
@@ -237,7 +237,7 @@ def test_delayed_uplink_estimates_are_replaced(
     # starts at kT - lead and may replace chunks down to k-1-R, R = ceil((budget + lead +
     # 40 ms) / T) (decisions.md 2): audio up to the budget late (and then some) is never lost.
     assert delay_ms <= result.ready.latency_budget_ms
-    assert s.late_samples_dropped == 0 and s.missing_chunks == 0, s
+    assert s.late_samples_dropped == 0 and s.missing_chunks == 0 and s.re_anchors == 0, s
     # a replacement rolls back at least the agent chunk that followed the estimate
     assert s.max_rollback_tokens >= 1
     assert len(result.output) == wire_length(len(pcm), voice.rate, 16000)
@@ -550,12 +550,15 @@ def test_sigterm_exits_zero_after_drain(shutdown_run: ShutdownRun) -> None:
 def test_audio_later_than_the_budget_is_dropped_and_counted(
     server: ServerProcess, voice: Voice
 ) -> None:
-    """decisions.md 2: late audio never stalls the call; its estimate stays and is counted."""
-    pcm = voice.seconds(2.5)
+    """decisions.md 2: late audio never stalls the call; its estimate stays and is counted.
+    Audio that stays beyond the buffer's reach (480 ms) for 2 s is re-anchored: 0.7 s of
+    silence goes in and what comes after is on time."""
+    pcm = voice.seconds(3.5)
     result = call_sync(server.url, pcm, voice.rate, delay_ms=700)
     s = result.stats
     assert s.late_samples_dropped > 0 and s.late_samples_dropped % result.ready.chunk_samples == 0
     assert s.missing_chunks > 0
+    assert s.re_anchors == 1 and 0.6 * 16000 <= s.re_anchored_samples <= 0.8 * 16000, s
     assert len(result.output) == wire_length(len(pcm), voice.rate, 16000)
 
 

@@ -1,0 +1,75 @@
+"""Clock drift against the real server (decisions.md §2): a client whose audio clock runs
+slow (its audio falls ever later) or fast (ever earlier) is re-anchored once its audio stays
+beyond the latency buffer's reach, so the call goes on hearing the caller; one on time is not."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from clients.client import DuplexClient
+from server.protocol import StatsMessage
+from tests.conftest import ServerProcess
+
+RATE = 16000
+
+
+async def paced_call(url: str, seconds: float, speed: float) -> StatsMessage:
+    """Send `seconds` of a tone at `speed` x real time (a client clock off by that much)."""
+    async with DuplexClient.connect(url) as client:
+        n = client.frame_samples
+        frames = int(seconds * RATE) // n
+        tone = (0.2 * np.sin(np.arange(frames * n) * 2 * np.pi * 200 / RATE)).astype(np.float32)
+        stats: list[StatsMessage] = []
+
+        async def read() -> None:
+            async for event in client.events():
+                if isinstance(event, StatsMessage):
+                    stats.append(event)
+
+        reader = asyncio.create_task(read())
+        t0 = time.monotonic()
+        for i in range(frames):
+            await asyncio.sleep(max(0.0, t0 + i * n / RATE / speed - time.monotonic()))
+            await client.send_frame(tone[i * n : (i + 1) * n])
+        await client.end()
+        await asyncio.wait_for(reader, 30)
+        return stats[0]
+
+
+def re_anchors(server: ServerProcess) -> dict[str, float]:
+    out = {}
+    for line in httpx.get(f"{server.http}/metrics", timeout=5).text.splitlines():
+        if line.startswith("duplex_re_anchors_total{"):
+            name, value = line.rsplit(" ", 1)
+            out[name.split('"')[1]] = float(value)
+    return out
+
+
+@pytest.mark.parametrize(("speed", "direction"), [(0.7, "late"), (1.5, "early")])
+def test_a_client_clock_off_by_far_is_re_anchored(
+    server: ServerProcess, speed: float, direction: str
+) -> None:
+    """At 0.7x the audio trails by 0.48 s (3 ticks: beyond the buffer's reach) after 1.6 s;
+    2 s later the server inserts silence. At 1.5x it leads by as much after 1 s, and the
+    server drops that much of what comes next."""
+    before = re_anchors(server)
+    wall_s = 5.0
+    stats = asyncio.run(paced_call(server.url, wall_s * speed, speed))
+    assert stats.re_anchors >= 1
+    reach_s = 3 * 0.16
+    if direction == "late":
+        assert stats.re_anchored_samples >= reach_s * RATE  # silence inserted
+    else:
+        assert stats.re_anchored_samples <= -reach_s * RATE  # audio dropped
+    after = re_anchors(server)
+    assert after[direction] - before[direction] == stats.re_anchors
+
+
+def test_a_client_on_time_is_never_re_anchored(server: ServerProcess) -> None:
+    stats = asyncio.run(paced_call(server.url, 3.0, 1.0))
+    assert stats.re_anchors == 0 and stats.re_anchored_samples == 0
