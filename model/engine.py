@@ -101,14 +101,16 @@ class Engine:
     ) -> None:
         """`estimate_units`: the most units sampled for an estimated user chunk (None: a whole
         chunk's worth). Each is one sequential forward of the whole batch."""
-        if estimate_units is not None and estimate_units < 1:
-            raise ValueError(f"estimate_units must be >= 1, got {estimate_units}")
+        if estimate_units is not None and estimate_units < 0:
+            raise ValueError(f"estimate_units must be >= 0, got {estimate_units}")
         self.config = config
         self.fmt = config.chunk_format()
         self.decoder = SlotDecoder(llama)
         self.masks = TokenMasks(self.fmt, self.decoder.vocab_size)
         self.max_rollback_chunks = max_rollback_chunks
-        self.estimate_units = estimate_units or self.fmt.frames_per_chunk
+        self.estimate_units = (
+            self.fmt.frames_per_chunk if estimate_units is None else estimate_units
+        )
         chunk_tokens = 2 * (self.fmt.frames_per_chunk * self.fmt.units_per_frame + 1)
         reserve = (max_rollback_chunks + 2) * chunk_tokens
         self.max_forward_tokens = 2 * chunk_tokens  # what the reserve leaves after a rollback
@@ -152,8 +154,10 @@ class Engine:
         jobs = [self._prepare(req) for req in requests]
         active = [job for job in jobs if job.phase is not _Phase.DONE]
         while active:
-            logits = self._forward()
+            logits, fed = self._forward()
             rows = [job.session.row for job in active]
+            if not fed.issuperset(rows):  # its logits would be another position's, or none
+                raise RuntimeError("a session was sampled without being fed its last token")
             allowed = torch.stack([self._allowed(job) for job in active])
             tokens = sample(
                 logits[rows], allowed, [job.session.params for job in active],
@@ -195,7 +199,7 @@ class Engine:
         if job.phase is _Phase.USER_TAG and req.partial_user and req.partial_user[0] == k - 1:
             job.partial = req.partial_user[1][: n - 1]
             result.partial_frames = len(job.partial)
-        if job.phase is _Phase.USER_TAG and (req.silent or job.partial):
+        if job.phase is _Phase.USER_TAG and (req.silent or job.partial or not self.estimate_units):
             # nothing sampled: a missed tick, or the frames that arrived with the last held
             result.estimate = self._fill(job, [])
             tl.append_user(result.estimate, real=False)
@@ -205,18 +209,26 @@ class Engine:
             job.phase = _Phase.DONE
         elif job.phase is _Phase.AGENT_UNITS:
             tl.tokens.append(self.fmt.s0)
+        if job.phase is not _Phase.DONE and tl.cached == len(tl.tokens):
+            # Nothing new to feed (the last chunk ended at a tag, which is not written, and no
+            # audio changed the timeline): the next token's logits come from feeding the
+            # last token again, one position back.
+            tl.cached -= 1
+            self.cache.rollback(s.row, tl.cached)
         result.prefill_tokens = len(tl.tokens) - tl.cached
         return job
 
     # -- execution -------------------------------------------------------------------------
 
-    def _forward(self) -> torch.Tensor:
-        """Feed every session's pending tokens; logits [rows, vocab] after each one's last.
+    def _forward(self) -> tuple[torch.Tensor, set[int]]:
+        """Feed every session's pending tokens; logits [rows, vocab] after each one's last,
+        and the rows that were fed (the others' logits mean nothing).
 
         A backlog longer than the ring can take in one write (after skipped ticks) goes in
         pieces of `max_forward_tokens`.
         """
         out: torch.Tensor | None = None
+        fed: set[int] = set()
         while True:
             rows: list[list[int]] = [[] for _ in range(self.cache.live)]
             done: list[int] = []  # rows fed their last pending token in this forward
@@ -230,12 +242,13 @@ class Engine:
                 elif rows[s.row]:
                     done.append(s.row)
             logits = self.decoder.forward(self.cache, rows)
+            fed.update(done)
             if out is None:
                 out = logits
             else:
                 out[done] = logits[done]
             if not more:
-                return out
+                return out, fed
 
     def _fill(self, job: _Job, sampled: list[Frame]) -> list[Frame]:
         """The estimated chunk's frames: those that arrived, then the sampled ones spread over

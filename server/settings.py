@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     )
     estimate_units: int = Field(
         default=2,
-        ge=1,
+        ge=0,
         description="most units the model samples to estimate a user chunk none of which arrived",
     )
     temperature: float = Field(default=0.6, ge=0, le=5, description="default sampling temperature")

@@ -13,6 +13,7 @@ from model.decoder import SlotDecoder
 from model.engine import Engine, StepRequest
 from model.format import dedup, format_timeline, parse_timeline
 from model.sampling import SamplingParams
+from tests.conftest import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -215,7 +216,36 @@ def test_estimates_sample_at_most_estimate_units(loaded) -> None:  # type: ignor
     tl = engine.timeline("s")
     assert tl.tokens == format_timeline(engine.fmt, tl.agent, tl.user)
     with pytest.raises(ValueError, match="estimate_units"):
-        Engine(config, llama, max_sessions=1, max_rollback_chunks=3, estimate_units=0)
+        Engine(config, llama, max_sessions=1, max_rollback_chunks=3, estimate_units=-1)
+
+
+def test_estimate_units_0_holds_the_last_real_frame(loaded) -> None:  # type: ignore[no-untyped-def]
+    config, llama = loaded
+    engine = Engine(config, llama, max_sessions=1, max_rollback_chunks=3, estimate_units=0)
+    engine.add_session("s", SamplingParams(temperature=1.5, top_k=0, seed=2))
+    audio = user_chunks(10, 4)
+    for k in range(10):
+        r = engine.step([StepRequest("s", {k - 2: audio[k - 2]} if k >= 2 else {})])["s"]
+        if k >= 2:
+            assert r.estimate == [audio[k - 2][-1]] * engine.frames_per_chunk
+    assert_cache_holds_timeline(engine, llama, "s")
+
+
+def test_a_step_with_nothing_new_samples_after_the_last_token() -> None:
+    """A silent agent's chunk ends at a tag, which is not written; with no user audio either,
+    the next step has nothing to feed. Its first draw must still come from the logits after
+    the timeline's last token (fed again), never from a row that was not fed."""
+    config, llama = load_checkpoint(ROOT / "models" / "default")  # trained: silent when alone
+    engine = Engine(config, llama, max_sessions=1, max_rollback_chunks=3)
+    engine.add_session("s", SamplingParams(seed=0))
+    nothing_pending = 0
+    for _ in range(6):
+        tl = engine.timeline("s")
+        nothing_pending += tl.cached == len(tl.tokens)
+        r = engine.step([StepRequest("s")])["s"]
+        assert r.prefill_tokens >= 1
+    assert nothing_pending >= 3
+    assert_cache_holds_timeline(engine, llama, "s")
 
 
 def test_a_partial_chunk_of_another_index_is_ignored(loaded) -> None:  # type: ignore[no-untyped-def]
