@@ -124,3 +124,30 @@ def test_client_commands_do_not_load_torch() -> None:
     code = "import sys, server.cli as c; c.build_parser(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
+
+
+def test_bench_times_both_setups_for_every_cell_and_writes_markdown(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    md = tmp_path / "bench.md"
+    result = duplex(
+        "bench", "--model", str(checkpoint), "--sessions", "1,2", "--contexts", "100,300",
+        "--ticks", "2", "--markdown", str(md),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert sorted((int(r[0]), int(r[1])) for r in rows) == [(1, 100), (1, 300), (2, 100), (2, 300)]
+    for r in rows:
+        b50, b99, l50, l99 = map(float, r[2:6])
+        assert 0 < b50 <= b99 and 0 < l50 <= l99
+    assert "context 300: batched sustains" in result.stdout
+    text = md.read_text()
+    assert "duplex bench --model" in text and "| 2 | 300 |" in text
+
+
+def test_bench_refuses_a_bad_list_with_one_line() -> None:
+    result = duplex("bench", "--sessions", "1,two")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "duplex bench: error: --sessions/--contexts take comma-separated integers"
+    )
