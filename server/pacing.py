@@ -18,6 +18,10 @@ HISTORY_TICKS = 64  # recent steps the prediction looks at (about 10 s of 160 ms
 MIN_HISTORY = 8  # until then, the step gets the most time (no figures yet)
 SAFETY = 1.25  # the predicted step time is the slowest recent one times this
 SEND_MARGIN_S = 0.005  # from the step's end to the frames being on the socket
+# The least time a step is given. Its start is at the latest only when the audio it waits for
+# is late (network, a relay), and then a host hiccup of a few tens of ms should not make it
+# overrun; at one call (~10 ms steps) it still waits for two of the newest chunk's frames.
+MIN_BUDGET_S = 0.04
 
 
 @dataclass
@@ -35,7 +39,7 @@ class StepPacer:
         if not self.adaptive or len(self._history) < MIN_HISTORY:
             return self.max_budget_s
         slowest = max(t * max(1.0, sessions / max(n, 1)) for t, n in self._history)
-        return min(self.max_budget_s, SAFETY * slowest + SEND_MARGIN_S)
+        return min(self.max_budget_s, max(MIN_BUDGET_S, SAFETY * slowest + SEND_MARGIN_S))
 
     def frames_to_wait(self, budget_s: float) -> int:
         """How many frames of the newest user chunk the step waits for (0: only whole chunks

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server.pacing import MIN_HISTORY, StepPacer
+from server.pacing import MIN_BUDGET_S, MIN_HISTORY, StepPacer
 
 
 def pacer(adaptive: bool = True) -> StepPacer:
@@ -33,8 +33,8 @@ def test_fast_steps_wait_for_more_of_the_newest_chunk() -> None:
     for _ in range(MIN_HISTORY):
         p.record(0.012, 1)
     b = p.budget(1)
-    assert b < 0.03
-    assert p.frames_to_wait(b) == 2  # 160 - 25 - 20 ms leaves room for two 40 ms frames
+    assert b == MIN_BUDGET_S  # 12 ms x 1.25 + 5 ms is below the floor
+    assert p.frames_to_wait(b) == 2  # 160 - 25 - 40 ms leaves room for two 40 ms frames
     assert p.frames_to_wait(0.125) == 0
 
 
