@@ -73,7 +73,7 @@ class SlotDecoder:
         ids = torch.tensor([tok for r in active for tok in tokens[r]], device=self.device)
         refresh = cache.sink_refresh(active)
         plan = cache.plan_write(att_rows, counts)
-        mask, span = cache.attention_mask(att_rows, plan.qpos)
+        mask, _ = cache.attention_mask(plan)
         # Grouped-query attention with the query heads of a KV head folded into the query
         # length: each KV head is read once for its group. On CPU this attention call took
         # 1.06 ms against 1.29 ms with SDPA's enable_gqa (32 sessions x 512 keys, one query
@@ -110,7 +110,7 @@ class SlotDecoder:
             if refresh is not None:
                 raw = cache.sink_raw[i][sink_rows]
                 cache.rotate_sink(i, sink_rows, raw * sink_cos + rotate_half(raw) * sink_sin)
-            keys, values = cache.view(i, att_rows, span)
+            keys, values = cache.view(i, plan)
             if dense:
                 padded = q.view(batch, width, self.heads, self.head_dim)
             else:

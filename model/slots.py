@@ -39,6 +39,9 @@ class WritePlan:
     pos: torch.Tensor  # [N] absolute position of each token
     index: torch.Tensor  # [N] cache index of each token
     in_sink: torch.Tensor | None  # [N] booleans, None when no token lands in the sink
+    attended: int  # how many rows the forward attends for
+    gather: torch.Tensor | None  # those rows when they are not 0..attended-1 (else a view)
+    span: int  # cache indices 0..span-1 hold every attended row's keys
 
 
 class SlotKVCache:
@@ -124,7 +127,7 @@ class SlotKVCache:
     def plan_write(self, rows: list[int], counts: list[int]) -> WritePlan:
         """Positions for `counts[i]` new tokens on live row `rows[i]`; records them and
         advances lengths. A row with no tokens rides along (its query repeats its last
-        position; its output is meaningless). Tokens are numbered row by row."""
+        position; its output is meaningless). `rows` ascend; tokens are numbered row by row."""
         width = max(max(counts), 1)
         qpos = torch.empty((len(rows), width), dtype=torch.long)
         flat_rows: list[int] = []
@@ -145,14 +148,17 @@ class SlotKVCache:
         index = self._index(pos)
         self.positions[row_idx, index] = pos
         in_sink = pos < self.sink if flat_pos and min(flat_pos) < self.sink else None
-        return WritePlan(qpos.to(device), row_idx, pos, index, in_sink)
-
-    def attention_mask(self, rows: list[int], qpos: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """Additive mask [len(rows), 1, T, span] (0 = seen, -inf = not) over cache indices
-        0..span-1, and span."""
+        contiguous = rows[-1] == len(rows) - 1  # ascending rows 0..n-1
+        gather = None if contiguous else torch.tensor(rows, device=device)
         span = max(1, min(self.capacity, max(self.lengths[r] for r in rows)))
-        kpos = self._rows(self.positions, rows)[:, :span][:, None, :]  # [rows, 1, span]
-        q = qpos[:, :, None]  # [rows, T, 1]
+        return WritePlan(qpos.to(device), row_idx, pos, index, in_sink, len(rows), gather, span)
+
+    def attention_mask(self, plan: WritePlan) -> tuple[torch.Tensor, int]:
+        """Additive mask [rows, 1, T, span] (0 = seen, -inf = not) over cache indices
+        0..span-1 for the plan's attended rows, and span."""
+        span = plan.span
+        kpos = self._rows(self.positions, plan)[:, :span][:, None, :]  # [rows, 1, span]
+        q = plan.qpos[:, :, None]  # [rows, T, 1]
         seen = (kpos <= q) & (kpos >= 0) & ((kpos < self.sink) | (kpos > q - self.window))
         # a row with nothing to attend to (a fresh slot riding along) would give NaN
         seen |= ~seen.any(dim=-1, keepdim=True)
@@ -200,14 +206,12 @@ class SlotKVCache:
         """Put re-rotated sink keys ([n, kv_heads, sink, head_dim]) in place."""
         self.keys[layer][rows, :, : self.sink] = rotated
 
-    def view(self, layer: int, rows: list[int], span: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values [len(rows), kv_heads, span, head_dim] of one layer."""
-        keys = self._rows(self.keys[layer], rows)
-        return keys[:, :, :span], self._rows(self.values[layer], rows)[:, :, :span]
+    def view(self, layer: int, plan: WritePlan) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values [rows, kv_heads, span, head_dim] of one layer, the plan's rows."""
+        keys = self._rows(self.keys[layer], plan)
+        return keys[:, :, : plan.span], self._rows(self.values[layer], plan)[:, :, : plan.span]
 
     @staticmethod
-    def _rows(t: torch.Tensor, rows: list[int]) -> torch.Tensor:
-        """`t[rows]` for ascending rows: a view when they are 0..n-1, else a gathered copy."""
-        if rows[-1] == len(rows) - 1:
-            return t[: len(rows)]
-        return t[torch.tensor(rows, device=t.device)]
+    def _rows(t: torch.Tensor, plan: WritePlan) -> torch.Tensor:
+        """The plan's attended rows of `t`: a view of 0..n-1, or a gathered copy."""
+        return t[: plan.attended] if plan.gather is None else t[plan.gather]
