@@ -62,7 +62,21 @@ class _LspCodebook(ctypes.Structure):
 
 @functools.cache
 def _libcodec2() -> ctypes.CDLL:
-    """The libcodec2 that pycodec2 itself loaded (same handle: same tables, same RNG)."""
+    """The libcodec2 that pycodec2 itself loaded (same handle: same tables, same RNG), with
+    the prototypes of the functions called here declared once."""
+    lib = _find_libcodec2()
+    lib.codec2_create.restype = ctypes.c_void_p
+    lib.codec2_create.argtypes = [ctypes.c_int]
+    lib.codec2_destroy.argtypes = [ctypes.c_void_p]
+    lib.codec2_encode.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+    lib.codec2_encode.restype = None
+    lib.codec2_decode.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p]
+    lib.codec2_decode.restype = None
+    lib.codec2_rand.restype = ctypes.c_int
+    return lib
+
+
+def _find_libcodec2() -> ctypes.CDLL:
     with open("/proc/self/maps") as maps:
         for line in maps:
             parts = line.split(maxsplit=5)
@@ -84,13 +98,6 @@ class Codec2:
 
     def __init__(self) -> None:
         lib = _libcodec2()
-        lib.codec2_create.restype = ctypes.c_void_p
-        lib.codec2_create.argtypes = [ctypes.c_int]
-        lib.codec2_destroy.argtypes = [ctypes.c_void_p]
-        lib.codec2_encode.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
-        lib.codec2_encode.restype = None
-        lib.codec2_decode.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p]
-        lib.codec2_decode.restype = None
         self._lib = lib
         self._state = lib.codec2_create(_MODE_700C)
         if not self._state:
@@ -191,7 +198,6 @@ def _rand_cell() -> ctypes.c_uint64 | None:
     copy in around each decode makes decoding deterministic and chunking-independent.
     None when the build does not match (decoding then still works, just not reproducibly)."""
     lib = _libcodec2()
-    lib.codec2_rand.restype = ctypes.c_int
     addr = ctypes.cast(lib.codec2_rand, ctypes.c_void_p).value
     if addr is None:
         return None
