@@ -85,18 +85,6 @@ def test_timing_model() -> None:
     assert n_bc >= 50
 
 
-def test_only_the_user_barges_in() -> None:
-    """With the agent named, no turn of the user's is cut short by the agent; the agent's are."""
-    cut_by = {"A": 0, "B": 0}
-    for k, d in enumerate(dialogues(0)):
-        p = plan(d, lambda _s, text: 560 * len(text), np.random.default_rng([0, k]), agent="A")
-        for prev, t in zip(p.turns, p.turns[1:], strict=False):
-            if prev.interrupted:
-                cut_by[t.speaker] += 1
-    assert cut_by["A"] == 0
-    assert cut_by["B"] >= 15
-
-
 @pytest.fixture(scope="module")
 def synthesized(tmp_path_factory: pytest.TempPathFactory, checkpoint: Path) -> Path:
     out = tmp_path_factory.mktemp("synth")

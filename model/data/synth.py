@@ -4,8 +4,7 @@ Each dialogue of the corpus is voiced by espeak-ng (voice, speed and pitch drawn
 and laid out on two channels with conversational timing: floor-transfer offsets from a normal
 distribution (so some turns overlap), pauses inside turns, backchannels on the listener's
 channel and interruptions that cut the interrupted speaker short. Which corpus speaker is the
-agent ([S0]) is drawn per dialogue, so the agent learns both to open and to answer; only the
-user barges in (the agent learns to yield, not to cut its caller short). The held-out
+agent ([S0]) is drawn per dialogue, so the agent learns both to open and to answer. The held-out
 split keeps its dialogues and one voice (the user's, every time) out of training.
 
 Everything random comes from `default_rng([seed, crc32(dialogue id), rendition])`, so a dialogue
@@ -63,7 +62,6 @@ class Timing:
     interrupt_at: tuple[float, float] = (0.4, 0.75)  # share of the turn before the barge-in
     interrupt_min: float = 0.6  # never barge in earlier than this into a turn
     cut_after: tuple[float, float] = (0.1, 0.3)  # the interrupted speaker stops this much later
-    agent_barges_in: bool = False  # False: only the user interrupts; the agent yields
     same_channel_gap: float = 0.1  # a channel never overlaps itself
     lead_in: tuple[float, float] = (0.2, 0.8)
     tail: tuple[float, float] = (0.3, 0.8)
@@ -111,13 +109,8 @@ def plan(
     rng: np.random.Generator,
     timing: Timing = Timing(),
     chunk_samples: int = 1280,
-    agent: Speaker | None = None,
 ) -> Plan:
-    """Place every turn, pause, backchannel and interruption; `length` gives a clip's samples.
-
-    With `agent` given and `timing.agent_barges_in` off, an interruption point whose barge-in
-    would be the agent's is spoken through: the served agent should yield when talked over,
-    never cut its caller short, so the data shows it only the first."""
+    """Place every turn, pause, backchannel and interruption; `length` gives a clip's samples."""
     t = timing
     gap = round(t.same_channel_gap * RATE)
     clips: list[Clip] = []
@@ -151,8 +144,6 @@ def plan(
         end = own[-1].start + own[-1].length
         cut_next = turn.interruptible and i + 1 < len(dialogue.turns)
         cut_next = cut_next and rng.random() < t.interrupt_p
-        barger = dialogue.turns[i + 1].speaker if i + 1 < len(dialogue.turns) else None
-        cut_next = cut_next and (t.agent_barges_in or agent is None or barger != agent)
         barge_in = None
         interrupted = False
         if cut_next:
@@ -250,7 +241,7 @@ def render(
         return len(audio[spk, text])
 
     chunk_samples = codec.frame_samples * fmt.frames_per_chunk
-    layout = plan(dialogue, length, rng, timing, chunk_samples, agent)
+    layout = plan(dialogue, length, rng, timing, chunk_samples)
     channels = {s: np.zeros(layout.n_samples, np.float32) for s in ("A", "B")}
     for c in layout.clips:
         pcm = audio[c.speaker, c.text][: c.length].copy()
