@@ -73,7 +73,7 @@ class SlotDecoder:
         ids = torch.tensor([tok for r in active for tok in tokens[r]], device=self.device)
         refresh = cache.sink_refresh(active)
         plan = cache.plan_write(att_rows, counts)
-        mask, _ = cache.attention_mask(plan)
+        mask = cache.attention_mask(plan)
         # Grouped-query attention with the query heads of a KV head folded into the query
         # length: each KV head is read once for its group. On CPU this attention call took
         # 1.06 ms against 1.29 ms with SDPA's enable_gqa (32 sessions x 512 keys, one query

@@ -153,9 +153,9 @@ class SlotKVCache:
         span = max(1, min(self.capacity, max(self.lengths[r] for r in rows)))
         return WritePlan(qpos.to(device), row_idx, pos, index, in_sink, len(rows), gather, span)
 
-    def attention_mask(self, plan: WritePlan) -> tuple[torch.Tensor, int]:
-        """Additive mask [rows, 1, T, span] (0 = seen, -inf = not) over cache indices
-        0..span-1 for the plan's attended rows, and span."""
+    def attention_mask(self, plan: WritePlan) -> torch.Tensor:
+        """Additive mask [rows, 1, T, plan.span] (0 = seen, -inf = not) over cache indices
+        0..span-1 for the plan's attended rows."""
         span = plan.span
         kpos = self._rows(self.positions, plan)[:, :span][:, None, :]  # [rows, 1, span]
         q = plan.qpos[:, :, None]  # [rows, T, 1]
@@ -163,7 +163,7 @@ class SlotKVCache:
         # a row with nothing to attend to (a fresh slot riding along) would give NaN
         seen |= ~seen.any(dim=-1, keepdim=True)
         mask = torch.zeros(seen.shape, dtype=self.keys[0].dtype, device=seen.device)
-        return mask.masked_fill_(~seen, float("-inf"))[:, None], span
+        return mask.masked_fill_(~seen, float("-inf"))[:, None]
 
     def write(
         self, layer: int, plan: WritePlan, k: torch.Tensor, v: torch.Tensor, k_raw: torch.Tensor

@@ -77,8 +77,8 @@ def test_ring_cache_runs_past_capacity_with_flat_span(loaded) -> None:  # type: 
         assert torch.isfinite(logits).all()
     assert cache.lengths[0] == 100
     plan = cache.plan_write([0], [1])
-    mask, span = cache.attention_mask(plan)
-    assert span == 64
+    mask = cache.attention_mask(plan)
+    assert plan.span == 64
     assert int((mask == 0).sum()) == cache.window  # exactly the window, never more
 
 
