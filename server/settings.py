@@ -43,9 +43,10 @@ class Settings(BaseSettings):
         "(default: as recent steps needed, at most tick - 35 ms)",
     )
     estimate_units: int = Field(
-        default=2,
+        default=0,
         ge=0,
-        description="most units the model samples to estimate a user chunk none of which arrived",
+        description="most units the model samples to estimate a user chunk none of which arrived "
+        "(0: hold the user's last frame)",
     )
     temperature: float = Field(default=0.6, ge=0, le=5, description="default sampling temperature")
     turn_temperature: float | None = Field(
