@@ -31,6 +31,7 @@ from typing import Any, Literal
 import numpy as np
 import soundfile as sf
 from pydantic import ValidationError
+from scipy.stats import binomtest
 from tqdm import tqdm
 
 from clients.call import FINISH_TIMEOUT_S, place_frame, run_both
@@ -326,6 +327,15 @@ def _rate(xs: Sequence[bool]) -> float | None:
     return round(sum(xs) / len(xs), 3) if xs else None
 
 
+def rate_ci95(xs: Sequence[bool]) -> list[float] | None:
+    """Wilson 95 % interval of a rate: how far another draw of as many cases could move it
+    (at 30-40 cases, about +-0.15; a target met or missed inside it is not settled)."""
+    if not xs:
+        return None
+    ci = binomtest(sum(xs), len(xs)).proportion_ci(confidence_level=0.95, method="wilson")
+    return [round(float(ci.low), 3), round(float(ci.high), 3)]
+
+
 def _median(xs: Sequence[float]) -> float | None:
     return round(float(np.median(xs)), 3) if xs else None
 
@@ -342,16 +352,19 @@ def summarize(results: Sequence[CaseResult]) -> dict[str, dict[str, Any]]:
         if cat == "turn_taking":
             lat = [o["latency_s"] for o in rs if o["takeover"]]
             row |= {"takeover_rate": _rate([o["takeover"] for o in rs]),
+                    "takeover_rate_ci95": rate_ci95([o["takeover"] for o in rs]),
                     "latency_median_s": _median(lat),
                     "latency_p90_s": round(float(np.percentile(lat, 90)), 3) if lat else None,
                     "overlap_rate": _rate([o["overlap"] for o in rs])}  # fmt: skip
         elif cat == "pause":
             row |= {"takeover_rate": _rate([o["takeover"] for o in rs]),
+                    "takeover_rate_ci95": rate_ci95([o["takeover"] for o in rs]),
                     "backchannel_rate": _rate([o["backchannel"] for o in rs])}  # fmt: skip
         elif cat == "interruption":
             valid = [o for o in rs if o["talking"]]
             row |= {"agent_talking": len(valid),
                     "stop_rate": _rate([o["stopped"] for o in valid]),
+                    "stop_rate_ci95": rate_ci95([o["stopped"] for o in valid]),
                     "stop_median_s": _median([o["stop_s"] for o in valid])}  # fmt: skip
         else:
             minutes = sum(o["user_s"] for o in rs) / 60
@@ -370,7 +383,8 @@ def check_targets(summary: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any
         cat, name = key.split(".")
         value = summary.get(cat, {}).get(name)
         met = None if value is None else (value >= bound if op == ">=" else value <= bound)
-        out[key] = {"value": value, "target": f"{op} {bound:g}", "met": met}
+        out[key] = {"value": value, "target": f"{op} {bound:g}", "met": met,
+                    "ci95": summary.get(cat, {}).get(f"{name}_ci95")}  # fmt: skip
     return out
 
 
@@ -446,12 +460,13 @@ async def run_eval(
 def summary_table(report: EvalReport) -> str:
     lines = [f"{'category':<13} {'cases':>5}  figures"]
     for cat, row in report.summary.items():
-        figures = "  ".join(f"{k}={v}" for k, v in row.items() if k not in ("cases",))
+        figures = "  ".join(f"{k}={v}" for k, v in row.items() if k != "cases" and "ci95" not in k)
         lines.append(f"{cat:<13} {row['cases']:>5}  {figures}")
     lines.append("")
     for key, t in report.targets.items():
         verdict = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
-        lines.append(f"{key:<32} {t['value']!s:>8}  target {t['target']:<8} {verdict}")
+        ci = f"  (95 % CI {t['ci95'][0]:.2f}-{t['ci95'][1]:.2f})" if t["ci95"] else ""
+        lines.append(f"{key:<32} {t['value']!s:>8}  target {t['target']:<8} {verdict:<6}{ci}")
     return "\n".join(lines)
 
 

@@ -16,6 +16,7 @@ from clients.evaluation import (
     WIRE_RATE,
     build_cases,
     main,
+    rate_ci95,
     score_backchannel,
     score_interruption,
     score_pause,
@@ -93,6 +94,15 @@ def test_backchannel_scoring() -> None:
     assert score_backchannel([(2.0, 3.5)], speech)["takeover"]
 
 
+def test_rate_interval_is_wilsons_and_narrows_with_cases() -> None:
+    assert rate_ci95([]) is None
+    assert rate_ci95([True] * 8 + [False] * 2) == [0.49, 0.943]  # Wilson 95 %, 8 of 10
+    assert rate_ci95([False] * 5) == [0.0, 0.434]
+    ci40 = rate_ci95([True] * 32 + [False] * 8) or []
+    ci120 = rate_ci95([True] * 96 + [False] * 24) or []
+    assert ci40[0] < ci120[0] < 0.8 < ci120[1] < ci40[1]
+
+
 def test_eval_runs_every_category_through_the_real_server(
     server: ServerProcess, tmp_path: Path
 ) -> None:
@@ -110,6 +120,9 @@ def test_eval_runs_every_category_through_the_real_server(
         "pause.takeover_rate",
         "interruption.stop_rate",
     }
+    tt = report["targets"]["turn_taking.takeover_rate"]
+    assert tt["ci95"] is not None and tt["ci95"][0] <= tt["value"] <= tt["ci95"][1]
+    assert report["targets"]["turn_taking.latency_median_s"]["ci95"] is None
     # The random model babbles: the user barges in once it talks, live, into the sent audio.
     inter = next(c for c in report["cases"] if c["category"] == "interruption")
     assert inter["outcome"]["barged_in"], inter
