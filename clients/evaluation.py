@@ -336,6 +336,11 @@ def rate_ci95(xs: Sequence[bool]) -> list[float] | None:
     return [round(float(ci.low), 3), round(float(ci.high), 3)]
 
 
+def _rate_with_ci(name: str, xs: Sequence[bool]) -> dict[str, Any]:
+    """A target rate and its interval, as `name` and `name_ci95`."""
+    return {name: _rate(xs), f"{name}_ci95": rate_ci95(xs)}
+
+
 def _median(xs: Sequence[float]) -> float | None:
     return round(float(np.median(xs)), 3) if xs else None
 
@@ -351,20 +356,17 @@ def summarize(results: Sequence[CaseResult]) -> dict[str, dict[str, Any]]:
         row: dict[str, Any] = {"cases": len(rs), "errors": errors}
         if cat == "turn_taking":
             lat = [o["latency_s"] for o in rs if o["takeover"]]
-            row |= {"takeover_rate": _rate([o["takeover"] for o in rs]),
-                    "takeover_rate_ci95": rate_ci95([o["takeover"] for o in rs]),
+            row |= {**_rate_with_ci("takeover_rate", [o["takeover"] for o in rs]),
                     "latency_median_s": _median(lat),
                     "latency_p90_s": round(float(np.percentile(lat, 90)), 3) if lat else None,
                     "overlap_rate": _rate([o["overlap"] for o in rs])}  # fmt: skip
         elif cat == "pause":
-            row |= {"takeover_rate": _rate([o["takeover"] for o in rs]),
-                    "takeover_rate_ci95": rate_ci95([o["takeover"] for o in rs]),
+            row |= {**_rate_with_ci("takeover_rate", [o["takeover"] for o in rs]),
                     "backchannel_rate": _rate([o["backchannel"] for o in rs])}  # fmt: skip
         elif cat == "interruption":
             valid = [o for o in rs if o["talking"]]
             row |= {"agent_talking": len(valid),
-                    "stop_rate": _rate([o["stopped"] for o in valid]),
-                    "stop_rate_ci95": rate_ci95([o["stopped"] for o in valid]),
+                    **_rate_with_ci("stop_rate", [o["stopped"] for o in valid]),
                     "stop_median_s": _median([o["stop_s"] for o in valid])}  # fmt: skip
         else:
             minutes = sum(o["user_s"] for o in rs) / 60

@@ -5,7 +5,7 @@ A step, per session with agent chunk k to produce:
    rolls back to the first replaced chunk) or are appended;
 2. user chunk k-1, if its audio is not complete yet, is estimated: when none of it arrived,
    the model samples it (at most `estimate_units` units; with 0, the user's last frame is
-   held, which is what the server does by default); when its first frames did, they are
+   held); when its first frames did, they are
    written as they are and the last of them is held for the rest (sampling that little
    would cost a forward per unit, the step's latency, for a guess little better than chance);
 3. agent chunk k is generated: a forced `[S0]`, then at most frames_per_chunk units, ending
