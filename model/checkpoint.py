@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.utils import logging as hf_logging
 
+from model.device import torch_device
 from model.format import ChunkFormat
 
 DUPLEX_JSON = "duplex.json"
@@ -108,6 +109,7 @@ def load_checkpoint(
     path: Path, device: str = "cpu", dtype: torch.dtype = torch.float32
 ) -> tuple[DuplexConfig, LlamaForCausalLM]:
     """Load duplex.json and the Llama weights from a local directory (never downloads)."""
+    target = torch_device(device)
     config = read_config(path)
     try:
         llama = LlamaForCausalLM.from_pretrained(
@@ -121,7 +123,7 @@ def load_checkpoint(
     if top >= vocab:
         raise CheckpointError(f"duplex.json uses token id {top} but the model's vocab is {vocab}")
     llama.eval().requires_grad_(False)
-    llama.to(torch.device(device))  # type: ignore[arg-type]  # transformers types .to oddly
+    llama.to(target)  # type: ignore[arg-type]  # transformers types .to oddly
     return config, llama
 
 

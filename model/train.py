@@ -31,6 +31,7 @@ from transformers import LlamaForCausalLM
 
 from model.checkpoint import DUPLEX_JSON, DuplexConfig, new_llama, read_config
 from model.data.synth import load_split
+from model.device import torch_device
 from model.format import ChunkFormat
 
 STATE = "train_state.pt"
@@ -344,9 +345,9 @@ def train(
 
     `until` stops after that step with the state saved, as an interruption would.
     """
+    dev = torch_device(cfg.device)
     duplex, train_dialogues, held_dialogues = load_data(data, checkpoint)
     fmt = duplex.chunk_format()
-    dev = torch.device(cfg.device)
     model = build_model(cfg, duplex).to(dev)  # type: ignore[arg-type]  # transformers' .to
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]

@@ -125,7 +125,8 @@ def _train(args: argparse.Namespace) -> int:
     if (out / STATE).exists() and not args.resume:
         return _fail("train", f"{out} holds a training run: add --resume, or pick another --out")
     overrides = {k: v for k, v in (("steps", args.steps), ("minutes", args.minutes),
-                                   ("seed", args.seed)) if v is not None}  # fmt: skip
+                                   ("seed", args.seed), ("device", args.device))
+                 if v is not None}  # fmt: skip
     if args.threads is not None:
         if args.threads < 1:
             return _fail("train", f"--threads must be >= 1, got {args.threads}")
@@ -218,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
     tr.add_argument("--seed", type=int)
     tr.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    tr.add_argument("--device", help="torch device: cpu, cuda, cuda:1 (default: the preset's)")
     tr.add_argument(
         "--checkpoint", default="models/default", help="its duplex.json: codec, chunk format"
     )

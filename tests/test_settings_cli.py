@@ -30,6 +30,7 @@ def duplex(*args: str) -> subprocess.CompletedProcess[str]:
         (["--max-sessions", "0"], "invalid setting max_sessions"),
         (["--port", "http"], "invalid setting port"),
         (["--device", "tpu"], "invalid setting device"),
+        (["--device", "cuda:99"], "device 'cuda:99'"),  # no such GPU here (or anywhere)
         (["--dtype", "int3"], "invalid setting dtype"),
         (["--model", "/nonexistent"], "duplex.json is missing"),
     ],

@@ -96,6 +96,11 @@ def test_cli_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("duplex train: error:") and "train.npz" in err and "\n" not in err
+    # A GPU that is not there: one line, before any data is read (the gpu preset on a CPU box).
+    for device in (["--device", "cuda:99"], ["--device", "tpu"]):
+        assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "o"), *device]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("duplex train: error: device") and "\n" not in err, err
 
 
 def test_cli_trains_and_refuses_to_overwrite(
