@@ -26,7 +26,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import soundfile as sf
@@ -50,6 +50,7 @@ EXIT_USAGE = 2
 EXIT_FAILURE = 1
 
 Category = Literal["turn_taking", "pause", "interruption", "backchannel"]
+PauseKind = Literal["comma", "sentence"]  # what ends the piece before a mid-turn pause
 CATEGORIES: tuple[Category, ...] = ("turn_taking", "pause", "interruption", "backchannel")
 
 WIRE_RATE = 16000
@@ -83,6 +84,7 @@ class Case:
     user: np.ndarray  # what the user says, from sample 0 (the barge-in is added live)
     speech: list[Segment]  # where the user speaks (pieces of the turn)
     pause: Segment | None = None  # the mid-turn pause (pause cases)
+    pause_after: PauseKind | None = None  # what the piece before the pause ends with
     barge_in: np.ndarray | None = None  # interruption cases: said once the agent talks
     barge_text: str = ""
     seed: int = 0
@@ -174,6 +176,8 @@ def build_cases(per_category: int, seed: int, categories: Sequence[Category]) ->
             user, spans, pause = _speak(pieces, crng, pause_at)
             case = Case(category, f"{category}/{d.id}.{i}", d.turns[i].text, user, spans, pause,
                         seed=case_seed)  # fmt: skip
+            if pause_at is not None:
+                case.pause_after = "sentence" if pieces[pause_at][-1] in ".?!" else "comma"
             if category == "interruption":
                 other = all_turns[int(crng.integers(len(all_turns)))]
                 barge = trim_silence(synthesize(other.text, HELDOUT_VOICE, 170, 50))
@@ -317,7 +321,7 @@ def score(case: Case, agent: Sequence[Segment], barge_at: float | None) -> dict[
         return score_turn_taking(agent, case.user_end)
     if case.category == "pause":
         assert case.pause is not None
-        return score_pause(agent, case.pause)
+        return score_pause(agent, case.pause) | {"after": case.pause_after}
     if case.category == "interruption":
         return score_interruption(agent, barge_at)
     return score_backchannel(agent, case.speech)
@@ -363,6 +367,13 @@ def summarize(results: Sequence[CaseResult]) -> dict[str, dict[str, Any]]:
         elif cat == "pause":
             row |= {**_rate_with_ci("takeover_rate", [o["takeover"] for o in rs]),
                     "backchannel_rate": _rate([o["backchannel"] for o in rs])}  # fmt: skip
+            # Split by what precedes the pause: espeak-ng ends a clause before a comma with a
+            # continuation contour, a sentence with a fall, so a model that hears intonation
+            # can tell a comma's pause from a turn's end; a sentence's only by the words.
+            for kind in get_args(PauseKind):
+                row[f"takeover_rate_after_{kind}"] = _rate(
+                    [o["takeover"] for o in rs if o["after"] == kind]
+                )
         elif cat == "interruption":
             valid = [o for o in rs if o["talking"]]
             row |= {"agent_talking": len(valid),

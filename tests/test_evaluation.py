@@ -14,6 +14,7 @@ from clients.evaluation import (
     CATEGORIES,
     LEAD_IN_S,
     WIRE_RATE,
+    CaseResult,
     build_cases,
     main,
     rate_ci95,
@@ -21,9 +22,10 @@ from clients.evaluation import (
     score_interruption,
     score_pause,
     score_turn_taking,
+    summarize,
 )
 from model.data.dialogues import is_heldout
-from model.data.synth import RATE
+from model.data.synth import RATE, segments
 from tests.conftest import ServerProcess
 
 
@@ -56,6 +58,27 @@ def test_a_pause_case_is_silent_in_its_pause_and_speaks_around_it(cases: list) -
         assert any(abs(s - c.pause[1]) < 1e-6 for s, _ in c.speech)  # and resumes after it
     for c in (c for c in cases if c.category == "interruption"):
         assert c.barge_in is not None and len(c.barge_in) > RATE // 4
+
+
+def test_pause_takeover_is_split_by_what_precedes_the_pause() -> None:
+    pauses = build_cases(12, seed=5, categories=["pause"])
+    for c in pauses:
+        assert c.pause is not None
+        before = next(j for j, (_, e) in enumerate(c.speech) if abs(e - c.pause[0]) < 1e-6)
+        ends_sentence = segments(c.text)[before][-1] in ".?!"
+        assert c.pause_after == ("sentence" if ends_sentence else "comma"), c.text
+    assert {c.pause_after for c in pauses} == {"comma", "sentence"}
+    outcomes = [("comma", True), ("comma", False), ("comma", False), ("sentence", True)]
+    results = [
+        CaseResult(
+            f"pause/{i}", "pause", "", outcome={"takeover": t, "backchannel": False, "after": k}
+        )
+        for i, (k, t) in enumerate(outcomes)
+    ]
+    row = summarize(results)["pause"]
+    assert row["takeover_rate"] == 0.5
+    assert row["takeover_rate_after_comma"] == 0.333
+    assert row["takeover_rate_after_sentence"] == 1.0
 
 
 def test_turn_taking_scoring() -> None:
