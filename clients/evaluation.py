@@ -38,7 +38,14 @@ from clients.call import FINISH_TIMEOUT_S, place_frame, run_both
 from clients.client import DuplexClient, DuplexError, ReceivedFrame
 from clients.speech_activity import Segment, speech_segments, vad_name
 from model.data.dialogues import Dialogue, Turn, dialogues, split
-from model.data.synth import HELDOUT_VOICE, RATE, Timing, segments, trim_silence
+from model.data.synth import (
+    HELDOUT_VOICE,
+    RATE,
+    Timing,
+    ends_sentence,
+    segments,
+    trim_silence,
+)
 from server.protocol import AudioFormat, SamplingParams, describe_validation
 from streaming.codebook import PITCH_RANGE, WPM_RANGE, synthesize
 from streaming.resample import resample_whole
@@ -58,7 +65,9 @@ LEAD_IN_S = 0.3  # silence before the user speaks
 LISTEN_S = 2.5  # silence after the user's last word: time for the agent to answer
 TAKEOVER_WINDOW_S = 2.0  # an agent onset later than this after the user's end is no answer
 OVERLAP_MAX_S = 0.6  # the training data's earliest floor transfer: onsets up to this early count
-PAUSE_S = (0.3, 0.6)  # a mid-turn pause: the long end of the training data's own pauses
+# A mid-turn pause: the long end of the training data's own (0.25-0.6 s after a sentence,
+# 0.15-0.35 s after a comma, so after a comma mostly longer than any the model heard).
+PAUSE_S = (0.3, 0.6)
 REACTION_S = 0.3  # agent speech this soon after a pause ends is still a reaction to the pause
 BACKCHANNEL_MAX_S = 0.6  # agent speech shorter than this is a backchannel, not a turn
 BARGE_AFTER_S = 0.4  # the user barges in once the agent has talked this long...
@@ -132,7 +141,7 @@ def _speak(
             bounds = (
                 PAUSE_S
                 if j == pause_at
-                else (timing.sentence_pause if piece[-1] in ".?!" else timing.comma_pause)
+                else (timing.sentence_pause if ends_sentence(piece) else timing.comma_pause)
             )
             gap = round(rng.uniform(*bounds) * RATE)
             if j == pause_at:
@@ -177,7 +186,7 @@ def build_cases(per_category: int, seed: int, categories: Sequence[Category]) ->
             case = Case(category, f"{category}/{d.id}.{i}", d.turns[i].text, user, spans, pause,
                         seed=case_seed)  # fmt: skip
             if pause_at is not None:
-                case.pause_after = "sentence" if pieces[pause_at][-1] in ".?!" else "comma"
+                case.pause_after = "sentence" if ends_sentence(pieces[pause_at]) else "comma"
             if category == "interruption":
                 other = all_turns[int(crng.integers(len(all_turns)))]
                 barge = trim_silence(synthesize(other.text, HELDOUT_VOICE, 170, 50))

@@ -331,6 +331,12 @@ def _metrics(out: Path, upto: int) -> dict[str, Any]:
     return json.loads(kept[-1]) if kept else {}
 
 
+def _identity(cfg: TrainConfig) -> dict[str, Any]:
+    """What a resumed run must share with the run it continues: all but the clock cap and the
+    device (the saved state loads onto any)."""
+    return asdict(replace(cfg, minutes=None, device=""))
+
+
 def train(
     cfg: TrainConfig,
     data: Path,
@@ -365,8 +371,8 @@ def train(
     if resume:
         if not (out / STATE).is_file():
             raise FileNotFoundError(f"nothing to resume: {out / STATE} is missing")
-        state = torch.load(out / STATE, map_location=dev, weights_only=False)
-        if state["config"] != asdict(replace(cfg, minutes=None)):
+        state = torch.load(out / STATE, map_location="cpu", weights_only=False)  # any device
+        if state["config"] != _identity(cfg):
             raise ValueError(
                 f"{out / STATE} was written with another configuration: {state['config']}"
             )
@@ -384,7 +390,7 @@ def train(
 
     def save() -> None:
         state = {
-            "config": asdict(replace(cfg, minutes=None)),
+            "config": _identity(cfg),
             "model": model.state_dict(),
             "optimizer": opt.state_dict(),
             "step": step,

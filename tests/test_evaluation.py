@@ -65,8 +65,8 @@ def test_pause_takeover_is_split_by_what_precedes_the_pause() -> None:
     for c in pauses:
         assert c.pause is not None
         before = next(j for j, (_, e) in enumerate(c.speech) if abs(e - c.pause[0]) < 1e-6)
-        ends_sentence = segments(c.text)[before][-1] in ".?!"
-        assert c.pause_after == ("sentence" if ends_sentence else "comma"), c.text
+        last = segments(c.text)[before][-1]
+        assert c.pause_after == ("sentence" if last in ".?!" else "comma"), c.text
     assert {c.pause_after for c in pauses} == {"comma", "sentence"}
     outcomes = [("comma", True), ("comma", False), ("comma", False), ("sentence", True)]
     results = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +72,11 @@ def test_loss_goes_down(trained: Path) -> None:
 def test_resume_is_exact(data: Path, checkpoint: Path, trained: Path, tmp_path: Path) -> None:
     train(TINY, data, tmp_path, checkpoint=checkpoint, progress=False, until=12)
     assert torch.load(tmp_path / STATE, weights_only=False)["step"] == 12
-    train(TINY, data, tmp_path, checkpoint=checkpoint, progress=False, resume=True)
+    with pytest.raises(ValueError, match="another configuration"):
+        train(replace(TINY, lr=1e-3), data, tmp_path, checkpoint=checkpoint, resume=True)
+    # The device is not part of the run: its state resumes on another (here cpu:0).
+    again = replace(TINY, device="cpu:0", minutes=30.0)
+    train(again, data, tmp_path, checkpoint=checkpoint, progress=False, resume=True)
     whole = torch.load(trained / STATE, weights_only=False)["model"]
     resumed = torch.load(tmp_path / STATE, weights_only=False)["model"]
     for name, value in whole.items():

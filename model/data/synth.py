@@ -99,6 +99,12 @@ def segments(text: str) -> list[str]:
     return [s for s in _SEGMENT_END.split(text.strip()) if s]
 
 
+def ends_sentence(piece: str) -> bool:
+    """Whether a piece ends a sentence (a longer pause after it inside a turn, and in espeak-ng
+    a falling contour) rather than a clause (a comma or semicolon: a continuation contour)."""
+    return piece[-1] in ".?!"
+
+
 def _secs(rng: np.random.Generator, bounds: tuple[float, float]) -> int:
     return round(rng.uniform(*bounds) * RATE)
 
@@ -140,7 +146,7 @@ def plan(
             pos += own[-1].length
             if j < len(pieces) - 1:
                 pauses.append(pos)
-                pos += _secs(rng, t.sentence_pause if piece[-1] in ".?!" else t.comma_pause)
+                pos += _secs(rng, t.sentence_pause if ends_sentence(piece) else t.comma_pause)
         end = own[-1].start + own[-1].length
         cut_next = turn.interruptible and i + 1 < len(dialogue.turns)
         cut_next = cut_next and rng.random() < t.interrupt_p
