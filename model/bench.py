@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaForCausalLM
 
-from model.checkpoint import DuplexConfig, load_checkpoint
+from model.checkpoint import CheckpointError, DuplexConfig, load_checkpoint
 from model.engine import Engine, StepRequest
 from model.format import Frame
 from model.sampling import SamplingParams
@@ -130,16 +130,16 @@ def _p(times: list[float], q: float) -> float:
 
 
 def run_bench(
-    model: Path,
+    config: DuplexConfig,
+    llama: LlamaForCausalLM,
     sessions: list[int],
     contexts: list[int],
     ticks: int,
     loop_limit_s: float,
     estimate_units: int | None = None,
 ) -> list[Row]:
-    """Rows for every (sessions, context); the per-session loop stops growing once its
-    median tick exceeds `loop_limit_s`."""
-    config, llama = load_checkpoint(model)
+    """Rows for every (sessions, context) with a loaded model; the per-session loop stops
+    growing once its median tick exceeds `loop_limit_s`."""
     templates = {context: _template(config, llama, context) for context in contexts}
     rows = []
     loop_too_slow = False
@@ -194,10 +194,15 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
+    try:
+        config, llama = load_checkpoint(Path(args.model), device=args.device)
+    except (CheckpointError, ValueError) as exc:
+        print(f"duplex bench: error: {exc}", file=sys.stderr)
+        return 2
     heads = ("sessions", "context", "batch50", "batch99", "  loop50", "loop99")
     print(" ".join(f"{h:>8}" for h in heads))
     rows = run_bench(
-        Path(args.model), sessions, contexts, args.ticks, args.loop_limit_s, args.estimate_units
+        config, llama, sessions, contexts, args.ticks, args.loop_limit_s, args.estimate_units
     )
     tick_ms = 160.0
     for context in contexts:
@@ -210,16 +215,23 @@ def run(args: argparse.Namespace) -> int:
             ratio = by_ctx[8000] / by_ctx[1000]
             print(f"flat cost at {n} session(s): 8000 vs 1000 tokens {ratio:.2f}x")
     if args.markdown:
-        _write_markdown(Path(args.markdown), rows, contexts, tick_ms)
+        _write_markdown(Path(args.markdown), rows, contexts, tick_ms, llama.device)
     return 0
 
 
-def _write_markdown(path: Path, rows: list[Row], contexts: list[int], tick_ms: float) -> None:
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def _write_markdown(
+    path: Path, rows: list[Row], contexts: list[int], tick_ms: float, device: torch.device
+) -> None:
     """Append this run's table, with the command that made it, to a markdown file."""
     command = "duplex bench " + " ".join(sys.argv[2:])
     lines = [
         f"\n### `{command}`\n",
-        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
+        f"torch {torch.__version__} on {_device_name(device)}, "
+        f"{torch.get_num_threads()} thread(s), "
         f"{time.strftime('%Y-%m-%d')}; milliseconds per tick (p50 / p99)\n",
         "| sessions | context | batched p50 | batched p99 | loop p50 | loop p99 |",
         "|---:|---:|---:|---:|---:|---:|",

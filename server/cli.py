@@ -231,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--contexts", default="500,1000,2000,4000,8000", help="tokens")
     bench.add_argument("--ticks", type=int, default=8, help="measured ticks per cell")
     bench.add_argument("--threads", type=int, default=1, help="torch threads")
+    bench.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     bench.add_argument(
         "--loop-limit-s", type=float, default=1.0,
         help="stop growing the per-session loop once its median tick exceeds this",

@@ -144,6 +144,21 @@ def test_bench_times_both_setups_for_every_cell_and_writes_markdown(
     assert "context 300: batched sustains" in result.stdout
     text = md.read_text()
     assert "duplex bench --model" in text and "| 2 | 300 |" in text
+    assert " on cpu, " in text
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--device", "mps"], "device 'mps': expected 'cpu' or 'cuda[:N]'"),
+        (["--model", "/no/such/model"], "/no/such/model is not a duplex checkpoint"),
+    ],
+)
+def test_bench_refuses_a_bad_device_or_model_with_one_line(args: list[str], expected: str) -> None:
+    result = duplex("bench", *args)
+    assert result.returncode == 2
+    assert result.stderr.startswith("duplex bench: error: ")
+    assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
 def test_bench_refuses_a_bad_list_with_one_line() -> None:
