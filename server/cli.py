@@ -77,9 +77,15 @@ def _codec_build(args: argparse.Namespace) -> int:
         return _fail("codec build", f"--units must be >= 2, got {args.units}")
     if args.minutes <= 0:
         return _fail("codec build", f"--minutes must be > 0, got {args.minutes}")
+    if args.f0_weight <= 0:
+        return _fail("codec build", f"--f0-weight must be > 0, got {args.f0_weight}")
     try:
         stats = build_codebook(
-            Path(args.out), n_units=args.units, minutes=args.minutes, seed=args.seed
+            Path(args.out),
+            n_units=args.units,
+            minutes=args.minutes,
+            seed=args.seed,
+            f0_weight=args.f0_weight,
         )
     except (OSError, ValueError, RuntimeError) as exc:
         return _fail("codec build", str(exc), 1)
@@ -191,6 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--units", type=int, default=1024)
     build.add_argument("--minutes", type=float, default=48.0)
     build.add_argument("--seed", type=int, default=0)
+    build.add_argument(
+        "--f0-weight", type=float, default=1.0,
+        help="how much log-F0 counts in the clustering (finer intonation, coarser spectra)",
+    )  # fmt: skip
     build.set_defaults(func=_codec_build)
 
     data = sub.add_parser("data", help="training data").add_subparsers(dest="action", required=True)

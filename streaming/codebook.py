@@ -218,13 +218,37 @@ def _run_lengths(units: list[np.ndarray]) -> np.ndarray:
     )
 
 
+def _quantisation_error(
+    codec: Codec2UnitCodec, feats: np.ndarray, units: np.ndarray
+) -> tuple[float, float]:
+    """RMS distance between speech frames' raw features and their units' centroids: over
+    the 12 cepstra (dB, the envelope's shape) and over log2 F0 of voiced frames (octaves, the
+    intonation), the two a unit trades against each other."""
+    decoded = codec.centroids[units - 1] * codec.feat_std + codec.feat_mean
+    n_ceps = len(FEATURE_NAMES) - 3
+    cepstra = np.square(feats[:, :n_ceps] - decoded[:, :n_ceps]).sum(1).mean()
+    lf0 = FEATURE_NAMES.index("log2_f0")
+    voiced = ~np.isnan(feats[:, lf0])
+    f0 = np.square(feats[voiced, lf0] - decoded[voiced, lf0]).mean() if voiced.any() else 0.0
+    return float(np.sqrt(cepstra)), float(np.sqrt(f0))
+
+
 def build_codebook(
-    out: Path, n_units: int = 1024, minutes: float = 48.0, seed: int = 0, progress: bool = True
+    out: Path,
+    n_units: int = 1024,
+    minutes: float = 48.0,
+    seed: int = 0,
+    f0_weight: float = 1.0,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Synthesize ~``minutes`` of speech, learn ``n_units`` units (unit 0 = silence) and save
-    the codebook to ``out`` (.npz). Returns build statistics."""
-    if n_units < 2 or minutes <= 0:
-        raise ValueError(f"need n_units >= 2 and minutes > 0, got {n_units} and {minutes}")
+    the codebook to ``out`` (.npz). ``f0_weight`` > 1 makes log-F0 count more in the
+    clustering: finer intonation, coarser spectra. Returns build statistics."""
+    if n_units < 2 or minutes <= 0 or f0_weight <= 0:
+        raise ValueError(
+            f"need n_units >= 2, minutes > 0 and f0_weight > 0, "
+            f"got {n_units}, {minutes} and {f0_weight}"
+        )
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
     items = _paragraphs(rng)
@@ -249,6 +273,8 @@ def build_codebook(
     feats = frame_features(words[~silent])
     mean, std = np.nanmean(feats, axis=0), np.nanstd(feats, axis=0)
     std[std < 1e-6] = 1.0
+    # Dividing the stored std weights log-F0 in the clustering; the encoder needs no change.
+    std[FEATURE_NAMES.index("log2_f0")] /= f0_weight
     mean, std = mean.astype(np.float32), std.astype(np.float32)  # as stored and used to encode
     meta: dict[str, Any] = {
         "format": FORMAT,
@@ -261,6 +287,7 @@ def build_codebook(
         "build": {
             "minutes": minutes,
             "seed": seed,
+            "f0_weight": f0_weight,
             "voices": list(VOICES),
             "wpm": WPM_RANGE,
             "pitch": PITCH_RANGE,
@@ -279,6 +306,7 @@ def build_codebook(
     codec = Codec2UnitCodec(centers, mean, std, unit_bits, meta)
     units = [codec.units_from_words(w) for w in paragraphs]
     runs = _run_lengths(units)
+    cepstra_err, f0_err = _quantisation_error(codec, feats, np.concatenate(units)[~silent])
     seconds_audio = n_frames * FRAME_SAMPLES / SAMPLE_RATE
     stats: dict[str, Any] = {
         "frames": int(n_frames),
@@ -287,6 +315,8 @@ def build_codebook(
         "units_used": int(np.unique(np.concatenate(units)).size),
         "mean_run_length": round(float(runs.mean()), 3),
         "dedup_tokens_per_s": round(runs.size / seconds_audio, 2),
+        "cepstra_rms_err_db": round(cepstra_err, 2),
+        "log2_f0_rms_err": round(f0_err, 3),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     Codec2UnitCodec(centers, mean, std, unit_bits, {**meta, "stats": stats}).save(out)

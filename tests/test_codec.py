@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 
 import numpy as np
@@ -244,3 +245,16 @@ def test_build_codebook_is_reproducible_and_loadable(tmp_path: Path) -> None:
     enc = small.new_encoder()
     units = np.concatenate([enc.encode(speech()), enc.flush()])
     assert units.max() < 32 and small.new_decoder().decode(units).size == units.size * 320
+
+
+def test_f0_weight_trades_spectral_detail_for_intonation(tmp_path: Path) -> None:
+    plain = build_codebook(tmp_path / "a.npz", n_units=32, minutes=0.5, seed=3, progress=False)
+    pitch = build_codebook(
+        tmp_path / "b.npz", n_units=32, minutes=0.5, seed=3, f0_weight=4.0, progress=False
+    )
+    assert pitch["log2_f0_rms_err"] < 0.7 * plain["log2_f0_rms_err"]
+    assert pitch["cepstra_rms_err_db"] > plain["cepstra_rms_err_db"]
+    with np.load(tmp_path / "b.npz") as b:
+        assert json.loads(str(b["meta"]))["build"]["f0_weight"] == 4.0
+    with pytest.raises(ValueError, match="f0_weight > 0"):
+        build_codebook(tmp_path / "c.npz", f0_weight=0.0, progress=False)
