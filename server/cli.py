@@ -41,15 +41,20 @@ def _serve(args: argparse.Namespace) -> int:
             f"(`git checkout -- {settings.model}`), or write a random-weight one with "
             f"`duplex model init --out {settings.model}`",
         )
+    from server.uvicorn_server import check_startup, serve
+
+    try:
+        sock = check_startup(settings)
+    except ValueError as exc:
+        return _fail("serve", str(exc))
     try:
         from server.runtime import Runtime
 
         runtime = Runtime(settings)
     except (CheckpointError, ValueError, OSError) as exc:
+        sock.close()
         return _fail("serve", str(exc))
-    from server.uvicorn_server import serve
-
-    return serve(runtime)
+    return serve(runtime, sock)
 
 
 def _model_init(args: argparse.Namespace) -> int:

@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
+import ssl
+import tempfile
 from collections.abc import Generator
 
 import uvicorn
 
 from server.app import create_app
 from server.runtime import Runtime
+from server.settings import Settings
+
+log = logging.getLogger("duplex.server")
 
 
 class DrainingServer(uvicorn.Server):
@@ -35,7 +41,34 @@ class DrainingServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def serve(runtime: Runtime) -> int:
+def check_startup(s: Settings) -> socket.socket:
+    """What `duplex serve` can refuse before it loads the model (ValueError, one line): the
+    TLS pair, the recording folder, and the listening socket, bound here so that a taken
+    port or an unknown host fails in a second instead of after the warm-up."""
+    if (s.ssl_certfile is None) != (s.ssl_keyfile is None):
+        raise ValueError("--ssl-certfile and --ssl-keyfile go together: give both or neither")
+    if s.ssl_certfile is not None:
+        try:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(s.ssl_certfile, s.ssl_keyfile)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(
+                f"cannot use certificate {s.ssl_certfile} with key {s.ssl_keyfile}: {exc}"
+            ) from exc
+    if s.record_dir is not None:
+        try:
+            s.record_dir.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=s.record_dir).close()
+        except OSError as exc:
+            raise ValueError(f"cannot record calls into {s.record_dir}: {exc}") from exc
+    try:
+        return _listen(s.host, s.port)
+    except OSError as exc:  # socket.gaierror included
+        raise ValueError(f"cannot listen on {s.host}:{s.port}: {exc}") from exc
+
+
+def serve(runtime: Runtime, sock: socket.socket) -> int:
+    """Serve on `sock` (from `check_startup`) until SIGTERM/SIGINT."""
     s = runtime.settings
     config = uvicorn.Config(
         create_app(runtime),
@@ -51,7 +84,11 @@ def serve(runtime: Runtime) -> int:
         ssl_keyfile=s.ssl_keyfile,
     )
     server = DrainingServer(config, runtime)
-    server.run(sockets=[_listen(s.host, s.port)])
+    host, port = sock.getsockname()[:2]
+    scheme = "https" if s.ssl_certfile else "http"
+    log.info("listening on %s://%s:%d (calls: /v1/duplex, /v1/realtime, /v1/telephony/twilio)",
+             scheme, f"[{host}]" if ":" in host else host, port)  # fmt: skip
+    server.run(sockets=[sock])
     return 0
 
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 from pathlib import Path
 
+import httpx
 import soundfile as sf
 
 from clients.call import run_call
@@ -36,3 +37,26 @@ def test_record_dir_keeps_audio_units_and_estimates(
     assert sum(t["estimate"] is not None for t in ticks) == result.stats.estimates_made
     assert sum(len(t["replaced"]) for t in ticks) == result.stats.estimates_replaced > 0
     assert json.loads((folder / "start.json").read_text())["audio"]["sample_rate"] == 16000
+
+
+def test_a_call_that_cannot_be_recorded_goes_on_and_frees_its_slot(
+    checkpoint: Path, speech_wav: Path, tmp_path: Path
+) -> None:
+    """The folder was fine at start and is gone (a file in its place) when calls come: each
+    call is served unrecorded, the error is logged, and no slot stays taken."""
+    record = tmp_path / "rec"
+    srv = start_server(
+        checkpoint, tmp_path / "log", "--record-dir", str(record), "--max-sessions", "1"
+    )
+    try:
+        record.rmdir()
+        record.write_text("not a folder")
+        pcm, rate = read_wav(speech_wav)
+        for _ in range(2):  # the second is refused if the first kept the only slot
+            result = asyncio.run(run_call(srv.url, pcm[: rate // 2], rate, wire_rate=16000))
+            assert len(result.output) == result.samples_sent > 0 and result.stats.ticks > 0
+        health = httpx.get(f"{srv.http}/healthz", timeout=5).json()
+    finally:
+        stop_server(srv)
+    assert health["sessions"] == 0, health
+    assert (tmp_path / "log").read_text().count("is not recorded") == 2

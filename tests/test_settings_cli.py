@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +42,35 @@ def test_serve_refuses_bad_settings_with_one_line(args: list[str], message: str)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("duplex serve: error:") and message in lines[0]
+
+
+def test_serve_refuses_what_it_cannot_listen_with_before_loading_the_model(
+    tmp_path: Path,
+) -> None:
+    """A taken port, an unknown host, half a TLS pair, an unreadable certificate and a
+    recording folder that cannot be made: one line each, before the model loads."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = str(taken.getsockname()[1])
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    cases = [
+        (["--port", port], f"cannot listen on 127.0.0.1:{port}: [Errno 98]"),
+        (["--host", "999.1.1.1"], "cannot listen on 999.1.1.1:"),
+        (["--ssl-keyfile", str(not_a_dir)], "--ssl-certfile and --ssl-keyfile go together"),
+        (["--ssl-certfile", str(not_a_dir), "--ssl-keyfile", str(not_a_dir)],
+         f"cannot use certificate {not_a_dir} with key {not_a_dir}"),
+        (["--record-dir", str(not_a_dir / "calls")], f"cannot record calls into {not_a_dir}"),
+    ]  # fmt: skip
+    try:
+        for args, message in cases:
+            result = duplex("serve", "--model", "/nonexistent", *args)
+            lines = result.stderr.strip().splitlines()
+            assert result.returncode == 2 and len(lines) == 1, result.stderr
+            assert lines[0].startswith("duplex serve: error: ") and message in lines[0], lines
+    finally:
+        taken.close()
 
 
 def test_env_vars_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
