@@ -528,6 +528,13 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValidationError as exc:
         return _fail(describe_validation(exc), EXIT_USAGE)
+    if args.json_out and not Path(args.json_out).parent.is_dir():  # before the cases run
+        return _fail(f"cannot write {args.json_out}: no such directory", EXIT_USAGE)
+    if args.out:
+        try:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            return _fail(f"cannot write the case wavs into {args.out}: {exc}", EXIT_USAGE)
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else None
     try:
         cases = build_cases(args.cases, args.seed, cats)

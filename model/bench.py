@@ -192,6 +192,17 @@ def run(args: argparse.Namespace) -> int:
         print("duplex bench: error: --sessions/--contexts take comma-separated integers",
               file=sys.stderr)  # fmt: skip
         return 2
+    if min(sessions) < 1 or min(contexts) < 1 or args.ticks < 1 or args.threads < 0:
+        print("duplex bench: error: --sessions, --contexts and --ticks must be >= 1, "
+              "--threads >= 0", file=sys.stderr)  # fmt: skip
+        return 2
+    if args.estimate_units < 0:
+        print("duplex bench: error: --estimate-units must be >= 0", file=sys.stderr)
+        return 2
+    if args.markdown and not Path(args.markdown).parent.is_dir():
+        print(f"duplex bench: error: cannot write {args.markdown}: no such directory",
+              file=sys.stderr)  # fmt: skip
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     try:

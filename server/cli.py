@@ -63,14 +63,28 @@ def _model_init(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if (out / "duplex.json").exists() and not args.force:
         return _fail("model init", f"{out} already holds a checkpoint (use --force to replace)")
-    config = init_random_checkpoint(
-        out,
-        seed=args.seed,
-        layers=args.layers,
-        hidden=args.hidden,
-        context_tokens=args.context,
-        sink_tokens=args.sink,
-    )
+    if args.layers < 1:
+        return _fail("model init", f"--layers must be >= 1, got {args.layers}")
+    if args.hidden < 8 or args.hidden % 8:
+        return _fail(
+            "model init", f"--hidden must be a positive multiple of 8 (4 heads), got {args.hidden}"
+        )
+    if args.context < 2 or not 0 <= args.sink <= args.context // 2:
+        return _fail(
+            "model init",
+            f"need --context >= 2 and 0 <= --sink <= context/2, got {args.context} and {args.sink}",
+        )
+    try:
+        config = init_random_checkpoint(
+            out,
+            seed=args.seed,
+            layers=args.layers,
+            hidden=args.hidden,
+            context_tokens=args.context,
+            sink_tokens=args.sink,
+        )
+    except OSError as exc:
+        return _fail("model init", f"cannot write {out}: {exc}", 1)
     print(f"wrote {out}: {config.description}")
     return 0
 
@@ -84,6 +98,12 @@ def _codec_build(args: argparse.Namespace) -> int:
         return _fail("codec build", f"--minutes must be > 0, got {args.minutes}")
     if args.f0_weight <= 0:
         return _fail("codec build", f"--f0-weight must be > 0, got {args.f0_weight}")
+    if Path(args.out).exists() and not args.force:
+        return _fail(
+            "codec build",
+            f"{args.out} exists (the built-in codebook is what every checkpoint's units mean); "
+            "pick another --out or add --force",
+        )
     try:
         stats = build_codebook(
             Path(args.out),
@@ -135,6 +155,8 @@ def _train(args: argparse.Namespace) -> int:
         return _fail("train", f"no data directory {data}: run `duplex data synth --out {data}`")
     if (out / STATE).exists() and not args.resume:
         return _fail("train", f"{out} holds a training run: add --resume, or pick another --out")
+    if args.minutes is not None and args.minutes <= 0:
+        return _fail("train", f"--minutes must be > 0, got {args.minutes}")
     overrides = {k: v for k, v in (("steps", args.steps), ("minutes", args.minutes),
                                    ("seed", args.seed), ("device", args.device))
                  if v is not None}  # fmt: skip
@@ -206,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--f0-weight", type=float, default=1.0,
         help="how much log-F0 counts in the clustering (finer intonation, coarser spectra)",
     )  # fmt: skip
+    build.add_argument("--force", action="store_true", help="replace an existing --out")
     build.set_defaults(func=_codec_build)
 
     data = sub.add_parser("data", help="training data").add_subparsers(dest="action", required=True)

@@ -107,6 +107,40 @@ def test_codec_build_command(tmp_path: Path) -> None:
 def test_codec_build_refuses_bad_arguments(tmp_path: Path) -> None:
     result = duplex("codec", "build", "--out", str(tmp_path / "x.npz"), "--units", "1")
     assert result.returncode == 2 and "--units must be >= 2" in result.stderr
+    shipped = ROOT / "streaming" / "assets" / "codec2_units_1024.npz"
+    before = shipped.read_bytes()
+    result = duplex("codec", "build")  # the default --out is the built-in codebook
+    assert result.returncode == 2 and "pick another --out or add --force" in result.stderr
+    assert shipped.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["model", "init", "--layers", "0"], "--layers must be >= 1"),
+        (["model", "init", "--hidden", "100"], "--hidden must be a positive multiple of 8"),
+        (["model", "init", "--sink", "5000"], "0 <= --sink <= context/2"),
+        (
+            ["train", "--data", "tests", "--out", "/tmp/t", "--minutes", "0"],
+            "--minutes must be > 0",
+        ),
+        (["bench", "--ticks", "0"], "--ticks must be >= 1"),
+        (["bench", "--estimate-units", "-1"], "--estimate-units must be >= 0"),
+        (["bench", "--markdown", "/no/such/dir/b.md"], "cannot write /no/such/dir/b.md"),
+        (["eval", "--json-out", "/no/such/dir/e.json"], "cannot write /no/such/dir/e.json"),
+    ],
+)
+def test_offline_commands_refuse_bad_numbers_and_paths_up_front(
+    args: list[str], message: str, tmp_path: Path
+) -> None:
+    """Refused before any work (a model load, a training run, every eval case): one line."""
+    if args[:2] == ["model", "init"]:
+        args = [*args, "--out", str(tmp_path / "m")]
+    result = duplex(*args)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert message in lines[0]
+    assert not (tmp_path / "m").exists()
 
 
 async def _first_error(url: str, **kwargs: object) -> tuple[dict[str, object], int | None]:
