@@ -21,6 +21,8 @@ from typing import Any, Literal
 import numpy as np
 import soundfile as sf
 from pydantic import ValidationError
+from websockets.exceptions import InvalidURI
+from websockets.uri import parse_uri
 
 from clients.client import DuplexClient, DuplexError, ReceivedFrame
 from server.protocol import (
@@ -37,6 +39,7 @@ __all__ = [
     "CallResult",
     "add_arguments",
     "fit_length",
+    "check_url",
     "load_input",
     "main",
     "place_frames",
@@ -57,6 +60,14 @@ FINISH_TIMEOUT_S = 10.0
 
 class InputError(Exception):
     """A usage or input problem (exit code 2), as opposed to a connection or server failure."""
+
+
+def check_url(url: str) -> None:
+    """Refuse a --url no WebSocket client could open (scheme, host, port), before any I/O."""
+    try:
+        parse_uri(url)
+    except (InvalidURI, ValueError) as exc:
+        raise InputError(f"--url {url!r} is not a ws:// or wss:// URL: {exc}") from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,8 +310,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _check_args(args: argparse.Namespace) -> tuple[int, SamplingParams]:
     """Validate flags before any I/O; returns the wire rate and the sampling overrides."""
-    if not args.url.startswith(("ws://", "wss://")):
-        raise InputError(f"--url must start with ws:// or wss://, got {args.url!r}")
+    check_url(args.url)
     if args.encoding == "opus" and not opus_available():
         raise InputError("--encoding opus needs the libopus system library (Debian: libopus0)")
     rates = SUPPORTED_RATES[args.encoding]

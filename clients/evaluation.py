@@ -34,7 +34,7 @@ from pydantic import ValidationError
 from scipy.stats import binomtest
 from tqdm import tqdm
 
-from clients.call import FINISH_TIMEOUT_S, place_frame, run_both
+from clients.call import FINISH_TIMEOUT_S, InputError, check_url, place_frame, run_both
 from clients.client import DuplexClient, DuplexError, ReceivedFrame
 from clients.speech_activity import Segment, speech_segments, vad_name
 from model.data.dialogues import Dialogue, Turn, dialogues, split
@@ -528,6 +528,10 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValidationError as exc:
         return _fail(describe_validation(exc), EXIT_USAGE)
+    try:
+        check_url(args.url)
+    except InputError as exc:
+        return _fail(str(exc), EXIT_USAGE)
     if args.json_out and not Path(args.json_out).parent.is_dir():  # before the cases run
         return _fail(f"cannot write {args.json_out}: no such directory", EXIT_USAGE)
     if args.out:

@@ -41,6 +41,7 @@ from clients.call import (
     FINISH_TIMEOUT_S,
     InputError,
     WireEncoding,
+    check_url,
     load_input,
     place_frames,
     run_both,
@@ -972,8 +973,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _config(args: argparse.Namespace) -> LoadtestConfig:
     """Validate flags before any I/O."""
-    if not args.url.startswith(("ws://", "wss://")):
-        raise InputError(f"--url must start with ws:// or wss://, got {args.url!r}")
+    check_url(args.url)
     url, encoding, rate = args.url, args.encoding, args.rate or DEFAULT_RATES[args.encoding]
     if args.protocol == "twilio":
         encoding, rate = "mulaw", 8000

@@ -39,6 +39,7 @@ from clients.call import (
     FINISH_TIMEOUT_S,
     InputError,
     WireEncoding,
+    check_url,
     run_both,
     send_schedule,
 )
@@ -617,8 +618,7 @@ def parse_delays(text: str) -> list[float]:
 
 def _check_args(args: argparse.Namespace) -> tuple[list[float], tuple[SamplingParams, ...]]:
     """Validate flags before any I/O; the delays and both agents' sampling."""
-    if not args.url.startswith(("ws://", "wss://")):
-        raise InputError(f"--url must start with ws:// or wss://, got {args.url!r}")
+    check_url(args.url)
     delays = parse_delays(args.delays)
     if not args.seconds > 0 or not np.isfinite(args.seconds):
         raise InputError(f"--seconds must be positive, got {args.seconds:g}")

@@ -307,7 +307,9 @@ def wav(tmp_path: Path) -> Path:
         (["--temperature", "-1"], "--temperature:"),
         (["--output", "/no/such/dir/out.wav"], "cannot write '/no/such/dir/out.wav'"),
         (["--output", "out.xyz"], "unknown audio file extension"),
-        (["--url", "http://127.0.0.1:8000/v1/duplex"], "--url must start with ws://"),
+        (["--url", "http://127.0.0.1:8000/v1/duplex"], "is not a ws:// or wss:// URL"),
+        (["--url", "ws://127.0.0.1:99999/v1/duplex"], "Port out of range"),
+        (["--url", "ws:///v1/duplex"], "hostname isn't provided"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(
