@@ -31,6 +31,7 @@ class NativeTransport:
 
     def __init__(self) -> None:
         self._last_seq = -1
+        self._last_flagged = False  # a frame flagged last ends the audio
         self._frames_in: Counter | None = None
         self._opus: OpusDecoderStream | None = None  # the call's decoder, for encoding opus
 
@@ -65,6 +66,8 @@ class NativeTransport:
 
     def _on_frame(self, session: CallSession, data: bytes) -> None:
         frame = AudioFrame.unpack(data)
+        if self._last_flagged:
+            raise ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, "audio after the frame flagged last")
         if frame.seq <= self._last_seq:
             raise ProtocolError(
                 ErrorCode.SAMPLE_ORDER,
@@ -76,6 +79,7 @@ class NativeTransport:
             pcm = self._decode_samples(session, frame)
         session.on_audio(frame.first_sample, pcm)
         self._last_seq = frame.seq
+        self._last_flagged = frame.last
         if self._frames_in is not None:
             self._frames_in.inc()
 

@@ -110,7 +110,9 @@ class ProtocolError(Exception):
 
 
 class _Message(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Client messages: unknown fields and mistyped values (`"version": "1"`) are errors."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class AudioFormat(_Message):

@@ -138,6 +138,8 @@ BEFORE_START: list[tuple[str, str | bytes, str, int]] = [
     ("frame_ms_30", start_msg(frame_ms=30), "unsupported_audio", 1003),
     ("frame_ms_320", start_msg(frame_ms=320), "unsupported_audio", 1003),
     ("version_2", json.dumps({"type": "start", "version": 2}), "unsupported_version", 1003),
+    ("version_string", json.dumps({"type": "start", "version": "1"}), "invalid_message", 1007),
+    ("rate_as_string", start_msg(sample_rate="16000"), "invalid_message", 1007),
 ]
 
 
@@ -181,6 +183,8 @@ AFTER_READY: list[tuple[str, list[str | bytes], str, int]] = [
      "unexpected_message", 1008),
     ("audio_after_end", [frame(0, 0), '{"type": "end", "total_samples": 320}', frame(1, FRAME)],
      "unexpected_message", 1008),
+    ("audio_after_last_frame", [frame(0, 0, last=True), frame(1, FRAME)], "unexpected_message",
+     1008),
 ]  # fmt: skip
 
 
