@@ -162,6 +162,10 @@ def send_schedule(
 
 def load_input(path: str) -> tuple[np.ndarray, int]:
     """Read any file soundfile can, downmixed to mono float32 by the channel mean."""
+    if not Path(path).exists():
+        raise InputError(f"cannot read {path!r}: no such file")
+    if Path(path).is_dir():
+        raise InputError(f"cannot read {path!r}: it is a directory")
     try:
         data, rate = sf.read(path, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, OSError, RuntimeError, TypeError) as exc:
@@ -338,6 +342,8 @@ def _check_args(args: argparse.Namespace) -> tuple[int, SamplingParams]:
         out = Path(args.output)
         if not out.parent.is_dir():
             raise InputError(f"cannot write {args.output!r}: no directory {str(out.parent)!r}")
+        if out.is_dir():
+            raise InputError(f"cannot write {args.output!r}: it is a directory")
         if out.suffix[1:].upper() not in sf.available_formats():
             raise InputError(f"cannot write {args.output!r}: unknown audio file extension")
     return rate, sampling

@@ -1032,7 +1032,7 @@ def run(args: argparse.Namespace) -> int:
     o = report.overall
     if not o["completed"]:
         failures = Counter(o["connect_failures"]) + Counter(o["errors"])
-        return _fail("no caller completed: " + _codes(dict(failures)))
+        return _fail(f"no caller completed at {args.url}: " + _codes(dict(failures)))
     p99 = o["latency_ms_p99"]
     if args.slo_p99_ms is not None and (p99 is None or p99 > args.slo_p99_ms):
         return _fail(

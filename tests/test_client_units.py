@@ -301,7 +301,9 @@ def wav(tmp_path: Path) -> Path:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--input", "missing.wav"], "cannot read 'missing.wav'"),
+        (["--input", "missing.wav"], "cannot read 'missing.wav': no such file"),
+        (["--input", "."], "cannot read '.': it is a directory"),
+        (["--output", "."], "cannot write '.': it is a directory"),
         (["--encoding", "mulaw", "--rate", "16000"], "--rate 16000 is not supported with mulaw"),
         (["--rate", "44100"], "--rate 44100 is not supported with pcm16"),
         (["--temperature", "-1"], "--temperature:"),
