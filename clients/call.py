@@ -318,7 +318,7 @@ def _check_args(args: argparse.Namespace) -> tuple[int, SamplingParams]:
     if args.encoding == "opus" and not opus_available():
         raise InputError("--encoding opus needs the libopus system library (Debian: libopus0)")
     rates = SUPPORTED_RATES[args.encoding]
-    rate = args.rate or DEFAULT_RATES[args.encoding]
+    rate = DEFAULT_RATES[args.encoding] if args.rate is None else args.rate
     if rate not in rates:
         raise InputError(
             f"--rate {rate} is not supported with {args.encoding}; "

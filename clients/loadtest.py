@@ -974,6 +974,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _config(args: argparse.Namespace) -> LoadtestConfig:
     """Validate flags before any I/O."""
     check_url(args.url)
+    if args.slo_p99_ms is not None and not args.slo_p99_ms > 0:
+        raise InputError(f"--slo-p99-ms must be > 0, got {args.slo_p99_ms:g}")
     url, encoding, rate = args.url, args.encoding, args.rate or DEFAULT_RATES[args.encoding]
     if args.protocol == "twilio":
         encoding, rate = "mulaw", 8000

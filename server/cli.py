@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_arguments(serve)
     serve.set_defaults(func=_serve)
 
-    call_p = sub.add_parser("call", help="stream a wav file through a call, write the agent's")
+    call_p = sub.add_parser("call", help="stream an audio file through a call; save the reply")
     call.add_arguments(call_p)
     call_p.set_defaults(func=call.run)
     lt = sub.add_parser("loadtest", help="many simulated callers; latency, jitter, SLO gate")

@@ -126,8 +126,8 @@ class AudioFormat(_Message):
 class SamplingParams(_Message):
     """Per-session overrides of the server's sampling defaults."""
 
-    temperature: float | None = Field(default=None, ge=0.0, le=5.0)
-    turn_temperature: float | None = Field(default=None, ge=0.0, le=5.0)
+    temperature: float | None = Field(default=None, ge=0.0, le=5.0, allow_inf_nan=False)
+    turn_temperature: float | None = Field(default=None, ge=0.0, le=5.0, allow_inf_nan=False)
     top_k: int | None = Field(default=None, ge=0, le=100_000)
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
 
