@@ -95,7 +95,9 @@ class Settings(BaseSettings):
     ssl_keyfile: Path | None = Field(
         default=None, description="the PEM private key of --ssl-certfile"
     )
-    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="debug, info, warning or error"
+    )
 
     @field_validator("api_keys", "allowed_origins", mode="before")
     @classmethod
