@@ -67,7 +67,8 @@ def check_url(url: str) -> None:
     try:
         parse_uri(url)
     except (InvalidURI, ValueError) as exc:
-        raise InputError(f"--url {url!r} is not a ws:// or wss:// URL: {exc}") from exc
+        reason = str(exc).removeprefix(f"{url} isn't a valid URI: ")
+        raise InputError(f"--url {url!r} is not a usable WebSocket URL: {reason}") from exc
 
 
 @dataclass(frozen=True, slots=True)

@@ -534,6 +534,8 @@ def run(args: argparse.Namespace) -> int:
         return _fail(str(exc), EXIT_USAGE)
     if args.json_out and not Path(args.json_out).parent.is_dir():  # before the cases run
         return _fail(f"cannot write {args.json_out}: no such directory", EXIT_USAGE)
+    if args.json_out and Path(args.json_out).is_dir():
+        return _fail(f"cannot write {args.json_out}: it is a directory", EXIT_USAGE)
     if args.out:
         try:
             Path(args.out).mkdir(parents=True, exist_ok=True)

@@ -976,7 +976,8 @@ def _config(args: argparse.Namespace) -> LoadtestConfig:
     check_url(args.url)
     if args.slo_p99_ms is not None and not args.slo_p99_ms > 0:
         raise InputError(f"--slo-p99-ms must be > 0, got {args.slo_p99_ms:g}")
-    url, encoding, rate = args.url, args.encoding, args.rate or DEFAULT_RATES[args.encoding]
+    url, encoding = args.url, args.encoding
+    rate = DEFAULT_RATES[encoding] if args.rate is None else args.rate
     if args.protocol == "twilio":
         encoding, rate = "mulaw", 8000
         if url == DEFAULT_URL:

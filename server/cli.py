@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,14 +48,14 @@ def _serve(args: argparse.Namespace) -> int:
         sock = check_startup(settings)
     except ValueError as exc:
         return _fail("serve", str(exc))
-    try:
-        from server.runtime import Runtime
+    with sock:  # closed on every way out, an error during the model load included
+        try:
+            from server.runtime import Runtime
 
-        runtime = Runtime(settings)
-    except (CheckpointError, ValueError, OSError) as exc:
-        sock.close()
-        return _fail("serve", str(exc))
-    return serve(runtime, sock)
+            runtime = Runtime(settings)
+        except (CheckpointError, ValueError, OSError) as exc:
+            return _fail("serve", str(exc))
+        return serve(runtime, sock)
 
 
 def _model_init(args: argparse.Namespace) -> int:
@@ -96,7 +97,7 @@ def _codec_build(args: argparse.Namespace) -> int:
         return _fail("codec build", f"--units must be >= 2, got {args.units}")
     if args.minutes <= 0:
         return _fail("codec build", f"--minutes must be > 0, got {args.minutes}")
-    if args.f0_weight <= 0:
+    if not 0 < args.f0_weight < math.inf:
         return _fail("codec build", f"--f0-weight must be > 0, got {args.f0_weight}")
     if Path(args.out).exists() and not args.force:
         return _fail(
@@ -155,7 +156,7 @@ def _train(args: argparse.Namespace) -> int:
         return _fail("train", f"no data directory {data}: run `duplex data synth --out {data}`")
     if (out / STATE).exists() and not args.resume:
         return _fail("train", f"{out} holds a training run: add --resume, or pick another --out")
-    if args.minutes is not None and args.minutes <= 0:
+    if args.minutes is not None and not 0 < args.minutes < math.inf:
         return _fail("train", f"--minutes must be > 0, got {args.minutes}")
     overrides = {k: v for k, v in (("steps", args.steps), ("minutes", args.minutes),
                                    ("seed", args.seed), ("device", args.device))

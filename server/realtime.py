@@ -146,7 +146,7 @@ def parse_format(value: Any, param: str) -> RealtimeFormat:
         return _NAMED_FORMATS[kind]
     if kind == "audio/pcm":
         rate = value.get("rate", 24000)
-        if rate not in _PCM_RATES:
+        if isinstance(rate, bool) or not isinstance(rate, int) or rate not in _PCM_RATES:
             raise ClientError(
                 "invalid_value", f"audio/pcm at {rate} Hz: use one of {_PCM_RATES}", f"{param}.rate"
             )

@@ -7,6 +7,7 @@ that arrived, the estimate made and which estimates real audio replaced.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -20,17 +21,24 @@ from model.format import Frame
 
 class CallRecorder:
     def __init__(self, folder: Path, sample_rate: int, start: dict[str, Any]) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
+        """Open the call's files; on failure, close those already opened and re-raise."""
         self.folder = folder
-        (folder / "start.json").write_text(json.dumps(start, indent=2) + "\n")
-        self._user = sf.SoundFile(
-            folder / "user.wav", "w", samplerate=sample_rate, channels=1, subtype="PCM_16"
-        )
-        self._agent = sf.SoundFile(
-            folder / "agent.wav", "w", samplerate=sample_rate, channels=1, subtype="PCM_16"
-        )
-        self._log = (folder / "ticks.jsonl").open("w")
         self._user_samples = 0
+        with contextlib.ExitStack() as opened:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "start.json").write_text(json.dumps(start, indent=2) + "\n")
+            self._user = opened.enter_context(
+                sf.SoundFile(
+                    folder / "user.wav", "w", samplerate=sample_rate, channels=1, subtype="PCM_16"
+                )
+            )
+            self._agent = opened.enter_context(
+                sf.SoundFile(
+                    folder / "agent.wav", "w", samplerate=sample_rate, channels=1, subtype="PCM_16"
+                )
+            )
+            self._log = opened.enter_context((folder / "ticks.jsonl").open("w"))
+            opened.pop_all()  # all open: close() closes them
 
     def user_audio(self, first_sample: int, pcm: np.ndarray) -> None:
         if first_sample > self._user_samples:  # frames the client dropped

@@ -241,14 +241,14 @@ class Runtime:
             max_gap_s=max(self.tick_s, s.latency_budget_ms / 1000),
             rollback_chunks=self.engine.max_rollback_chunks,
         )
-        if s.record_dir is not None:
+        self.ticker.admit(session)
+        if s.record_dir is not None:  # a debugging aid: a call it cannot record goes on
             try:
                 session.recorder = CallRecorder(
                     s.record_dir / session.id, audio.sample_rate, start.model_dump()
                 )
-            except OSError as exc:  # a debugging aid: the call goes on unrecorded
+            except (OSError, RuntimeError) as exc:  # soundfile's errors are RuntimeErrors
                 log.error("call %s is not recorded: %s", session.id, exc)
-        self.ticker.admit(session)  # last: nothing after it may fail and keep the slot
         return session
 
 

@@ -35,6 +35,15 @@ class DrainingServer(uvicorn.Server):
             yield
             self._captured_signals.clear()
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and sockets:  # the app is up: say where (the real port for --port 0)
+            host, port = sockets[0].getsockname()[:2]
+            scheme = "https" if self.config.ssl else "http"
+            log.info("listening on %s://%s:%d (calls: /v1/duplex, /v1/realtime, "
+                     "/v1/telephony/twilio)", scheme, f"[{host}]" if ":" in host else host,
+                     port)  # fmt: skip
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         await self.runtime.ticker.drain(self.runtime.settings.shutdown_grace_s)
         await asyncio.sleep(0.2)  # let the close frames leave
@@ -83,18 +92,14 @@ def serve(runtime: Runtime, sock: socket.socket) -> int:
         ssl_certfile=s.ssl_certfile,
         ssl_keyfile=s.ssl_keyfile,
     )
-    server = DrainingServer(config, runtime)
-    host, port = sock.getsockname()[:2]
-    scheme = "https" if s.ssl_certfile else "http"
-    log.info("listening on %s://%s:%d (calls: /v1/duplex, /v1/realtime, /v1/telephony/twilio)",
-             scheme, f"[{host}]" if ":" in host else host, port)  # fmt: skip
-    server.run(sockets=[sock])
+    DrainingServer(config, runtime).run(sockets=[sock])
     return 0
 
 
 # A small send buffer, inherited by accepted sockets, so a client that stops reading fills it
 # quickly and is cut off (`slow_consumer`) after `send_queue_s` instead of after megabytes.
 SEND_BUFFER_BYTES = 64 * 1024
+BACKLOG = 2048  # uvicorn's default
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -102,6 +107,11 @@ def _listen(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+        sock.listen(BACKLOG)  # now: with SO_REUSEADDR a bound socket alone holds no port
+    except BaseException:
+        sock.close()
+        raise
     sock.set_inheritable(True)
     return sock

@@ -22,6 +22,7 @@ from streaming.codec2_units import (
     FEATURE_NAMES,
     FORMAT,
     FRAME_SAMPLES,
+    N_CEPS,
     SAMPLE_RATE,
     Codec2,
     Codec2UnitCodec,
@@ -225,8 +226,7 @@ def _quantisation_error(
     the 12 cepstra (dB, the envelope's shape) and over log2 F0 of voiced frames (octaves, the
     intonation), the two a unit trades against each other."""
     decoded = codec.centroids[units - 1] * codec.feat_std + codec.feat_mean
-    n_ceps = len(FEATURE_NAMES) - 3
-    cepstra = np.square(feats[:, :n_ceps] - decoded[:, :n_ceps]).sum(1).mean()
+    cepstra = np.square(feats[:, :N_CEPS] - decoded[:, :N_CEPS]).sum(1).mean()
     lf0 = FEATURE_NAMES.index("log2_f0")
     voiced = ~np.isnan(feats[:, lf0])
     f0 = np.square(feats[voiced, lf0] - decoded[voiced, lf0]).mean() if voiced.any() else 0.0
@@ -244,7 +244,7 @@ def build_codebook(
     """Synthesize ~``minutes`` of speech, learn ``n_units`` units (unit 0 = silence) and save
     the codebook to ``out`` (.npz). ``f0_weight`` > 1 makes log-F0 count more in the
     clustering: finer intonation, coarser spectra. Returns build statistics."""
-    if n_units < 2 or minutes <= 0 or f0_weight <= 0:
+    if n_units < 2 or minutes <= 0 or not 0 < f0_weight < np.inf:
         raise ValueError(
             f"need n_units >= 2, minutes > 0 and f0_weight > 0, "
             f"got {n_units}, {minutes} and {f0_weight}"

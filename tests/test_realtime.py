@@ -19,7 +19,14 @@ import openai
 import pytest
 
 from server.protocol import AudioFormat
-from server.realtime import QueuedEvent, RealtimeTransport, alaw_decode, alaw_encode
+from server.realtime import (
+    ClientError,
+    QueuedEvent,
+    RealtimeTransport,
+    alaw_decode,
+    alaw_encode,
+    parse_format,
+)
 from server.session import AgentChunk, Outgoing
 from streaming.resample import resample_whole
 from streaming.transport import decode_audio, encode_audio
@@ -289,3 +296,10 @@ def test_responses_follow_agent_speech_and_cancel() -> None:
 
 def _chunk(k: int, payload: bytes) -> AgentChunk:
     return AgentChunk(k, k * 3840, payload, False)
+
+
+@pytest.mark.parametrize("rate", [24000.0, "24000", True, 44100])
+def test_a_pcm_rate_must_be_a_supported_integer(rate: object) -> None:
+    """24000.0 would pass a `rate in (...)` check and fail later as an internal error."""
+    with pytest.raises(ClientError, match="audio/pcm at"):
+        parse_format({"type": "audio/pcm", "rate": rate}, "session.audio.input.format")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import soundfile as sf
+from websockets.asyncio.client import connect
 
 from clients.call import run_call
 from tests.conftest import read_wav, start_server, stop_server
@@ -60,3 +61,27 @@ def test_a_call_that_cannot_be_recorded_goes_on_and_frees_its_slot(
         stop_server(srv)
     assert health["sessions"] == 0, health
     assert (tmp_path / "log").read_text().count("is not recorded") == 2
+
+
+def test_a_refused_call_leaves_no_recording(checkpoint: Path, tmp_path: Path) -> None:
+    """Only admitted calls are recorded: a `server_full` refusal opens no files."""
+    record = tmp_path / "rec"
+    srv = start_server(
+        checkpoint, tmp_path / "log", "--record-dir", str(record), "--max-sessions", "1"
+    )
+    start = json.dumps({"type": "start", "audio": {"sample_rate": 16000}})
+
+    async def main() -> str:
+        async with connect(srv.url) as first:
+            await first.send(start)
+            assert json.loads(await first.recv())["type"] == "ready"
+            async with connect(srv.url) as second:
+                await second.send(start)
+                return str(json.loads(await second.recv())["code"])
+
+    try:
+        code = asyncio.run(main())
+    finally:
+        stop_server(srv)
+    assert code == "server_full"
+    assert len(list(record.iterdir())) == 1

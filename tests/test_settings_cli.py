@@ -121,7 +121,7 @@ def test_codec_build_refuses_bad_arguments(tmp_path: Path) -> None:
         (["model", "init", "--hidden", "100"], "--hidden must be a positive multiple of 8"),
         (["model", "init", "--sink", "5000"], "0 <= --sink <= context/2"),
         (
-            ["train", "--data", "tests", "--out", "/tmp/t", "--minutes", "0"],
+            ["train", "--data", "tests", "--out", "TMP", "--minutes", "nan"],
             "--minutes must be > 0",
         ),
         (["bench", "--ticks", "0"], "--ticks must be >= 1"),
@@ -136,6 +136,7 @@ def test_offline_commands_refuse_bad_numbers_and_paths_up_front(
     """Refused before any work (a model load, a training run, every eval case): one line."""
     if args[:2] == ["model", "init"]:
         args = [*args, "--out", str(tmp_path / "m")]
+    args = [str(tmp_path / "t") if a == "TMP" else a for a in args]
     result = duplex(*args)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr
