@@ -19,6 +19,9 @@ from server.realtime import RealtimeTransport
 from server.runtime import Runtime
 from server.twilio import TwilioTransport
 
+# Where calls connect, per protocol (docs/protocol.md, realtime.md, telephony.md).
+CALL_PATHS = {"native": "/v1/duplex", "realtime": "/v1/realtime", "twilio": "/v1/telephony/twilio"}
+
 
 def create_app(runtime: Runtime) -> FastAPI:
     @contextlib.asynccontextmanager
@@ -67,18 +70,28 @@ def create_app(runtime: Runtime) -> FastAPI:
     async def metrics() -> Response:
         return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.websocket("/v1/duplex")
+    @app.websocket(CALL_PATHS["native"])
     async def duplex(ws: WebSocket) -> None:
         await serve_call(ws, runtime, NativeTransport())
 
-    @app.websocket("/v1/realtime")
+    @app.websocket(CALL_PATHS["realtime"])
     async def realtime(ws: WebSocket) -> None:
         """OpenAI Realtime-compatible events (docs/realtime.md)."""
         await serve_call(ws, runtime, RealtimeTransport())
 
-    @app.websocket("/v1/telephony/twilio")
+    @app.websocket(CALL_PATHS["twilio"])
     async def twilio(ws: WebSocket) -> None:
         await serve_call(ws, runtime, TwilioTransport())
+
+    @app.websocket("/{path:path}")
+    async def unknown(ws: WebSocket, path: str) -> None:
+        """A mistyped path gets 404 and where the calls are, not a bare 403."""
+        error = f"no WebSocket endpoint /{path}"
+        if "websocket.http.response" in ws.scope.get("extensions", {}):
+            body = {"error": error, "endpoints": list(CALL_PATHS.values())}
+            await ws.send_denial_response(JSONResponse(body, status_code=404))
+        else:
+            await ws.close(1008, error)
 
     # The browser client (docs/browser.md), found through the installed `clients` package.
     # Mounted last: a mount at "/" matches every path, so the routes above must come first.

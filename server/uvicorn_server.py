@@ -16,7 +16,7 @@ from collections.abc import Generator
 
 import uvicorn
 
-from server.app import create_app
+from server.app import CALL_PATHS, create_app
 from server.runtime import Runtime
 from server.settings import Settings
 
@@ -40,9 +40,9 @@ class DrainingServer(uvicorn.Server):
         if self.started and sockets:  # the app is up: say where (the real port for --port 0)
             host, port = sockets[0].getsockname()[:2]
             scheme = "https" if self.config.ssl else "http"
-            log.info("listening on %s://%s:%d (calls: /v1/duplex, /v1/realtime, "
-                     "/v1/telephony/twilio)", scheme, f"[{host}]" if ":" in host else host,
-                     port)  # fmt: skip
+            log.info("listening on %s://%s:%d (calls: %s)", scheme,
+                     f"[{host}]" if ":" in host else host, port,
+                     ", ".join(CALL_PATHS.values()))  # fmt: skip
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         await self.runtime.ticker.drain(self.runtime.settings.shutdown_grace_s)

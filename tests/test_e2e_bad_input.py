@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from clients.call import run_call
 from server.protocol import FRAME_HEADER, AudioFrame
@@ -206,6 +206,19 @@ def test_bad_message_during_call(
 
     run(main())
     wait_sessions(server, 0, within_s=1.0)
+
+
+def test_unknown_websocket_path_is_404_naming_the_endpoints(server: ServerProcess) -> None:
+    async def main() -> InvalidStatus:
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(server.url.replace("/v1/duplex", "/v1/duplx"), open_timeout=5)
+        return refused.value
+
+    response = run(main()).response
+    assert response.status_code == 404
+    body = json.loads(response.body)
+    assert body["error"] == "no WebSocket endpoint /v1/duplx"
+    assert "/v1/duplex" in body["endpoints"] and "/v1/realtime" in body["endpoints"]
 
 
 def test_odd_length_last_frame(server: ServerProcess) -> None:
