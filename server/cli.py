@@ -158,8 +158,11 @@ def _train(args: argparse.Namespace) -> int:
         return _fail("train", f"{out} holds a training run: add --resume, or pick another --out")
     if args.minutes is not None and not 0 < args.minutes < math.inf:
         return _fail("train", f"--minutes must be > 0, got {args.minutes}")
+    if args.layers is not None and args.layers < 1:
+        return _fail("train", f"--layers must be >= 1, got {args.layers}")
     overrides = {k: v for k, v in (("steps", args.steps), ("minutes", args.minutes),
-                                   ("seed", args.seed), ("device", args.device))
+                                   ("seed", args.seed), ("device", args.device),
+                                   ("layers", args.layers))
                  if v is not None}  # fmt: skip
     if args.threads is not None:
         if args.threads < 1:
@@ -257,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--minutes", type=float, help="stop after this long; --resume carries on")
     tr.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
     tr.add_argument("--seed", type=int)
+    tr.add_argument("--layers", type=int, help="decoder layers (default: the preset's)")
     tr.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     tr.add_argument("--device", help="torch device: cpu, cuda, cuda:1 (default: the preset's)")
     tr.add_argument(

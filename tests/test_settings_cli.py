@@ -121,8 +121,16 @@ def test_codec_build_refuses_bad_arguments(tmp_path: Path) -> None:
         (["model", "init", "--hidden", "100"], "--hidden must be a positive multiple of 8"),
         (["model", "init", "--sink", "5000"], "0 <= --sink <= context/2"),
         (
+            ["train", "--data", "tests", "--out", "TMP", "--minutes", "0"],
+            "--minutes must be > 0",
+        ),
+        (
             ["train", "--data", "tests", "--out", "TMP", "--minutes", "nan"],
             "--minutes must be > 0",
+        ),
+        (
+            ["train", "--data", "tests", "--out", "TMP", "--layers", "0"],
+            "--layers must be >= 1",
         ),
         (["bench", "--ticks", "0"], "--ticks must be >= 1"),
         (["bench", "--estimate-units", "-1"], "--estimate-units must be >= 0"),
