@@ -68,7 +68,7 @@ def check_url(url: str) -> None:
         parse_uri(url)
     except (InvalidURI, ValueError) as exc:
         reason = str(exc).removeprefix(f"{url} isn't a valid URI: ")
-        raise InputError(f"--url {url!r} is not a usable WebSocket URL: {reason}") from exc
+        raise InputError(f"--url {url!r} is not a usable ws:// or wss:// URL: {reason}") from exc
 
 
 @dataclass(frozen=True, slots=True)

@@ -309,7 +309,7 @@ def wav(tmp_path: Path) -> Path:
         (["--temperature", "-1"], "--temperature:"),
         (["--output", "/no/such/dir/out.wav"], "cannot write '/no/such/dir/out.wav'"),
         (["--output", "out.xyz"], "unknown audio file extension"),
-        (["--url", "http://127.0.0.1:8000/v1"], "not a usable WebSocket URL: scheme isn't ws"),
+        (["--url", "http://127.0.0.1:8000/v1"], "not a usable ws:// or wss:// URL: scheme"),
         (["--url", "ws://127.0.0.1:99999/v1/duplex"], "Port out of range"),
         (["--url", "ws:///v1/duplex"], "hostname isn't provided"),
     ],
