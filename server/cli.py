@@ -12,6 +12,7 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 PROG = "duplex"
 
@@ -185,11 +186,19 @@ def _bench(args: argparse.Namespace) -> int:
     return run(args)
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """A usage error is one line, like every other error of the command (the usage itself is
+    in --help). Subcommand parsers are made of the same class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from clients import call, evaluation, loadtest, selfplay
     from server.settings import Settings, add_settings_arguments
 
-    parser = argparse.ArgumentParser(prog=PROG, description="full-duplex voice agent server")
+    parser = _OneLineParser(prog=PROG, description="full-duplex voice agent server")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="start the server")

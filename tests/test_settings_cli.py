@@ -234,6 +234,21 @@ def test_bench_refuses_a_bad_device_or_model_with_one_line(args: list[str], expe
     assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["call", "--frame-ms", "twenty"], "duplex call: error: argument --frame-ms: invalid int"),
+        (["train", "--data", "d"], "duplex train: error: the following arguments are required"),
+        (["bogus"], "duplex: error: argument command: invalid choice: 'bogus'"),
+    ],
+)
+def test_argparse_errors_are_one_line_too(args: list[str], message: str) -> None:
+    result = duplex(*args)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith(message) and lines[0].endswith("--help)")
+
+
 def test_bench_refuses_a_bad_list_with_one_line() -> None:
     result = duplex("bench", "--sessions", "1,two")
     assert result.returncode == 2
