@@ -184,32 +184,30 @@ def sustained(rows: list[Row], context: int, tick_ms: float, loop: bool) -> int:
     return best
 
 
+def _fail(message: str) -> int:
+    """A bad argument: one line on stderr, exit 2."""
+    print(f"duplex bench: error: {message}", file=sys.stderr)
+    return 2
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         sessions = [int(x) for x in args.sessions.split(",")]
         contexts = [int(x) for x in args.contexts.split(",")]
     except ValueError:
-        print("duplex bench: error: --sessions/--contexts take comma-separated integers",
-              file=sys.stderr)  # fmt: skip
-        return 2
+        return _fail("--sessions/--contexts take comma-separated integers")
     if min(sessions) < 1 or min(contexts) < 1 or args.ticks < 1 or args.threads < 0:
-        print("duplex bench: error: --sessions, --contexts and --ticks must be >= 1, "
-              "--threads >= 0", file=sys.stderr)  # fmt: skip
-        return 2
+        return _fail("--sessions, --contexts and --ticks must be >= 1, --threads >= 0")
     if args.estimate_units < 0:
-        print("duplex bench: error: --estimate-units must be >= 0", file=sys.stderr)
-        return 2
+        return _fail("--estimate-units must be >= 0")
     if args.markdown and not Path(args.markdown).parent.is_dir():
-        print(f"duplex bench: error: cannot write {args.markdown}: no such directory",
-              file=sys.stderr)  # fmt: skip
-        return 2
+        return _fail(f"cannot write {args.markdown}: no such directory")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
         config, llama = load_checkpoint(Path(args.model), device=args.device)
     except (CheckpointError, ValueError) as exc:
-        print(f"duplex bench: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc))
     heads = ("sessions", "context", "batch50", "batch99", "  loop50", "loop99")
     print(" ".join(f"{h:>8}" for h in heads))
     rows = run_bench(

@@ -33,6 +33,8 @@ from streaming.codec2_units import (
     pcm_to_int16,
 )
 
+_LF0 = FEATURE_NAMES.index("log2_f0")  # the feature --f0-weight scales
+
 VOICES = ("en-us", "en-gb", "en-us+f3", "en-gb-scotland", "en+m3", "en-gb-x-rp+f4")
 WPM_RANGE = (140, 190)
 PITCH_RANGE = (35, 65)
@@ -227,9 +229,8 @@ def _quantisation_error(
     intonation), the two a unit trades against each other."""
     decoded = codec.centroids[units - 1] * codec.feat_std + codec.feat_mean
     cepstra = np.square(feats[:, :N_CEPS] - decoded[:, :N_CEPS]).sum(1).mean()
-    lf0 = FEATURE_NAMES.index("log2_f0")
-    voiced = ~np.isnan(feats[:, lf0])
-    f0 = np.square(feats[voiced, lf0] - decoded[voiced, lf0]).mean() if voiced.any() else 0.0
+    voiced = ~np.isnan(feats[:, _LF0])
+    f0 = np.square(feats[voiced, _LF0] - decoded[voiced, _LF0]).mean() if voiced.any() else 0.0
     return float(np.sqrt(cepstra)), float(np.sqrt(f0))
 
 
@@ -274,7 +275,7 @@ def build_codebook(
     mean, std = np.nanmean(feats, axis=0), np.nanstd(feats, axis=0)
     std[std < 1e-6] = 1.0
     # Dividing the stored std weights log-F0 in the clustering; the encoder needs no change.
-    std[FEATURE_NAMES.index("log2_f0")] /= f0_weight
+    std[_LF0] /= f0_weight
     mean, std = mean.astype(np.float32), std.astype(np.float32)  # as stored and used to encode
     meta: dict[str, Any] = {
         "format": FORMAT,
