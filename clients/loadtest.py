@@ -925,9 +925,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"at a different one, with {PAUSE_S:g} s of silence after each, looped to --duration). "
         "Default: a few sentences synthesized once with espeak-ng into a temp dir",
     )
-    parser.add_argument(
-        "--encoding", choices=sorted(SUPPORTED_RATES), default="pcm16", help="wire encoding"
-    )
+    parser.add_argument("--encoding", choices=sorted(SUPPORTED_RATES), help="wire encoding (pcm16)")
     parser.add_argument("--rate", type=int, help="wire sample rate (16000 for pcm16)")
     parser.add_argument("--frame-ms", type=int, default=20, help="client frame length (20)")
     parser.add_argument(
@@ -976,9 +974,14 @@ def _config(args: argparse.Namespace) -> LoadtestConfig:
     check_url(args.url)
     if args.slo_p99_ms is not None and not args.slo_p99_ms > 0:
         raise InputError(f"--slo-p99-ms must be > 0, got {args.slo_p99_ms:g}")
-    url, encoding = args.url, args.encoding
+    url, encoding = args.url, args.encoding or "pcm16"
     rate = DEFAULT_RATES[encoding] if args.rate is None else args.rate
     if args.protocol == "twilio":
+        if args.encoding not in (None, "mulaw") or args.rate not in (None, 8000):
+            raise InputError(
+                "--protocol twilio always streams mu-law at 8000 Hz; "
+                "leave out --encoding and --rate"
+            )
         encoding, rate = "mulaw", 8000
         if url == DEFAULT_URL:
             url = DEFAULT_URL.replace("/v1/duplex", "/v1/telephony/twilio")

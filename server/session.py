@@ -112,6 +112,8 @@ class CallSession:
         self.expected_sample = 0  # in the client's sample numbering
         self.drop_pending = 0  # wire samples of incoming audio still to drop (re-anchoring)
         self.off_clock_ticks = 0  # consecutive ticks its audio was beyond the buffer's reach
+        self.on_clock_ticks = 0  # consecutive ticks its audio was within reach
+        self.stall_re_anchors = 0  # re-anchors since its audio last stayed within reach
         self.last_activity = time.monotonic()
         self.done = asyncio.Event()
         self.queued_audio = 0  # audio frames in outbox, to detect a client not reading

@@ -177,7 +177,16 @@ class Ticker:
             reach = s.rollback_chunks * self.config.tick_s
             if abs(lag) <= reach:
                 s.off_clock_ticks = 0
+                s.on_clock_ticks += 1
+                # A stall is over once its audio stays within reach as long as it took to
+                # call it one (right after a re-anchor it is within reach for a few ticks).
+                if s.on_clock_ticks == REANCHOR_TICKS:
+                    if s.stall_re_anchors > 1:
+                        log.info("call %s back on the clock after %d re-anchors", s.id,
+                                 s.stall_re_anchors)  # fmt: skip
+                    s.stall_re_anchors = 0
                 continue
+            s.on_clock_ticks = 0
             s.off_clock_ticks += 1
             if s.off_clock_ticks < REANCHOR_TICKS:
                 continue
@@ -187,9 +196,13 @@ class Ticker:
             s.re_anchor(round(shift * s.audio.sample_rate))
             direction = "late" if lag > 0 else "early"
             self.metrics.re_anchors.labels(direction).inc()
-            log.info(
-                "call %s re-anchored: its audio was %.0f ms %s", s.id, abs(lag) * 1000, direction
-            )
+            s.stall_re_anchors += 1
+            # A client that stops sending without hanging up is re-anchored every
+            # REANCHOR_TICKS until idle_timeout: one info line per stall, the rest at debug.
+            log.log(
+                logging.INFO if s.stall_re_anchors == 1 else logging.DEBUG,
+                "call %s re-anchored: its audio was %.0f ms %s", s.id, abs(lag) * 1000, direction,
+            )  # fmt: skip
 
     async def _await_audio(self, tick: int) -> None:
         """Wait until every waited-for call's audio up to the awaited frame is encoded (and

@@ -5,6 +5,7 @@ The real runs are short (a few seconds of audio per caller) because callers stre
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import random
@@ -17,8 +18,10 @@ from clients.call import load_input
 from clients.loadtest import (
     LoadtestConfig,
     ReceiveFigures,
+    _config,
     _metrics_summary,
     _metrics_url,
+    add_arguments,
     caller_audio,
     heard_time,
     main,
@@ -198,6 +201,35 @@ def test_callers_loop_the_clips_with_pauses_from_their_own_start() -> None:
     assert len(x) == 70
     assert x[0] == 2.0 and x[30] == 1.0 and x[60] == 2.0
     assert not x[10:30].any()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--protocol", "twilio", "--encoding", "pcm16"], "always streams mu-law at 8000 Hz"),
+        (["--protocol", "twilio", "--rate", "16000"], "always streams mu-law at 8000 Hz"),
+        (["--encoding", "mulaw", "--rate", "16000"], "--rate 16000 is not supported with mulaw"),
+        (["--callers", "0"], "--callers must be positive, got 0"),
+        (["--slo-p99-ms", "-1"], "--slo-p99-ms must be > 0"),
+        (["--json-out", "/no/such/dir/r.json"], "cannot write '/no/such/dir/r.json'"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line_before_any_call(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Checked before any connection: the URL points at a port nothing listens on."""
+    assert main(["--url", "ws://127.0.0.1:9/v1/duplex", *argv]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("duplex loadtest: error: "), lines
+    assert message in lines[0]
+
+
+def test_twilio_accepts_its_own_encoding_named() -> None:
+    """Naming what Twilio sends anyway is not an error."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    cfg = _config(parser.parse_args(["--protocol", "twilio", "--encoding", "mulaw"]))
+    assert (cfg.encoding, cfg.wire_rate) == ("mulaw", 8000)
 
 
 # --- real runs against `duplex serve` --------------------------------------------------------

@@ -73,3 +73,42 @@ def test_a_client_clock_off_by_far_is_re_anchored(
 def test_a_client_on_time_is_never_re_anchored(server: ServerProcess) -> None:
     stats = asyncio.run(paced_call(server.url, 3.0, 1.0))
     assert stats.re_anchors == 0 and stats.re_anchored_samples == 0
+
+
+def test_a_stalled_client_is_logged_once_a_stall(server: ServerProcess) -> None:
+    """A client that stops sending without hanging up is re-anchored every ~2.4 s until it
+    sends on time again: one info line when the stall starts, one when it is over (its audio
+    within reach for REANCHOR_TICKS ticks)."""
+    before = server.log_text()
+
+    async def stall() -> StatsMessage:
+        async with DuplexClient.connect(server.url) as client:
+            n = client.frame_samples
+            frame = np.zeros(n, np.float32)
+            stats: list[StatsMessage] = []
+
+            async def read() -> None:
+                async for event in client.events():
+                    if isinstance(event, StatsMessage):
+                        stats.append(event)
+
+            reader = asyncio.create_task(read())
+            for _ in range(round(0.3 * RATE / n)):
+                await client.send_frame(frame)
+                await asyncio.sleep(n / RATE)
+            await asyncio.sleep(2.6)
+            await client.send_frame(frame)  # within the idle timeout: the call stays open
+            await asyncio.sleep(2.6)
+            t0 = time.monotonic()
+            for i in range(round(4.2 * RATE / n)):  # on time again
+                await asyncio.sleep(max(0.0, t0 + i * n / RATE - time.monotonic()))
+                await client.send_frame(frame)
+            await client.end()
+            await asyncio.wait_for(reader, 30)
+            return stats[0]
+
+    stats = asyncio.run(stall())
+    assert stats.re_anchors >= 2
+    new = server.log_text()[len(before) :]
+    assert new.count("re-anchored: its audio was") == 1, new
+    assert new.count(f"back on the clock after {stats.re_anchors} re-anchors") == 1, new
