@@ -9,7 +9,9 @@ delay and jitter. Afterwards the run is measured three ways:
 - the network's view: when agent frames arrived against when they were due;
 - the caller's view: turn latency, from voice activity detection (silero-vad) on both streams.
 
-`run_loadtest(config)` is the coroutine API (tests use it); `run(args)` is the CLI.
+The measures are pure functions in clients/reception.py; the report, its table and plots are
+in clients/loadtest_report.py. `run_loadtest(config)` is the coroutine API (tests use it);
+`run(args)` is the CLI.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import random
 import shutil
 import subprocess
@@ -54,7 +55,20 @@ from clients.client import (
     DuplexError,
     ReceivedFrame,
 )
-from clients.speech_activity import Segment, speech_segments, vad_name
+from clients.loadtest_report import (
+    CallerReport,
+    LoadtestReport,
+    codes,
+    fmt,
+    metrics_summary,
+    overall,
+    percentile,
+    rounded,
+    summary_table,
+    write_plots,
+)
+from clients.reception import heard_time, receive_figures, simulate_downlink, turn_latencies
+from clients.speech_activity import speech_segments, vad_name
 from clients.twilio_sim import run_twilio_call
 from server.protocol import (
     SUPPORTED_RATES,
@@ -65,22 +79,7 @@ from server.protocol import (
 )
 from streaming.resample import resample_whole
 
-__all__ = [
-    "CallerReport",
-    "LoadtestConfig",
-    "LoadtestReport",
-    "ReceiveFigures",
-    "add_arguments",
-    "heard_time",
-    "main",
-    "receive_figures",
-    "run",
-    "run_loadtest",
-    "simulate_downlink",
-    "summary_table",
-    "turn_latencies",
-    "write_plots",
-]
+__all__ = ["LoadtestConfig", "add_arguments", "main", "run", "run_loadtest"]
 
 PROG = "duplex loadtest"
 DEFAULT_URL = "ws://127.0.0.1:8000/v1/duplex"
@@ -96,10 +95,6 @@ DEFAULT_SENTENCES = (
     "Can you tell me what the weather will be like in Paris tomorrow?",
     "Thanks, that is all I needed.",
 )
-# A user turn ends where a speech segment is followed by at least this much non-speech.
-MIN_PAUSE_S = 0.3
-# An agent onset later than this after the user's turn end is not an answer to it.
-RESPONSE_WINDOW_S = 3.0
 METRICS_PERIOD_S = 1.0
 
 
@@ -125,189 +120,6 @@ class LoadtestConfig:
     @property
     def wire_rate(self) -> int:
         return self.rate or DEFAULT_RATES[self.encoding]
-
-
-@dataclass(slots=True)
-class CallerReport:
-    """One caller's figures; `status` is "ok" or the error code that ended it.
-
-    Figures a failed caller could not measure stay None (shown as "-"), never a false 0.
-    """
-
-    caller: int
-    status: str = "ok"
-    message: str | None = None
-    connected: bool = False
-    session_id: str | None = None
-    start_s: float = 0.0  # when it connected, from the start of the test
-    frames_sent: int = 0
-    frames_received: int = 0
-    latency_ms_p50: float | None = None
-    latency_ms_p95: float | None = None
-    latency_ms_p99: float | None = None
-    overruns: int | None = None
-    estimates_made: int | None = None
-    estimates_replaced: int | None = None
-    late_samples_dropped: int | None = None
-    missing_chunks: int | None = None
-    re_anchors: int | None = None
-    recv_jitter_ms: float | None = None
-    recv_late_ms_p99: float | None = None
-    recv_gaps: int | None = None
-    turns: int | None = None
-    turns_answered: int | None = None
-    turn_latency_ms_p50: float | None = None
-    turn_latency_ms_p95: float | None = None
-    turn_latencies_ms: list[float] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class LoadtestReport:
-    """The whole run: per caller, overall, and the server's metrics over time."""
-
-    config: dict[str, Any]
-    wall_s: float
-    vad: str
-    callers: list[CallerReport]
-    overall: dict[str, Any]
-    server_metrics: dict[str, Any]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-# ---------------------------------------------------------------------------------------------
-# Analysis (pure functions: the unit tests feed them synthetic streams)
-
-
-def simulate_downlink(
-    arrivals: Sequence[float], delay_s: float, jitter_s: float, rng: random.Random
-) -> list[float]:
-    """Arrival times as if the downlink added `delay_s + U[0, jitter_s]` per frame, in order.
-
-    The server's frames cannot be held back on a real socket from here, so the downlink is
-    simulated on the receive side; as on TCP, a frame never overtakes the one before it.
-    """
-    out: list[float] = []
-    for a in arrivals:
-        t = a + delay_s + (rng.uniform(0.0, jitter_s) if jitter_s else 0.0)
-        out.append(max(t, out[-1]) if out else t)
-    return out
-
-
-@dataclass(frozen=True, slots=True)
-class ReceiveFigures:
-    """How the agent stream arrived, as a listener without a jitter buffer would hear it."""
-
-    jitter_ms: float | None  # standard deviation of (arrival - due)
-    late_ms_p99: float | None  # p99 of (arrival - due)
-    late_frames: int  # arrived more than one tick after due
-    missing_frames: int  # never arrived
-
-    @property
-    def gaps(self) -> int:
-        return self.late_frames + self.missing_frames
-
-
-def receive_figures(
-    first_samples: Sequence[int],
-    lengths: Sequence[int],
-    arrivals: Sequence[float],
-    *,
-    t_ready: float,
-    rate: int,
-    total_samples: int,
-    chunk_samples: int,
-    tick_s: float,
-    base_delay_s: float = 0.0,
-) -> ReceiveFigures:
-    """Jitter and gaps of the agent stream: a frame is due at t_ready + first_sample/rate.
-
-    Frames are placed by first_sample and length, not by index (the server may shift them by
-    a codec delay), so missing audio is found as holes in the coverage of [0, total_samples),
-    each counted in frames, rounded (a shift of a few samples at the end is no lost frame).
-    `base_delay_s` (the injected downlink delay) moves every due time: a fixed delay is latency,
-    not jitter, and a playout buffer would absorb it; what is left is what a listener hears as
-    holes.
-    """
-    missing, covered = 0, 0
-    for first, n in sorted(zip(first_samples, lengths, strict=True)):
-        if first > covered:
-            missing += round((min(first, total_samples) - covered) / chunk_samples)
-        covered = max(covered, first + n)
-        if covered >= total_samples:
-            break
-    if covered < total_samples:
-        missing += round((total_samples - covered) / chunk_samples)
-    firsts = np.asarray(first_samples, dtype=np.float64)
-    late = np.asarray(arrivals, dtype=np.float64) - (t_ready + base_delay_s + firsts / rate)
-    if len(late) == 0:
-        return ReceiveFigures(None, None, 0, missing)
-    return ReceiveFigures(
-        jitter_ms=float(np.std(late) * 1e3),
-        late_ms_p99=float(np.percentile(late, 99) * 1e3),
-        late_frames=int(np.sum(late > tick_s)),
-        missing_frames=missing,
-    )
-
-
-def heard_time(
-    sample: int, first_samples: Sequence[int], arrivals_rel: Sequence[float], rate: int
-) -> float:
-    """When the caller hears agent sample `sample` (seconds after sample 0).
-
-    At its place in the timeline, or, when its frame arrived late, as soon as it arrived (a
-    player without a jitter buffer). `arrivals_rel` are arrival times minus t_ready.
-    """
-    firsts = np.asarray(first_samples)
-    i = int(np.searchsorted(firsts, sample, side="right")) - 1
-    on_time = sample / rate
-    if i < 0:
-        return on_time
-    return max(on_time, arrivals_rel[i] + (sample - int(firsts[i])) / rate)
-
-
-@dataclass(frozen=True, slots=True)
-class Turns:
-    """Answered turns' latencies (s) and the count of turns the agent did not answer."""
-
-    latencies_s: list[float]
-    unanswered: int
-
-    @property
-    def count(self) -> int:
-        return len(self.latencies_s) + self.unanswered
-
-
-def turn_latencies(
-    user: Sequence[Segment],
-    agent_onsets: Sequence[float],
-    end_s: float,
-    *,
-    min_pause_s: float = MIN_PAUSE_S,
-    window_s: float = RESPONSE_WINDOW_S,
-) -> Turns:
-    """Match each end of user speech to the first agent onset after it.
-
-    A user turn ends where a speech segment is followed by >= `min_pause_s` of non-speech. Its
-    answer is the first agent onset at or after that end, within `window_s` and before the user
-    speaks again; none is "unanswered", unless the call ended before the window closed (then
-    the turn is not counted). An agent already talking when the user stops is not an answer.
-    """
-    onsets = sorted(agent_onsets)
-    latencies: list[float] = []
-    unanswered = 0
-    for k, (_, end) in enumerate(user):
-        next_start = user[k + 1][0] if k + 1 < len(user) else None
-        if (end_s if next_start is None else next_start) - end < min_pause_s:
-            continue
-        limit = end + window_s if next_start is None else min(end + window_s, next_start)
-        onset = next((a for a in onsets if end <= a < limit), None)
-        if onset is not None:
-            latencies.append(onset - end)
-        elif next_start is not None or end + window_s <= end_s:
-            unanswered += 1
-    return Turns(latencies, unanswered)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -589,7 +401,7 @@ async def run_loadtest(config: LoadtestConfig) -> LoadtestReport:
     cfg["wire_rate"] = rate
     cfg["inputs"] = paths if config.inputs else ["(espeak-ng) " + s for s in DEFAULT_SENTENCES]
     ready = next((r.ready for r in runs if r.ready is not None), None)
-    metrics = _metrics_summary(samples, metric_errors)
+    metrics = metrics_summary(samples, metric_errors)
     metrics["tick_ms"] = ready.tick_ms if ready else None
     metrics["lead_ms"] = ready.lead_ms if ready else None
     return LoadtestReport(
@@ -597,7 +409,7 @@ async def run_loadtest(config: LoadtestConfig) -> LoadtestReport:
         wall_s=round(wall, 3),
         vad=vad_name(),
         callers=[r.report for r in runs],
-        overall=_overall([r.report for r in runs]),
+        overall=overall([r.report for r in runs]),
         server_metrics=metrics,
     )
 
@@ -639,8 +451,8 @@ def _analyse(runs: Sequence[_CallerRun], cfg: LoadtestConfig) -> None:
             base_delay_s=cfg.delay_ms / 1e3,
         )
         rep.recv_jitter_ms, rep.recv_late_ms_p99, rep.recv_gaps = (
-            _round(recv.jitter_ms),
-            _round(recv.late_ms_p99),
+            rounded(recv.jitter_ms),
+            rounded(recv.late_ms_p99),
             recv.gaps,
         )
         rel = [a - r.t_ready for a in arrivals]
@@ -650,249 +462,8 @@ def _analyse(runs: Sequence[_CallerRun], cfg: LoadtestConfig) -> None:
         turns = turn_latencies(segments[2 * k], onsets, len(r.audio) / rate)
         rep.turns, rep.turns_answered = turns.count, len(turns.latencies_s)
         rep.turn_latencies_ms = [round(x * 1e3, 1) for x in turns.latencies_s]
-        rep.turn_latency_ms_p50 = _pct(rep.turn_latencies_ms, 50)
-        rep.turn_latency_ms_p95 = _pct(rep.turn_latencies_ms, 95)
-
-
-def _round(v: float | None) -> float | None:
-    return None if v is None else round(v, 2)
-
-
-def _pct(values: Sequence[float], q: float) -> float | None:
-    return round(float(np.percentile(values, q)), 1) if len(values) else None
-
-
-def _overall(callers: Sequence[CallerReport]) -> dict[str, Any]:
-    """Totals over callers; turn latency pooled over all turns; the other percentiles and the
-    jitter are the worst caller's.
-
-    Sessions report percentiles, not samples, so a pooled p99 cannot be computed; the largest
-    per-caller p99 is an upper bound of it (the pooled CDF at that value is >= 0.99).
-    """
-    done = [c for c in callers if c.status == "ok"]
-    turns = [x for c in done for x in c.turn_latencies_ms]
-    n_turns = sum(c.turns or 0 for c in done)
-
-    def worst(key: str) -> float | None:
-        vals = [getattr(c, key) for c in done if getattr(c, key) is not None]
-        return max(vals) if vals else None
-
-    def total(key: str) -> int | None:
-        vals = [getattr(c, key) for c in done if getattr(c, key) is not None]
-        return sum(vals) if vals else None
-
-    return {
-        "callers": len(callers),
-        "completed": len(done),
-        "connect_failures": dict(Counter(c.status for c in callers if not c.connected)),
-        "errors": dict(Counter(c.status for c in callers if c.connected and c.status != "ok")),
-        "frames_sent": sum(c.frames_sent for c in callers),
-        "frames_received": sum(c.frames_received for c in callers),
-        "latency_ms_p50": worst("latency_ms_p50"),
-        "latency_ms_p95": worst("latency_ms_p95"),
-        "latency_ms_p99": worst("latency_ms_p99"),
-        "overruns": total("overruns"),
-        "estimates_made": total("estimates_made"),
-        "estimates_replaced": total("estimates_replaced"),
-        "late_samples_dropped": total("late_samples_dropped"),
-        "missing_chunks": total("missing_chunks"),
-        "re_anchors": total("re_anchors"),
-        "recv_jitter_ms": worst("recv_jitter_ms"),
-        "recv_late_ms_p99": worst("recv_late_ms_p99"),
-        "recv_gaps": total("recv_gaps"),
-        "turns": n_turns,
-        "turns_answered": len(turns),
-        "response_rate": round(len(turns) / n_turns, 3) if n_turns else None,
-        "turn_latency_ms_p50": _pct(turns, 50),
-        "turn_latency_ms_p95": _pct(turns, 95),
-        "turn_latency_ms_p99": _pct(turns, 99),
-    }
-
-
-def _metrics_summary(samples: Sequence[dict[str, Any]], errors: Sequence[str]) -> dict[str, Any]:
-    """Per-second tick compute time and overruns from consecutive /metrics pages."""
-    series = []
-    for a, b in zip(samples, samples[1:], strict=False):
-        ticks = b["tick_count"] - a["tick_count"]
-        series.append(
-            {
-                "t": round(b["t"], 2),
-                "ticks": int(ticks),
-                "tick_mean_ms": round((b["tick_sum"] - a["tick_sum"]) / ticks * 1e3, 3)
-                if ticks
-                else None,
-                "overruns": int(b["overruns"] - a["overruns"]),
-                "sessions_active": int(b["sessions_active"]),
-            }
-        )
-    first, last = (samples[0], samples[-1]) if samples else ({}, {})
-    means = [p["tick_mean_ms"] for p in series if p["tick_mean_ms"] is not None]
-    return {
-        "available": len(samples) >= 2,
-        "error": errors[0] if errors else None,
-        "series": series,
-        "tick_mean_ms": round(
-            (last["tick_sum"] - first["tick_sum"])
-            / (last["tick_count"] - first["tick_count"])
-            * 1e3,
-            3,
-        )
-        if samples and last["tick_count"] > first["tick_count"]
-        else None,
-        "tick_mean_ms_worst_second": max(means) if means else None,
-        "overruns": int(last["overruns"] - first["overruns"]) if samples else None,
-        # cumulative counts per bucket upper bound (s), for the latency CDF over all sessions
-        "latency_buckets": {
-            le: last["latency_buckets"][le] - first["latency_buckets"].get(le, 0.0)
-            for le in last["latency_buckets"]
-        }
-        if samples
-        else {},
-    }
-
-
-# ---------------------------------------------------------------------------------------------
-# Output
-
-
-def write_plots(report: LoadtestReport, directory: Path) -> list[Path]:
-    """latency_cdf.png (server-added and turn latency) and, with metrics, tick_time.png."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    directory.mkdir(parents=True, exist_ok=True)
-    written = []
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    buckets = {float(k): v for k, v in report.server_metrics["latency_buckets"].items()}
-    total = buckets.get(math.inf, 0.0)
-    if total > 0:
-        les = sorted(b for b in buckets if b != math.inf)
-        ax1.plot(  # linear inside buckets, as Prometheus' histogram_quantile assumes
-            [0.0, *(le * 1e3 for le in les)],
-            [0.0, *(buckets[le] / total for le in les)],
-            ".-",
-            label="all sessions (/metrics histogram)",
-        )
-    marked = False
-    for c in report.callers:
-        pts = [(c.latency_ms_p50, 0.5), (c.latency_ms_p95, 0.95), (c.latency_ms_p99, 0.99)]
-        known = [(x, q) for x, q in pts if x is not None]
-        if known:
-            label = None if marked else "each caller's p50/p95/p99 (stats)"
-            ax1.plot(*zip(*known, strict=True), "o", ms=3, alpha=0.6, label=label)
-            marked = True
-    ax1.set(title="server-added latency", xlabel="ms", ylabel="fraction <= x", ylim=(0, 1.02))
-    if total > 0 or marked:
-        ax1.legend(loc="lower right", fontsize=8)
-    ax1.grid(alpha=0.3)
-    turns = sorted(x for c in report.callers for x in c.turn_latencies_ms)
-    if turns:
-        ax2.step(
-            [turns[0], *turns], [0.0, *(np.arange(1, len(turns) + 1) / len(turns))], where="post"
-        )
-    ax2.set(
-        title=f"turn latency ({len(turns)} answered turns)",
-        xlabel="ms (end of user speech -> agent onset)",
-        ylim=(0, 1.02),
-    )
-    ax2.grid(alpha=0.3)
-    fig.tight_layout()
-    written.append(directory / "latency_cdf.png")
-    fig.savefig(written[-1], dpi=100)
-    plt.close(fig)
-
-    series = report.server_metrics["series"]
-    if series:
-        fig, ax = plt.subplots(figsize=(11, 4.2))
-        t = [p["t"] for p in series]
-        ax.plot(
-            t,
-            [math.nan if p["tick_mean_ms"] is None else p["tick_mean_ms"] for p in series],
-            label="mean tick compute time",
-        )
-        for key, style in (("lead_ms", ":"), ("tick_ms", "--")):
-            if report.server_metrics[key] is not None:  # the step's deadline, and the tick
-                ax.axhline(report.server_metrics[key], color="black", ls=style, lw=0.8, label=key)
-        ax.set(xlabel="s since start", ylabel="ms", ylim=(0, None))
-        ax.legend(loc="upper left", fontsize=8)
-        ax.grid(alpha=0.3)
-        ax2 = ax.twinx()
-        ax2.bar(t, [p["overruns"] for p in series], width=0.6, alpha=0.3, color="red")
-        ax2.plot(t, [p["sessions_active"] for p in series], color="gray", ls="--")
-        ax2.set_ylabel("overruns per second (bars), sessions (dashed)")
-        ax.set_title("tick compute time over the run")
-        fig.tight_layout()
-        written.append(directory / "tick_time.png")
-        fig.savefig(written[-1], dpi=100)
-        plt.close(fig)
-    return written
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    return f"{v:.1f}" if isinstance(v, float) else str(v)
-
-
-_COLUMNS = (
-    ("caller", "caller"),
-    ("status", "status"),
-    ("sent", "frames_sent"),
-    ("recv", "frames_received"),
-    ("lat p50", "latency_ms_p50"),
-    ("p95", "latency_ms_p95"),
-    ("p99", "latency_ms_p99"),
-    ("overrun", "overruns"),
-    ("late smp", "late_samples_dropped"),
-    ("missing", "missing_chunks"),
-    ("jitter", "recv_jitter_ms"),
-    ("gaps", "recv_gaps"),
-    ("turns", "turns"),
-    ("answered", "turns_answered"),
-    ("turn p50", "turn_latency_ms_p50"),
-    ("turn p95", "turn_latency_ms_p95"),
-)
-
-
-def summary_table(report: LoadtestReport) -> str:
-    """Per-caller rows and an overall row (times in ms), then the run's other figures."""
-    rows = [[_fmt(getattr(c, key)) for _, key in _COLUMNS] for c in report.callers]
-    o = report.overall
-    rows.append(
-        ["all", f"{o['completed']}/{o['callers']} ok"] + [_fmt(o.get(k)) for _, k in _COLUMNS[2:]]
-    )
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, (h, _) in enumerate(_COLUMNS)]
-    line = "  ".join(h.rjust(w) for (h, _), w in zip(_COLUMNS, widths, strict=True))
-    out = [line]
-    for i, r in enumerate(rows):
-        if i == len(rows) - 1:
-            out.append("-" * len(line))
-        out.append("  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)))
-    m = report.server_metrics
-    out += [
-        f"server-added latency ms (worst caller): p50 {_fmt(o['latency_ms_p50'])}, "
-        f"p95 {_fmt(o['latency_ms_p95'])}, p99 {_fmt(o['latency_ms_p99'])}",
-        f"turn latency ms: p50 {_fmt(o['turn_latency_ms_p50'])}, "
-        f"p95 {_fmt(o['turn_latency_ms_p95'])}; response rate "
-        f"{_fmt(None if o['response_rate'] is None else o['response_rate'] * 100)} % "
-        f"({report.vad})",
-        "connect failures: "
-        + (_codes(o["connect_failures"]) or "none")
-        + "; errors: "
-        + (_codes(o["errors"]) or "none"),
-        f"server ticks: mean {_fmt(m['tick_mean_ms'])} ms, worst second "
-        f"{_fmt(m['tick_mean_ms_worst_second'])} ms, {_fmt(m['overruns'])} overruns"
-        if m["available"]
-        else f"server metrics unavailable: {m['error']}",
-        f"wall time {report.wall_s:.1f} s",
-    ]
-    return "\n".join(out)
-
-
-def _codes(counts: dict[str, int]) -> str:
-    return ", ".join(f"{k} x{v}" for k, v in sorted(counts.items()))
+        rep.turn_latency_ms_p50 = percentile(rep.turn_latencies_ms, 50)
+        rep.turn_latency_ms_p95 = percentile(rep.turn_latencies_ms, 95)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -974,7 +545,8 @@ def _config(args: argparse.Namespace) -> LoadtestConfig:
     check_url(args.url)
     if args.slo_p99_ms is not None and not args.slo_p99_ms > 0:
         raise InputError(f"--slo-p99-ms must be > 0, got {args.slo_p99_ms:g}")
-    url, encoding = args.url, args.encoding or "pcm16"
+    url = args.url
+    encoding: WireEncoding = args.encoding or "pcm16"
     rate = DEFAULT_RATES[encoding] if args.rate is None else args.rate
     if args.protocol == "twilio":
         if args.encoding not in (None, "mulaw") or args.rate not in (None, 8000):
@@ -1038,12 +610,10 @@ def run(args: argparse.Namespace) -> int:
     o = report.overall
     if not o["completed"]:
         failures = Counter(o["connect_failures"]) + Counter(o["errors"])
-        return _fail(f"no caller completed at {args.url}: " + _codes(dict(failures)))
+        return _fail(f"no caller completed at {args.url}: " + codes(dict(failures)))
     p99 = o["latency_ms_p99"]
     if args.slo_p99_ms is not None and (p99 is None or p99 > args.slo_p99_ms):
-        return _fail(
-            f"SLO missed: server-added latency p99 {_fmt(p99)} ms > {args.slo_p99_ms:g} ms"
-        )
+        return _fail(f"SLO missed: server-added latency p99 {fmt(p99)} ms > {args.slo_p99_ms:g} ms")
     return 0
 
 

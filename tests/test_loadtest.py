@@ -17,16 +17,18 @@ import pytest
 from clients.call import load_input
 from clients.loadtest import (
     LoadtestConfig,
-    ReceiveFigures,
     _config,
-    _metrics_summary,
     _metrics_url,
     add_arguments,
     caller_audio,
-    heard_time,
     main,
-    receive_figures,
     run_loadtest,
+)
+from clients.loadtest_report import metrics_summary
+from clients.reception import (
+    ReceiveFigures,
+    heard_time,
+    receive_figures,
     simulate_downlink,
     turn_latencies,
 )
@@ -188,7 +190,7 @@ def test_tick_time_per_second_from_metrics_differences() -> None:
         {**page, "t": 1.0, "tick_sum": 1.3, "tick_count": 16.0, "overruns": 1.0},
         {**page, "t": 2.0, "tick_sum": 1.3, "tick_count": 16.0, "overruns": 1.0},
     ]
-    m = _metrics_summary(samples, [])
+    m = metrics_summary(samples, [])
     assert [p["tick_mean_ms"] for p in m["series"]] == [pytest.approx(50.0), None]
     assert [p["overruns"] for p in m["series"]] == [1, 0]
     assert m["tick_mean_ms"] == pytest.approx(50.0)
