@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -58,6 +59,7 @@ __all__ = [
     "converse",
     "main",
     "mean_ratios",
+    "ratio_ci95",
     "opening_track",
     "parse_delays",
     "reference_stats",
@@ -402,6 +404,24 @@ def mean_ratios(
     return out
 
 
+def ratio_ci95(
+    base: Mapping[str, Any], other: Mapping[str, Any], measures: Sequence[str] = TARGET_MEASURES
+) -> dict[str, list[float] | None]:
+    """An approximate 95 % interval of each mean ratio, from the two means' standard errors
+    (delta method: the relative errors add in quadrature). With a few dozen events a measure,
+    a ratio 20 % off can be noise; None where either run has fewer than two events."""
+    out: dict[str, list[float] | None] = {}
+    for m in measures:
+        b, o = base[m], other[m]
+        if not b["mean_s"] or not o["mean_s"] or b["mean_se_s"] is None or o["mean_se_s"] is None:
+            out[m] = None
+            continue
+        r = o["mean_s"] / b["mean_s"]
+        rel = math.hypot(o["mean_se_s"] / o["mean_s"], b["mean_se_s"] / b["mean_s"])
+        out[m] = [round(max(0.0, r * (1 - 1.96 * rel)), 3), round(r * (1 + 1.96 * rel), 3)]
+    return out
+
+
 def target_check(summaries: Mapping[float, Mapping[str, Any]]) -> dict[str, Any] | None:
     """The figure of merit: mean gap, pause and IPU at TARGET_DELAY_MS (or the largest delay
     run) within TARGET_TOLERANCE of the 0 ms run's. None without a 0 ms run and another."""
@@ -418,6 +438,7 @@ def target_check(summaries: Mapping[float, Mapping[str, Any]]) -> dict[str, Any]
         "baseline_ms": 0.0,
         "tolerance": TARGET_TOLERANCE,
         "ratios": {m: _round(r) for m, r in ratios.items()},
+        "ratios_ci95": ratio_ci95(summaries[0.0], summaries[delay]),
         "holds": holds,
     }
 
@@ -521,11 +542,16 @@ def summary_table(report: Mapping[str, Any]) -> str:
     if target is None:
         lines.append("target: needs a 0 ms run and another delay")
     else:
-        ratios = ", ".join(f"{_LABELS[m]} x{_fmt(r, 2)}" for m, r in target["ratios"].items())
+        ratios = ", ".join(
+            f"{_LABELS[m]} x{_fmt(r, 2)}" + (f" ({_fmt(ci[0], 2)}-{_fmt(ci[1], 2)})" if ci else "")
+            for m, r in target["ratios"].items()
+            for ci in [target["ratios_ci95"][m]]
+        )
         verdict = {True: "yes", False: "NO", None: "cannot tell (a measure has no events)"}
         lines.append(
             f"target: mean gap/pause/IPU at {target['delay_ms']:g} ms vs 0 ms: {ratios}; "
-            f"within {target['tolerance'] * 100:g} %: {verdict[target['holds']]}"
+            f"within {target['tolerance'] * 100:g} %: {verdict[target['holds']]} "
+            "(95 % intervals of the ratios in brackets)"
         )
     lines.append(f"({report['vad']}; wrote {report['out']})")
     return "\n".join(lines)

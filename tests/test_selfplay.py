@@ -22,6 +22,7 @@ from clients.selfplay import (
     mean_ratios,
     opening_track,
     parse_delays,
+    ratio_ci95,
     relay_slice,
     target_check,
     tick_offset,
@@ -85,6 +86,20 @@ def test_target_compares_mean_gap_pause_ipu_with_the_0ms_run() -> None:
     none = _summary([2.0], [], [0.3])  # no pauses at all: the target cannot be judged
     assert target_check({0.0: base, 240.0: none})["holds"] is None  # type: ignore[index]
     assert target_check({80.0: base, 240.0: near}) is None  # no 0 ms run
+
+
+def test_ratio_intervals_come_from_the_means_standard_errors() -> None:
+    base = _summary([1.0, 2.0, 3.0], [0.5], [0.2, 0.4])
+    other = _summary([2.0, 2.0, 2.0, 2.0], [0.4, 0.6], [0.3, 0.3])
+    assert base["ipu"]["mean_se_s"] == pytest.approx(1 / np.sqrt(3), abs=1e-3)  # type: ignore[index]
+    ci = ratio_ci95(base, other)
+    # ipu: ratio 1, relative errors 0 (four equal IPUs) and 0.577/2: 1 -/+ 1.96 x 0.289
+    assert ci["ipu"] == pytest.approx([0.434, 1.566], abs=2e-3)
+    assert ci["pause"] is None  # one pause at 0 ms: no standard error
+    lo, hi = ci["gap"]  # type: ignore[misc]
+    assert lo < 1.0 < hi  # ratio 1.0: the band straddles it
+    check = target_check({0.0: base, 240.0: other})
+    assert check is not None and check["ratios_ci95"] == ci
 
 
 def test_delays_parse_in_order() -> None:
