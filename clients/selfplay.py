@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import shutil
 import subprocess
 import sys
@@ -405,30 +404,35 @@ def mean_ratios(
 
 
 def ratio_ci95(
-    base: Mapping[str, Any], other: Mapping[str, Any], measures: Sequence[str] = TARGET_MEASURES
+    base: TurnStats,
+    other: TurnStats,
+    measures: Sequence[str] = TARGET_MEASURES,
+    resamples: int = 2000,
 ) -> dict[str, list[float] | None]:
-    """An approximate 95 % interval of each mean ratio, from the two means' standard errors
-    (delta method: the relative errors add in quadrature). With a few dozen events a measure,
-    a ratio 20 % off can be noise; None where either run has fewer than two events."""
+    """A 95 % interval of each mean ratio (percentile bootstrap over each run's events,
+    seeded). Pauses and gaps are long-tailed and a run has a few dozen, so a ratio 20 % off
+    can be noise; None where either run has fewer than two events."""
+    rng = np.random.default_rng(0)
     out: dict[str, list[float] | None] = {}
     for m in measures:
-        b, o = base[m], other[m]
-        if not b["mean_s"] or not o["mean_s"] or b["mean_se_s"] is None or o["mean_se_s"] is None:
+        a, b = np.asarray(getattr(base, m)), np.asarray(getattr(other, m))
+        if a.size < 2 or b.size < 2:
             out[m] = None
             continue
-        r = o["mean_s"] / b["mean_s"]
-        rel = math.hypot(o["mean_se_s"] / o["mean_s"], b["mean_se_s"] / b["mean_s"])
-        out[m] = [round(max(0.0, r * (1 - 1.96 * rel)), 3), round(r * (1 + 1.96 * rel), 3)]
+        means_a = a[rng.integers(a.size, size=(resamples, a.size))].mean(axis=1)
+        means_b = b[rng.integers(b.size, size=(resamples, b.size))].mean(axis=1)
+        lo, hi = np.percentile(means_b / means_a, [2.5, 97.5])
+        out[m] = [round(float(lo), 3), round(float(hi), 3)]
     return out
 
 
-def target_check(summaries: Mapping[float, Mapping[str, Any]]) -> dict[str, Any] | None:
+def target_check(stats: Mapping[float, TurnStats]) -> dict[str, Any] | None:
     """The figure of merit: mean gap, pause and IPU at TARGET_DELAY_MS (or the largest delay
     run) within TARGET_TOLERANCE of the 0 ms run's. None without a 0 ms run and another."""
-    if 0.0 not in summaries or len(summaries) < 2:
+    if 0.0 not in stats or len(stats) < 2:
         return None
-    delay = TARGET_DELAY_MS if TARGET_DELAY_MS in summaries else max(summaries)
-    ratios = mean_ratios(summaries[0.0], summaries[delay])
+    delay = TARGET_DELAY_MS if TARGET_DELAY_MS in stats else max(stats)
+    ratios = mean_ratios(stats[0.0].summary(), stats[delay].summary())
     known = [r for r in ratios.values() if r is not None]
     holds = (
         all(abs(r - 1.0) <= TARGET_TOLERANCE for r in known) if len(known) == len(ratios) else None
@@ -438,7 +442,7 @@ def target_check(summaries: Mapping[float, Mapping[str, Any]]) -> dict[str, Any]
         "baseline_ms": 0.0,
         "tolerance": TARGET_TOLERANCE,
         "ratios": {m: _round(r) for m, r in ratios.items()},
-        "ratios_ci95": ratio_ci95(summaries[0.0], summaries[delay]),
+        "ratios_ci95": ratio_ci95(stats[0.0], stats[delay]),
         "holds": holds,
     }
 
@@ -763,7 +767,7 @@ def _report(
             "dialogues": reference[1],
             "turns": reference[0].summary(),
         },
-        "target": target_check(summaries),
+        "target": target_check({c.delay_ms: s for c, s in zip(conversations, stats, strict=True)}),
         "plots": [p.name for p in plots],
     }
     (out / "selfplay.json").write_text(json.dumps(report, indent=1) + "\n")

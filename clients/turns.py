@@ -49,8 +49,7 @@ class TurnStats:
         self.seconds += other.seconds
 
     def summary(self) -> dict[str, Any]:
-        """Per measure: count, rate per minute, mean (and its standard error), median, 10th and
-        90th percentiles."""
+        """Per measure: count, rate per minute, mean, median, 10th and 90th percentiles."""
         out: dict[str, Any] = {"seconds": round(self.seconds, 2)}
         for f in fields(self):
             if f.name not in MEASURES:
@@ -61,8 +60,6 @@ class TurnStats:
                 "count": int(x.size),
                 "per_minute": _r(per_min),
                 "mean_s": _r(float(x.mean())) if x.size else None,
-                # standard error of the mean: how far the mean of a few events may wander
-                "mean_se_s": _r(float(x.std(ddof=1) / np.sqrt(x.size))) if x.size > 1 else None,
                 "median_s": _r(float(np.median(x))) if x.size else None,
                 "p10_s": _r(float(np.percentile(x, 10))) if x.size else None,
                 "p90_s": _r(float(np.percentile(x, 90))) if x.size else None,

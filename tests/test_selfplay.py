@@ -69,36 +69,38 @@ def test_opening_starts_at_the_conversation_and_is_cut_at_its_end() -> None:
     assert not opening_track(np.ones(5, np.float32), at=6, length=6).any()
 
 
-def _summary(ipu: list[float], pause: list[float], gap: list[float]) -> dict[str, object]:
-    return TurnStats(ipu=ipu, pause=pause, gap=gap, seconds=60.0).summary()
+def _stats(ipu: list[float], pause: list[float], gap: list[float]) -> TurnStats:
+    return TurnStats(ipu=ipu, pause=pause, gap=gap, seconds=60.0)
 
 
 def test_target_compares_mean_gap_pause_ipu_with_the_0ms_run() -> None:
-    base = _summary([1.0, 3.0], [0.5], [0.2, 0.4])
-    near = _summary([2.3], [0.45], [0.35])
-    far = _summary([2.0], [0.5], [0.5])
-    assert mean_ratios(base, near) == pytest.approx(
+    base = _stats([1.0, 3.0], [0.5], [0.2, 0.4])
+    near = _stats([2.3], [0.45], [0.35])
+    far = _stats([2.0], [0.5], [0.5])
+    assert mean_ratios(base.summary(), near.summary()) == pytest.approx(
         {"gap": 1.1667, "pause": 0.9, "ipu": 1.15}, 1e-3
     )
     check = target_check({0.0: base, 80.0: far, 240.0: near})
     assert check is not None and check["delay_ms"] == 240.0 and check["holds"] is True
     assert target_check({0.0: base, 160.0: far})["holds"] is False  # type: ignore[index]
-    none = _summary([2.0], [], [0.3])  # no pauses at all: the target cannot be judged
+    none = _stats([2.0], [], [0.3])  # no pauses at all: the target cannot be judged
     assert target_check({0.0: base, 240.0: none})["holds"] is None  # type: ignore[index]
     assert target_check({80.0: base, 240.0: near}) is None  # no 0 ms run
 
 
-def test_ratio_intervals_come_from_the_means_standard_errors() -> None:
-    base = _summary([1.0, 2.0, 3.0], [0.5], [0.2, 0.4])
-    other = _summary([2.0, 2.0, 2.0, 2.0], [0.4, 0.6], [0.3, 0.3])
-    assert base["ipu"]["mean_se_s"] == pytest.approx(1 / np.sqrt(3), abs=1e-3)  # type: ignore[index]
-    ci = ratio_ci95(base, other)
-    # ipu: ratio 1, relative errors 0 (four equal IPUs) and 0.577/2: 1 -/+ 1.96 x 0.289
-    assert ci["ipu"] == pytest.approx([0.434, 1.566], abs=2e-3)
-    assert ci["pause"] is None  # one pause at 0 ms: no standard error
-    lo, hi = ci["gap"]  # type: ignore[misc]
-    assert lo < 1.0 < hi  # ratio 1.0: the band straddles it
-    check = target_check({0.0: base, 240.0: other})
+def test_ratio_intervals_bootstrap_each_runs_events() -> None:
+    base = TurnStats(ipu=[1.0, 2.0, 3.0] * 10, pause=[0.5], gap=[0.2, 0.4] * 20, seconds=60.0)
+    same = TurnStats(ipu=[2.0] * 30, pause=[0.4, 0.6], gap=[0.3] * 40, seconds=60.0)
+    ci = ratio_ci95(base, same)
+    lo, hi = ci["ipu"]  # type: ignore[misc]
+    # ratio 1; the 0 ms mean of 30 IPUs has a standard error of 0.15 (7.5 %)
+    assert 0.8 < lo < 0.92 and 1.08 < hi < 1.25
+    assert ci["pause"] is None  # one pause at 0 ms: nothing to resample
+    far = TurnStats(ipu=[4.0, 6.0] * 30, pause=[1.0, 1.2], gap=[0.3] * 40, seconds=60.0)
+    lo, hi = ratio_ci95(base, far)["ipu"]  # type: ignore[misc]
+    assert 2.0 < lo < 2.5 < hi < 3.0  # ratio 2.5, about 8 % relative error
+    assert ratio_ci95(base, same) == ci  # seeded
+    check = target_check({0.0: base, 240.0: same})
     assert check is not None and check["ratios_ci95"] == ci
 
 
