@@ -31,7 +31,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 import soundfile as sf
 from pydantic import ValidationError
-from scipy.stats import binomtest
+from scipy.stats import binomtest, quantile_test
 from tqdm import tqdm
 
 from clients.call import FINISH_TIMEOUT_S, InputError, check_url, place_frame, run_both
@@ -358,6 +358,17 @@ def _median(xs: Sequence[float]) -> float | None:
     return round(float(np.median(xs)), 3) if xs else None
 
 
+def median_ci95(xs: Sequence[float]) -> list[float] | None:
+    """95 % interval of a median from the order statistics (distribution-free: a binomial
+    count of the values below it), so a latency median near its target can be read as
+    settled or not, as the rates' intervals are."""
+    if len(xs) < 2:
+        return None
+    ci = quantile_test(np.asarray(xs), q=float(np.median(xs)), p=0.5).confidence_interval(0.95)
+    low, high = (float(v) for v in (ci.low, ci.high))
+    return None if not (np.isfinite(low) and np.isfinite(high)) else [round(low, 3), round(high, 3)]
+
+
 def summarize(results: Sequence[CaseResult]) -> dict[str, dict[str, Any]]:
     """Per category: the Full-Duplex-Bench-style rates and latencies."""
     out: dict[str, dict[str, Any]] = {}
@@ -371,6 +382,7 @@ def summarize(results: Sequence[CaseResult]) -> dict[str, dict[str, Any]]:
             lat = [o["latency_s"] for o in rs if o["takeover"]]
             row |= {**_rate_with_ci("takeover_rate", [o["takeover"] for o in rs]),
                     "latency_median_s": _median(lat),
+                    "latency_median_s_ci95": median_ci95(lat),
                     "latency_p90_s": round(float(np.percentile(lat, 90)), 3) if lat else None,
                     "overlap_rate": _rate([o["overlap"] for o in rs])}  # fmt: skip
         elif cat == "pause":

@@ -17,6 +17,7 @@ from clients.evaluation import (
     CaseResult,
     build_cases,
     main,
+    median_ci95,
     rate_ci95,
     score_backchannel,
     score_interruption,
@@ -124,6 +125,21 @@ def test_rate_interval_is_wilsons_and_narrows_with_cases() -> None:
     ci40 = rate_ci95([True] * 32 + [False] * 8) or []
     ci120 = rate_ci95([True] * 96 + [False] * 24) or []
     assert ci40[0] < ci120[0] < 0.8 < ci120[1] < ci40[1]
+
+
+def test_median_interval_is_from_order_statistics() -> None:
+    assert median_ci95([0.3]) is None and median_ci95([0.1, 0.2, 0.3]) is None  # too few
+    xs = [i / 10 for i in range(1, 21)]  # 0.1 .. 2.0, median 1.05
+    lo, hi = median_ci95(xs) or []
+    assert lo == pytest.approx(0.6) and hi == pytest.approx(1.5)  # 6th and 15th of 20
+    row = summarize(
+        [
+            CaseResult(f"t{i}", "turn_taking", "", outcome={"takeover": True, "latency_s": x,
+                                                             "overlap": False})
+            for i, x in enumerate(xs)
+        ]
+    )["turn_taking"]  # fmt: skip
+    assert row["latency_median_s"] == 1.05 and row["latency_median_s_ci95"] == [lo, hi]
 
 
 def test_eval_runs_every_category_through_the_real_server(
