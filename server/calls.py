@@ -152,6 +152,8 @@ async def _send_loop(
         if item.audio is None:
             continue
         session.queued_audio -= 1
+        if item.end_marker:
+            continue
         session.stats.frames_out += 1
         metrics.frames_out.inc()
         if item.newest_arrival is not None:

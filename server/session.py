@@ -57,6 +57,7 @@ class Outgoing:
 
     ready: ReadyMessage | None = None  # sample 0 of the call
     audio: AgentChunk | None = None
+    end_marker: bool = False  # `audio` is the empty frame that only flags the end: no tick
     newest_arrival: float | None = None  # for server-added latency
     barge_in: bool = False  # the caller talks over the agent: drop agent audio queued so far
     stats: bool = False  # the call's `stats`, built when its turn comes
@@ -206,6 +207,13 @@ class CallSession:
     def send_audio(self, audio: AgentChunk, newest_arrival: float | None) -> None:
         self.queued_audio += 1
         self.outbox.put_nowait(Outgoing(audio=audio, newest_arrival=newest_arrival))
+
+    def send_end_marker(self, chunk: int) -> None:
+        """`end` came after the final chunk went out unflagged: an empty frame where the
+        agent's audio ends carries the `last` flag (a client may wait for it)."""
+        self.queued_audio += 1
+        marker = AgentChunk(chunk, self.agent_out.samples_out, b"", last=True)
+        self.outbox.put_nowait(Outgoing(audio=marker, end_marker=True))
 
     def send_barge_in(self) -> None:
         """Queued behind the audio already on its way, so the client drops that too."""

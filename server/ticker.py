@@ -263,7 +263,8 @@ class Ticker:
                 plan.joins.append(s)
                 self._in_engine.add(s.id)
             if s.last_chunk is not None and tick - s.join_tick > s.last_chunk:
-                s.finish()  # `end` came after the last chunk was made: nothing more to send
+                s.send_end_marker(tick - s.join_tick)  # `end` came after the last chunk
+                s.finish()
                 continue
             plan.sessions.append(s)
         return plan

@@ -266,12 +266,15 @@ class TwilioTransport:
             self._out += a.payload
             if a.last and len(self._out) % FRAME_SAMPLES:
                 self._out += MULAW_SILENCE * (FRAME_SAMPLES - len(self._out) % FRAME_SAMPLES)
+            sent = False
             while len(self._out) >= FRAME_SAMPLES:
                 frame, self._out = self._out[:FRAME_SAMPLES], self._out[FRAME_SAMPLES:]
                 if dbfs(decode_audio(frame, "mulaw")) >= AGENT_SPEECH_DBFS:
                     self._agent_speech_at = time.monotonic()
                 await self._send(ws, "media", media={"payload": base64.b64encode(frame).decode()})
-            await self._send(ws, "mark", mark={"name": f"chunk-{a.chunk}"})
+                sent = True
+            if sent or a.payload:  # not for an end marker that had nothing left to flush
+                await self._send(ws, "mark", mark={"name": f"chunk-{a.chunk}"})
         elif item.stats:
             log.info(
                 "twilio stream %s: played up to %s, %d clears, %s",

@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +15,8 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
+
+from clients.client import ReceivedFrame
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -106,3 +108,10 @@ def server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 def read_wav(path: Path) -> tuple[np.ndarray, int]:
     data, rate = sf.read(path, dtype="float32", always_2d=True)
     return data.mean(axis=1), int(rate)
+
+
+def end_marker(frames: Sequence[ReceivedFrame]) -> int:
+    """1 when the call's last agent frame is the empty one that only carries the `last` flag
+    (`end` came after the final chunk was made: no step made it, so it is no tick)."""
+    final = max(frames, key=lambda f: f.seq, default=None)
+    return int(final is not None and final.last and len(final.pcm) == 0)

@@ -29,7 +29,14 @@ from clients.call import CallResult, place_frames, run_call
 from clients.client import DuplexClient, DuplexError, ReceivedFrame
 from server.protocol import AudioFormat, SamplingParams, StatsMessage
 from streaming.resample import resample_whole
-from tests.conftest import ServerProcess, read_wav, speak, start_server, stop_server
+from tests.conftest import (
+    ServerProcess,
+    end_marker,
+    read_wav,
+    speak,
+    start_server,
+    stop_server,
+)
 
 TICK_S = 0.16
 DUPLEX = Path(sys.executable).parent / "duplex"
@@ -98,7 +105,7 @@ def check_stats(stats: StatsMessage, result: CallResult | None = None) -> None:
     if result is not None:
         assert stats.frames_in == result.frames_sent
         assert stats.samples_in == result.samples_sent
-        assert result.frames_received == stats.ticks
+        assert result.frames_received == stats.ticks + end_marker(result.frames)
         duration = result.samples_sent / result.ready.sample_rate
         assert abs(stats.ticks - math.ceil(duration / TICK_S)) <= 1
 
@@ -165,7 +172,7 @@ def test_cli_call_writes_aligned_output_and_summary(
     assert summary["output_samples"] == n_wire
     assert summary["frames_sent"] == math.ceil(n_wire / 320)  # 20 ms frames at 16 kHz
     assert abs(summary["ticks"] - math.ceil(duration / TICK_S)) <= 1
-    assert summary["frames_received"] == summary["ticks"]
+    assert summary["frames_received"] - summary["ticks"] in (0, 1)  # + the end marker
     assert 0 <= summary["latency_ms_p50"] <= summary["latency_ms_p95"] <= summary["latency_ms_p99"]
     assert summary["estimates_made"] > 0  # the newest user chunk is always an estimate
     unreplaced = summary["estimates_made"] - summary["estimates_replaced"]
@@ -216,7 +223,8 @@ def test_wire_formats(server: ServerProcess, voice: Voice, encoding: str, rate: 
     assert result.samples_sent == n_wire
     assert len(result.output) == n_wire
     assert rms(result.output) > 1e-3
-    for f in sorted(result.frames, key=lambda f: f.seq)[1:]:
+    frames = sorted(result.frames, key=lambda f: f.seq)
+    for f in frames[1 : len(frames) - end_marker(frames)]:
         assert len(f.pcm) == ready.chunk_samples
     check_stats(result.stats, result)
 
@@ -244,7 +252,7 @@ def test_delayed_uplink_estimates_are_replaced(
     assert rms(result.output) > 1e-3
     check_stats(s)
     assert s.frames_in == result.frames_sent and s.samples_in == result.samples_sent
-    assert result.frames_received == s.ticks
+    assert result.frames_received == s.ticks + end_marker(result.frames)
 
 
 # -- time alignment -------------------------------------------------------------------------------
@@ -256,13 +264,16 @@ def test_agent_frames_are_contiguous_and_on_the_clock(server: ServerProcess, voi
     frames = sorted(result.frames, key=lambda f: f.seq)
     assert [f.seq for f in frames] == list(range(len(frames))), "one frame per chunk index"
     assert frames[0].first_sample == 0
+    assert [f.last for f in frames] == [False] * (len(frames) - 1) + [True]
+    audio = frames[: len(frames) - end_marker(frames)]
+    if end_marker(frames):  # `end` after the final chunk: an empty frame where the audio ends
+        assert frames[-1].first_sample == audio[-1].first_sample + len(audio[-1].pcm)
     delay = c - len(frames[0].pcm)  # the resampler's delay, compensated in chunk 0
     assert 0 <= delay < c // 8
-    for prev, cur in zip(frames, frames[1:], strict=False):
+    for prev, cur in zip(audio, audio[1:], strict=False):
         assert cur.first_sample == prev.first_sample + len(prev.pcm)
         assert len(cur.pcm) == c
         assert cur.first_sample == cur.seq * c - delay  # chunk k covers ~[kC, (k+1)C)
-    assert [f.last for f in frames] == [False] * (len(frames) - 1) + [frames[-1].last]
     # Chunk k is due at t0 + k*T; it may leave up to a lead early, and is late only by an
     # overrun (allow a tick for a loaded test machine).
     for f in frames:
@@ -333,7 +344,7 @@ def test_healthz_and_metrics_move_with_a_call(server: ServerProcess, voice: Voic
     grew("duplex_ticks_total")
     grew("duplex_tick_compute_seconds_count")
     grew("duplex_frames_in_total", s.frames_in)
-    grew("duplex_frames_out_total", result.frames_received)
+    grew("duplex_frames_out_total", s.frames_out)  # audio frames: not the end marker
     grew("duplex_estimates_total", s.estimates_made)
     grew("duplex_estimates_replaced_total", s.estimates_replaced)
     grew("duplex_sessions_total", 1)
@@ -352,12 +363,14 @@ def test_healthz_and_metrics_move_with_a_call(server: ServerProcess, voice: Voic
 
 
 def test_call_finishes_when_end_arrives_after_the_last_chunk(server: ServerProcess) -> None:
-    """`end` after the agent chunk covering the last user sample: stats and 1000 must follow.
+    """`end` after the agent chunk covering the last user sample: stats and 1000 must follow,
+    and the `last` flag too, on an empty frame after the last one sent.
 
     A live client's `end` always leaves after its last audio, while the server computes agent
     chunk k a lead *before* t0 + k*T; with any uplink delay the chunk covering the last sample
     has normally been sent by the time `end` arrives. Here that order is forced.
     """
+    frames: list[ReceivedFrame] = []
 
     async def main() -> tuple[StatsMessage | None, int | None]:
         async with DuplexClient.connect(server.url, audio=AudioFormat(sample_rate=16000)) as c:
@@ -368,18 +381,25 @@ def test_call_finishes_when_end_arrives_after_the_last_chunk(server: ServerProce
                 await c.send_frame(pcm[i : i + fs], last=i + fs >= n)
             events = c.events()
             async for ev in events:  # wait until chunk 4 (beyond the audio) was sent
-                if isinstance(ev, ReceivedFrame) and ev.seq >= 4:
-                    break
+                if isinstance(ev, ReceivedFrame):
+                    frames.append(ev)
+                    if ev.seq >= 4:
+                        break
             await c.end(n)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1.5):  # a few ticks
-                    async for _ in events:  # returns at the close 1000 that follows `stats`
-                        pass
+                    async for ev in events:  # returns at the close 1000 that follows `stats`
+                        if isinstance(ev, ReceivedFrame):
+                            frames.append(ev)
             return c.stats, c._ws.close_code
 
     stats, close = asyncio.run(main())
     assert stats is not None, "no `stats` after `end`"
     assert close == 1000
+    assert [f.last for f in frames] == [False] * (len(frames) - 1) + [True]
+    assert end_marker(frames) and frames[-1].seq == frames[-2].seq + 1
+    assert frames[-1].first_sample == frames[-2].first_sample + len(frames[-2].pcm)
+    assert stats.frames_out == stats.ticks == len(frames) - 1  # the marker is no tick
 
 
 def test_stats_count_every_frame_sent(server: ServerProcess, voice: Voice) -> None:
@@ -388,7 +408,7 @@ def test_stats_count_every_frame_sent(server: ServerProcess, voice: Voice) -> No
     frames = sorted(result.frames, key=lambda f: f.seq)
     assert frames[-1].last
     assert not any(f.last for f in frames[:-1])
-    assert result.stats.ticks == result.frames_received
+    assert not end_marker(frames) and result.stats.ticks == result.frames_received
     assert result.stats.frames_out == result.frames_received
 
 
