@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Generator
 
 import uvicorn
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from server.app import CALL_PATHS, create_app
 from server.runtime import Runtime
@@ -50,6 +51,32 @@ class DrainingServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
+# How long what a finished call still had to send may wait for a client that reads nothing.
+UNFLUSHED_ABORT_S = 2.0
+
+
+class AbortingWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol, except that a connection is dropped, not left open, when
+    the client has stopped reading.
+
+    uvicorn closes a socket by flushing what it still has to send first, which never ends
+    for a client that reads nothing (a `slow_consumer`, or any call closed while its audio
+    was backed up): its socket and buffers would stay for as long as the client keeps the
+    connection, and a drain would wait for it. Once the app is done with a call, whatever
+    has not flushed UNFLUSHED_ABORT_S later (after the close handshake's own timeout, when a
+    close frame was sent) goes with the connection.
+    """
+
+    async def run_asgi(self) -> None:
+        await super().run_asgi()
+        wait = UNFLUSHED_ABORT_S + (self.close_timeout if self.close_timer is not None else 0.0)
+        self.loop.call_later(wait, self._abort_if_stuck)
+
+    def _abort_if_stuck(self) -> None:
+        if self.transport.get_write_buffer_size():
+            self.transport.abort()
+
+
 def check_startup(s: Settings) -> socket.socket:
     """What `duplex serve` can refuse before it loads the model (ValueError, one line): the
     TLS pair, the recording folder, and the listening socket, bound here so that a taken
@@ -83,6 +110,7 @@ def serve(runtime: Runtime, sock: socket.socket) -> int:
         create_app(runtime),
         host=s.host,
         port=s.port,
+        ws=AbortingWebSocketProtocol,
         ws_max_size=s.max_message_bytes,
         ws_ping_interval=s.ping_interval_s,
         ws_ping_timeout=s.ping_interval_s,

@@ -22,7 +22,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from clients.call import run_call
+from server.calls import CLOSE_TIMEOUT_S
 from server.protocol import FRAME_HEADER, AudioFrame
+from server.uvicorn_server import UNFLUSHED_ABORT_S
 from tests.conftest import ServerProcess, end_marker, start_server, stop_server
 
 RATE = 16000
@@ -353,7 +355,9 @@ def test_idle_client_after_start(strict_server: ServerProcess) -> None:
 
 
 def test_slow_consumer_is_cut_off_and_others_are_unaffected(strict_server: ServerProcess) -> None:
-    """A client that sends but never reads: its call ends (slow_consumer), a normal one goes on."""
+    """A client that sends but never reads: its call ends (slow_consumer), a normal one goes
+    on, and the connection is dropped soon after (uvicorn alone would wait for ever to flush
+    what the client does not read, holding the socket)."""
     srv = strict_server
     before = metrics(srv).get('duplex_errors_total{code="slow_consumer"}', 0.0)
 
@@ -391,6 +395,8 @@ def test_slow_consumer_is_cut_off_and_others_are_unaffected(strict_server: Serve
                         if f'duplex_errors_total{{code="slow_consumer"}} {before + 1}' in text:
                             break
                         await asyncio.sleep(0.1)
+            # the server drops the connection (the stalled client's sends then fail)
+            await asyncio.wait_for(asyncio.shield(stalled), CLOSE_TIMEOUT_S + UNFLUSHED_ABORT_S + 3)
         finally:
             stop.set()
             await stalled
