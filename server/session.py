@@ -175,6 +175,14 @@ class CallSession:
         self.stats.re_anchors += 1
         self.stats.re_anchored_samples += samples
 
+    def revoke_drop(self, samples: int) -> None:
+        """Drop up to `samples` less of the incoming audio than an early re-anchor planned:
+        the call trails the clock again before that audio came (a burst, then a pause), and
+        dropping it once it comes would cut the caller's speech."""
+        n = min(samples, self.drop_pending)
+        self.drop_pending -= n
+        self.stats.re_anchored_samples += n
+
     def on_end(self, total_samples: int) -> None:
         if self.state not in (State.JOINING, State.LIVE):
             raise ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, "`end` sent twice")

@@ -168,12 +168,18 @@ class Ticker:
         dropped (early) so its audio is on time again, and that is counted. Late audio would
         otherwise be dropped for the rest of the call (the agent deaf), early audio heard
         that much later (the agent slow). A stall shorter than that is left alone: its audio
-        arrives in a burst, and only what is beyond the budget is dropped."""
+        arrives in a burst, and only what is beyond the budget is dropped. A drop not made
+        yet is revoked as far as the call trails the clock again (a burst, then a pause)."""
         now = time.monotonic()
         for s in self.sessions.values():
             if s.state is not State.LIVE or s.join_tick is None or tick <= s.join_tick:
                 continue
-            lag = s.lag_s(now - self.clock.deadline(s.join_tick))
+            elapsed = now - self.clock.deadline(s.join_tick)
+            lag = s.lag_s(elapsed)
+            frame_s = s.frame_samples / s.audio.sample_rate
+            if lag > frame_s and s.drop_pending:  # more than a client on time trails by
+                s.revoke_drop(round((lag - frame_s) * s.audio.sample_rate))
+                lag = s.lag_s(elapsed)
             reach = s.rollback_chunks * self.config.tick_s
             if abs(lag) <= reach:
                 s.off_clock_ticks = 0
@@ -191,7 +197,6 @@ class Ticker:
             if s.off_clock_ticks < REANCHOR_TICKS:
                 continue
             s.off_clock_ticks = 0
-            frame_s = s.frame_samples / s.audio.sample_rate
             shift = lag - frame_s if lag > 0 else lag  # a client on time trails by ~a frame
             s.re_anchor(round(shift * s.audio.sample_rate))
             direction = "late" if lag > 0 else "early"

@@ -112,3 +112,35 @@ def test_a_stalled_client_is_logged_once_a_stall(server: ServerProcess) -> None:
     new = server.log_text()[len(before) :]
     assert new.count("re-anchored: its audio was") == 1, new
     assert new.count(f"back on the clock after {stats.re_anchors} re-anchors") == 1, new
+
+
+def test_a_burst_then_a_pause_is_not_cut(server: ServerProcess) -> None:
+    """3 s of audio at once, nothing until the clock has caught up, then real time: the early
+    re-anchor's drop of 'future' audio is revoked once the call trails the clock again, so no
+    silence is inserted and none of the caller's later speech is dropped."""
+
+    async def burst() -> StatsMessage:
+        async with DuplexClient.connect(server.url) as client:
+            n = client.frame_samples
+            tone = (0.2 * np.sin(np.arange(6 * RATE) * 2 * np.pi * 200 / RATE)).astype(np.float32)
+            stats: list[StatsMessage] = []
+
+            async def read() -> None:
+                async for event in client.events():
+                    if isinstance(event, StatsMessage):
+                        stats.append(event)
+
+            reader = asyncio.create_task(read())
+            frames = len(tone) // n
+            t0 = time.monotonic()
+            for i in range(frames):
+                if i * n >= 3 * RATE:  # after the burst, each frame when it is due
+                    await asyncio.sleep(max(0.0, t0 + i * n / RATE - time.monotonic()))
+                await client.send_frame(tone[i * n : (i + 1) * n])
+            await client.end()
+            await asyncio.wait_for(reader, 30)
+            return stats[0]
+
+    stats = asyncio.run(burst())
+    assert stats.re_anchors == 1  # early, once: no silence inserted after it
+    assert abs(stats.re_anchored_samples) <= 0.1 * RATE  # the drop was revoked, not made
