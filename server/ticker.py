@@ -17,6 +17,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -387,11 +388,12 @@ class Ticker:
             self._cut(s, ErrorCode.INTERNAL_ERROR, "internal error in the model step")
             self.discard(s)
 
-    async def drain(self, grace_s: float) -> None:
-        """Refuse new calls, let open ones finish for `grace_s`, then close them with 1012."""
+    async def drain(self, grace_s: float, cut_short: Callable[[], bool] = bool) -> None:
+        """Refuse new calls, let open ones finish for `grace_s` (or until `cut_short()`), then
+        close them with 1012."""
         self.draining = True
         end = time.monotonic() + grace_s
-        while self.sessions and time.monotonic() < end:
+        while self.sessions and time.monotonic() < end and not cut_short():
             await asyncio.sleep(0.05)
         for s in list(self.sessions.values()):
             self.metrics.errors.labels(ErrorCode.SERVER_SHUTDOWN.value).inc()

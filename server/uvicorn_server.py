@@ -46,9 +46,16 @@ class DrainingServer(uvicorn.Server):
                      ", ".join(CALL_PATHS.values()))  # fmt: skip
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        await self.runtime.ticker.drain(self.runtime.settings.shutdown_grace_s)
+        """Drain, then uvicorn's shutdown. A second Ctrl-C (uvicorn's forced exit) cuts the
+        drain short; uvicorn then skips the app's shutdown, which here only stops the tick
+        loop, so it is run anyway: skipped, the lifespan task is cancelled with a traceback."""
+        await self.runtime.ticker.drain(
+            self.runtime.settings.shutdown_grace_s, cut_short=lambda: self.force_exit
+        )
         await asyncio.sleep(0.2)  # let the close frames leave
         await super().shutdown(sockets)
+        if self.force_exit:
+            await self.lifespan.shutdown()
 
 
 # How long what a finished call still had to send may wait for a client that reads nothing.

@@ -567,6 +567,43 @@ def test_sigterm_exits_zero_after_drain(shutdown_run: ShutdownRun) -> None:
     assert run.exit_code == 0
 
 
+def test_a_second_ctrl_c_cuts_the_drain_short_and_shuts_down_cleanly(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    """uvicorn's forced exit (SIGINT twice): open calls get `server_shutdown` 1012 at once
+    instead of after the 30 s grace, and the app's shutdown still runs (no traceback)."""
+    log = tmp_path / "server.log"
+    srv = start_server(checkpoint, log, "--shutdown-grace-s", "30")
+    t_second: list[float] = []
+
+    async def main() -> DuplexError | None:
+        async with DuplexClient.connect(srv.url, audio=AudioFormat(sample_rate=16000)) as c:
+            silence = np.zeros(c.frame_samples, np.float32)
+            try:
+                async with asyncio.timeout(10):
+                    async for ev in c.events():
+                        if isinstance(ev, ReceivedFrame):
+                            await c.send_frame(silence)  # keep the call going
+                            if ev.seq == 3:
+                                srv.proc.send_signal(signal.SIGINT)
+                            elif ev.seq == 6:
+                                srv.proc.send_signal(signal.SIGINT)
+                                t_second.append(time.monotonic())
+            except DuplexError as exc:
+                return exc
+        return None
+
+    try:
+        error = asyncio.run(main())
+        assert error is not None and (error.code, error.close_code) == ("server_shutdown", 1012)
+        assert t_second and time.monotonic() - t_second[0] < 5.0
+        assert srv.proc.wait(10) == 0
+    finally:
+        stop_server(srv)
+    text = log.read_text()
+    assert "Traceback" not in text and "Application shutdown complete" in text, text
+
+
 def test_audio_later_than_the_budget_is_dropped_and_counted(
     server: ServerProcess, voice: Voice
 ) -> None:
