@@ -46,7 +46,7 @@ def create_app(runtime: Runtime) -> FastAPI:
             {
                 "status": status,
                 "sessions": len(ticker.sessions),
-                "free_slots": ticker.free_slots,
+                "free_slots": 0 if ticker.draining else ticker.free_slots,
                 "tick_ms": runtime.tick_s * 1000,
                 "lead_ms": round(runtime.lead_s * 1000, 3),
             },

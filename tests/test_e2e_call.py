@@ -471,7 +471,7 @@ class ShutdownRun:
     error: DuplexError | None = None
     error_after_s: float | None = None  # since SIGTERM
     frames_before_error: int = 0
-    healthz_while_draining: tuple[int, str] | None = None
+    healthz_while_draining: tuple[int, str, int] | None = None
     new_call_error: DuplexError | None = None
     exit_code: int | None = None
     exit_after_s: float | None = None  # since SIGTERM
@@ -538,7 +538,8 @@ async def _probe_draining(srv: ServerProcess, run: ShutdownRun) -> None:
             with contextlib.suppress(httpx.HTTPError):
                 r = await http.get(f"{srv.http}/healthz", timeout=1)
                 if r.status_code != 200:
-                    run.healthz_while_draining = (r.status_code, r.json()["status"])
+                    body = r.json()
+                    run.healthz_while_draining = (r.status_code, body["status"], body["free_slots"])
                     break
             await asyncio.sleep(0.01)
     try:
@@ -555,7 +556,7 @@ def test_sigterm_sends_server_shutdown_1012_to_open_calls(shutdown_run: Shutdown
     assert run.error_after_s is not None
     assert 0.4 <= run.error_after_s <= 3.0, "after the 0.5 s grace period, not before"
     assert run.frames_before_error >= 5
-    assert run.healthz_while_draining == (503, "draining")
+    assert run.healthz_while_draining == (503, "draining", 0)  # no slot for a new call
     assert run.new_call_error is not None
     assert (run.new_call_error.code, run.new_call_error.close_code) == ("server_shutdown", 1012)
 
