@@ -13,7 +13,8 @@ import contextlib
 import hmac
 import logging
 import time
-from typing import Protocol
+from collections.abc import Coroutine
+from typing import Any, Protocol
 
 from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
@@ -56,7 +57,7 @@ async def serve_call(ws: WebSocket, runtime: Runtime, transport: CallTransport) 
     sender: asyncio.Task[None] | None = None
     try:
         check_access(ws, runtime.settings)
-        session = await transport.open(ws, runtime)
+        session = await _unless_draining(transport.open(ws, runtime), runtime.ticker.drain_started)
         sender = asyncio.create_task(_send_loop(ws, session, runtime, transport))
         await _converse(ws, session, transport)
         await asyncio.wait_for(asyncio.shield(sender), CLOSE_TIMEOUT_S)
@@ -121,6 +122,28 @@ async def receive_opening(
         return await asyncio.wait_for(receive(ws), max(0.0, deadline - time.monotonic()))
     except TimeoutError as exc:
         raise ProtocolError(ErrorCode.START_TIMEOUT, f"no {what} within {timeout_s:g} s") from exc
+
+
+async def _unless_draining(
+    opening: Coroutine[Any, Any, CallSession], draining: asyncio.Event
+) -> CallSession:
+    """The call's opening, unless the server starts draining first: a client that has not
+    started its call yet is told `server_shutdown` then, not cut off bare when the grace
+    period ends. (An adapter admits without awaiting anything after it, so a cancelled
+    opening holds no slot.)"""
+    opened = asyncio.ensure_future(opening)
+    drain = asyncio.ensure_future(draining.wait())
+    try:
+        await asyncio.wait({opened, drain}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        drain.cancel()
+        if not opened.done():
+            opened.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await opened
+    if opened.cancelled():
+        raise ProtocolError(ErrorCode.SERVER_SHUTDOWN, "the server is shutting down")
+    return opened.result()
 
 
 async def _converse(ws: WebSocket, session: CallSession, transport: CallTransport) -> None:

@@ -91,7 +91,11 @@ class Ticker:
             target=self._tokenize_loop, name="duplex-tokenize", daemon=True
         )
         self._tokenizer.start()
-        self.draining = False
+        self.drain_started = asyncio.Event()
+
+    @property
+    def draining(self) -> bool:
+        return self.drain_started.is_set()
 
     # -- admission (event loop) ---------------------------------------------------------------
 
@@ -391,7 +395,7 @@ class Ticker:
     async def drain(self, grace_s: float, cut_short: Callable[[], bool] = bool) -> None:
         """Refuse new calls, let open ones finish for `grace_s` (or until `cut_short()`), then
         close them with 1012."""
-        self.draining = True
+        self.drain_started.set()
         end = time.monotonic() + grace_s
         while self.sessions and time.monotonic() < end and not cut_short():
             await asyncio.sleep(0.05)

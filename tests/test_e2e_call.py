@@ -24,6 +24,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 from scipy import signal as sps
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from clients.call import CallResult, place_frames, run_call
 from clients.client import DuplexClient, DuplexError, ReceivedFrame
@@ -475,6 +477,8 @@ class ShutdownRun:
     new_call_error: DuplexError | None = None
     exit_code: int | None = None
     exit_after_s: float | None = None  # since SIGTERM
+    unstarted: tuple[str, int | None, float] | None = None  # a socket without `start`: error
+    # code, close code, seconds since SIGTERM
 
 
 @pytest.fixture(scope="module")
@@ -499,6 +503,7 @@ async def _shutdown_scenario(srv: ServerProcess, voice: Voice) -> ShutdownRun:
     pcm = np.tile(resample_whole(voice.pcm, voice.rate, 16000), 10)  # far longer than needed
     run = ShutdownRun()
     probe: asyncio.Task[None] | None = None
+    unstarted = await connect(srv.url, compression=None, proxy=None)  # connected, no `start`
     async with DuplexClient.connect(srv.url, audio=AudioFormat(sample_rate=16000)) as c:
         fs = c.frame_samples
 
@@ -528,6 +533,11 @@ async def _shutdown_scenario(srv: ServerProcess, voice: Voice) -> ShutdownRun:
                 await sender
     if probe is not None:
         await asyncio.wait_for(probe, 10)
+    with contextlib.suppress(ConnectionClosed):
+        error = json.loads(await asyncio.wait_for(unstarted.recv(), 5))
+        await unstarted.wait_closed()
+        assert run.t_sigterm is not None
+        run.unstarted = (error["code"], unstarted.close_code, time.monotonic() - run.t_sigterm)
     return run
 
 
@@ -559,6 +569,8 @@ def test_sigterm_sends_server_shutdown_1012_to_open_calls(shutdown_run: Shutdown
     assert run.healthz_while_draining == (503, "draining", 0)  # no slot for a new call
     assert run.new_call_error is not None
     assert (run.new_call_error.code, run.new_call_error.close_code) == ("server_shutdown", 1012)
+    # a connection that had not started its call is told so too, not closed bare
+    assert run.unstarted is not None and run.unstarted[:2] == ("server_shutdown", 1012)
 
 
 def test_sigterm_exits_zero_after_drain(shutdown_run: ShutdownRun) -> None:
