@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Generator
 
 import uvicorn
+from uvicorn.lifespan.on import LifespanOn
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from server.app import CALL_PATHS, create_app
@@ -54,8 +55,9 @@ class DrainingServer(uvicorn.Server):
         )
         await asyncio.sleep(0.2)  # let the close frames leave
         await super().shutdown(sockets)
-        if self.force_exit:
-            await self.lifespan.shutdown()
+        lifespan = self.lifespan
+        if isinstance(lifespan, LifespanOn) and not lifespan.shutdown_event.is_set():
+            await lifespan.shutdown()  # skipped by uvicorn on a forced exit
 
 
 # How long what a finished call still had to send may wait for a client that reads nothing.
