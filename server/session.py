@@ -108,6 +108,7 @@ class CallSession:
         self.outbox: asyncio.Queue[Outgoing] = asyncio.Queue()
         self.stats = CallStats()
         self.join_tick: int | None = None
+        self.opened = False  # `ready` has been queued: nothing may end the call before it
         self.audio_on_time = True  # its audio was in before the last step started
         self.last_chunk: int | None = None  # final agent chunk once `end` arrived
         self.expected_sample = 0  # in the client's sample numbering
@@ -218,7 +219,8 @@ class CallSession:
 
     def send_end_marker(self, chunk: int) -> None:
         """`end` came after the final chunk went out unflagged: an empty frame where the
-        agent's audio ends carries the `last` flag (a client may wait for it)."""
+        agent's audio ends, numbered `chunk` (the next index), carries the `last` flag (a
+        client may wait for it)."""
         self.queued_audio += 1
         marker = AgentChunk(chunk, self.agent_out.samples_out, b"", last=True)
         self.outbox.put_nowait(Outgoing(audio=marker, end_marker=True))

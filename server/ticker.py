@@ -273,8 +273,9 @@ class Ticker:
                 plan.joins.append(s)
                 self._in_engine.add(s.id)
             if s.last_chunk is not None and tick - s.join_tick > s.last_chunk:
-                s.send_end_marker(tick - s.join_tick)  # `end` came after the last chunk
-                s.finish()
+                if s.opened:  # else `ready` and chunk 0 are still to go out (an overrun)
+                    s.send_end_marker(s.stats.ticks)  # `end` came after the last chunk
+                    s.finish()
                 continue
             plan.sessions.append(s)
         return plan
@@ -359,6 +360,7 @@ class Ticker:
         if s.state is State.CLOSED:
             return
         s.send_ready(self.ready_message(s))
+        s.opened = True
         s.send_audio(frame, None)
         if last:
             s.finish()
