@@ -80,8 +80,9 @@ def receive_figures(
             break
     if covered < total_samples:
         missing += round((total_samples - covered) / chunk_samples)
-    firsts = np.asarray(first_samples, dtype=np.float64)
-    late = np.asarray(arrivals, dtype=np.float64) - (t_ready + base_delay_s + firsts / rate)
+    audio = np.asarray(lengths) > 0  # not the empty end marker: it carries no audio to time
+    firsts = np.asarray(first_samples, dtype=np.float64)[audio]
+    late = np.asarray(arrivals, dtype=np.float64)[audio] - (t_ready + base_delay_s + firsts / rate)
     if len(late) == 0:
         return ReceiveFigures(None, None, 0, missing)
     return ReceiveFigures(

@@ -158,6 +158,10 @@ def test_jitter_and_gaps_from_arrival_times() -> None:
     moved = figures([a + 0.5 for a in arrivals], base=0.5)
     assert (moved.gaps, moved.jitter_ms) == (3, pytest.approx(fig.jitter_ms))
     assert figures([a + 0.5 for a in arrivals]).late_frames == len(arrivals)  # not absorbed
+    # the empty frame that flags the end (early, after the last chunk) is no arrival to time
+    firsts.append(10 * chunk - 24)
+    lengths.append(0)
+    assert figures([*arrivals, t_ready]) == fig
     # frames out of order or overlapping leave no hole
     full = receive_figures(
         [1280, 0, 1000],
