@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 import httpx
 import numpy as np
@@ -18,12 +19,9 @@ from tests.conftest import ServerProcess
 RATE = 16000
 
 
-async def paced_call(url: str, seconds: float, speed: float) -> StatsMessage:
-    """Send `seconds` of a tone at `speed` x real time (a client clock off by that much)."""
+async def call_stats(url: str, send: Callable[[DuplexClient], Awaitable[None]]) -> StatsMessage:
+    """One call whose audio `send` streams (`end` follows it); its `stats`."""
     async with DuplexClient.connect(url) as client:
-        n = client.frame_samples
-        frames = int(seconds * RATE) // n
-        tone = (0.2 * np.sin(np.arange(frames * n) * 2 * np.pi * 200 / RATE)).astype(np.float32)
         stats: list[StatsMessage] = []
 
         async def read() -> None:
@@ -32,13 +30,30 @@ async def paced_call(url: str, seconds: float, speed: float) -> StatsMessage:
                     stats.append(event)
 
         reader = asyncio.create_task(read())
-        t0 = time.monotonic()
-        for i in range(frames):
-            await asyncio.sleep(max(0.0, t0 + i * n / RATE / speed - time.monotonic()))
-            await client.send_frame(tone[i * n : (i + 1) * n])
+        await send(client)
         await client.end()
         await asyncio.wait_for(reader, 30)
         return stats[0]
+
+
+def tone(seconds: float) -> np.ndarray:
+    return (0.2 * np.sin(np.arange(int(seconds * RATE)) * 2 * np.pi * 200 / RATE)).astype(
+        np.float32
+    )
+
+
+async def paced_call(url: str, seconds: float, speed: float) -> StatsMessage:
+    """Send `seconds` of a tone at `speed` x real time (a client clock off by that much)."""
+
+    async def send(client: DuplexClient) -> None:
+        n = client.frame_samples
+        pcm = tone(seconds)
+        t0 = time.monotonic()
+        for i in range(len(pcm) // n):
+            await asyncio.sleep(max(0.0, t0 + i * n / RATE / speed - time.monotonic()))
+            await client.send_frame(pcm[i * n : (i + 1) * n])
+
+    return await call_stats(url, send)
 
 
 def re_anchors(server: ServerProcess) -> dict[str, float]:
@@ -81,33 +96,21 @@ def test_a_stalled_client_is_logged_once_a_stall(server: ServerProcess) -> None:
     within reach for REANCHOR_TICKS ticks)."""
     before = server.log_text()
 
-    async def stall() -> StatsMessage:
-        async with DuplexClient.connect(server.url) as client:
-            n = client.frame_samples
-            frame = np.zeros(n, np.float32)
-            stats: list[StatsMessage] = []
+    async def stall(client: DuplexClient) -> None:
+        n = client.frame_samples
+        frame = np.zeros(n, np.float32)
+        for _ in range(round(0.3 * RATE / n)):
+            await client.send_frame(frame)
+            await asyncio.sleep(n / RATE)
+        await asyncio.sleep(2.6)
+        await client.send_frame(frame)  # within the idle timeout: the call stays open
+        await asyncio.sleep(2.6)
+        t0 = time.monotonic()
+        for i in range(round(5.0 * RATE / n)):  # on time again
+            await asyncio.sleep(max(0.0, t0 + i * n / RATE - time.monotonic()))
+            await client.send_frame(frame)
 
-            async def read() -> None:
-                async for event in client.events():
-                    if isinstance(event, StatsMessage):
-                        stats.append(event)
-
-            reader = asyncio.create_task(read())
-            for _ in range(round(0.3 * RATE / n)):
-                await client.send_frame(frame)
-                await asyncio.sleep(n / RATE)
-            await asyncio.sleep(2.6)
-            await client.send_frame(frame)  # within the idle timeout: the call stays open
-            await asyncio.sleep(2.6)
-            t0 = time.monotonic()
-            for i in range(round(5.0 * RATE / n)):  # on time again
-                await asyncio.sleep(max(0.0, t0 + i * n / RATE - time.monotonic()))
-                await client.send_frame(frame)
-            await client.end()
-            await asyncio.wait_for(reader, 30)
-            return stats[0]
-
-    stats = asyncio.run(stall())
+    stats = asyncio.run(call_stats(server.url, stall))
     assert stats.re_anchors >= 2
     new = server.log_text()[len(before) :]
     assert new.count("re-anchored: its audio was") == 1, new
@@ -119,28 +122,15 @@ def test_a_burst_then_a_pause_is_not_cut(server: ServerProcess) -> None:
     re-anchor's drop of 'future' audio is revoked once the call trails the clock again, so no
     silence is inserted and none of the caller's later speech is dropped."""
 
-    async def burst() -> StatsMessage:
-        async with DuplexClient.connect(server.url) as client:
-            n = client.frame_samples
-            tone = (0.2 * np.sin(np.arange(6 * RATE) * 2 * np.pi * 200 / RATE)).astype(np.float32)
-            stats: list[StatsMessage] = []
+    async def burst(client: DuplexClient) -> None:
+        n = client.frame_samples
+        pcm = tone(6.0)
+        t0 = time.monotonic()
+        for i in range(len(pcm) // n):
+            if i * n >= 3 * RATE:  # after the burst, each frame when it is due
+                await asyncio.sleep(max(0.0, t0 + i * n / RATE - time.monotonic()))
+            await client.send_frame(pcm[i * n : (i + 1) * n])
 
-            async def read() -> None:
-                async for event in client.events():
-                    if isinstance(event, StatsMessage):
-                        stats.append(event)
-
-            reader = asyncio.create_task(read())
-            frames = len(tone) // n
-            t0 = time.monotonic()
-            for i in range(frames):
-                if i * n >= 3 * RATE:  # after the burst, each frame when it is due
-                    await asyncio.sleep(max(0.0, t0 + i * n / RATE - time.monotonic()))
-                await client.send_frame(tone[i * n : (i + 1) * n])
-            await client.end()
-            await asyncio.wait_for(reader, 30)
-            return stats[0]
-
-    stats = asyncio.run(burst())
+    stats = asyncio.run(call_stats(server.url, burst))
     assert stats.re_anchors == 1  # early, once: no silence inserted after it
     assert abs(stats.re_anchored_samples) <= 0.1 * RATE  # the drop was revoked, not made
