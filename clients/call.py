@@ -87,7 +87,8 @@ class CallResult:
 
     @property
     def frames_received(self) -> int:
-        return len(self.frames)
+        """Audio frames, as the server's `frames_out` counts them (not the empty end marker)."""
+        return sum(1 for f in self.frames if len(f.pcm))
 
     def summary(self) -> dict[str, Any]:
         """The figures `--json` prints (one flat object)."""
@@ -274,6 +275,27 @@ async def run_both(
         await asyncio.gather(send_task, recv_task, return_exceptions=True)
 
 
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """The per-call overrides of the server's sampling defaults (`start.sampling`)."""
+    parser.add_argument("--temperature", type=float, help="sampling temperature override")
+    parser.add_argument("--turn-temperature", type=float, help="speak-or-not temperature override")
+    parser.add_argument("--top-k", type=int, help="sampling top-k override")
+    parser.add_argument(
+        "--speak-up-ms", type=float, help="override: silence after which the agent speaks up"
+    )
+
+
+def sampling_overrides(args: argparse.Namespace, seed: int | None) -> SamplingParams:
+    """`start.sampling` from the flags of `add_sampling_arguments`; raises ValidationError."""
+    return SamplingParams(
+        temperature=args.temperature,
+        top_k=args.top_k,
+        seed=seed,
+        turn_temperature=args.turn_temperature,
+        speak_up_ms=args.speak_up_ms,
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `duplex call` (the `duplex` CLI mounts them on its subcommand)."""
     parser.add_argument("--url", default=DEFAULT_URL, help="server endpoint (%(default)s)")
@@ -296,9 +318,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--rate", type=int, help="wire sample rate (16000 for pcm16)")
     parser.add_argument("--frame-ms", type=int, default=20, help="client frame length (20)")
-    parser.add_argument("--temperature", type=float, help="sampling temperature override")
-    parser.add_argument("--turn-temperature", type=float, help="speak-or-not temperature override")
-    parser.add_argument("--top-k", type=int, help="sampling top-k override")
+    add_sampling_arguments(parser)
     parser.add_argument("--seed", type=int, help="sampling seed override")
     parser.add_argument(
         "--delay-ms", type=float, default=0.0, help="simulated one-way uplink delay"
@@ -330,12 +350,7 @@ def _check_args(args: argparse.Namespace) -> tuple[int, SamplingParams]:
     if args.delay_ms < 0 or args.jitter_ms < 0:
         raise InputError("--delay-ms and --jitter-ms must not be negative")
     try:
-        sampling = SamplingParams(
-            temperature=args.temperature,
-            top_k=args.top_k,
-            seed=args.seed,
-            turn_temperature=args.turn_temperature,
-        )
+        sampling = sampling_overrides(args, args.seed)
     except ValidationError as exc:
         err = exc.errors()[0]
         raise InputError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from exc

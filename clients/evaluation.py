@@ -34,7 +34,15 @@ from pydantic import ValidationError
 from scipy.stats import binomtest, quantile_test
 from tqdm import tqdm
 
-from clients.call import FINISH_TIMEOUT_S, InputError, check_url, place_frame, run_both
+from clients.call import (
+    FINISH_TIMEOUT_S,
+    InputError,
+    add_sampling_arguments,
+    check_url,
+    place_frame,
+    run_both,
+    sampling_overrides,
+)
 from clients.client import DuplexClient, DuplexError, ReceivedFrame
 from clients.speech_activity import Segment, speech_segments, vad_name
 from model.data.dialogues import Dialogue, Turn, dialogues, split
@@ -516,9 +524,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--concurrency", type=int, default=4, help="calls at once (at most the server's slots)"
     )
-    parser.add_argument("--temperature", type=float, help="sampling temperature override")
-    parser.add_argument("--turn-temperature", type=float, help="speak-or-not temperature override")
-    parser.add_argument("--top-k", type=int, help="sampling top-k override")
+    add_sampling_arguments(parser)
     parser.add_argument("--api-key", help="sent as 'Authorization: Bearer KEY'")
     parser.add_argument("--out", help="write each case's stereo wav (user, agent) here")
     parser.add_argument("--json-out", help="write the full report (every case) as JSON here")
@@ -535,9 +541,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail("--cases and --concurrency must be at least 1", EXIT_USAGE)
     cats = [c for c in CATEGORIES if c in names]
     try:
-        sampling = SamplingParams(
-            temperature=args.temperature, top_k=args.top_k, turn_temperature=args.turn_temperature
-        )
+        sampling = sampling_overrides(args, None)
     except ValidationError as exc:
         return _fail(describe_validation(exc), EXIT_USAGE)
     try:

@@ -39,8 +39,10 @@ from clients.call import (
     FINISH_TIMEOUT_S,
     InputError,
     WireEncoding,
+    add_sampling_arguments,
     check_url,
     run_both,
+    sampling_overrides,
     send_schedule,
 )
 from clients.client import DuplexClient, DuplexError, ReceivedFrame
@@ -241,7 +243,7 @@ async def _relay(listener: _Agent, source: _Agent, shift: int, delay_s: float) -
     async def receive() -> None:
         async for event in c.events():
             if isinstance(event, ReceivedFrame):
-                listener.frames_received += 1
+                listener.frames_received += len(event.pcm) > 0  # not the empty end marker
                 lo = event.first_sample
                 hi = min(lo + len(event.pcm), length)
                 if hi > lo:
@@ -601,9 +603,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="sampling seeds: agent A gets SEED, agent B SEED + 1, in every conversation "
         "(%(default)s)",
     )
-    parser.add_argument("--temperature", type=float, help="sampling temperature override")
-    parser.add_argument("--turn-temperature", type=float, help="speak-or-not temperature override")
-    parser.add_argument("--top-k", type=int, help="sampling top-k override")
+    add_sampling_arguments(parser)
     parser.add_argument(
         "--data",
         default="data/synth",
@@ -655,15 +655,7 @@ def _check_args(args: argparse.Namespace) -> tuple[list[float], tuple[SamplingPa
     if args.reference_dialogues < 1:
         raise InputError(f"--reference-dialogues must be positive, got {args.reference_dialogues}")
     try:
-        sampling = tuple(
-            SamplingParams(
-                temperature=args.temperature,
-                top_k=args.top_k,
-                seed=args.seed + k,
-                turn_temperature=args.turn_temperature,
-            )
-            for k in (0, 1)
-        )
+        sampling = tuple(sampling_overrides(args, args.seed + k) for k in (0, 1))
     except ValidationError as exc:
         err = exc.errors()[0]
         raise InputError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from exc
@@ -752,6 +744,7 @@ def _report(
             "temperature": args.temperature,
             "turn_temperature": args.turn_temperature,
             "top_k": args.top_k,
+            "speak_up_ms": args.speak_up_ms,
             "encoding": ENCODING,
             "rate": RATE,
             "frame_ms": FRAME_MS,

@@ -9,7 +9,9 @@ A step, per session with agent chunk k to produce:
    written as they are and the last of them is held for the rest (sampling that little
    would cost a forward per unit, the step's latency, for a guess little better than chance);
 3. agent chunk k is generated: a forced `[S0]`, then at most frames_per_chunk units, ending
-   at the next speaker tag.
+   at the next speaker tag. After `speak_up_chunks` chunks of silence on both sides (user
+   chunk k-1 as estimated), the chunk's first draw makes sound with probability at least
+   `SPEAK_UP_P`.
 All sessions' forwards are batched: the first forward prefills every session's pending tokens
 (ragged), each later one feeds one sampled token per session that still decodes.
 The engine knows nothing of sockets or clocks; the server decides what is late.
@@ -28,6 +30,10 @@ from model.decoder import SlotDecoder
 from model.format import Frame, interpolate
 from model.sampling import SamplingParams, TokenMasks, sample
 from model.timeline import Timeline
+
+# A dead conversation's agent starts a chunk with at least this chance: ~0.5 s to speak up on
+# average, and two such agents (self-play) start the same chunk only one time in sixteen.
+SPEAK_UP_P = 0.25
 
 
 @dataclass
@@ -160,9 +166,10 @@ class Engine:
             if not fed.issuperset(rows):  # its logits would be another position's, or none
                 raise RuntimeError("a session was sampled without being fed its last token")
             allowed = torch.stack([self._allowed(job) for job in active])
-            tokens = sample(
-                logits[rows], allowed, [job.session.params for job in active],
+            tokens = sample(  # on the CPU, as the per-session generators are
+                logits[rows].cpu(), allowed, [job.session.params for job in active],
                 [job.session.gen for job in active], self.masks.units,
+                [self._speak_floor(job) for job in active],
             )  # fmt: skip
             for job, tok in zip(active, tokens, strict=True):
                 self._advance(job, tok)
@@ -258,6 +265,13 @@ class Engine:
         last = job.partial[-1] if job.partial else tl.prev_user()
         rest = self.frames_per_chunk - len(job.partial)
         return job.partial + interpolate(sampled, last, rest)
+
+    def _speak_floor(self, job: _Job) -> float:
+        """SPEAK_UP_P for the first draw of an agent chunk after a long silence on both sides."""
+        quiet = job.session.params.speak_up_chunks
+        if not quiet or job.phase is not _Phase.AGENT_UNITS or job.units:
+            return 0.0
+        return SPEAK_UP_P if job.session.timeline.silent_chunks(quiet) == quiet else 0.0
 
     def _allowed(self, job: _Job) -> torch.Tensor:
         """What the chunk format allows next for this job ([vocab] booleans)."""

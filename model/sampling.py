@@ -8,6 +8,12 @@ tokens against one or two tags takes probability from the side whose mass is spr
 many tokens, so it biases every agent chunk towards not starting to speak; the split keeps
 "say what" sharp without making "speak or not" timid. (Whether an estimated user chunk adds
 anything, `[S1]` or `[S0]`, is a choice between two tags and stays at `temperature`.)
+
+A `speak_floor` makes a row's chance to make sound at least that much: the engine asks for it
+when a conversation has gone silent on both sides for longer than its training data ever did
+(`speak_up_chunks`), where the model, left alone, stays silent for good. Such a row draws in
+two parts as above (at `turn_temperature`, else `temperature`), the unit side raised to the
+floor.
 """
 
 from __future__ import annotations
@@ -25,12 +31,15 @@ class SamplingParams:
     top_k: int = 250
     seed: int = 0
     turn_temperature: float | None = None  # None: one flat draw at `temperature`
+    speak_up_chunks: int = 0  # after this many chunks of silence on both sides, speak up (0: never)
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if self.turn_temperature is not None and self.turn_temperature < 0:
             raise ValueError(f"turn_temperature must be >= 0, got {self.turn_temperature}")
+        if self.speak_up_chunks < 0:
+            raise ValueError(f"speak_up_chunks must be >= 0, got {self.speak_up_chunks}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0 = no limit), got {self.top_k}")
 
@@ -71,22 +80,26 @@ def sample(
     params: list[SamplingParams],
     gens: list[torch.Generator],
     units: torch.Tensor | None = None,
+    speak_floor: list[float] | None = None,
 ) -> list[int]:
     """Draw one token per row of `logits` [rows, vocab], restricted to `allowed` [rows, vocab].
 
     Batched: one set of tensor ops for all rows. Each row draws its uniform numbers from its own
     session's generator, so a seeded call replays the same whatever else shares the batch (up
     to float differences in the logits themselves). `units` ([vocab] booleans) is needed by
-    rows with a turn temperature.
+    rows with a turn temperature or a `speak_floor` (per row, 0: none).
     """
     rows, vocab = logits.shape
     masked = logits.float().masked_fill(~allowed, float("-inf"))
-    split = [i for i, p in enumerate(params) if p.turn_temperature is not None]
+    floors = speak_floor or [0.0] * rows
+    split = [i for i, p in enumerate(params) if p.turn_temperature is not None or floors[i] > 0]
     if split:
         if units is None:
-            raise ValueError("a turn temperature needs the unit mask")
-        masked[split] = _choose_kind(masked[split], units, [params[i] for i in split],
-                                     [gens[i] for i in split])  # fmt: skip
+            raise ValueError("a turn temperature or a speak floor needs the unit mask")
+        masked[split] = _choose_kind(
+            masked[split], units, [params[i] for i in split], [gens[i] for i in split],
+            [floors[i] for i in split],
+        )  # fmt: skip
     temps = torch.tensor([p.temperature for p in params])
     greedy = masked.argmax(dim=-1)
     ks = torch.tensor(
@@ -108,16 +121,20 @@ def _choose_kind(
     units: torch.Tensor,
     params: list[SamplingParams],
     gens: list[torch.Generator],
+    floors: list[float],
 ) -> torch.Tensor:
-    """Draw unit-or-tag per row at its turn temperature; mask out the kind not chosen."""
+    """Draw unit-or-tag per row at its turn temperature, P(unit) at least the row's floor;
+    mask out the kind not chosen."""
     logp = torch.log_softmax(masked, dim=-1)
     lp_unit = torch.logsumexp(logp.masked_fill(~units, float("-inf")), dim=-1)
     lp_tag = torch.logsumexp(logp.masked_fill(units, float("-inf")), dim=-1)
-    turn = torch.tensor([p.turn_temperature or 0.0 for p in params]).clamp(min=1e-6)
-    # P(unit) at the turn temperature; a kind with no allowed token has probability 0
+    turn = torch.tensor(
+        [p.temperature if p.turn_temperature is None else p.turn_temperature for p in params]
+    ).clamp(min=1e-6)
+    p_unit = torch.sigmoid((lp_unit - lp_tag) / turn).clamp(min=torch.tensor(floors))
+    # a kind with no allowed token has probability 0
     p_unit = torch.where(
-        torch.isinf(lp_tag), 1.0,
-        torch.where(torch.isinf(lp_unit), 0.0, torch.sigmoid((lp_unit - lp_tag) / turn)),
+        torch.isinf(lp_tag), 1.0, torch.where(torch.isinf(lp_unit), 0.0, p_unit)
     )  # fmt: skip
     u = torch.cat([torch.rand(1, generator=g) for g in gens])
     speak = u < p_unit

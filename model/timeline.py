@@ -35,6 +35,17 @@ class Timeline:
     def prev_user(self) -> Frame:
         return self.user[-1][-1] if self.user else self.fmt.silence
 
+    def silent_chunks(self, limit: int) -> int:
+        """How many of the last closed chunk pairs are silence on both sides, counting to
+        `limit` at most."""
+        quiet = [self.fmt.silence] * self.fmt.frames_per_chunk
+        n = 0
+        for a, u in zip(reversed(self.agent), reversed(self.user), strict=False):
+            if n == limit or a != quiet or u != quiet:
+                break
+            n += 1
+        return n
+
     def append_agent(self, new: list[Frame], *, tokens_written: bool = False) -> list[Frame]:
         """Close agent chunk len(agent) from its deduplicated frames; returns its frames."""
         if len(self.user) != len(self.agent) or (self.agent and not self.user):

@@ -130,6 +130,7 @@ class SamplingParams(_Message):
     turn_temperature: float | None = Field(default=None, ge=0.0, le=5.0, allow_inf_nan=False)
     top_k: int | None = Field(default=None, ge=0, le=100_000)
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    speak_up_ms: float | None = Field(default=None, ge=0.0, le=60_000.0, allow_inf_nan=False)
 
 
 class StartMessage(_Message):
@@ -174,6 +175,7 @@ class ReadyMessage(_ServerMessage):
     turn_temperature: float | None = None
     top_k: int
     seed: int
+    speak_up_ms: float = Field(default=0.0, description="the silence after which it speaks up")
 
 
 class ErrorMessage(_ServerMessage):

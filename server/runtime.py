@@ -230,6 +230,9 @@ class Runtime:
             turn_temperature=s.turn_temperature
             if req.turn_temperature is None
             else req.turn_temperature,
+            speak_up_chunks=_chunks(
+                s.speak_up_ms if req.speak_up_ms is None else req.speak_up_ms, self.tick_s
+            ),
         )
         session = CallSession(
             uuid.uuid4().hex,
@@ -250,6 +253,12 @@ class Runtime:
             except (OSError, RuntimeError) as exc:  # soundfile's errors are RuntimeErrors
                 log.error("call %s is not recorded: %s", session.id, exc)
         return session
+
+
+def _chunks(ms: float, tick_s: float) -> int:
+    """Whole chunks covering `ms`, at least one unless it is 0 (320 ms at 160 ms a tick is 2,
+    not 3 after float error)."""
+    return max(1, math.ceil(round(ms / 1000 / tick_s, 6))) if ms > 0 else 0
 
 
 def _seed(seed: int | None) -> int:

@@ -56,6 +56,13 @@ class Settings(BaseSettings):
         description="default temperature of the speak-or-not part of each draw "
         "(none = one flat draw at temperature)",
     )
+    speak_up_ms: float = Field(
+        default=3000.0,
+        ge=0,
+        le=60_000,
+        description="default: after this long with no sound from either side, the agent "
+        "speaks up (0 = never)",
+    )
     top_k: int = Field(default=250, ge=0, description="default top-k (0 = off)")
     seed: int | None = Field(default=None, ge=0, description="default seed (none = random)")
     max_message_bytes: int = Field(

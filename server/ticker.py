@@ -383,6 +383,7 @@ class Ticker:
             turn_temperature=s.sampling.turn_temperature,
             top_k=s.sampling.top_k,
             seed=s.sampling.seed,
+            speak_up_ms=round(s.sampling.speak_up_chunks * self.config.tick_s * 1000, 3),
         )
 
     def _cut(self, s: CallSession, code: ErrorCode, message: str) -> None:

@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 
+import model.engine as engine_module
 from model.checkpoint import load_checkpoint, read_config
 from model.data.synth import load_split, synth
+from model.engine import Engine, StepRequest
+from model.sampling import SamplingParams
 from model.train import PRESETS, evaluate, heldout_windows
 from tests.conftest import ROOT
 
@@ -50,3 +53,28 @@ def test_the_default_model_predicts_unseen_dialogues_far_better_than_chance(
 @pytest.mark.parametrize("name", ["model.safetensors", "duplex.json", "loss.png"])
 def test_the_training_record_is_committed(name: str) -> None:
     assert (DEFAULT / name).is_file()
+
+
+def test_a_dead_conversation_gets_the_agent_to_speak_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A caller who says nothing: left alone, the default agent says nothing for seconds on
+    end; with `speak_up_chunks` it speaks up at the first chunk after that many silent ones
+    (made certain here), and nothing changes before it (the same frames)."""
+    monkeypatch.setattr(engine_module, "SPEAK_UP_P", 1.0)
+    config, llama = load_checkpoint(DEFAULT)
+    fmt = config.chunk_format()
+    quiet = [fmt.silence] * fmt.frames_per_chunk
+
+    def agent_chunks(seed: int, speak_up: int) -> list[list[tuple[int, ...]]]:
+        engine = Engine(config, llama, max_sessions=1, max_rollback_chunks=4)
+        params = SamplingParams(temperature=0.6, seed=seed, speak_up_chunks=speak_up)
+        engine.add_session("c", params)
+        return [
+            engine.step([StepRequest("c", real_user={k - 1: quiet} if k else {})])["c"].frames
+            for k in range(16)
+        ]
+
+    for seed in range(4):
+        alone, nudged = agent_chunks(seed, 0), agent_chunks(seed, 10)
+        assert nudged[:10] == alone[:10]  # chunk 10 is the first with 10 silent pairs before it
+        assert all(chunk == quiet for chunk in alone), seed  # left alone: 2.6 s of dead air
+        assert nudged[10] != quiet

@@ -25,7 +25,7 @@ from clients.call import run_call
 from server.calls import CLOSE_TIMEOUT_S
 from server.protocol import FRAME_HEADER, AudioFrame
 from server.uvicorn_server import UNFLUSHED_ABORT_S
-from tests.conftest import ServerProcess, end_marker, start_server, stop_server
+from tests.conftest import ServerProcess, start_server, stop_server
 
 RATE = 16000
 FRAME = 320  # samples per 20 ms client frame at 16 kHz
@@ -142,6 +142,12 @@ BEFORE_START: list[tuple[str, str | bytes, str, int]] = [
     ("version_2", json.dumps({"type": "start", "version": 2}), "unsupported_version", 1003),
     ("version_string", json.dumps({"type": "start", "version": "1"}), "invalid_message", 1007),
     ("rate_as_string", start_msg(sample_rate="16000"), "invalid_message", 1007),
+    (
+        "speak_up_negative",
+        json.dumps({"type": "start", "sampling": {"speak_up_ms": -1}}),
+        "invalid_message",
+        1007,
+    ),
 ]
 
 
@@ -386,7 +392,7 @@ def test_slow_consumer_is_cut_off_and_others_are_unaffected(strict_server: Serve
         try:
             result = await asyncio.wait_for(run_call(srv.url, pcm, RATE), 10)
             assert len(result.output) == len(pcm)
-            assert result.frames_received == result.stats.ticks + end_marker(result.frames)
+            assert result.frames_received == result.stats.ticks
             async with httpx.AsyncClient() as http:
                 # send queue 0.5 s: a correct server cuts the call within a few seconds
                 async with asyncio.timeout(10):
@@ -414,6 +420,6 @@ def test_zz_normal_call_still_completes(server: ServerProcess) -> None:
     result = run(asyncio.wait_for(run_call(server.url, pcm, RATE), 8))
     assert len(result.output) == len(pcm)
     assert result.stats.frames_in == result.frames_sent
-    assert result.frames_received == result.stats.ticks + end_marker(result.frames)
+    assert result.frames_received == result.stats.ticks
     assert float(np.abs(result.output).max()) > 1e-3
     wait_sessions(server, 0, within_s=1.0)

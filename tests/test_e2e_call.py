@@ -107,7 +107,7 @@ def check_stats(stats: StatsMessage, result: CallResult | None = None) -> None:
     if result is not None:
         assert stats.frames_in == result.frames_sent
         assert stats.samples_in == result.samples_sent
-        assert result.frames_received == stats.ticks + end_marker(result.frames)
+        assert result.frames_received == stats.ticks
         duration = result.samples_sent / result.ready.sample_rate
         assert abs(stats.ticks - math.ceil(duration / TICK_S)) <= 1
 
@@ -174,7 +174,7 @@ def test_cli_call_writes_aligned_output_and_summary(
     assert summary["output_samples"] == n_wire
     assert summary["frames_sent"] == math.ceil(n_wire / 320)  # 20 ms frames at 16 kHz
     assert abs(summary["ticks"] - math.ceil(duration / TICK_S)) <= 1
-    assert summary["frames_received"] - summary["ticks"] in (0, 1)  # + the end marker
+    assert summary["frames_received"] == summary["ticks"]  # audio frames, not the end marker
     assert 0 <= summary["latency_ms_p50"] <= summary["latency_ms_p95"] <= summary["latency_ms_p99"]
     assert summary["estimates_made"] > 0  # the newest user chunk is always an estimate
     unreplaced = summary["estimates_made"] - summary["estimates_replaced"]
@@ -254,7 +254,7 @@ def test_delayed_uplink_estimates_are_replaced(
     assert rms(result.output) > 1e-3
     check_stats(s)
     assert s.frames_in == result.frames_sent and s.samples_in == result.samples_sent
-    assert result.frames_received == s.ticks + end_marker(result.frames)
+    assert result.frames_received == s.ticks
 
 
 # -- time alignment -------------------------------------------------------------------------------
@@ -288,9 +288,10 @@ def test_agent_frames_are_contiguous_and_on_the_clock(server: ServerProcess, voi
 
 
 def test_three_concurrent_calls(server: ServerProcess, voice: Voice) -> None:
-    """Three calls share the ticks; one samples with its own turn temperature."""
+    """Three calls share the ticks; two sample with their own turn temperature and speak-up
+    silence (echoed in whole ticks)."""
     lengths = [1.0, 1.3, 1.6]
-    split = SamplingParams(turn_temperature=1.0)
+    split = SamplingParams(turn_temperature=1.0, speak_up_ms=500)
 
     async def main() -> list[CallResult]:
         return await asyncio.gather(
@@ -303,6 +304,7 @@ def test_three_concurrent_calls(server: ServerProcess, voice: Voice) -> None:
     results = asyncio.run(main())
     assert len({r.stats.session_id for r in results}) == 3
     assert [r.ready.turn_temperature for r in results] == [None, 1.0, 1.0]
+    assert [r.ready.speak_up_ms for r in results] == [3040.0, 640.0, 640.0]
     for s, r in zip(lengths, results, strict=True):
         n = wire_length(len(voice.seconds(s)), voice.rate, 16000)
         assert len(r.output) == n == r.samples_sent

@@ -13,6 +13,7 @@ from model.decoder import SlotDecoder
 from model.engine import Engine, StepRequest
 from model.format import dedup, format_timeline, parse_timeline
 from model.sampling import SamplingParams
+from model.timeline import Timeline
 from tests.conftest import ROOT
 
 
@@ -377,3 +378,19 @@ def test_any_llama_with_an_extended_vocabulary_loads(tmp_path: Path) -> None:
     (tmp_path / DUPLEX_JSON).write_text(bad.model_dump_json())
     with pytest.raises(CheckpointError, match="vocab is 1400"):
         load_checkpoint(tmp_path)
+
+
+def test_silent_chunks_counts_the_trailing_silence_of_both_sides(loaded) -> None:  # type: ignore[no-untyped-def]
+    config, _ = loaded
+    fmt = config.chunk_format()
+    tl = Timeline(fmt)
+    sil, sound = [fmt.silence] * fmt.frames_per_chunk, [(5,)] * fmt.frames_per_chunk
+    assert tl.silent_chunks(10) == 0
+    for agent, user in [(sil, sil), (sound, sil), (sil, sil), (sil, sil), (sil, sil)]:
+        tl.append_agent(dedup(agent, tl.prev_agent()))
+        tl.append_user(user, real=True)
+    assert tl.silent_chunks(10) == 3
+    assert tl.silent_chunks(2) == 2
+    tl.append_agent([])
+    tl.append_user([fmt.silence, (7,), fmt.silence, fmt.silence], real=True)  # a click
+    assert tl.silent_chunks(10) == 0

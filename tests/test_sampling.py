@@ -90,3 +90,46 @@ def test_a_turn_temperature_keeps_speak_or_not_at_its_own_temperature() -> None:
         SamplingParams(turn_temperature=-1.0)
     with pytest.raises(ValueError, match="unit mask"):
         sample(logits, allowed, [SamplingParams(turn_temperature=1.0)], gens(0))
+
+
+def test_a_speak_floor_raises_the_chance_of_sound_to_it_and_no_further() -> None:
+    """The tag holds nearly all the mass: without a floor a unit all but never comes; with a
+    floor of 1/4 a quarter of the draws are units; a floor below the model's own chance (at
+    the row's temperature) changes nothing in that chance."""
+    vocab = 11
+    units = torch.zeros(vocab, dtype=torch.bool)
+    units[:10] = True
+    logits = torch.zeros(1, vocab)
+    logits[0, 10] = 12.0
+    allowed = torch.ones(1, vocab, dtype=torch.bool)
+
+    def unit_share(floor: float, params: SamplingParams, n: int = 3000) -> float:
+        g = gens(3)
+        drawn = [sample(logits, allowed, [params], g, units, [floor])[0] for _ in range(n)]
+        return sum(t < 10 for t in drawn) / n
+
+    flat = SamplingParams(temperature=0.6, top_k=0)
+    assert unit_share(0.0, flat) < 0.01
+    assert unit_share(0.25, flat) == pytest.approx(0.25, abs=0.03)
+    logits[0, 10] = math.log(10.0)  # tag and units even: P(unit) is 1/2 at temperature 1
+    even = SamplingParams(temperature=1.0, top_k=0, turn_temperature=1.0)
+    assert unit_share(0.25, even) == pytest.approx(0.5, abs=0.04)
+    with pytest.raises(ValueError, match="speak_up_chunks"):
+        SamplingParams(speak_up_chunks=-1)
+
+
+def test_a_speak_floor_leaves_other_rows_and_the_allowed_set_alone() -> None:
+    """A row without a floor draws as it would alone, next to one with a floor; a floored
+    row that may not make sound (no unit allowed) still draws a tag."""
+    vocab = 11
+    units = torch.zeros(vocab, dtype=torch.bool)
+    units[:10] = True
+    logits = torch.randn(2, vocab, generator=torch.Generator().manual_seed(4))
+    allowed = torch.ones(2, vocab, dtype=torch.bool)
+    allowed[1, :10] = False  # row 1: only the tag
+    params = [SamplingParams(0.7, 0)] * 2
+    alone_g, pair_g = gens(5), gens(5, 6)
+    for _ in range(200):
+        alone = sample(logits[:1], allowed[:1], params[:1], alone_g, units, [0.0])[0]
+        plain, floored = sample(logits, allowed, params, pair_g, units, [0.0, 0.9])
+        assert plain == alone and floored == 10
