@@ -49,7 +49,7 @@ from clients.client import DuplexClient, DuplexError, ReceivedFrame
 from clients.speech_activity import speech_segments, vad_name
 from clients.turns import TurnStats, turn_stats
 from model.data.synth import load_split
-from server.protocol import AudioFormat, SamplingParams, StatsMessage
+from server.protocol import AudioFormat, ReadyMessage, SamplingParams, StatsMessage
 from streaming.codebook import synthesize
 from streaming.codec import load_codec
 from streaming.resample import resample_whole
@@ -177,6 +177,7 @@ class Conversation:
     frames_received: tuple[int, int]
     stats: tuple[StatsMessage, StatsMessage]
     wall_s: float
+    sampling: tuple[dict[str, Any], dict[str, Any]]  # as each `ready` echoed it
 
     @property
     def seconds(self) -> float:
@@ -195,6 +196,7 @@ class Conversation:
                 "frames_received_a": self.frames_received[0],
                 "frames_received_b": self.frames_received[1],
             },
+            "sampling": dict(zip("AB", self.sampling, strict=True)),
             "sessions": {
                 name: s.model_dump(exclude={"type"})
                 for name, s in zip("AB", self.stats, strict=True)
@@ -321,7 +323,15 @@ async def converse(
             frames_received=(a.frames_received, b.frames_received),
             stats=(ca.stats, cb.stats),
             wall_s=time.monotonic() - t_wall,
+            sampling=(_sampling(ca.ready), _sampling(cb.ready)),
         )
+
+
+def _sampling(ready: ReadyMessage) -> dict[str, Any]:
+    """The sampling a session ran with (the server's defaults filled in)."""
+    return ready.model_dump(
+        include={"temperature", "turn_temperature", "top_k", "seed", "speak_up_ms"}
+    )
 
 
 # ---------------------------------------------------------------------------------------------

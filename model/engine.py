@@ -32,7 +32,7 @@ from model.sampling import SamplingParams, TokenMasks, sample
 from model.timeline import Timeline
 
 # A dead conversation's agent starts a chunk with at least this chance: ~0.5 s to speak up on
-# average, and two such agents (self-play) start the same chunk only one time in sixteen.
+# average, and two such agents (self-play) both start in a given chunk with chance 1/16.
 SPEAK_UP_P = 0.25
 
 

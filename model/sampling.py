@@ -10,10 +10,10 @@ many tokens, so it biases every agent chunk towards not starting to speak; the s
 anything, `[S1]` or `[S0]`, is a choice between two tags and stays at `temperature`.)
 
 A `speak_floor` makes a row's chance to make sound at least that much: the engine asks for it
-when a conversation has gone silent on both sides for longer than its training data ever did
-(`speak_up_chunks`), where the model, left alone, stays silent for good. Such a row draws in
-two parts as above (at `turn_temperature`, else `temperature`), the unit side raised to the
-floor.
+when a conversation has gone silent on both sides for `speak_up_chunks` (by default longer
+than any silence in the training data), where the model, left alone, mostly stays silent.
+Such a row draws in two parts as above (at `turn_temperature`, else `temperature`), the unit
+side raised to the floor.
 """
 
 from __future__ import annotations

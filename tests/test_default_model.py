@@ -6,11 +6,13 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 import model.engine as engine_module
 from model.checkpoint import load_checkpoint, read_config
 from model.data.synth import load_split, synth
 from model.engine import Engine, StepRequest
+from model.format import Frame
 from model.sampling import SamplingParams
 from model.train import PRESETS, evaluate, heldout_windows
 from tests.conftest import ROOT
@@ -58,23 +60,30 @@ def test_the_training_record_is_committed(name: str) -> None:
 def test_a_dead_conversation_gets_the_agent_to_speak_up(monkeypatch: pytest.MonkeyPatch) -> None:
     """A caller who says nothing: left alone, the default agent says nothing for seconds on
     end; with `speak_up_chunks` it speaks up at the first chunk after that many silent ones
-    (made certain here), and nothing changes before it (the same frames)."""
+    (made certain here), and nothing changes before it (the same draws: the session's random
+    generator is where it would be without the option)."""
     monkeypatch.setattr(engine_module, "SPEAK_UP_P", 1.0)
     config, llama = load_checkpoint(DEFAULT)
     fmt = config.chunk_format()
     quiet = [fmt.silence] * fmt.frames_per_chunk
 
-    def agent_chunks(seed: int, speak_up: int) -> list[list[tuple[int, ...]]]:
+    def agent_chunks(seed: int, speak_up: int) -> tuple[list[list[Frame]], list[torch.Tensor]]:
+        """The agent's chunks, and its generator's state after each step."""
         engine = Engine(config, llama, max_sessions=1, max_rollback_chunks=4)
         params = SamplingParams(temperature=0.6, seed=seed, speak_up_chunks=speak_up)
         engine.add_session("c", params)
-        return [
-            engine.step([StepRequest("c", real_user={k - 1: quiet} if k else {})])["c"].frames
-            for k in range(16)
-        ]
+        chunks, states = [], []
+        for k in range(16):
+            step = engine.step([StepRequest("c", real_user={k - 1: quiet} if k else {})])
+            chunks.append(step["c"].frames)
+            states.append(engine.sessions["c"].gen.get_state())
+        return chunks, states
 
     for seed in range(4):
-        alone, nudged = agent_chunks(seed, 0), agent_chunks(seed, 10)
-        assert nudged[:10] == alone[:10]  # chunk 10 is the first with 10 silent pairs before it
+        (alone, alone_rng), (nudged, nudged_rng) = agent_chunks(seed, 0), agent_chunks(seed, 10)
+        # chunk 10 is the first with 10 silent pairs before it
+        assert nudged[:10] == alone[:10]
+        assert all(torch.equal(a, b) for a, b in zip(alone_rng[:10], nudged_rng[:10], strict=True))
+        assert not torch.equal(alone_rng[10], nudged_rng[10])  # its speak-or-not draw
         assert all(chunk == quiet for chunk in alone), seed  # left alone: 2.6 s of dead air
         assert nudged[10] != quiet

@@ -187,6 +187,8 @@ def test_selfplay_writes_wavs_report_and_plots(
         assert rate == RATE and stereo.shape == (4 * RATE, 2)
         assert np.abs(stereo[:RATE, 0]).max() > 0.1  # A's channel opens with the opening
         assert r["relay"]["frames_received_a"] > 0 and r["relay"]["frames_received_b"] > 0
+        assert [r["sampling"][k]["seed"] for k in "AB"] == [0, 1]  # --seed 0: A 0, B 1
+        assert r["sampling"]["A"]["speak_up_ms"] == 3040.0  # the server's default, echoed
         assert r["turns"]["seconds"] == 4.0 and r["turns"]["ipu"]["count"] > 0
         for s in r["sessions"].values():
             assert s["frames_in"] == pytest.approx(200, abs=20) and s["late_samples_dropped"] == 0
