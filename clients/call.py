@@ -88,7 +88,7 @@ class CallResult:
     @property
     def frames_received(self) -> int:
         """Audio frames, as the server's `frames_out` counts them (not the empty end marker)."""
-        return sum(1 for f in self.frames if len(f.pcm))
+        return sum(not f.is_end_marker for f in self.frames)
 
     def summary(self) -> dict[str, Any]:
         """The figures `--json` prints (one flat object)."""
@@ -286,14 +286,19 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def sampling_overrides(args: argparse.Namespace, seed: int | None) -> SamplingParams:
-    """`start.sampling` from the flags of `add_sampling_arguments`; raises ValidationError."""
-    return SamplingParams(
-        temperature=args.temperature,
-        top_k=args.top_k,
-        seed=seed,
-        turn_temperature=args.turn_temperature,
-        speak_up_ms=args.speak_up_ms,
-    )
+    """`start.sampling` from the flags of `add_sampling_arguments`; raises InputError naming
+    the flag whose value the protocol refuses."""
+    try:
+        return SamplingParams(
+            temperature=args.temperature,
+            top_k=args.top_k,
+            seed=seed,
+            turn_temperature=args.turn_temperature,
+            speak_up_ms=args.speak_up_ms,
+        )
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise InputError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from exc
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -349,11 +354,7 @@ def _check_args(args: argparse.Namespace) -> tuple[int, SamplingParams]:
         raise InputError(f"--frame-ms must be positive, got {args.frame_ms}")
     if args.delay_ms < 0 or args.jitter_ms < 0:
         raise InputError("--delay-ms and --jitter-ms must not be negative")
-    try:
-        sampling = sampling_overrides(args, args.seed)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise InputError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from exc
+    sampling = sampling_overrides(args, args.seed)
     if args.output:
         out = Path(args.output)
         if not out.parent.is_dir():

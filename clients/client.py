@@ -75,6 +75,11 @@ class ReceivedFrame:
     last: bool
     arrival: float  # time.monotonic() when the message was read off the socket
 
+    @property
+    def is_end_marker(self) -> bool:
+        """The empty frame that only flags where the agent's audio ends (no tick, no audio)."""
+        return len(self.pcm) == 0
+
 
 class DuplexClient:
     """One session on an open WebSocket, after `ready`. Build it with `DuplexClient.connect`."""

@@ -30,7 +30,6 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 import soundfile as sf
-from pydantic import ValidationError
 from scipy.stats import binomtest, quantile_test
 from tqdm import tqdm
 
@@ -54,7 +53,7 @@ from model.data.synth import (
     segments,
     trim_silence,
 )
-from server.protocol import AudioFormat, SamplingParams, describe_validation
+from server.protocol import AudioFormat, SamplingParams
 from streaming.codebook import PITCH_RANGE, WPM_RANGE, synthesize
 from streaming.resample import resample_whole
 from streaming.vad import EnergyVad
@@ -542,9 +541,6 @@ def run(args: argparse.Namespace) -> int:
     cats = [c for c in CATEGORIES if c in names]
     try:
         sampling = sampling_overrides(args, None)
-    except ValidationError as exc:
-        return _fail(describe_validation(exc), EXIT_USAGE)
-    try:
         check_url(args.url)
     except InputError as exc:
         return _fail(str(exc), EXIT_USAGE)

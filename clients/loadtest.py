@@ -250,7 +250,7 @@ async def _call(
     except Exception as exc:  # a client bug must still not stop the other callers
         rep.status, rep.message = "client_exception", f"{type(exc).__name__}: {exc}"
     finally:
-        rep.frames_received = sum(1 for f in run.frames if len(f.pcm))  # not the end marker
+        rep.frames_received = sum(not f.is_end_marker for f in run.frames)
         live.finished += 1
         live.errors += rep.status != "ok"
 

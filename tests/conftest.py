@@ -114,4 +114,4 @@ def end_marker(frames: Sequence[ReceivedFrame]) -> int:
     """1 when the call's last agent frame is the empty one that only carries the `last` flag
     (`end` came after the final chunk was made: no step made it, so it is no tick)."""
     final = max(frames, key=lambda f: f.seq, default=None)
-    return int(final is not None and final.last and len(final.pcm) == 0)
+    return int(final is not None and final.last and final.is_end_marker)
