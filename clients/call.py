@@ -107,6 +107,8 @@ class CallResult:
             "missing_chunks": s.missing_chunks,
             "overruns": s.overruns,
             "re_anchors": s.re_anchors,
+            "frames_gated": s.frames_gated,
+            "noise_floor_db": s.noise_floor_db,
             "output_samples": int(len(self.output)),
             "duration_s": round(self.duration_s, 3),
         }
@@ -431,6 +433,7 @@ def _human(s: dict[str, Any], output: str | None) -> str:
         f"  estimates {s['estimates_made']} made, {s['estimates_replaced']} replaced; "
         f"{s['late_samples_dropped']} late samples dropped, {s['missing_chunks']} missing "
         f"chunks, {s['overruns']} overruns, {s['re_anchors']} re-anchors",
+        f"  noise floor {s['noise_floor_db']:.1f} dBFS, {s['frames_gated']} frames gated",
     ]
     if output:
         lines.append(f"  wrote {output}")

@@ -225,12 +225,20 @@ async def run_case(
     case: Case,
     sampling: SamplingParams | None = None,
     headers: dict[str, str] | None = None,
+    noise_dbfs: float | None = None,
 ) -> _Heard:
     """Stream one case at real-time pace; an interruption case barges in live, once the agent
-    has talked for BARGE_AFTER_S (energy on the agent audio received so far)."""
+    has talked for BARGE_AFTER_S (energy on the agent audio received so far). With
+    `noise_dbfs`, white noise at that RMS level (at the codec's rate) is under all the user's
+    audio, as on a line that is never quiet."""
     audio = AudioFormat(encoding="pcm16", sample_rate=WIRE_RATE, frame_ms=20)
-    user = resample_whole(case.user, RATE, WIRE_RATE)
-    barge = resample_whole(case.barge_in, RATE, WIRE_RATE) if case.barge_in is not None else None
+    rng = np.random.default_rng(case.seed)
+    user = resample_whole(_line(case.user, noise_dbfs, rng), RATE, WIRE_RATE)
+    barge = (
+        resample_whole(_line(case.barge_in, noise_dbfs, rng), RATE, WIRE_RATE)
+        if case.barge_in is not None
+        else None
+    )
     agent = np.zeros(len(user), dtype=np.float32)  # placed as it arrives: the barge-in reads it
     barge_at: int | None = None
     sampling = (sampling or SamplingParams()).model_copy(update={"seed": case.seed})
@@ -277,6 +285,13 @@ async def run_case(
         stats = c.stats.model_dump() if c.stats is not None else {}
     barge_s = None if barge_at is None else barge_at / WIRE_RATE
     return _Heard(user[:total], agent[:total], barge_s, stats)
+
+
+def _line(audio: np.ndarray, noise_dbfs: float | None, rng: np.random.Generator) -> np.ndarray:
+    if noise_dbfs is None:
+        return audio
+    noise = rng.normal(0.0, 10 ** (noise_dbfs / 20), len(audio))
+    return np.clip(audio + noise, -1.0, 1.0).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -437,6 +452,7 @@ def check_targets(summary: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any
 class EvalReport:
     url: str
     seed: int
+    noise_dbfs: float | None
     vad: str
     cases: list[CaseResult]
     summary: dict[str, dict[str, Any]]
@@ -456,6 +472,7 @@ async def run_eval(
     seed: int = 0,
     sampling: SamplingParams | None = None,
     headers: dict[str, str] | None = None,
+    noise_dbfs: float | None = None,
 ) -> EvalReport:
     """Run every case (`concurrency` calls at a time), then measure and score them."""
     t0 = time.perf_counter()
@@ -465,7 +482,7 @@ async def run_eval(
     async def one(case: Case) -> _Heard | DuplexError:
         async with gate:
             try:
-                return await run_case(url, case, sampling, headers)
+                return await run_case(url, case, sampling, headers, noise_dbfs)
             except DuplexError as exc:
                 return exc
             finally:
@@ -494,8 +511,8 @@ async def run_eval(
                 sf.write(out_dir / f"{case.id.replace('/', '_')}.wav", stereo, WIRE_RATE)
         results.append(r)
     summary = summarize(results)
-    return EvalReport(url, seed, vad_name(), results, summary, check_targets(summary),
-                      round(time.perf_counter() - t0, 1))  # fmt: skip
+    return EvalReport(url, seed, noise_dbfs, vad_name(), results, summary,
+                      check_targets(summary), round(time.perf_counter() - t0, 1))  # fmt: skip
 
 
 def summary_table(report: EvalReport) -> str:
@@ -521,6 +538,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="case choice, voices and timing")
     parser.add_argument(
+        "--noise-dbfs",
+        type=float,
+        help="white noise at this RMS level (e.g. -60) under all the user's audio (default none)",
+    )
+    parser.add_argument(
         "--concurrency", type=int, default=4, help="calls at once (at most the server's slots)"
     )
     add_sampling_arguments(parser)
@@ -538,6 +560,8 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"unknown --categories {unknown or names}: choose from {CATEGORIES}", 2)
     if args.cases < 1 or args.concurrency < 1:
         return _fail("--cases and --concurrency must be at least 1", EXIT_USAGE)
+    if args.noise_dbfs is not None and not -120 <= args.noise_dbfs <= 0:
+        return _fail(f"--noise-dbfs must be from -120 to 0, got {args.noise_dbfs}", EXIT_USAGE)
     cats = [c for c in CATEGORIES if c in names]
     try:
         sampling = sampling_overrides(args, None)
@@ -565,6 +589,7 @@ def run(args: argparse.Namespace) -> int:
                 seed=args.seed,
                 sampling=sampling,
                 headers=headers,
+                noise_dbfs=args.noise_dbfs,
             )
         )
         if args.json_out:

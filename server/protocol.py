@@ -176,6 +176,9 @@ class ReadyMessage(_ServerMessage):
     top_k: int
     seed: int
     speak_up_ms: float = Field(default=0.0, description="the silence after which it speaks up")
+    noise_gate_db: float = Field(
+        default=0.0, description="the noise gate's margin over the line's noise floor (0: none)"
+    )
 
 
 class ErrorMessage(_ServerMessage):
@@ -205,6 +208,12 @@ class StatsMessage(_ServerMessage):
     )
     re_anchored_samples: int = Field(
         default=0, description="net wire samples of silence inserted (+) or audio dropped (-)"
+    )
+    frames_gated: int = Field(
+        default=0, description="codec frames of the caller's sound the noise gate made silence"
+    )
+    noise_floor_db: float = Field(
+        default=-120.0, description="the line's noise floor at the end, dBFS (-120: digital zero)"
     )
     latency_ms_p50: float | None
     latency_ms_p95: float | None

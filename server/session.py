@@ -94,6 +94,7 @@ class CallSession:
         tick_s: float,
         max_gap_s: float,
         rollback_chunks: int,
+        noise_gate_db: float = 0.0,
     ) -> None:
         self.id = session_id
         self.audio = audio
@@ -103,7 +104,7 @@ class CallSession:
         self.chunk_samples = round(audio.sample_rate * tick_s)
         self.max_gap_samples = round(audio.sample_rate * max_gap_s)
         self.rollback_chunks = rollback_chunks
-        self.user_in = UserAudioInput(codec, audio.sample_rate, frames_per_chunk)
+        self.user_in = UserAudioInput(codec, audio.sample_rate, frames_per_chunk, noise_gate_db)
         self.agent_out = AgentAudioOutput(codec, audio.sample_rate, audio.encoding)
         self.outbox: asyncio.Queue[Outgoing] = asyncio.Queue()
         self.stats = CallStats()
@@ -254,6 +255,7 @@ class CallSession:
         # estimates whose budget ran out during the call with no real audio replacing them
         # (chunk j can be replaced up to step j + 1 + rollback_chunks; the last step is ticks-1)
         missing = sum(1 for j in s.unreplaced if j + 1 + self.rollback_chunks <= s.ticks - 1)
+        gated, floor_db = self.user_in.noise_figures()
         return StatsMessage(
             session_id=self.id,
             ticks=s.ticks,
@@ -269,6 +271,8 @@ class CallSession:
             max_rollback_tokens=s.max_rollback_tokens,
             re_anchors=s.re_anchors,
             re_anchored_samples=s.re_anchored_samples,
+            frames_gated=gated,
+            noise_floor_db=round(floor_db, 1),
             latency_ms_p50=pct(50),
             latency_ms_p95=pct(95),
             latency_ms_p99=pct(99),

@@ -63,6 +63,13 @@ class Settings(BaseSettings):
         description="default: after this long with no sound from either side, the agent "
         "speaks up (0 = never)",
     )
+    noise_gate_db: float = Field(
+        default=10.0,
+        ge=0,
+        le=40,
+        description="a caller's audio frames less than this far above the line's noise floor "
+        "reach the model as silence (0 = no gate)",
+    )
     top_k: int = Field(default=250, ge=0, description="default top-k (0 = off)")
     seed: int | None = Field(default=None, ge=0, description="default seed (none = random)")
     max_message_bytes: int = Field(

@@ -384,6 +384,7 @@ class Ticker:
             top_k=s.sampling.top_k,
             seed=s.sampling.seed,
             speak_up_ms=round(s.sampling.speak_up_chunks * self.config.tick_s * 1000, 3),
+            noise_gate_db=s.user_in.gate.margin_db,
         )
 
     def _cut(self, s: CallSession, code: ErrorCode, message: str) -> None:

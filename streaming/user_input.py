@@ -1,4 +1,5 @@
-"""A session's user audio on its way in: wire PCM -> codec rate -> units, per time chunk.
+"""A session's user audio on its way in: wire PCM -> codec rate -> noise gate -> units, per
+time chunk.
 
 The event loop only appends decoded frames (`push`, cheap); a tokenizer thread resamples and
 encodes them as they come (`tokenize`), and the tick worker collects whole chunks and the first
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from streaming.codec import SpeechCodec
+from streaming.noise_gate import NoiseGate
 from streaming.resample import StreamResampler
 
 
@@ -36,10 +38,18 @@ class PartialChunk:
 
 
 class UserAudioInput:
-    def __init__(self, codec: SpeechCodec, wire_rate: int, frames_per_chunk: int) -> None:
+    def __init__(
+        self,
+        codec: SpeechCodec,
+        wire_rate: int,
+        frames_per_chunk: int,
+        noise_gate_db: float = 0.0,
+    ) -> None:
+        """`noise_gate_db`: the gate's margin over the noise floor (0: no gate)."""
         self.codec = codec
         self.frames_per_chunk = frames_per_chunk
         self._resampler = StreamResampler(wire_rate, codec.sample_rate)
+        self.gate = NoiseGate(codec.frame_samples, noise_gate_db)
         self._encoder = codec.new_encoder()
         self._lock = threading.Lock()  # guards the queue (event loop vs threads)
         self._work = threading.Lock()  # guards codec state (tokenizer thread vs tick worker)
@@ -78,11 +88,13 @@ class UserAudioInput:
             before = self.frames_encoded
             for pcm, arrival in queue:
                 self._last_arrival = arrival
-                self._add_units(self._encoder.encode(self._resampler.process(pcm)), arrival)
+                pcm = self.gate.process(self._resampler.process(pcm))
+                self._add_units(self._encoder.encode(pcm), arrival)
             if ended and not self._flushed:
                 self._flushed = True
                 last = self._last_arrival
-                self._add_units(self._encoder.encode(self._resampler.flush()), last)
+                tail = [self.gate.process(self._resampler.flush()), self.gate.flush()]
+                self._add_units(self._encoder.encode(np.concatenate(tail)), last)
                 self._add_units(self._encoder.flush(), last)
                 short = -len(self._units) % self.frames_per_chunk
                 silence = np.full((short, self.codec.units_per_frame), self.codec.silence_unit)
@@ -98,6 +110,11 @@ class UserAudioInput:
             ready, self._ready = self._ready, []
             part = PartialChunk(self.next_chunk, self._units.copy(), list(self._arrivals))
         return ready, part
+
+    def noise_figures(self) -> tuple[int, float]:
+        """The gate's frames gated so far and its noise floor (dBFS), read between encodes."""
+        with self._work:
+            return self.gate.frames_gated, self.gate.floor_db
 
     def _add_units(self, units: np.ndarray, arrival: float) -> None:
         if len(units):

@@ -143,7 +143,8 @@ def _cli(server: ServerProcess, inp: Path, out: Path, *extra: str, duration_s: f
 SUMMARY_KEYS = {
     "session_id", "frames_sent", "frames_received", "ticks", "latency_ms_p50", "latency_ms_p95",
     "latency_ms_p99", "estimates_made", "estimates_replaced", "late_samples_dropped",
-    "missing_chunks", "overruns", "re_anchors", "output_samples", "duration_s",
+    "missing_chunks", "overruns", "re_anchors", "frames_gated", "noise_floor_db",
+    "output_samples", "duration_s",
 }  # fmt: skip
 
 
@@ -198,6 +199,23 @@ def test_cli_call_other_input_formats(
     agent, _ = read_wav(out)
     assert rms(agent) > 1e-3
     assert summary["output_samples"] == wire_length(len(x), rate, 16000)
+
+
+def test_a_noisy_line_reaches_the_model_gated(
+    server: ServerProcess, voice: Voice, tmp_path: Path
+) -> None:
+    """White noise at -55 dBFS under the voice and a 1.5 s pause: the call reports the line's
+    noise floor, and the pause's frames were gated (the server's default gate)."""
+    speech = resample_whole(voice.pcm, voice.rate, 8000)
+    line = np.concatenate([speech, np.zeros(12000, dtype=np.float32)])
+    line += np.random.default_rng(0).normal(0, 10 ** (-55 / 20), len(line)).astype(np.float32)
+    inp = tmp_path / "noisy.wav"
+    sf.write(str(inp), line, 8000)
+    summary = _cli(server, inp, tmp_path / "agent.wav", duration_s=len(line) / 8000)
+    assert -57 < summary["noise_floor_db"] < -53, summary
+    assert summary["frames_gated"] >= 30, summary  # the pause is 37 frames
+    clean = _cli(server, voice.path, tmp_path / "clean.wav", duration_s=len(voice.pcm) / voice.rate)
+    assert clean["noise_floor_db"] < -90, clean  # espeak's pauses are digital zeros
 
 
 # -- wire formats ---------------------------------------------------------------------------------
@@ -300,6 +318,7 @@ def test_three_concurrent_calls(server: ServerProcess, voice: Voice) -> None:
     assert len({r.stats.session_id for r in results}) == 3
     assert [r.ready.turn_temperature for r in results] == [None, 1.0, 1.0]
     assert [r.ready.speak_up_ms for r in results] == [3040.0, 640.0, 640.0]
+    assert [r.ready.noise_gate_db for r in results] == [10.0] * 3  # the server's default
     for s, r in zip(lengths, results, strict=True):
         n = wire_length(len(voice.seconds(s)), voice.rate, 16000)
         assert len(r.output) == n == r.samples_sent

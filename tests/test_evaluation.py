@@ -173,6 +173,20 @@ def test_eval_runs_every_category_through_the_real_server(
     assert np.abs(stereo[:, 1]).max() > 0.05  # the agent's audio came back
 
 
+def test_eval_on_a_noisy_line(server: ServerProcess, tmp_path: Path) -> None:
+    """`--noise-dbfs` puts white noise under all the user's audio, the lead-in included."""
+    out, wavs = tmp_path / "report.json", tmp_path / "wav"
+    argv = ["--url", server.url, "--cases", "1", "--categories", "turn_taking", "--seed", "2",
+            "--noise-dbfs", "-50", "--json-out", str(out), "--out", str(wavs)]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["noise_dbfs"] == -50 and report["cases"][0]["error"] is None
+    (wav,) = wavs.iterdir()
+    user = sf.read(wav)[0][: round(LEAD_IN_S * WIRE_RATE), 0]  # before the user speaks
+    level = 10 * np.log10(np.mean(np.square(user)))
+    assert -51.5 < level < -48.5, level
+
+
 def test_bad_arguments_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--categories", "turn_taking,smalltalk"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -182,3 +196,7 @@ def test_bad_arguments_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--temperature", "-1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "temperature" in err[0]
+    for level in ("5", "nan"):
+        assert main(["--noise-dbfs", level]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--noise-dbfs" in err[0]

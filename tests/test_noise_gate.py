@@ -1,0 +1,108 @@
+"""The noise gate: a noisy line's pauses reach the tokenizer as the silence the model knows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streaming.codec import load_codec
+from streaming.noise_gate import NoiseGate
+from streaming.user_input import UserAudioInput
+
+BUILTIN = {"type": "codec2-units", "codebook": "builtin:codec2_units_1024"}
+F = 320  # one codec frame at 8 kHz
+
+
+def _noise(db: float, n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0, 10 ** (db / 20), n).astype(np.float32)
+
+
+def _tone(db: float, n: int) -> np.ndarray:
+    amp = 10 ** (db / 20) * np.sqrt(2)  # a sine's RMS is amp / sqrt(2)
+    return (amp * np.sin(2 * np.pi * 220 * np.arange(n) / 8000)).astype(np.float32)
+
+
+def _frames(x: np.ndarray) -> np.ndarray:
+    return x.reshape(-1, F)
+
+
+def test_noise_is_gated_and_speech_over_it_passes() -> None:
+    gate = NoiseGate(F, margin_db=10)
+    noise = _noise(-60, 40 * F)
+    line = noise.copy()
+    line[20 * F : 30 * F] += _tone(-20, 10 * F)  # "speech" from frame 20 to 30
+    out = _frames(gate.process(line))
+    assert len(out) == 40
+    warm = gate.warmup
+    assert np.array_equal(out[:warm], _frames(line)[:warm])  # nothing gated while warming up
+    silent = ~out.any(axis=1)
+    assert silent[warm:20].all() and silent[30:].all()  # the noise alone: digital silence
+    assert not silent[20:30].any()  # the tone over it passes untouched
+    assert np.array_equal(out[20:30], _frames(line)[20:30])
+    assert gate.frames_gated == 40 - 10 - warm
+    assert -61 < gate.floor_db < -59
+
+
+def test_a_stretch_of_loud_sound_is_never_taken_for_noise() -> None:
+    """The floor is capped: constant sound at -20 dBFS (no quiet frame for seconds) passes."""
+    gate = NoiseGate(F, margin_db=10)
+    loud = _tone(-20, 200 * F)
+    assert np.array_equal(gate.process(loud), loud)
+    assert gate.floor_db == gate.max_floor_db and gate.frames_gated == 0
+
+
+def test_the_floor_follows_the_line_down_at_once_and_up_after_the_window() -> None:
+    gate = NoiseGate(F, margin_db=6, window=25)
+    gate.process(_noise(-50, 30 * F))
+    assert -51 < gate.floor_db < -49
+    gate.process(_noise(-70, F, seed=1))
+    assert gate.floor_db < -69  # one quieter frame lowers it
+    gate.process(_noise(-50, 24 * F, seed=2))
+    assert gate.floor_db < -69  # still in the window
+    out = _frames(gate.process(_noise(-50, 5 * F, seed=3)))
+    assert -51 < gate.floor_db < -49  # the quiet frame has left the window
+    assert not out[-1].any()
+
+
+def test_margin_zero_passes_everything() -> None:
+    gate = NoiseGate(F, margin_db=0)
+    x = _noise(-60, 10 * F + 17)
+    assert np.array_equal(np.concatenate([gate.process(x), gate.flush()]), x)
+    assert gate.frames_gated == 0
+
+
+@settings(max_examples=30, deadline=None)
+@given(cuts=st.lists(st.integers(0, 30 * F), max_size=12), margin=st.sampled_from([0.0, 10.0]))
+def test_any_split_of_the_stream_gives_the_same_frames(cuts: list[int], margin: float) -> None:
+    x = _noise(-55, 30 * F + 100)
+    x[10 * F : 18 * F] += _tone(-25, 8 * F)
+    whole = NoiseGate(F, margin)
+    expected = np.concatenate([whole.process(x), whole.flush()])
+    parts = NoiseGate(F, margin)
+    bounds = [0, *sorted(cuts), len(x)]
+    got = [parts.process(x[a:b]) for a, b in zip(bounds, bounds[1:], strict=False)]
+    for piece in got:
+        assert len(piece) % F == 0  # whole frames only: the codec's framing is kept
+    assert np.array_equal(np.concatenate([*got, parts.flush()]), expected)
+
+
+def test_a_noisy_pause_reaches_the_model_as_the_silence_unit() -> None:
+    """Through the real codec: white noise at -60 dBFS is silence to the codec in under half its
+    frames (the flicker the model takes for talk); with the gate, in all after the warm-up."""
+    codec = load_codec(BUILTIN, Path("."))
+    noise = _noise(-60, 60 * F)
+
+    def units(margin: float) -> np.ndarray:
+        user = UserAudioInput(codec, codec.sample_rate, frames_per_chunk=4, noise_gate_db=margin)
+        user.push(noise, arrival=0.0)
+        user.end()
+        chunks, _ = user.drain()
+        return np.concatenate([c.units[:, 0] for c in chunks])
+
+    ungated = units(0.0) == codec.silence_unit
+    gated = units(10.0) == codec.silence_unit
+    assert ungated.mean() < 0.7
+    assert gated[NoiseGate(F, 10).warmup + 1 :].all()  # +1: the codec's look-back window
