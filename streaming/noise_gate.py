@@ -62,15 +62,17 @@ class NoiseGate:
         n = buf.size // self.frame_samples * self.frame_samples
         self._pending = buf[n:].astype(np.float32, copy=True)
         out = buf[:n].astype(np.float32, copy=True)
-        if not self.margin_db:
-            return out
         frames = out.reshape(-1, self.frame_samples)
         power = np.square(frames, dtype=np.float64).mean(axis=1)
         levels = 10.0 * np.log10(np.maximum(power, 10.0 ** (SILENT_DB / 10.0)))
         for i, level in enumerate(levels.tolist()):
-            self._levels.append(level)
+            self._levels.append(level)  # the floor is tracked with the gate off too (stats)
             self.frames_seen += 1
-            if self.frames_seen > self.warmup and level < self.floor_db + self.margin_db:
+            if (
+                self.margin_db
+                and self.frames_seen > self.warmup
+                and level < self.floor_db + self.margin_db
+            ):
                 frames[i] = 0.0
                 self.frames_gated += level > SILENT_DB
         return out
