@@ -57,6 +57,15 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64),
             registry=r,
         )
+        self.frames_gated = Counter(
+            "duplex_frames_gated", "callers' codec frames the noise gate made silence", registry=r
+        )
+        self.noise_floor = Histogram(
+            "duplex_call_noise_floor_dbfs",
+            "each ended call's line noise floor, as the noise gate estimated it",
+            buckets=(-100, -80, -70, -65, -60, -55, -50, -45, -40),
+            registry=r,
+        )
         self.frames_in = Counter("duplex_frames_in", "audio frames received", registry=r)
         self.frames_out = Counter("duplex_frames_out", "audio frames sent", registry=r)
         self.errors = Counter("duplex_errors", "calls ended by an error", ["code"], registry=r)

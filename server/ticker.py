@@ -119,6 +119,10 @@ class Ticker:
             return
         session.state = State.CLOSED
         session.done.set()
+        if session.opened:  # a call that had a line: how noisy it was
+            gated, floor_db = session.user_in.noise_figures()
+            self.metrics.frames_gated.inc(gated)
+            self.metrics.noise_floor.observe(floor_db)
         if session.id in self._in_engine:
             self._in_engine.discard(session.id)
             self._leaving.append(session.id)

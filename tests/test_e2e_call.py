@@ -332,7 +332,8 @@ def test_three_concurrent_calls(server: ServerProcess, voice: Voice) -> None:
 METRIC_NAMES = [
     "duplex_sessions_active", "duplex_ticks_total", "duplex_tick_compute_seconds_bucket",
     "duplex_tick_overruns_total", "duplex_estimates_total", "duplex_estimates_replaced_total",
-    "duplex_frames_in_total", "duplex_frames_out_total",
+    "duplex_frames_in_total", "duplex_frames_out_total", "duplex_frames_gated_total",
+    "duplex_call_noise_floor_dbfs_count",
 ]  # fmt: skip
 
 
@@ -374,7 +375,16 @@ def test_healthz_and_metrics_move_with_a_call(server: ServerProcess, voice: Voic
     deadline = time.monotonic() + 2
     while healthz(server)["sessions"] and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert metrics(server)["duplex_sessions_active"] == 0
+    final = metrics(server)
+    assert final["duplex_sessions_active"] == 0
+    # counted once the call is gone: its line's noise floor and the frames gated
+    assert (
+        final["duplex_call_noise_floor_dbfs_count"] - before["duplex_call_noise_floor_dbfs_count"]
+        == 1
+    )
+    assert (
+        final["duplex_frames_gated_total"] - before["duplex_frames_gated_total"] == s.frames_gated
+    )
 
 
 # -- the end of a call ----------------------------------------------------------------------------
