@@ -9,6 +9,7 @@ explain a full server in words. Playwright never downloads a browser here: it la
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import subprocess
 import sys
@@ -166,6 +167,9 @@ def test_browser_call_sends_and_plays_audio(
     assert server_stats["frames_in"] == final["framesSent"]
     assert after - before >= final["framesSent"]
     assert page.inner_text("#server-frames").startswith(f"{final['framesSent']} in")
+    floor = server_stats["noise_floor_db"]
+    shown = "digital silence" if floor <= -120 else f"{math.floor(floor + 0.5)} dBFS"  # JS round
+    assert page.inner_text("#line-noise") == f"{shown}, {server_stats['frames_gated']} frames gated"
     # The page played the agent's audio: over a second of it, and not silence.
     assert final["agentFrames"] > 5
     assert final["samplesPlayed"] > WIRE_RATE, final

@@ -305,6 +305,8 @@ function onMessage(c, data, timeStamp) {
   } else if (msg.type === "stats") {
     stats.serverStats = msg;
     $("server-frames").textContent = `${msg.frames_in} in / ${msg.frames_out} out`;
+    const floor = msg.noise_floor_db <= -120 ? "digital silence" : `${Math.round(msg.noise_floor_db)} dBFS`;
+    $("line-noise").textContent = `${floor}, ${msg.frames_gated} frames gated`;
   } else if (msg.type === "error") {
     if (c.codec === "opus" && !stats.sessionId && NO_OPUS_CODES.has(msg.code)) {
       c.retryPcm16 = true; // a server without Opus: onClose calls again with PCM16
