@@ -516,7 +516,8 @@ async def run_eval(
 
 
 def summary_table(report: EvalReport) -> str:
-    lines = [f"{'category':<13} {'cases':>5}  figures"]
+    lines = [] if report.noise_dbfs is None else [f"line noise: {report.noise_dbfs:g} dBFS white"]
+    lines.append(f"{'category':<13} {'cases':>5}  figures")
     for cat, row in report.summary.items():
         figures = "  ".join(f"{k}={v}" for k, v in row.items() if k != "cases" and "ci95" not in k)
         lines.append(f"{cat:<13} {row['cases']:>5}  {figures}")

@@ -341,15 +341,20 @@ class RealtimeTransport:
         """Place audio at the running sample count (after silence for a pause), then run VAD."""
         assert self._vad is not None
         rate = self._format.rate
+        heard = pcm  # what the VAD hears: the pause's silence too
         if self._t0 is not None:
             behind = round((time.monotonic() - self._t0) * rate) - self._samples
             if behind > CATCH_UP_S * rate:  # late audio would be dropped: restart on the clock
-                pcm = np.concatenate([np.zeros(behind, dtype=np.float32), pcm])
-        if not len(pcm):
+                silence = np.zeros(behind, dtype=np.float32)
+                session.on_audio(self._samples, silence, filler=True)
+                self._samples += behind
+                heard = np.concatenate([silence, pcm])
+        if not len(heard):
             return
-        session.on_audio(self._samples, pcm)
-        self._samples += len(pcm)
-        for kind, ms in self._vad.push(pcm):
+        if len(pcm):
+            session.on_audio(self._samples, pcm)
+            self._samples += len(pcm)
+        for kind, ms in self._vad.push(heard):
             if kind == "started":
                 self._speech_item = _id("item")
                 ev = self._event("input_audio_buffer.speech_started", audio_start_ms=ms)

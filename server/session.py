@@ -124,8 +124,9 @@ class CallSession:
 
     # -- from the client --------------------------------------------------------------------
 
-    def on_audio(self, first_sample: int, pcm: np.ndarray) -> None:
-        """User audio from the transport, placed by its first sample index (wire rate)."""
+    def on_audio(self, first_sample: int, pcm: np.ndarray, *, filler: bool = False) -> None:
+        """User audio from the transport, placed by its first sample index (wire rate).
+        `filler`: silence the transport put in for audio that never came."""
         if self.state not in (State.JOINING, State.LIVE):
             raise ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, "audio after `end`")
         if first_sample < self.expected_sample:
@@ -141,24 +142,28 @@ class CallSession:
                 f"frame starts at sample {first_sample}, {gap} samples after the previous "
                 f"one ended; gaps (dropped frames) may be at most {self.max_gap_samples} samples",
             )
-        if gap:  # frames the client dropped: their samples are silence
-            pcm = np.concatenate([np.zeros(gap, dtype=np.float32), pcm])
-        self.expected_sample = first_sample + len(pcm) - gap
-        if self.drop_pending:
-            cut = min(self.drop_pending, len(pcm))
-            self.drop_pending -= cut
-            pcm = pcm[cut:]
+        self.expected_sample = first_sample + len(pcm)
         now = time.monotonic()
-        self._push(pcm, now)
+        if gap:  # frames the client dropped: their samples are silence
+            self._push(self._after_drop(np.zeros(gap, dtype=np.float32)), now, filler=True)
+        self._push(self._after_drop(pcm), now, filler=filler)
         self.last_activity = now
         self.stats.frames_in += 1
 
-    def _push(self, pcm: np.ndarray, now: float) -> None:
-        """Append to the audio stream the model hears (and the recording)."""
+    def _after_drop(self, pcm: np.ndarray) -> np.ndarray:
+        """What is left of incoming samples once the audio still to drop (re-anchoring
+        early) is taken from their start."""
+        cut = min(self.drop_pending, len(pcm))
+        self.drop_pending -= cut
+        return pcm[cut:]
+
+    def _push(self, pcm: np.ndarray, now: float, *, filler: bool = False) -> None:
+        """Append to the audio stream the model hears (and the recording); `filler`: silence
+        the server inserted."""
         if len(pcm):
             if self.recorder is not None:
                 self.recorder.user_audio(self.user_in.samples_in, pcm)
-            self.user_in.push(pcm, now)
+            self.user_in.push(pcm, now, filler=filler)
 
     def lag_s(self, elapsed_s: float) -> float:
         """How far the call's audio trails the server's clock, `elapsed_s` after its sample 0:
@@ -171,7 +176,7 @@ class CallSession:
         """Move the call's audio `samples` later on the server's timeline (silence inserted
         now) or, when negative, earlier (that much of the incoming audio dropped)."""
         if samples > 0:
-            self._push(np.zeros(samples, dtype=np.float32), time.monotonic())
+            self._push(np.zeros(samples, dtype=np.float32), time.monotonic(), filler=True)
         else:
             self.drop_pending -= samples
         self.stats.re_anchors += 1
@@ -201,7 +206,7 @@ class CallSession:
             )
         if total_samples > self.expected_sample:
             pad = total_samples - self.expected_sample
-            self._push(np.zeros(pad, dtype=np.float32), time.monotonic())
+            self._push(np.zeros(pad, dtype=np.float32), time.monotonic(), filler=True)
             self.expected_sample = total_samples
         self.user_in.end()
         # the stream's length: the client's samples, moved by any re-anchoring

@@ -250,7 +250,7 @@ class TwilioTransport:
                 f"far; holes may be at most {MAX_GAP_S:g} s",
             )
         if gap > session.max_gap_samples:  # the session refuses such holes from clients
-            session.on_audio(expected, np.zeros(gap, dtype=np.float32))
+            session.on_audio(expected, np.zeros(gap, dtype=np.float32), filler=True)
         session.on_audio(first, pcm)
         started = any(kind == "started" for kind, _ in self._vad.push(pcm))
         if started and time.monotonic() - self._agent_speech_at < AGENT_RECENT_S:

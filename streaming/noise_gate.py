@@ -15,7 +15,11 @@ seconds of speech have a pause or a quiet frame, and noise is under all of them)
 the eval's longest clean utterances set the floor themselves and lost 0.6 % of their frames.
 A frame is gated when it is less than `margin_db` above the floor. Nothing is gated before
 `warmup` frames have been seen, so a call that starts with speech does not take its first
-frame for the floor.
+frame for the floor. Silence the server put in itself (a client's dropped frames, a
+re-anchoring) is passed with `track=False`, and neither its frames nor the one after it (which
+holds its end, blurred by the resampler) count for the floor: its zeros would set the floor to
+digital silence for the whole window and open the gate on a noisy line for 3 s after every
+lost packet.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from __future__ import annotations
 from collections import deque
 
 import numpy as np
+
+from streaming.vad import dbfs
 
 SILENT_DB = -120.0  # the level of a frame of zeros (log of 0)
 
@@ -47,6 +53,7 @@ class NoiseGate:
         self.warmup = warmup
         self._levels: deque[float] = deque(maxlen=window)
         self._pending = np.zeros(0, dtype=np.float32)
+        self._after_filler = False  # the next frame completed starts with inserted silence
         self.frames_seen = 0
         self.frames_gated = 0
 
@@ -55,18 +62,20 @@ class NoiseGate:
         """The noise floor as estimated now (dBFS)."""
         return min(min(self._levels, default=SILENT_DB), self.max_floor_db)
 
-    def process(self, pcm: np.ndarray) -> np.ndarray:
+    def process(self, pcm: np.ndarray, *, track: bool = True) -> np.ndarray:
         """Float PCM in; the whole frames it completes out, gated frames as zeros. A partial
-        frame waits for the next call (the codec frames it the same way)."""
+        frame waits for the next call (the codec frames it the same way). With `track` False
+        (silence the server inserted) the frames completed here leave the floor as it is."""
         buf = np.concatenate([self._pending, pcm]) if self._pending.size else pcm
         n = buf.size // self.frame_samples * self.frame_samples
         self._pending = buf[n:].astype(np.float32, copy=True)
         out = buf[:n].astype(np.float32, copy=True)
         frames = out.reshape(-1, self.frame_samples)
-        power = np.square(frames, dtype=np.float64).mean(axis=1)
-        levels = 10.0 * np.log10(np.maximum(power, 10.0 ** (SILENT_DB / 10.0)))
-        for i, level in enumerate(levels.tolist()):
-            self._levels.append(level)  # the floor is tracked with the gate off too (stats)
+        for i, frame in enumerate(frames):
+            level = max(dbfs(frame), SILENT_DB)
+            if track and not self._after_filler:  # tracked with the gate off too (stats)
+                self._levels.append(level)
+            self._after_filler = False
             self.frames_seen += 1
             if (
                 self.margin_db
@@ -74,10 +83,13 @@ class NoiseGate:
                 and level < self.floor_db + self.margin_db
             ):
                 frames[i] = 0.0
-                self.frames_gated += level > SILENT_DB
+                if level > SILENT_DB:
+                    self.frames_gated += 1
+        if not track:  # the next frame holds the rest of it (and the resampler's delay)
+            self._after_filler = True
         return out
 
     def flush(self) -> np.ndarray:
-        """The last partial frame, as it came (too short to measure)."""
+        """The last partial frame, as it came (too short to measure; the codec pads it)."""
         rest, self._pending = self._pending, np.zeros(0, dtype=np.float32)
         return rest

@@ -54,7 +54,7 @@ class UserAudioInput:
         self._lock = threading.Lock()  # guards the queue (event loop vs threads)
         self._work = threading.Lock()  # guards codec state (tokenizer thread vs tick worker)
         self._ready: list[UserChunk] = []
-        self._queue: list[tuple[np.ndarray, float]] = []
+        self._queue: list[tuple[np.ndarray, float, bool]] = []
         self._ended = False
         self._flushed = False
         self._units = np.zeros((0, codec.units_per_frame), dtype=np.int64)
@@ -65,10 +65,11 @@ class UserAudioInput:
         self.samples_in = 0  # wire samples in the stream (gaps and re-anchoring included)
         self.on_push: Callable[[], None] | None = None  # wakes the tokenizer
 
-    def push(self, pcm: np.ndarray, arrival: float) -> None:
-        """Append the next wire samples (the caller checked their order)."""
+    def push(self, pcm: np.ndarray, arrival: float, *, filler: bool = False) -> None:
+        """Append the next wire samples (the caller checked their order). `filler`: silence
+        the server inserted, not the caller's line (the noise gate does not learn from it)."""
         with self._lock:
-            self._queue.append((pcm, arrival))
+            self._queue.append((pcm, arrival, filler))
             self.samples_in += len(pcm)
         if self.on_push is not None:
             self.on_push()
@@ -86,14 +87,15 @@ class UserAudioInput:
             ended = self._ended
         with self._work:
             before = self.frames_encoded
-            for pcm, arrival in queue:
+            for pcm, arrival, filler in queue:
                 self._last_arrival = arrival
-                pcm = self.gate.process(self._resampler.process(pcm))
+                pcm = self.gate.process(self._resampler.process(pcm), track=not filler)
                 self._add_units(self._encoder.encode(pcm), arrival)
             if ended and not self._flushed:
                 self._flushed = True
                 last = self._last_arrival
-                tail = [self.gate.process(self._resampler.flush()), self.gate.flush()]
+                # the resampler's tail runs into its zero padding: not the line's floor
+                tail = [self.gate.process(self._resampler.flush(), track=False), self.gate.flush()]
                 self._add_units(self._encoder.encode(np.concatenate(tail)), last)
                 self._add_units(self._encoder.flush(), last)
                 short = -len(self._units) % self.frames_per_chunk

@@ -218,6 +218,36 @@ def test_a_noisy_line_reaches_the_model_gated(
     assert clean["noise_floor_db"] < -90, clean  # espeak's pauses are digital zeros
 
 
+def test_frames_a_client_dropped_do_not_open_the_noise_gate(server: ServerProcess) -> None:
+    """On a noisy line, the silence the server puts in for 3 dropped frames (60 ms) every half
+    second is not the line's noise floor: were it taken for one, the floor would read digital
+    silence at the end and the gate would pass the noise for 3 s after every loss."""
+    line = resample_whole(
+        np.random.default_rng(0).normal(0, 10 ** (-55 / 20), 4 * 8000).astype(np.float32),
+        8000, 16000,
+    )  # fmt: skip
+
+    async def main() -> StatsMessage | None:
+        async with DuplexClient.connect(server.url, audio=AudioFormat(sample_rate=16000)) as c:
+            fs = c.frame_samples
+            for n in range(len(line) // fs):
+                due = c.t_ready + n * fs / 16000
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+                if n % 25 in (10, 11, 12):  # a lost packet: the next frame's number skips
+                    c.frames_sent, c.samples_sent = c.frames_sent + 1, c.samples_sent + fs
+                    continue
+                await c.send_frame(line[n * fs : (n + 1) * fs])
+            await c.end()
+            async for _ in c.events():  # to the close after `stats`
+                pass
+            return c.stats
+
+    stats = asyncio.run(main())
+    assert stats is not None
+    assert -57 < stats.noise_floor_db < -53, stats
+    assert stats.frames_gated >= 70, stats  # 100 frames, minus the warm-up and the losses
+
+
 # -- wire formats ---------------------------------------------------------------------------------
 
 

@@ -173,12 +173,15 @@ def test_eval_runs_every_category_through_the_real_server(
     assert np.abs(stereo[:, 1]).max() > 0.05  # the agent's audio came back
 
 
-def test_eval_on_a_noisy_line(server: ServerProcess, tmp_path: Path) -> None:
+def test_eval_on_a_noisy_line(
+    server: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """`--noise-dbfs` puts white noise under all the user's audio, the lead-in included."""
     out, wavs = tmp_path / "report.json", tmp_path / "wav"
     argv = ["--url", server.url, "--cases", "1", "--categories", "turn_taking", "--seed", "2",
             "--noise-dbfs", "-50", "--json-out", str(out), "--out", str(wavs)]  # fmt: skip
     assert main(argv) == 0
+    assert capsys.readouterr().out.startswith("line noise: -50 dBFS white\n")
     report = json.loads(out.read_text())
     assert report["noise_dbfs"] == -50 and report["cases"][0]["error"] is None
     (wav,) = wavs.iterdir()

@@ -67,6 +67,35 @@ def test_the_floor_follows_the_line_down_at_once_and_up_after_the_window() -> No
     assert not out[-1].any()
 
 
+def test_silence_the_server_inserted_leaves_the_floor_alone() -> None:
+    """A client's dropped frames are filled with zeros by the server; were they the line's own
+    sound, they would set the floor to digital silence and open the gate for the window."""
+    for track, floor_after in ((False, (-61, -59)), (True, (-121, -119))):
+        gate = NoiseGate(F, margin_db=10)
+        gate.process(_noise(-60, 20 * F))
+        gate.process(np.zeros(3 * F, dtype=np.float32), track=track)
+        out = _frames(gate.process(_noise(-60, 10 * F, seed=1)))
+        assert floor_after[0] < gate.floor_db < floor_after[1]
+        assert (not out.any()) is (not track)  # the noise after it is gated, or passes
+
+
+def test_only_frames_with_sound_count_as_gated() -> None:
+    gate = NoiseGate(F, margin_db=10)
+    gate.process(np.concatenate([_noise(-60, 20 * F), np.zeros(5 * F, dtype=np.float32)]))
+    assert gate.frames_gated == 20 - gate.warmup  # the zeros were silence already
+
+
+def test_the_last_partial_frame_reaches_the_codec() -> None:
+    """12.5 frames of audio, then `end`: 13 codec frames (the codec pads the half), in whole
+    chunks of 4."""
+    codec = load_codec(BUILTIN, Path("."))
+    user = UserAudioInput(codec, codec.sample_rate, frames_per_chunk=4, noise_gate_db=10.0)
+    user.push(_noise(-30, 12 * F + F // 2), arrival=0.0)
+    user.end()
+    chunks, _ = user.drain()
+    assert user.frames_encoded == 13 + 3 and len(chunks) == 4
+
+
 def test_margin_zero_passes_everything() -> None:
     gate = NoiseGate(F, margin_db=0)
     x = _noise(-60, 10 * F + 17)
@@ -107,3 +136,18 @@ def test_a_noisy_pause_reaches_the_model_as_the_silence_unit() -> None:
     gated = units(10.0) == codec.silence_unit
     assert ungated.mean() < 0.7
     assert gated[NoiseGate(F, 10).warmup + 1 :].all()  # +1: the codec's look-back window
+
+
+def test_a_lost_packet_does_not_open_the_gate() -> None:
+    """60 ms of server-inserted silence on a noisy line: the noise after it stays silence."""
+    codec = load_codec(BUILTIN, Path("."))
+    user = UserAudioInput(codec, codec.sample_rate, frames_per_chunk=4, noise_gate_db=10.0)
+    user.push(_noise(-60, 40 * F), arrival=0.0)
+    user.push(np.zeros(480, dtype=np.float32), arrival=0.0, filler=True)
+    user.push(_noise(-60, 40 * F, seed=1), arrival=0.0)
+    user.end()
+    chunks, _ = user.drain()
+    units = np.concatenate([c.units[:, 0] for c in chunks])
+    assert (units[10:] == codec.silence_unit).all()
+    gated, floor_db = user.noise_figures()
+    assert -61 < floor_db < -59 and gated >= 70
