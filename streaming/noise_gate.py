@@ -56,6 +56,9 @@ class NoiseGate:
         self._after_filler = False  # the next frame completed starts with inserted silence
         self.frames_seen = 0
         self.frames_gated = 0
+        # (frames gated, floor dB) as of the last `process`: one tuple, replaced whole, so
+        # another thread reads a consistent pair without a lock
+        self.figures: tuple[int, float] = (0, SILENT_DB)
 
     @property
     def floor_db(self) -> float:
@@ -87,6 +90,7 @@ class NoiseGate:
                     self.frames_gated += 1
         if not track:  # the next frame holds the rest of it (and the resampler's delay)
             self._after_filler = True
+        self.figures = (self.frames_gated, self.floor_db)
         return out
 
     def flush(self) -> np.ndarray:

@@ -114,9 +114,9 @@ class UserAudioInput:
         return ready, part
 
     def noise_figures(self) -> tuple[int, float]:
-        """The gate's frames gated so far and its noise floor (dBFS), read between encodes."""
-        with self._work:
-            return self.gate.frames_gated, self.gate.floor_db
+        """The gate's frames gated so far and its noise floor (dBFS); no lock: the event loop
+        reads them while the tokenizer may be encoding."""
+        return self.gate.figures
 
     def _add_units(self, units: np.ndarray, arrival: float) -> None:
         if len(units):
