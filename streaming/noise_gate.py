@@ -15,11 +15,17 @@ seconds of speech have a pause or a quiet frame, and noise is under all of them)
 the eval's longest clean utterances set the floor themselves and lost 0.6 % of their frames.
 A frame is gated when it is less than `margin_db` above the floor. Nothing is gated before
 `warmup` frames have been seen, so a call that starts with speech does not take its first
-frame for the floor. Silence the server put in itself (a client's dropped frames, a
-re-anchoring) is passed with `track=False`, and neither its frames nor the one after it (which
-holds its end, blurred by the resampler) count for the floor: its zeros would set the floor to
-digital silence for the whole window and open the gate on a noisy line for 3 s after every
-lost packet.
+frame for the floor.
+
+Levels are measured above 100 Hz (the audio itself is not filtered): rumble below that (wind,
+traffic, handling) swings the level of a frame by tens of dB and the codec hardly hears it;
+with hiss on top, a flat measure let half of the hiss through (offline, docs/benchmarks.md),
+the high-passed one 5 % of it.
+
+Silence the server put in itself (a client's dropped frames, a re-anchoring) is passed with
+`track=False`, and neither its frames nor the one after it (which holds its end, blurred by
+the resampler) count for the floor: its zeros would set the floor to digital silence for the
+whole window and open the gate on a noisy line for 3 s after every lost packet.
 """
 
 from __future__ import annotations
@@ -27,10 +33,12 @@ from __future__ import annotations
 from collections import deque
 
 import numpy as np
+from scipy import signal
 
 from streaming.vad import dbfs
 
 SILENT_DB = -120.0  # the level of a frame of zeros (log of 0)
+HIGHPASS_HZ = 100.0  # levels are measured above this: rumble below it is not what the codec hears
 
 
 class NoiseGate:
@@ -38,6 +46,7 @@ class NoiseGate:
 
     def __init__(
         self,
+        rate: int,
         frame_samples: int,
         margin_db: float,
         *,
@@ -53,6 +62,9 @@ class NoiseGate:
         self.warmup = warmup
         self._levels: deque[float] = deque(maxlen=window)
         self._pending = np.zeros(0, dtype=np.float32)
+        self._sos = signal.butter(2, HIGHPASS_HZ, "highpass", fs=rate, output="sos")
+        self._zi = np.zeros((self._sos.shape[0], 2))  # the high-pass's state across calls
+        self._pending_hp = np.zeros(0)  # the pending samples, high-passed
         self._after_filler = False  # the next frame completed starts with inserted silence
         self.frames_seen = 0
         self.frames_gated = 0
@@ -69,12 +81,17 @@ class NoiseGate:
         """Float PCM in; the whole frames it completes out, gated frames as zeros. A partial
         frame waits for the next call (the codec frames it the same way). With `track` False
         (silence the server inserted) the frames completed here leave the floor as it is."""
-        buf = np.concatenate([self._pending, pcm]) if self._pending.size else pcm
+        hp = np.zeros(0)
+        if pcm.size:
+            hp, self._zi = signal.sosfilt(self._sos, pcm, zi=self._zi)
+        buf = np.concatenate([self._pending, pcm])
+        hbuf = np.concatenate([self._pending_hp, hp])
         n = buf.size // self.frame_samples * self.frame_samples
-        self._pending = buf[n:].astype(np.float32, copy=True)
+        self._pending, self._pending_hp = buf[n:].astype(np.float32), hbuf[n:]
         out = buf[:n].astype(np.float32, copy=True)
         frames = out.reshape(-1, self.frame_samples)
-        for i, frame in enumerate(frames):
+        measured = hbuf[:n].reshape(-1, self.frame_samples)
+        for i, frame in enumerate(measured):
             level = max(dbfs(frame), SILENT_DB)
             if track and not self._after_filler:  # tracked with the gate off too (stats)
                 self._levels.append(level)
@@ -85,9 +102,9 @@ class NoiseGate:
                 and self.frames_seen > self.warmup
                 and level < self.floor_db + self.margin_db
             ):
-                frames[i] = 0.0
-                if level > SILENT_DB:
+                if frames[i].any():
                     self.frames_gated += 1
+                frames[i] = 0.0
         if not track:  # the next frame holds the rest of it (and the resampler's delay)
             self._after_filler = True
         self.figures = (self.frames_gated, self.floor_db)
@@ -96,4 +113,5 @@ class NoiseGate:
     def flush(self) -> np.ndarray:
         """The last partial frame, as it came (too short to measure; the codec pads it)."""
         rest, self._pending = self._pending, np.zeros(0, dtype=np.float32)
+        self._pending_hp = np.zeros(0)
         return rest

@@ -49,7 +49,7 @@ class UserAudioInput:
         self.codec = codec
         self.frames_per_chunk = frames_per_chunk
         self._resampler = StreamResampler(wire_rate, codec.sample_rate)
-        self.gate = NoiseGate(codec.frame_samples, noise_gate_db)
+        self.gate = NoiseGate(codec.sample_rate, codec.frame_samples, noise_gate_db)
         self._encoder = codec.new_encoder()
         self._lock = threading.Lock()  # guards the queue (event loop vs threads)
         self._work = threading.Lock()  # guards codec state (tokenizer thread vs tick worker)
