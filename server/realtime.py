@@ -341,20 +341,17 @@ class RealtimeTransport:
         """Place audio at the running sample count (after silence for a pause), then run VAD."""
         assert self._vad is not None
         rate = self._format.rate
-        heard = pcm  # what the VAD hears: the pause's silence too
         if self._t0 is not None:
             behind = round((time.monotonic() - self._t0) * rate) - self._samples
             if behind > CATCH_UP_S * rate:  # late audio would be dropped: restart on the clock
-                silence = np.zeros(behind, dtype=np.float32)
-                session.on_audio(self._samples, silence, filler=True)
-                self._samples += behind
-                heard = np.concatenate([silence, pcm])
-        if not len(heard):
+                pcm = np.concatenate([np.zeros(behind, dtype=np.float32), pcm])
+        if not len(pcm):
             return
-        if len(pcm):
-            session.on_audio(self._samples, pcm)
-            self._samples += len(pcm)
-        for kind, ms in self._vad.push(heard):
+        # The pause is the client's own silence (it sends audio only while it talks, or
+        # paused): the noise gate's floor may learn from it (not `filler`).
+        session.on_audio(self._samples, pcm)
+        self._samples += len(pcm)
+        for kind, ms in self._vad.push(pcm):
             if kind == "started":
                 self._speech_item = _id("item")
                 ev = self._event("input_audio_buffer.speech_started", audio_start_ms=ms)

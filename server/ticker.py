@@ -119,7 +119,7 @@ class Ticker:
             return
         session.state = State.CLOSED
         session.done.set()
-        if session.opened:  # a call that had a line: how noisy it was
+        if session.opened and session.user_in.gate.frames_tracked:  # how noisy its line was
             gated, floor_db = session.user_in.noise_figures()
             self.metrics.frames_gated.inc(gated)
             self.metrics.noise_floor.observe(floor_db)

@@ -14,15 +14,16 @@ seconds of speech have a pause or a quiet frame, and noise is under all of them)
 `max_floor_db` so that a stretch of loud speech is never taken for noise. 3 s, because with 2 s
 the eval's longest clean utterances set the floor themselves and lost 0.6 % of their frames.
 A frame is gated when it is less than `margin_db` above the floor. Nothing is gated before
-`warmup` frames have been seen, so a call that starts with speech does not take its first
-frame for the floor.
+`warmup` frames of the line have been seen, so a call that starts with speech does not take
+its first frame for the floor.
 
 Levels are measured above 100 Hz (the audio itself is not filtered): rumble below that (wind,
 traffic, handling) swings the level of a frame by tens of dB and the codec hardly hears it;
 with hiss on top, a flat measure let half of the hiss through (offline, docs/benchmarks.md),
 the high-passed one 5 % of it.
 
-Silence the server put in itself (a client's dropped frames, a re-anchoring) is passed with
+Silence the server put in itself (a client's dropped frames, a re-anchoring; not the pauses of
+a Realtime client that sends audio only while it talks, which are its line's) is passed with
 `track=False`, and neither its frames nor the one after it (which holds its end, blurred by
 the resampler) count for the floor: its zeros would set the floor to digital silence for the
 whole window and open the gate on a noisy line for 3 s after every lost packet.
@@ -66,7 +67,7 @@ class NoiseGate:
         self._zi = np.zeros((self._sos.shape[0], 2))  # the high-pass's state across calls
         self._pending_hp = np.zeros(0)  # the pending samples, high-passed
         self._after_filler = False  # the next frame completed starts with inserted silence
-        self.frames_seen = 0
+        self.frames_tracked = 0  # frames of the line itself (not inserted silence) so far
         self.frames_gated = 0
         # (frames gated, floor dB) as of the last `process`: one tuple, replaced whole, so
         # another thread reads a consistent pair without a lock
@@ -95,11 +96,11 @@ class NoiseGate:
             level = max(dbfs(frame), SILENT_DB)
             if track and not self._after_filler:  # tracked with the gate off too (stats)
                 self._levels.append(level)
+                self.frames_tracked += 1
             self._after_filler = False
-            self.frames_seen += 1
             if (
                 self.margin_db
-                and self.frames_seen > self.warmup
+                and self.frames_tracked > self.warmup
                 and level < self.floor_db + self.margin_db
             ):
                 if frames[i].any():

@@ -95,6 +95,15 @@ def test_silence_the_server_inserted_leaves_the_floor_alone() -> None:
         assert (not out.any()) is (not track)  # the noise after it is gated, or passes
 
 
+def test_the_warm_up_counts_the_line_not_inserted_silence() -> None:
+    """A call whose first audio comes late starts with server-inserted silence: its first
+    frames of sound still warm up (the first of them would otherwise be the floor)."""
+    gate = NoiseGate(8000, F, margin_db=10)
+    gate.process(np.zeros(20 * F, dtype=np.float32), track=False)
+    out = _frames(gate.process(_tone(-30, 8 * F)))
+    assert out.any(axis=1).all() and gate.frames_tracked == 7  # the first follows the filler
+
+
 def test_only_frames_with_sound_count_as_gated() -> None:
     gate = NoiseGate(8000, F, margin_db=10)
     gate.process(np.concatenate([_noise(-60, 20 * F), np.zeros(5 * F, dtype=np.float32)]))
@@ -133,6 +142,7 @@ def test_any_split_of_the_stream_gives_the_same_frames(cuts: list[int], margin: 
     for piece in got:
         assert len(piece) % F == 0  # whole frames only: the codec's framing is kept
     assert np.array_equal(np.concatenate([*got, parts.flush()]), expected)
+    assert parts.figures == whole.figures  # the high-pass's state carried across the pieces
 
 
 def test_a_noisy_pause_reaches_the_model_as_the_silence_unit() -> None:
