@@ -260,7 +260,7 @@ class CallSession:
         # estimates whose budget ran out during the call with no real audio replacing them
         # (chunk j can be replaced up to step j + 1 + rollback_chunks; the last step is ticks-1)
         missing = sum(1 for j in s.unreplaced if j + 1 + self.rollback_chunks <= s.ticks - 1)
-        gated, floor_db = self.user_in.noise_figures()
+        gated, floor_db = self.user_in.gate.figures
         return StatsMessage(
             session_id=self.id,
             ticks=s.ticks,

@@ -120,7 +120,7 @@ class Ticker:
         session.state = State.CLOSED
         session.done.set()
         if session.opened and session.user_in.gate.frames_tracked:  # how noisy its line was
-            gated, floor_db = session.user_in.noise_figures()
+            gated, floor_db = session.user_in.gate.figures
             self.metrics.frames_gated.inc(gated)
             self.metrics.noise_floor.observe(floor_db)
         if session.id in self._in_engine:

@@ -69,8 +69,8 @@ class NoiseGate:
         self._after_filler = False  # the next frame completed starts with inserted silence
         self.frames_tracked = 0  # frames of the line itself (not inserted silence) so far
         self.frames_gated = 0
-        # (frames gated, floor dB) as of the last `process`: one tuple, replaced whole, so
-        # another thread reads a consistent pair without a lock
+        # (frames gated, floor dB) as of the last `process`: one tuple, replaced whole, so the
+        # event loop reads a consistent pair (stats, metrics) while the tokenizer thread encodes
         self.figures: tuple[int, float] = (0, SILENT_DB)
 
     @property

@@ -113,11 +113,6 @@ class UserAudioInput:
             part = PartialChunk(self.next_chunk, self._units.copy(), list(self._arrivals))
         return ready, part
 
-    def noise_figures(self) -> tuple[int, float]:
-        """The gate's frames gated so far and its noise floor (dBFS); no lock: the event loop
-        reads them while the tokenizer may be encoding."""
-        return self.gate.figures
-
     def _add_units(self, units: np.ndarray, arrival: float) -> None:
         if len(units):
             self._units = np.concatenate([self._units, units.astype(np.int64)])

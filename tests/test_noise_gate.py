@@ -175,5 +175,5 @@ def test_a_lost_packet_does_not_open_the_gate() -> None:
     chunks, _ = user.drain()
     units = np.concatenate([c.units[:, 0] for c in chunks])
     assert (units[10:] == codec.silence_unit).all()
-    gated, floor_db = user.noise_figures()
+    gated, floor_db = user.gate.figures
     assert -61 < floor_db < -59 and gated >= 70
