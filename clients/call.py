@@ -26,6 +26,7 @@ from websockets.uri import parse_uri
 
 from clients.client import DuplexClient, DuplexError, ReceivedFrame
 from server.protocol import (
+    MAX_NOISE_GATE_DB,
     SUPPORTED_RATES,
     AudioFormat,
     ReadyMessage,
@@ -188,6 +189,7 @@ async def run_call(
     wire_rate: int | None = None,
     frame_ms: int = 20,
     sampling: SamplingParams | None = None,
+    noise_gate_db: float | None = None,
     delay_ms: float = 0.0,
     jitter_ms: float = 0.0,
     realtime: bool = True,
@@ -208,7 +210,9 @@ async def run_call(
     frames: list[ReceivedFrame] = []
     send_times: list[float] = []
 
-    async with DuplexClient.connect(url, audio=audio, sampling=sampling, headers=headers) as c:
+    async with DuplexClient.connect(
+        url, audio=audio, sampling=sampling, noise_gate_db=noise_gate_db, headers=headers
+    ) as c:
         t_start = c.t_ready
         fs = c.frame_samples
         n_frames = -(-len(wire) // fs)
@@ -336,6 +340,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         help="extra uniform uplink delay in [0, JITTER] per frame, in order",
     )
+    parser.add_argument(
+        "--noise-gate-db",
+        type=float,
+        help="override: the noise gate's margin over the line's noise floor (0 = off)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
     parser.add_argument("--api-key", help="sent as 'Authorization: Bearer KEY'")
 
@@ -356,6 +365,8 @@ def _check_args(args: argparse.Namespace) -> tuple[int, SamplingParams]:
         raise InputError(f"--frame-ms must be positive, got {args.frame_ms}")
     if args.delay_ms < 0 or args.jitter_ms < 0:
         raise InputError("--delay-ms and --jitter-ms must not be negative")
+    if args.noise_gate_db is not None and not 0 <= args.noise_gate_db <= MAX_NOISE_GATE_DB:
+        raise InputError(f"--noise-gate-db must be in [0, {MAX_NOISE_GATE_DB:g}]")
     sampling = sampling_overrides(args, args.seed)
     if args.output:
         out = Path(args.output)
@@ -383,6 +394,7 @@ def run(args: argparse.Namespace) -> int:
                 wire_rate=rate,
                 frame_ms=args.frame_ms,
                 sampling=sampling,
+                noise_gate_db=args.noise_gate_db,
                 delay_ms=args.delay_ms,
                 jitter_ms=args.jitter_ms,
                 headers=headers,

@@ -109,13 +109,19 @@ class DuplexClient:
         *,
         audio: AudioFormat | None = None,
         sampling: SamplingParams | None = None,
+        noise_gate_db: float | None = None,
         headers: Mapping[str, str] | None = None,
         open_timeout: float = 10.0,
         ready_timeout: float = 30.0,
     ) -> AsyncIterator[DuplexClient]:
         """Open the socket, send `start`, wait for `ready`; close with 1000 on exit."""
         audio = audio or AudioFormat()
-        start = StartMessage(type="start", audio=audio, sampling=sampling or SamplingParams())
+        start = StartMessage(
+            type="start",
+            audio=audio,
+            sampling=sampling or SamplingParams(),
+            noise_gate_db=noise_gate_db,
+        )
         try:
             ws = await ws_connect(
                 url,
@@ -135,8 +141,9 @@ class DuplexClient:
             raise DuplexError(CONNECT_FAILED, f"cannot connect to {url}: {exc}") from exc
         try:
             try:
+                # Only what is set: a server older than a field still takes the call.
                 with suppress(ConnectionClosed):  # a refusing server may close first: its
-                    await ws.send(start.model_dump_json())  # reason is still queued to read
+                    await ws.send(start.model_dump_json(exclude_none=True))  # reason is queued
                 ready, t_ready = await asyncio.wait_for(_await_ready(ws, audio), ready_timeout)
             except TimeoutError as exc:
                 raise DuplexError(TIMEOUT, f"no 'ready' within {ready_timeout:g} s") from exc

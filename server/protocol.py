@@ -30,6 +30,7 @@ SUPPORTED_RATES: dict[str, tuple[int, ...]] = {
 }
 OPUS_FRAME_MS = (10, 20, 40, 60)  # Opus packet lengths; frame_ms must also divide the tick
 OPUS_MAX_PACKET_BYTES = 1275  # RFC 6716 section 3.4
+MAX_NOISE_GATE_DB = 40.0  # the noise gate's largest margin (server setting and per call)
 
 
 class FrameKind(IntEnum):
@@ -138,6 +139,13 @@ class StartMessage(_Message):
     version: int = PROTOCOL_VERSION
     audio: AudioFormat = AudioFormat()
     sampling: SamplingParams = SamplingParams()
+    noise_gate_db: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=MAX_NOISE_GATE_DB,
+        allow_inf_nan=False,
+        description="the noise gate's margin for this call (0: none; default: the server's)",
+    )
 
 
 class EndMessage(_Message):

@@ -6,7 +6,8 @@ with the audio: the running sample count is each chunk's first sample), opens a 
 the agent's chunk carries speech and closes it at the first silent chunk, and derives
 `speech_started` / `speech_stopped` from an energy VAD on the user's audio. Both the GA event
 names and the beta ones (`OpenAI-Beta: realtime=v1` header, or beta-shaped `session.update`)
-are spoken.
+are spoken. What a `session.update` asks of the call (format, turn detection, noise
+reduction, temperature) is server/realtime_options.py's job.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ import numpy.typing as npt
 from fastapi import WebSocket
 
 from server.calls import receive, receive_opening
-from server.protocol import AudioFormat, ErrorCode, ErrorMessage, StartMessage
+from server.protocol import ErrorCode, ErrorMessage
+from server.realtime_options import ClientError, RealtimeOptions
 from server.runtime import Runtime
 from server.session import CallSession, Outgoing
 from streaming.transport import decode_audio
-from streaming.vad import FRAME_MS, EnergyVad, VadParams
+from streaming.vad import EnergyVad
 
 DEFAULT_MODEL = "duplex"
 AGENT_SPEECH_RMS = 0.01  # an agent chunk quieter than this (-40 dBFS) ends the response
@@ -50,7 +52,6 @@ UNSUPPORTED_EVENTS = (
     "transcription_session.update",
 )
 _SERVER_SIDE = {ErrorCode.INTERNAL_ERROR, ErrorCode.SERVER_FULL, ErrorCode.SERVER_SHUTDOWN}
-_PCM_RATES = (8000, 16000, 24000, 48000)
 
 
 def _id(prefix: str) -> str:
@@ -95,91 +96,6 @@ def alaw_encode(pcm16: bytes) -> bytes:
     return _ALAW_ENCODE[np.frombuffer(pcm16, dtype="<u2")].tobytes()
 
 
-# -- formats -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class RealtimeFormat:
-    """One audio format for both directions (duplex has one wire format per call)."""
-
-    kind: Literal["pcm", "pcmu", "pcma"] = "pcm"
-    rate: int = 24000
-
-    def wire(self) -> AudioFormat:
-        """What the call is admitted with: A-law travels as pcm16 8 kHz inside duplex."""
-        if self.kind == "pcmu":
-            return AudioFormat(encoding="mulaw", sample_rate=8000, frame_ms=FRAME_MS)
-        return AudioFormat(encoding="pcm16", sample_rate=self.rate, frame_ms=FRAME_MS)
-
-    def ga(self) -> dict[str, Any]:
-        if self.kind == "pcm":
-            return {"type": "audio/pcm", "rate": self.rate}
-        return {"type": f"audio/{self.kind}"}
-
-    def beta(self) -> str:
-        return {"pcm": "pcm16", "pcmu": "g711_ulaw", "pcma": "g711_alaw"}[self.kind]
-
-
-class ClientError(Exception):
-    """A bad client event: answered with an `error` event, the connection stays open."""
-
-    def __init__(self, code: str, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.code, self.message, self.param = code, message, param
-
-
-_NAMED_FORMATS = {
-    "pcm16": RealtimeFormat("pcm", 24000),
-    "g711_ulaw": RealtimeFormat("pcmu", 8000),
-    "g711_alaw": RealtimeFormat("pcma", 8000),
-    "audio/pcmu": RealtimeFormat("pcmu", 8000),
-    "audio/pcma": RealtimeFormat("pcma", 8000),
-}
-
-
-def parse_format(value: Any, param: str) -> RealtimeFormat:
-    """A GA format object ({type, rate}) or a beta format name."""
-    if isinstance(value, str) and value in ("pcm16", "g711_ulaw", "g711_alaw"):
-        return _NAMED_FORMATS[value]
-    kind = value.get("type") if isinstance(value, dict) else None
-    if kind in ("audio/pcmu", "audio/pcma"):
-        return _NAMED_FORMATS[kind]
-    if kind == "audio/pcm":
-        rate = value.get("rate", 24000)
-        if isinstance(rate, bool) or not isinstance(rate, int) or rate not in _PCM_RATES:
-            raise ClientError(
-                "invalid_value", f"audio/pcm at {rate} Hz: use one of {_PCM_RATES}", f"{param}.rate"
-            )
-        return RealtimeFormat("pcm", rate)
-    raise ClientError(
-        "invalid_value",
-        f"unsupported audio format {value!r}: use {{'type': 'audio/pcm', 'rate': 24000}}, "
-        "'audio/pcmu', 'audio/pcma' or the beta names 'pcm16', 'g711_ulaw', 'g711_alaw'",
-        param,
-    )
-
-
-def requested_format(session: dict[str, Any]) -> RealtimeFormat | None:
-    """The one format a `session.update` asks for (GA or beta shape), None if it names none."""
-    found: list[RealtimeFormat] = []
-    for key in ("input_audio_format", "output_audio_format"):
-        if key in session:
-            found.append(parse_format(session[key], f"session.{key}"))
-    audio = session.get("audio")
-    if isinstance(audio, dict):
-        for side in ("input", "output"):
-            sub = audio.get(side)
-            if isinstance(sub, dict) and "format" in sub:
-                found.append(parse_format(sub["format"], f"session.audio.{side}.format"))
-    if len(set(found)) > 1:
-        raise ClientError(
-            "invalid_value",
-            "input and output audio formats must match: duplex speaks one format both ways",
-            "session.audio",
-        )
-    return found[0] if found else None
-
-
 # -- the transport -----------------------------------------------------------------------------
 
 
@@ -199,7 +115,9 @@ class RealtimeTransport:
         self._id = _id("sess")
         self._model = DEFAULT_MODEL
         self._beta = False
-        self._format = RealtimeFormat()
+        self._options = RealtimeOptions()
+        self._default_gate_db = 0.0  # the server's noise gate and temperature, known at open
+        self._default_temperature = 0.0
         self._admitted = False
         self._samples = 0  # user samples received: the next append's first sample
         self._vad: EnergyVad | None = None
@@ -216,6 +134,8 @@ class RealtimeTransport:
         """Answer `session.created`, then handle events until the first audio admits the call."""
         self._model = ws.query_params.get("model") or DEFAULT_MODEL
         self._beta = "realtime=v1" in ws.headers.get("openai-beta", "")
+        self._default_gate_db = runtime.settings.noise_gate_db
+        self._default_temperature = runtime.settings.temperature
         await self._send(ws, self._event("session.created", session=self._session()))
         timeout_s = runtime.settings.start_timeout_s
         deadline = time.monotonic() + timeout_s
@@ -224,9 +144,10 @@ class RealtimeTransport:
             audio = await self._on_message(ws, None, data)
             if audio is None:
                 continue
-            session = runtime.open_session(StartMessage(type="start", audio=self._format.wire()))
+            session = runtime.open_session(self._options.start())
             self._admitted = True
-            self._vad = EnergyVad(self._format.rate)
+            turn = self._options.turn
+            self._vad = None if turn is None else EnergyVad(self._rate, turn.vad_params())
             self._push(session, audio)
             return session
 
@@ -309,16 +230,22 @@ class RealtimeTransport:
             raise ClientError("invalid_type", "`session` must be an object", "session")
         if {"input_audio_format", "output_audio_format", "modalities"} & update.keys():
             self._beta = True
-        wanted = requested_format(update)
-        if wanted is not None and wanted != self._format:
-            if self._admitted:
+        options = self._options.updated(update, self._default_gate_db)
+        if self._admitted and options != self._options:
+            if options.format != self._options.format:
                 raise ClientError(
                     "session_format_locked",
-                    f"the audio format is fixed once audio flows ({self._format.beta()}); "
+                    f"the audio format is fixed once audio flows ({self._options.format.beta()}); "
                     "open a new connection to change it",
                     "session.audio.input.format",
                 )
-            self._format = wanted
+            raise ClientError(
+                "session_locked",
+                "turn detection, noise reduction and temperature are fixed once audio flows; "
+                "open a new connection to change them",
+                "session",
+            )
+        self._options = options
         await self._emit(ws, session, self._event("session.updated", session=self._session()))
 
     def _decode(self, audio: Any) -> np.ndarray:
@@ -330,7 +257,7 @@ class RealtimeTransport:
             raise ClientError(
                 "invalid_value", f"`audio` is not valid base64: {exc}", "audio"
             ) from exc
-        kind = self._format.kind
+        kind = self._options.format.kind
         if kind == "pcma":
             return alaw_decode(raw)
         if kind == "pcm" and len(raw) % 2:
@@ -339,8 +266,7 @@ class RealtimeTransport:
 
     def _push(self, session: CallSession, pcm: np.ndarray) -> None:
         """Place audio at the running sample count (after silence for a pause), then run VAD."""
-        assert self._vad is not None
-        rate = self._format.rate
+        rate = self._rate
         if self._t0 is not None:
             behind = round((time.monotonic() - self._t0) * rate) - self._samples
             if behind > CATCH_UP_S * rate:  # late audio would be dropped: restart on the clock
@@ -351,6 +277,8 @@ class RealtimeTransport:
         # paused): the noise gate's floor may learn from it (not `filler`).
         session.on_audio(self._samples, pcm)
         self._samples += len(pcm)
+        if self._vad is None:  # turn_detection: null
+            return
         for kind, ms in self._vad.push(pcm):
             if kind == "started":
                 self._speech_item = _id("item")
@@ -403,7 +331,7 @@ class RealtimeTransport:
             await self._send(
                 ws, self._event("response.created", response=self._resp("in_progress"))
             )
-        delta = alaw_encode(payload) if self._format.kind == "pcma" else payload
+        delta = alaw_encode(payload) if self._options.format.kind == "pcma" else payload
         ev = self._event(self._audio_name("delta"), **self._where())
         await self._send(ws, {**ev, "delta": base64.b64encode(delta).decode("ascii")})
 
@@ -453,29 +381,32 @@ class RealtimeTransport:
             "usage": None,
         }
 
+    @property
+    def _rate(self) -> int:
+        return self._options.format.rate
+
     def _session(self) -> dict[str, Any]:
-        turn = {
-            "type": "server_vad",
-            "prefix_padding_ms": 0,
-            "silence_duration_ms": VadParams().stop_frames * FRAME_MS,
-            "create_response": False,
-            "interrupt_response": False,
-        }
+        o = self._options
+        turn = None if o.turn is None else o.turn.render()
+        noise = o.noise_reduction_echo(self._default_gate_db)
         common = {"id": self._id, "object": "realtime.session", "model": self._model}
         if self._beta:
+            temperature = self._default_temperature if o.temperature is None else o.temperature
             return {
                 **common,
                 "modalities": ["audio"],
                 "instructions": "",
                 "voice": DEFAULT_MODEL,
-                "input_audio_format": self._format.beta(),
-                "output_audio_format": self._format.beta(),
+                "input_audio_format": o.format.beta(),
+                "output_audio_format": o.format.beta(),
                 "input_audio_transcription": None,
+                "input_audio_noise_reduction": noise,
                 "turn_detection": turn,
+                "temperature": temperature,
                 "tools": [],
                 "tool_choice": "none",
             }
-        fmt = self._format.ga()
+        fmt = o.format.ga()
         return {
             **common,
             "type": "realtime",
@@ -484,7 +415,12 @@ class RealtimeTransport:
             "tools": [],
             "tool_choice": "none",
             "audio": {
-                "input": {"format": fmt, "transcription": None, "turn_detection": turn},
+                "input": {
+                    "format": fmt,
+                    "transcription": None,
+                    "noise_reduction": noise,
+                    "turn_detection": turn,
+                },
                 "output": {"format": fmt, "voice": DEFAULT_MODEL},
             },
         }

@@ -243,7 +243,7 @@ class Runtime:
             self.tick_s,
             max_gap_s=max(self.tick_s, s.latency_budget_ms / 1000),
             rollback_chunks=self.engine.max_rollback_chunks,
-            noise_gate_db=s.noise_gate_db,
+            noise_gate_db=s.noise_gate_db if start.noise_gate_db is None else start.noise_gate_db,
         )
         self.ticker.admit(session)
         if s.record_dir is not None:  # a debugging aid: a call it cannot record goes on

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from server.protocol import MAX_NOISE_GATE_DB
+
 DEFAULT_MODEL = Path("models/default")
 
 
@@ -66,7 +68,7 @@ class Settings(BaseSettings):
     noise_gate_db: float = Field(
         default=10.0,
         ge=0,
-        le=40,
+        le=MAX_NOISE_GATE_DB,
         description="a caller's audio frames less than this far above the line's noise floor "
         "reach the model as silence (0 = no gate)",
     )

@@ -307,6 +307,7 @@ def wav(tmp_path: Path) -> Path:
         (["--encoding", "mulaw", "--rate", "16000"], "--rate 16000 is not supported with mulaw"),
         (["--rate", "44100"], "--rate 44100 is not supported with pcm16"),
         (["--temperature", "-1"], "--temperature:"),
+        (["--noise-gate-db", "50"], "--noise-gate-db must be in [0, 40]"),
         (["--output", "/no/such/dir/out.wav"], "cannot write '/no/such/dir/out.wav'"),
         (["--output", "out.xyz"], "unknown audio file extension"),
         (["--url", "http://127.0.0.1:8000/v1"], "not a usable ws:// or wss:// URL: scheme"),

@@ -148,6 +148,7 @@ BEFORE_START: list[tuple[str, str | bytes, str, int]] = [
         "invalid_message",
         1007,
     ),
+    ("noise_gate_41", json.dumps({"type": "start", "noise_gate_db": 41}), "invalid_message", 1007),
 ]
 
 

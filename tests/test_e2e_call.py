@@ -205,7 +205,8 @@ def test_a_noisy_line_reaches_the_model_gated(
     server: ServerProcess, voice: Voice, tmp_path: Path
 ) -> None:
     """White noise at -55 dBFS under the voice and a 1.5 s pause: the call reports the line's
-    noise floor, and the pause's frames were gated (the server's default gate)."""
+    noise floor, and the pause's frames were gated (the server's default gate); a call that
+    asks for no gate (`start.noise_gate_db` 0) has none."""
     speech = resample_whole(voice.pcm, voice.rate, 8000)
     line = np.concatenate([speech, np.zeros(12000, dtype=np.float32)])
     line += np.random.default_rng(0).normal(0, 10 ** (-55 / 20), len(line)).astype(np.float32)
@@ -214,6 +215,10 @@ def test_a_noisy_line_reaches_the_model_gated(
     summary = _cli(server, inp, tmp_path / "agent.wav", duration_s=len(line) / 8000)
     assert -57 < summary["noise_floor_db"] < -53, summary
     assert summary["frames_gated"] >= 30, summary  # the pause is 37 frames
+    off = _cli(server, inp, tmp_path / "off.wav", "--noise-gate-db", "0",
+               duration_s=len(line) / 8000)  # fmt: skip
+    assert off["frames_gated"] == 0, off  # this call asked for no gate
+    assert -57 < off["noise_floor_db"] < -53, off  # the floor is measured all the same
     clean = _cli(server, voice.path, tmp_path / "clean.wav", duration_s=len(voice.pcm) / voice.rate)
     assert clean["noise_floor_db"] < -90, clean  # espeak's pauses are digital zeros
 

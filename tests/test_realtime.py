@@ -11,6 +11,7 @@ import base64
 import contextlib
 import json
 from collections.abc import Callable
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -19,18 +20,12 @@ import openai
 import pytest
 
 from server.protocol import AudioFormat
-from server.realtime import (
-    ClientError,
-    QueuedEvent,
-    RealtimeTransport,
-    alaw_decode,
-    alaw_encode,
-    parse_format,
-)
+from server.realtime import QueuedEvent, RealtimeTransport, alaw_decode, alaw_encode
+from server.realtime_options import EAGERNESS, ClientError, parse_format
 from server.session import AgentChunk, Outgoing
 from streaming.resample import resample_whole
 from streaming.transport import decode_audio, encode_audio
-from tests.conftest import ServerProcess, read_wav, speak
+from tests.conftest import ServerProcess, read_wav, speak, start_server, stop_server
 
 SEND_MS = 100  # append size, as a microphone client would send
 LEAD_S, TAIL_S = 0.5, 1.0  # silence around the speech
@@ -303,3 +298,76 @@ def test_a_pcm_rate_must_be_a_supported_integer(rate: object) -> None:
     """24000.0 would pass a `rate in (...)` check and fail later as an internal error."""
     with pytest.raises(ClientError, match="audio/pcm at"):
         parse_format({"type": "audio/pcm", "rate": rate}, "session.audio.input.format")
+
+
+async def _configured_call(
+    server: ServerProcess, voice: tuple[np.ndarray, int], updates: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Send `updates[0]`, stream the voice, then send the later updates; every event back."""
+    x, _, _ = _signal(voice, 24000)
+    encode = FORMATS["pcm16"][1]
+    events: list[dict[str, Any]] = []
+    async with _client(server).realtime.connect(model="duplex-test") as conn:
+
+        async def collect() -> None:
+            with contextlib.suppress(Exception):
+                while True:
+                    events.append(json.loads(await conn.recv_bytes()))
+
+        collector = asyncio.create_task(collect())
+        await conn.send({"type": "session.update", "session": updates[0]})
+        await _stream(conn, x, 24000, encode)
+        for update in updates[1:]:
+            await conn.send({"type": "session.update", "session": update})
+        await asyncio.sleep(2 * TICK_S)
+        collector.cancel()
+        await asyncio.gather(collector, return_exceptions=True)
+    return events
+
+
+def test_session_settings_reach_the_call(
+    checkpoint: Path, voice: tuple[np.ndarray, int], tmp_path: Path
+) -> None:
+    """Eagerness, noise reduction and turn detection off are honoured: the `start` the adapter
+    admits the call with (as `--record-dir` keeps it) carries them, `session.updated` echoes
+    them, VAD events stop with `turn_detection: null`, and a change once audio flows is refused
+    while a repeat of the same session is not."""
+    record = tmp_path / "rec"
+    srv = start_server(checkpoint, tmp_path / "log", "--record-dir", str(record))
+    eager = {
+        "type": "realtime",
+        "audio": {
+            "input": {
+                "turn_detection": {"type": "semantic_vad", "eagerness": "high"},
+                "noise_reduction": None,
+            }
+        },
+    }
+    quiet = {"turn_detection": None, "input_audio_noise_reduction": {"type": "far_field",
+             "strength": 2}, "temperature": 0.9, "input_audio_format": "pcm16"}  # fmt: skip
+    auto = {"type": "realtime", "audio": {"input": {"turn_detection": {"type": "semantic_vad"}}}}
+    try:
+        first = asyncio.run(_configured_call(srv, voice, [eager, eager, auto]))
+        second = asyncio.run(_configured_call(srv, voice, [quiet]))
+    finally:
+        stop_server(srv)
+    types = [e["type"] for e in first]
+    updated = [e["session"] for e in first if e["type"] == "session.updated"]
+    assert len(updated) == 2, types  # the first update, and its repeat once audio flows
+    inp = updated[0]["audio"]["input"]
+    assert inp["turn_detection"]["eagerness"] == "high" and inp["noise_reduction"] is None
+    (locked,) = [e["error"] for e in first if e["type"] == "error"]
+    assert locked["code"] == "session_locked", locked
+    assert "input_audio_buffer.speech_started" in types
+    beta = next(e["session"] for e in second if e["type"] == "session.updated")
+    assert beta["turn_detection"] is None and beta["temperature"] == 0.9
+    assert beta["input_audio_noise_reduction"] == {"type": "far_field", "strength": 2.0}
+    assert not [e for e in second if e["type"].startswith("input_audio_buffer.speech_")]
+    assert any(e["type"] == "response.audio.delta" for e in second)  # the agent still talks
+    starts = [json.loads((d / "start.json").read_text()) for d in record.iterdir()]
+    by_gate = {s["noise_gate_db"]: s for s in starts}
+    assert set(by_gate) == {0.0, 20.0}, starts
+    assert by_gate[0.0]["sampling"]["turn_temperature"] == EAGERNESS["high"].turn_temperature
+    assert by_gate[0.0]["sampling"]["speak_up_ms"] == EAGERNESS["high"].speak_up_ms
+    assert by_gate[20.0]["sampling"]["temperature"] == 0.9
+    assert by_gate[20.0]["sampling"]["turn_temperature"] is None
