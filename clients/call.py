@@ -16,7 +16,7 @@ import time
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import soundfile as sf
@@ -29,6 +29,7 @@ from server.protocol import (
     MAX_NOISE_GATE_DB,
     SUPPORTED_RATES,
     AudioFormat,
+    Eagerness,
     ReadyMessage,
     SamplingParams,
     StatsMessage,
@@ -283,6 +284,11 @@ async def run_both(
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     """The per-call overrides of the server's sampling defaults (`start.sampling`)."""
+    parser.add_argument(
+        "--eagerness",
+        choices=get_args(Eagerness),
+        help="how readily the agent takes the turn (the flags below win over it)",
+    )
     parser.add_argument("--temperature", type=float, help="sampling temperature override")
     parser.add_argument("--turn-temperature", type=float, help="speak-or-not temperature override")
     parser.add_argument("--top-k", type=int, help="sampling top-k override")
@@ -296,6 +302,7 @@ def sampling_overrides(args: argparse.Namespace, seed: int | None) -> SamplingPa
     the flag whose value the protocol refuses."""
     try:
         return SamplingParams(
+            eagerness=args.eagerness,
             temperature=args.temperature,
             top_k=args.top_k,
             seed=seed,

@@ -124,9 +124,15 @@ class AudioFormat(_Message):
     frame_ms: int = Field(default=20, description="client frame length; 10..160 ms, divides 160")
 
 
+Eagerness = Literal["low", "medium", "high"]
+
+
 class SamplingParams(_Message):
     """Per-session overrides of the server's sampling defaults."""
 
+    eagerness: Eagerness | None = Field(
+        default=None, description="how readily the agent takes the turn (server/eagerness.py)"
+    )
     temperature: float | None = Field(default=None, ge=0.0, le=5.0, allow_inf_nan=False)
     turn_temperature: float | None = Field(default=None, ge=0.0, le=5.0, allow_inf_nan=False)
     top_k: int | None = Field(default=None, ge=0, le=100_000)

@@ -26,7 +26,7 @@ from fastapi import WebSocket
 
 from server.calls import receive, receive_opening
 from server.protocol import ErrorCode, ErrorMessage
-from server.realtime_options import ClientError, RealtimeOptions
+from server.realtime_options import SETTING_PARAMS, ClientError, RealtimeOptions
 from server.runtime import Runtime
 from server.session import CallSession, Outgoing
 from streaming.transport import decode_audio
@@ -52,6 +52,14 @@ UNSUPPORTED_EVENTS = (
     "transcription_session.update",
 )
 _SERVER_SIDE = {ErrorCode.INTERNAL_ERROR, ErrorCode.SERVER_FULL, ErrorCode.SERVER_SHUTDOWN}
+_BETA_KEYS = {  # session keys only the beta shape has
+    "input_audio_format",
+    "output_audio_format",
+    "modalities",
+    "turn_detection",
+    "input_audio_noise_reduction",
+    "temperature",
+}
 
 
 def _id(prefix: str) -> str:
@@ -144,7 +152,7 @@ class RealtimeTransport:
             audio = await self._on_message(ws, None, data)
             if audio is None:
                 continue
-            session = runtime.open_session(self._options.start())
+            session = runtime.open_session(self._options.start(self._default_gate_db))
             self._admitted = True
             turn = self._options.turn
             self._vad = None if turn is None else EnergyVad(self._rate, turn.vad_params())
@@ -228,23 +236,28 @@ class RealtimeTransport:
     async def _update(self, ws: WebSocket, session: CallSession | None, update: Any) -> None:
         if not isinstance(update, dict):
             raise ClientError("invalid_type", "`session` must be an object", "session")
-        if {"input_audio_format", "output_audio_format", "modalities"} & update.keys():
+        if _BETA_KEYS & update.keys():
             self._beta = True
-        options = self._options.updated(update, self._default_gate_db)
-        if self._admitted and options != self._options:
-            if options.format != self._options.format:
+        options = self._options.updated(update)
+        if self._admitted:
+            was, now = (
+                o.call_settings(self._default_gate_db, self._default_temperature)
+                for o in (self._options, options)
+            )
+            if was["format"] != now["format"]:
                 raise ClientError(
                     "session_format_locked",
                     f"the audio format is fixed once audio flows ({self._options.format.beta()}); "
                     "open a new connection to change it",
                     "session.audio.input.format",
                 )
-            raise ClientError(
-                "session_locked",
-                "turn detection, noise reduction and temperature are fixed once audio flows; "
-                "open a new connection to change them",
-                "session",
-            )
+            changed = [name for name in SETTING_PARAMS if was[name] != now[name]]
+            if changed:
+                raise ClientError(
+                    "session_locked",
+                    f"{changed[0]} is fixed once audio flows; open a new connection to change it",
+                    SETTING_PARAMS[changed[0]][self._beta],
+                )
         self._options = options
         await self._emit(ws, session, self._event("session.updated", session=self._session()))
 
@@ -391,7 +404,7 @@ class RealtimeTransport:
         noise = o.noise_reduction_echo(self._default_gate_db)
         common = {"id": self._id, "object": "realtime.session", "model": self._model}
         if self._beta:
-            temperature = self._default_temperature if o.temperature is None else o.temperature
+            temperature = o.temperature_echo(self._default_temperature)
             return {
                 **common,
                 "modalities": ["audio"],

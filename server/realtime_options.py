@@ -4,8 +4,8 @@ The OpenAI session settings that have a duplex counterpart are read and honoured
 accepted and ignored. A call's options are fixed once it is admitted (its first audio):
 
 - the audio format: one format both ways (duplex has one wire format per call);
-- `turn_detection`: `semantic_vad`'s `eagerness` sets how readily the agent takes the turn
-  (its sampling, measured in docs/realtime.md) and its longest wait (speak-up);
+- `turn_detection`: `semantic_vad`'s `eagerness` is the call's (server/eagerness.py: how
+  readily the agent takes the turn, and its longest wait);
   `server_vad`'s `idle_timeout_ms` is the speak-up time and `silence_duration_ms` ends the VAD
   events' speech; `null` turns the VAD events off;
 - `noise_reduction`: the server's noise gate (`null` turns it off, `strength` scales it);
@@ -19,35 +19,27 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal, cast, get_args
 
-from server.protocol import MAX_NOISE_GATE_DB, AudioFormat, SamplingParams, StartMessage
+from server.eagerness import resolve
+from server.protocol import (
+    MAX_NOISE_GATE_DB,
+    AudioFormat,
+    Eagerness,
+    SamplingParams,
+    StartMessage,
+)
 from streaming.vad import FRAME_MS, VadParams
 
 _PCM_RATES = (8000, 16000, 24000, 48000)
-Eagerness = Literal["low", "medium", "high", "auto"]
-NoiseReduction = Literal["near_field", "far_field"]
-
-
-@dataclass(frozen=True, slots=True)
-class EagerSampling:
-    """The sampling an `eagerness` asks for (None: the server's default)."""
-
-    temperature: float | None = None
-    turn_temperature: float | None = None
-    speak_up_ms: float | None = None
-
-
-# How readily the agent takes the turn (docs/realtime.md, "Eagerness", measured with
-# `duplex eval`): `low` is a cooler flat draw (answers later, holds through pauses, yields to
-# barge-ins); `high` draws speak-or-not almost by the model's own argmax (answers ~0.3 s
-# sooner, takes over a third of the pauses). The speak-up times are OpenAI's "max timeouts of
-# 8s, 4s, and 2s" for low, medium and high (medium and auto: the server's, 3 s by default).
-EAGERNESS: dict[Eagerness, EagerSampling] = {
-    "low": EagerSampling(temperature=0.5, speak_up_ms=8000.0),
-    "medium": EagerSampling(),
-    "auto": EagerSampling(),
-    "high": EagerSampling(turn_temperature=0.1, speak_up_ms=2000.0),
+OpenAIEagerness = Literal["low", "medium", "high", "auto"]
+_EAGERNESS: dict[OpenAIEagerness, Eagerness] = {  # OpenAI: "`auto` is ... equivalent to `medium`"
+    "low": "low",
+    "medium": "medium",
+    "auto": "medium",
+    "high": "high",
 }
+NoiseReduction = Literal["near_field", "far_field"]
 MAX_SPEAK_UP_MS = 60_000
+MAX_STRENGTH = 10.0  # a noise-reduction strength above this asks for more than the gate's cap
 
 
 class ClientError(Exception):
@@ -137,7 +129,7 @@ class TurnDetection:
     """A session's `turn_detection`: the agent's readiness to take the turn, and the VAD events."""
 
     kind: Literal["server_vad", "semantic_vad"] = "server_vad"
-    eagerness: Eagerness = "auto"
+    eagerness: OpenAIEagerness = "auto"
     idle_timeout_ms: int | None = None  # server_vad: speak up after this much silence
     silence_duration_ms: int = VadParams().stop_frames * FRAME_MS  # ends the events' speech
 
@@ -171,7 +163,7 @@ def parse_turn_detection(value: Any, param: str) -> TurnDetection | None:
     """A GA or beta `turn_detection` object, or None (`null`: no VAD events)."""
     if value is None:
         return None
-    kind = value.get("type", "server_vad") if isinstance(value, dict) else None
+    kind = (value.get("type") or "server_vad") if isinstance(value, dict) else None
     if kind not in ("server_vad", "semantic_vad"):
         raise ClientError(
             "invalid_value",
@@ -182,13 +174,13 @@ def parse_turn_detection(value: Any, param: str) -> TurnDetection | None:
     assert isinstance(value, dict)
     if kind == "semantic_vad":
         eagerness = value.get("eagerness") or "auto"
-        if eagerness not in get_args(Eagerness):
+        if eagerness not in get_args(OpenAIEagerness):
             raise ClientError(
                 "invalid_value",
-                f"eagerness {eagerness!r}: use one of {list(get_args(Eagerness))}",
+                f"eagerness {eagerness!r}: use one of {list(get_args(OpenAIEagerness))}",
                 f"{param}.eagerness",
             )
-        return TurnDetection("semantic_vad", eagerness=cast(Eagerness, eagerness))
+        return TurnDetection("semantic_vad", eagerness=cast(OpenAIEagerness, eagerness))
     out = TurnDetection()
     if value.get("idle_timeout_ms") is not None:
         idle = _int_field(value["idle_timeout_ms"], 0, MAX_SPEAK_UP_MS, f"{param}.idle_timeout_ms")
@@ -201,9 +193,10 @@ def parse_turn_detection(value: Any, param: str) -> TurnDetection | None:
     return out
 
 
-def parse_noise_reduction(value: Any, param: str, default_db: float) -> float:
-    """The noise gate's margin a `noise_reduction` object asks for: `null` is 0 (off), either
-    type the server's margin, scaled by `strength` (OpenAI's default 1)."""
+def parse_noise_strength(value: Any, param: str, current: float | None) -> float:
+    """The noise-reduction strength a `noise_reduction` object asks for: `null` is 0 (off);
+    either type keeps the current strength when it names none (OpenAI: "Omitting strength
+    from a session update preserves the current strength"), else 1."""
     if value is None:
         return 0.0
     kind = value.get("type") if isinstance(value, dict) else "?"
@@ -214,31 +207,46 @@ def parse_noise_reduction(value: Any, param: str, default_db: float) -> float:
             f"{param}.type",
         )
     assert isinstance(value, dict)
-    strength = value.get("strength", 1.0)
+    strength = value.get("strength")
     if strength is None:
-        strength = 1.0
+        return current if current else 1.0
     if (
         isinstance(strength, bool)
         or not isinstance(strength, int | float)
-        or not (0 <= strength <= 10 and math.isfinite(strength))
+        or not (0 <= strength <= MAX_STRENGTH and math.isfinite(strength))
     ):
         raise ClientError(
-            "invalid_value", f"strength {strength!r}: use a number in [0, 10]", f"{param}.strength"
+            "invalid_value",
+            f"strength {strength!r}: use a number in [0, {MAX_STRENGTH:g}]",
+            f"{param}.strength",
         )
-    return min(MAX_NOISE_GATE_DB, default_db * float(strength))
+    return float(strength)
+
+
+# Where each of the call's settings lives in a session object (GA, beta): `session_locked`
+# names the one a refused update would have changed.
+SETTING_PARAMS = {
+    "turn_detection": ("session.audio.input.turn_detection", "session.turn_detection"),
+    "noise_reduction": (
+        "session.audio.input.noise_reduction",
+        "session.input_audio_noise_reduction",
+    ),
+    "temperature": ("session.temperature", "session.temperature"),
+}
 
 
 @dataclass(frozen=True, slots=True)
 class RealtimeOptions:
-    """The duplex side of a Realtime session: fixed once the call is admitted."""
+    """The duplex side of a Realtime session, as the client spelled it. What reaches the call
+    (`call_settings`) is fixed once the call is admitted."""
 
     format: RealtimeFormat = RealtimeFormat()
     turn: TurnDetection | None = TurnDetection()  # None: no VAD events
-    noise_gate_db: float | None = None  # None: the server's default
-    noise_reduction: NoiseReduction = "near_field"  # what the client named, echoed
-    temperature: float | None = None  # None: the server's default
+    noise_strength: float | None = None  # None: the server's gate as it is; 0: none
+    noise_reduction: NoiseReduction = "near_field"  # the type the client named, echoed
+    temperature: float | None = None  # None: the eagerness's or the server's
 
-    def updated(self, session: dict[str, Any], default_gate_db: float) -> RealtimeOptions:
+    def updated(self, session: dict[str, Any]) -> RealtimeOptions:
         """These options with a `session.update`'s fields applied (GA or beta shape)."""
         out = self
         wanted = requested_format(session)
@@ -259,10 +267,10 @@ class RealtimeOptions:
         ):
             if key in where:
                 value = where[key]
-                gate = parse_noise_reduction(value, param, default_gate_db)
+                strength = parse_noise_strength(value, param, out.noise_strength)
                 named = value.get("type") if isinstance(value, dict) else None
                 out = dataclasses.replace(
-                    out, noise_gate_db=gate, noise_reduction=named or out.noise_reduction
+                    out, noise_strength=strength, noise_reduction=named or out.noise_reduction
                 )
         if session.get("temperature") is not None:
             t = session["temperature"]
@@ -275,32 +283,54 @@ class RealtimeOptions:
             out = dataclasses.replace(out, temperature=float(t))
         return out
 
-    def start(self) -> StartMessage:
+    def noise_gate_db(self, default_db: float) -> float:
+        """The gate's margin: the server's, scaled by the strength, at most 40 dB."""
+        if self.noise_strength is None:
+            return default_db
+        return min(MAX_NOISE_GATE_DB, default_db * self.noise_strength)
+
+    def start(self, default_gate_db: float) -> StartMessage:
         """The `start` a native client would send for this session."""
         turn = self.turn
         sampling = SamplingParams(temperature=self.temperature)
         if turn is not None and turn.kind == "semantic_vad":
-            eager = EAGERNESS[turn.eagerness]
             sampling = SamplingParams(
-                # a temperature the session names wins over the eagerness's
-                temperature=eager.temperature if self.temperature is None else self.temperature,
-                turn_temperature=eager.turn_temperature,
-                speak_up_ms=eager.speak_up_ms,
+                eagerness=_EAGERNESS[turn.eagerness], temperature=self.temperature
             )
         elif turn is not None and turn.idle_timeout_ms is not None:
             sampling = SamplingParams(
                 temperature=self.temperature, speak_up_ms=float(turn.idle_timeout_ms)
             )
+        gate = None if self.noise_strength is None else self.noise_gate_db(default_gate_db)
         return StartMessage(
-            type="start",
-            audio=self.format.wire(),
-            sampling=sampling,
-            noise_gate_db=self.noise_gate_db,
+            type="start", audio=self.format.wire(), sampling=sampling, noise_gate_db=gate
         )
+
+    def temperature_echo(self, default: float) -> float:
+        """The temperature the call samples at: the session's, its eagerness's or the server's."""
+        asked = self.start(0.0).sampling
+        return resolve(asked, default, None, 0.0).temperature
+
+    def call_settings(self, default_gate_db: float, default_temperature: float) -> dict[str, Any]:
+        """What reaches the call, by setting: two sessions spelled differently (`auto` and
+        `medium`, an echoed strength sent back, 500 or 510 ms of silence) that give the call
+        the same settings are the same."""
+        sampling = self.start(default_gate_db).sampling
+        turn = self.turn
+        return {
+            "format": self.format,
+            "turn_detection": (
+                sampling.eagerness or "medium",
+                sampling.speak_up_ms,
+                None if turn is None else turn.vad_params(),
+            ),
+            "noise_reduction": self.noise_gate_db(default_gate_db),
+            "temperature": self.temperature_echo(default_temperature),
+        }
 
     def noise_reduction_echo(self, default_gate_db: float) -> dict[str, Any] | None:
         """`noise_reduction` as the session object shows it: null when no gate runs."""
-        gate = default_gate_db if self.noise_gate_db is None else self.noise_gate_db
-        if gate <= 0:
+        if self.noise_gate_db(default_gate_db) <= 0:
             return None
-        return {"type": self.noise_reduction, "strength": round(gate / default_gate_db, 3)}
+        strength = 1.0 if self.noise_strength is None else self.noise_strength
+        return {"type": self.noise_reduction, "strength": strength}

@@ -19,6 +19,7 @@ from model.checkpoint import DuplexConfig, load_checkpoint
 from model.engine import Engine, StepRequest
 from model.format import Frame
 from model.sampling import SamplingParams
+from server.eagerness import resolve
 from server.metrics import Metrics
 from server.pacing import StepPacer
 from server.protocol import (
@@ -223,16 +224,13 @@ class Runtime:
             )
         s = self.settings
         req = start.sampling
+        got = resolve(req, s.temperature, s.turn_temperature, s.speak_up_ms)
         params = SamplingParams(
-            temperature=s.temperature if req.temperature is None else req.temperature,
+            temperature=got.temperature,
             top_k=s.top_k if req.top_k is None else req.top_k,
             seed=_seed(s.seed if req.seed is None else req.seed),
-            turn_temperature=s.turn_temperature
-            if req.turn_temperature is None
-            else req.turn_temperature,
-            speak_up_chunks=_chunks(
-                s.speak_up_ms if req.speak_up_ms is None else req.speak_up_ms, self.tick_s
-            ),
+            turn_temperature=got.turn_temperature,
+            speak_up_chunks=_chunks(got.speak_up_ms, self.tick_s),
         )
         session = CallSession(
             uuid.uuid4().hex,

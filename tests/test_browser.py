@@ -130,13 +130,16 @@ def test_browser_call_sends_and_plays_audio(
     server: ServerProcess, page_factory: Any, codec: str
 ) -> None:
     """A call on each wire codec: `?codec=pcm16` forces PCM16; by default the page negotiates
-    Opus through WebCodecs."""
+    Opus through WebCodecs. The PCM16 call picks quick turn-taking (`sampling.eagerness`)."""
     before = frames_in_total(server)
     page = page_factory(f"{server.http}/" + ("?codec=pcm16" if codec == "pcm16" else ""))
     if codec == "opus" and not page.evaluate("() => 'AudioEncoder' in window"):
         pytest.skip("this chromium has no WebCodecs AudioEncoder: the page falls back to PCM16")
+    if codec == "pcm16":
+        page.select_option("#eagerness", "high")
     page.click("#call")
     page.wait_for_function("() => window.duplexStats.state === 'live'", timeout=30_000)
+    assert page.is_disabled("#eagerness")  # fixed for the call
     page.wait_for_timeout(CALL_S * 1000)
     live = page_stats(page)
     latency_text = page.inner_text("#latency")
@@ -149,6 +152,8 @@ def test_browser_call_sends_and_plays_audio(
 
     assert final["lastError"] is None, final["lastError"]
     assert final["sessionId"]
+    assert final["ready"]["turn_temperature"] == (0.1 if codec == "pcm16" else None)
+    assert page.is_enabled("#eagerness")
     assert final["codec"] == codec
     assert page.inner_text("#codec") == ("PCM16" if codec == "pcm16" else "Opus (WebCodecs)")
     # Wire bytes per second of call, headers included: PCM16 ~262 kbit/s up, Opus ~30.

@@ -149,6 +149,12 @@ BEFORE_START: list[tuple[str, str | bytes, str, int]] = [
         1007,
     ),
     ("noise_gate_41", json.dumps({"type": "start", "noise_gate_db": 41}), "invalid_message", 1007),
+    (
+        "eagerness_auto",  # OpenAI's word; the native protocol says medium
+        json.dumps({"type": "start", "sampling": {"eagerness": "auto"}}),
+        "invalid_message",
+        1007,
+    ),
 ]
 
 

@@ -253,6 +253,21 @@ def test_frames_a_client_dropped_do_not_open_the_noise_gate(server: ServerProces
     assert stats.frames_gated >= 70, stats  # 100 frames, minus the warm-up and the losses
 
 
+def test_eagerness_sets_the_calls_sampling(server: ServerProcess, voice: Voice) -> None:
+    """`sampling.eagerness` brings its sampling (server/eagerness.py); a field the call names
+    itself wins over it. `ready` echoes what the call got."""
+    asks = [SamplingParams(eagerness="low"), SamplingParams(eagerness="high", speak_up_ms=500)]
+
+    async def main() -> list[CallResult]:
+        return await asyncio.gather(
+            *(call(server.url, voice.seconds(0.5), voice.rate, sampling=a) for a in asks)
+        )
+
+    low, high = (r.ready for r in asyncio.run(main()))
+    assert (low.temperature, low.turn_temperature, low.speak_up_ms) == (0.5, None, 8000.0)
+    assert (high.temperature, high.turn_temperature, high.speak_up_ms) == (0.6, 0.1, 640.0)
+
+
 # -- wire formats ---------------------------------------------------------------------------------
 
 

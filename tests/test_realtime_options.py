@@ -1,5 +1,5 @@
-"""What a Realtime `session.update` asks of a duplex call: the mapping onto `start`, and the
-errors that name the offending field."""
+"""What a Realtime `session.update` asks of a duplex call: the mapping onto `start`, what counts
+as a change once the call runs, and the errors that name the offending field."""
 
 from __future__ import annotations
 
@@ -7,76 +7,72 @@ from typing import Any
 
 import pytest
 
+from server.eagerness import EAGERNESS, resolve
 from server.protocol import SamplingParams
 from server.realtime_options import (
-    EAGERNESS,
     ClientError,
     RealtimeFormat,
     RealtimeOptions,
     TurnDetection,
 )
 
-GATE_DB = 10.0  # the server's default margin in these tests
+GATE_DB, TEMPERATURE = 10.0, 0.6  # the server's defaults in these tests
 
 
 def _ga(**inp: Any) -> dict[str, Any]:
     return {"type": "realtime", "audio": {"input": inp}}
 
 
+def _same_call(a: RealtimeOptions, b: RealtimeOptions) -> bool:
+    return a.call_settings(GATE_DB, TEMPERATURE) == b.call_settings(GATE_DB, TEMPERATURE)
+
+
 def test_defaults_are_the_servers() -> None:
-    start = RealtimeOptions().start()
+    start = RealtimeOptions().start(GATE_DB)
     assert start.sampling == SamplingParams()
     assert start.noise_gate_db is None
     assert (start.audio.encoding, start.audio.sample_rate) == ("pcm16", 24000)
 
 
-@pytest.mark.parametrize("eagerness", ["low", "medium", "high", "auto"])
-def test_semantic_eagerness_sets_how_readily_the_agent_takes_the_turn(eagerness: str) -> None:
+@pytest.mark.parametrize(
+    ("eagerness", "native"),
+    [("low", "low"), ("medium", "medium"), ("high", "high"), ("auto", "medium")],
+)
+def test_semantic_eagerness_is_the_calls(eagerness: str, native: str) -> None:
     o = RealtimeOptions().updated(
-        _ga(turn_detection={"type": "semantic_vad", "eagerness": eagerness}), GATE_DB
+        _ga(turn_detection={"type": "semantic_vad", "eagerness": eagerness})
     )
     assert o.turn == TurnDetection("semantic_vad", eagerness)  # type: ignore[arg-type]
-    eager = EAGERNESS[eagerness]  # type: ignore[index]
-    assert o.start().sampling == SamplingParams(
-        temperature=eager.temperature,
-        turn_temperature=eager.turn_temperature,
-        speak_up_ms=eager.speak_up_ms,
-    )
+    assert o.start(GATE_DB).sampling == SamplingParams(eagerness=native)  # type: ignore[arg-type]
     rendered = o.turn.render() if o.turn else {}
     assert rendered["type"] == "semantic_vad" and rendered["eagerness"] == eagerness
 
 
-def test_eagerness_is_ordered() -> None:
-    """`low` draws cooler than the default flat 0.6 and waits longer to speak up; `high` splits
-    off speak-or-not and speaks up sooner; `auto` is `medium`, the server's defaults."""
-    low, high = EAGERNESS["low"], EAGERNESS["high"]
-    assert low.temperature is not None and low.temperature < 0.6 and low.turn_temperature is None
-    assert high.turn_temperature is not None
-    assert low.speak_up_ms is not None and high.speak_up_ms is not None
-    assert high.speak_up_ms < 3000 < low.speak_up_ms
-    assert EAGERNESS["auto"] == EAGERNESS["medium"] == type(low)()
-
-
-def test_a_named_temperature_wins_over_the_eagerness() -> None:
-    update = {"temperature": 0.7, "turn_detection": {"type": "semantic_vad", "eagerness": "low"}}
-    assert RealtimeOptions().updated(update, GATE_DB).start().sampling.temperature == 0.7
+def test_a_named_temperature_goes_along_with_the_eagerness() -> None:
+    low = {"turn_detection": {"type": "semantic_vad", "eagerness": "low"}}
+    o = RealtimeOptions().updated({**low, "temperature": 0.7})
+    assert o.start(GATE_DB).sampling == SamplingParams(eagerness="low", temperature=0.7)
+    assert o.temperature_echo(TEMPERATURE) == 0.7
+    assert RealtimeOptions().updated(low).temperature_echo(TEMPERATURE) == 0.5  # low's own
+    assert RealtimeOptions().temperature_echo(TEMPERATURE) == TEMPERATURE
 
 
 def test_server_vad_idle_timeout_is_the_speak_up_time_and_silence_ends_vad_speech() -> None:
     o = RealtimeOptions().updated(
         _ga(turn_detection={"type": "server_vad", "idle_timeout_ms": 6000,
-                            "silence_duration_ms": 300, "threshold": 0.7}),
-        GATE_DB,
+                            "silence_duration_ms": 300, "threshold": 0.7})
     )  # fmt: skip
-    assert o.start().sampling == SamplingParams(speak_up_ms=6000.0)
+    assert o.start(GATE_DB).sampling == SamplingParams(speak_up_ms=6000.0)
     assert o.turn is not None and o.turn.vad_params().stop_frames == 15  # 300 ms of 20 ms frames
     assert o.turn.render()["silence_duration_ms"] == 300
+    untyped = RealtimeOptions().updated({"turn_detection": {"type": None}})  # beta allows it
+    assert untyped.turn == TurnDetection()
 
 
 def test_null_turn_detection_turns_the_vad_events_off() -> None:
-    o = RealtimeOptions().updated({"turn_detection": None}, GATE_DB)  # beta shape
+    o = RealtimeOptions().updated({"turn_detection": None})  # beta shape
     assert o.turn is None
-    assert o.start().sampling == SamplingParams()
+    assert o.start(GATE_DB).sampling == SamplingParams()
 
 
 @pytest.mark.parametrize(
@@ -85,7 +81,7 @@ def test_null_turn_detection_turns_the_vad_events_off() -> None:
         (None, 0.0, None),
         ({"type": "near_field"}, 10.0, {"type": "near_field", "strength": 1.0}),
         ({"type": "far_field", "strength": 2}, 20.0, {"type": "far_field", "strength": 2.0}),
-        ({"type": "far_field", "strength": 9}, 40.0, {"type": "far_field", "strength": 4.0}),
+        ({"type": "far_field", "strength": 9}, 40.0, {"type": "far_field", "strength": 9.0}),
         ({"type": "near_field", "strength": 0}, 0.0, None),
     ],
 )
@@ -93,9 +89,19 @@ def test_noise_reduction_is_the_noise_gate(
     value: dict[str, Any] | None, gate: float, echo: dict[str, Any] | None
 ) -> None:
     for update in (_ga(noise_reduction=value), {"input_audio_noise_reduction": value}):
-        o = RealtimeOptions().updated(update, GATE_DB)
-        assert o.start().noise_gate_db == gate
+        o = RealtimeOptions().updated(update)
+        assert o.start(GATE_DB).noise_gate_db == gate
         assert o.noise_reduction_echo(GATE_DB) == echo
+
+
+def test_an_omitted_strength_keeps_the_current_one() -> None:
+    """OpenAI: "Omitting strength from a session update preserves the current strength"; after
+    `null` the next one starts again at 1."""
+    half = RealtimeOptions().updated(_ga(noise_reduction={"type": "far_field", "strength": 0.5}))
+    again = half.updated(_ga(noise_reduction={"type": "far_field"}))
+    assert again.start(GATE_DB).noise_gate_db == 5.0
+    off = again.updated(_ga(noise_reduction=None))
+    assert off.updated(_ga(noise_reduction={"type": "near_field"})).noise_strength == 1.0
 
 
 def test_an_unset_noise_reduction_echoes_the_servers_gate() -> None:
@@ -109,22 +115,89 @@ def test_an_unset_noise_reduction_echoes_the_servers_gate() -> None:
 def test_temperature_and_format_together() -> None:
     o = RealtimeOptions().updated(
         {"input_audio_format": "g711_ulaw", "output_audio_format": "g711_ulaw",
-         "temperature": 0.8},
-        GATE_DB,
+         "temperature": 0.8}
     )  # fmt: skip
     assert o.format == RealtimeFormat("pcmu", 8000)
-    start = o.start()
+    start = o.start(GATE_DB)
     assert start.sampling.temperature == 0.8 and start.audio.encoding == "mulaw"
 
 
-def test_an_update_that_repeats_the_session_changes_nothing() -> None:
-    """A client may resend its whole session: equal options are not a change (no lock error)."""
-    update = _ga(format={"type": "audio/pcm", "rate": 16000},
-                 turn_detection={"type": "semantic_vad", "eagerness": "low"},
-                 noise_reduction={"type": "far_field"})  # fmt: skip
-    once = RealtimeOptions().updated(update, GATE_DB)
-    assert once.updated(update, GATE_DB) == once
-    assert once.updated({"instructions": "be brief"}, GATE_DB) == once
+@pytest.mark.parametrize(
+    "first",
+    [
+        _ga(format={"type": "audio/pcm", "rate": 16000}),
+        _ga(
+            turn_detection={"type": "semantic_vad", "eagerness": "low"},
+            noise_reduction={"type": "far_field", "strength": 1 / 3},
+        ),  # fmt: skip
+        {"turn_detection": {"type": "server_vad", "silence_duration_ms": 310}, "temperature": 0.9},
+        {"turn_detection": None, "input_audio_noise_reduction": None},
+    ],
+)
+def test_the_echoed_session_sent_back_is_no_change(first: dict[str, Any]) -> None:
+    """A client may send back the session the server showed it: what it spells differently
+    (the echoed strength, the server's temperature, `idle_timeout_ms: null`) gives the call the
+    same settings."""
+    o = RealtimeOptions().updated(first)
+    turn = None if o.turn is None else o.turn.render()
+    ga = _ga(format=o.format.ga(), turn_detection=turn,
+             noise_reduction=o.noise_reduction_echo(GATE_DB))  # fmt: skip
+    beta = {"input_audio_format": o.format.beta(), "turn_detection": turn,
+            "input_audio_noise_reduction": o.noise_reduction_echo(GATE_DB),
+            "temperature": o.temperature_echo(TEMPERATURE)}  # fmt: skip
+    beta_named = o.format.kind != "pcm" or o.format.rate == 24000  # beta pcm16 is 24 kHz
+    for echoed in (ga, beta) if beta_named else (ga,):
+        assert _same_call(o, o.updated(echoed)), echoed
+    assert _same_call(o, o.updated({"instructions": "be brief"}))
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ({"type": "semantic_vad", "eagerness": "auto"}, {"type": "semantic_vad"}),
+        ({"type": "semantic_vad", "eagerness": "medium"}, {"type": "server_vad"}),
+        (
+            {"type": "server_vad", "silence_duration_ms": 500},
+            {"type": "server_vad", "silence_duration_ms": 490},
+        ),  # fmt: skip
+    ],
+)
+def test_spellings_of_the_same_turn_detection_are_the_same_call(
+    a: dict[str, Any], b: dict[str, Any]
+) -> None:
+    one = RealtimeOptions().updated({"turn_detection": a})
+    assert _same_call(one, one.updated({"turn_detection": b}))
+
+
+@pytest.mark.parametrize(
+    ("update", "setting"),
+    [
+        ({"turn_detection": {"type": "semantic_vad", "eagerness": "high"}}, "turn_detection"),
+        ({"turn_detection": {"type": "server_vad", "idle_timeout_ms": 5000}}, "turn_detection"),
+        ({"turn_detection": None}, "turn_detection"),
+        ({"input_audio_noise_reduction": None}, "noise_reduction"),
+        ({"temperature": 0.8}, "temperature"),
+    ],
+)
+def test_a_real_change_is_one(update: dict[str, Any], setting: str) -> None:
+    o = RealtimeOptions()
+    was, now = (x.call_settings(GATE_DB, TEMPERATURE) for x in (o, o.updated(update)))
+    assert [k for k in was if was[k] != now[k]] == [setting]
+
+
+def test_low_keeps_its_flat_draw_on_a_server_that_splits() -> None:
+    """A server started with `--turn-temperature` splits every draw; `low` stays one flat
+    draw (its measured behaviour), `high` and `medium` take what they are given."""
+
+    def turn(eagerness: str | None) -> float | None:
+        asked = SamplingParams(eagerness=eagerness)  # type: ignore[arg-type]
+        return resolve(asked, 0.6, 0.3, 3000.0).turn_temperature
+
+    assert (turn("low"), turn("medium"), turn(None)) == (None, 0.3, 0.3)
+    assert turn("high") == EAGERNESS["high"].turn_temperature
+    asked = SamplingParams(eagerness="low", turn_temperature=0.2, speak_up_ms=0)
+    assert resolve(asked, 0.6, None, 3000.0).turn_temperature == 0.2  # named wins
+    assert resolve(asked, 0.6, None, 3000.0).speak_up_ms == 0.0
 
 
 @pytest.mark.parametrize(
@@ -141,6 +214,10 @@ def test_an_update_that_repeats_the_session_changes_nothing() -> None:
             "session.turn_detection.idle_timeout_ms",
         ),
         (
+            {"turn_detection": {"type": "server_vad", "idle_timeout_ms": 60_001}},
+            "session.turn_detection.idle_timeout_ms",
+        ),
+        (
             {"turn_detection": {"type": "server_vad", "silence_duration_ms": 2.5}},
             "session.turn_detection.silence_duration_ms",
         ),
@@ -154,6 +231,10 @@ def test_an_update_that_repeats_the_session_changes_nothing() -> None:
             _ga(noise_reduction={"type": "near_field", "strength": float("nan")}),
             "session.audio.input.noise_reduction.strength",
         ),
+        (
+            _ga(noise_reduction={"type": "near_field", "strength": 11}),
+            "session.audio.input.noise_reduction.strength",
+        ),
         ({"temperature": "hot"}, "session.temperature"),
         ({"temperature": 9}, "session.temperature"),
         ({"temperature": True}, "session.temperature"),
@@ -161,6 +242,6 @@ def test_an_update_that_repeats_the_session_changes_nothing() -> None:
 )
 def test_bad_values_name_their_field(update: dict[str, Any], param: str) -> None:
     with pytest.raises(ClientError) as info:
-        RealtimeOptions().updated(update, GATE_DB)
+        RealtimeOptions().updated(update)
     assert info.value.code == "invalid_value"
     assert info.value.param == param

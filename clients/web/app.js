@@ -61,6 +61,7 @@ const freshStats = () => ({
   lastError: null,
   lastErrorCode: null,
   serverStats: null,
+  ready: null, // the server's `ready`: the sampling the call got
   contextRate: null,
   codec: null, // "opus" or "pcm16": what the call uses on the wire
   bytesSent: 0, // WebSocket binary bytes (headers included), for the bandwidth figures
@@ -84,6 +85,7 @@ function setState(state) {
   const button = $("call");
   button.textContent = state === "idle" ? "Call" : "Hang up";
   button.disabled = state === "ending";
+  $("eagerness").disabled = state !== "idle"; // a call's sampling is fixed at `start`
 }
 
 function showError(code, detail) {
@@ -269,6 +271,7 @@ function connect(c, codec) {
         type: "start",
         version: 1,
         audio: { encoding: codec, sample_rate: WIRE_RATE, frame_ms: FRAME_MS },
+        sampling: { eagerness: $("eagerness").value },
       }),
     );
   };
@@ -298,6 +301,7 @@ function onMessage(c, data, timeStamp) {
     // `ready` arrived, on the audio clock: if the page was busy before it got here, the capture
     // worklet sends that much silence first, so every frame keeps its place in time.
     stats.sessionId = msg.session_id;
+    stats.ready = msg;
     $("session").textContent = msg.session_id;
     const waited = Math.max(0, performance.now() - timeStamp) / 1000;
     c.audio.capture.port.postMessage({ type: "start", at: c.audio.ctx.currentTime - waited });
