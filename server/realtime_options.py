@@ -313,7 +313,7 @@ class RealtimeOptions:
 
     def call_settings(self, default_gate_db: float, default_temperature: float) -> dict[str, Any]:
         """What reaches the call, by setting: two sessions spelled differently (`auto` and
-        `medium`, an echoed strength sent back, 500 or 510 ms of silence) that give the call
+        `medium`, an echoed strength sent back, 490 or 500 ms of silence) that give the call
         the same settings are the same."""
         sampling = self.start(default_gate_db).sampling
         turn = self.turn
