@@ -4,7 +4,8 @@ A bidirectional stream (`<Connect><Stream>`) speaks JSON text messages both ways
 `connected`, `start`, `media` (20 ms of base64 mu-law at 8 kHz), `mark`, `dtmf`, `stop`; out
 `media`, `mark` and `clear`. Twilio's protocol has no error message and no session clock, so
 errors are logged and become the close code of `server.protocol`, and Twilio's stream sample 0
-is the session's sample 0.
+is the session's sample 0. The TwiML's `<Parameter>`s may set the call's settings
+(`call_start`).
 
 Inbound audio is placed by the media `timestamp` (Twilio's clock), so lost packets become
 silence instead of shifting everything after them. `clear` is sent when the caller barges in:
@@ -31,6 +32,7 @@ from server.protocol import (
     ErrorCode,
     ErrorMessage,
     ProtocolError,
+    SamplingParams,
     StartMessage,
     describe_validation,
 )
@@ -44,6 +46,7 @@ log = logging.getLogger("duplex.twilio")
 RATE = 8000
 FRAME_MS = 20
 FRAME_SAMPLES = RATE * FRAME_MS // 1000  # 160 mu-law bytes per media message
+AUDIO = AudioFormat(encoding="mulaw", sample_rate=RATE, frame_ms=FRAME_MS)
 MULAW_SILENCE = b"\xff"
 # A media timestamp within half a frame of where the stream stands is that position (jitter
 # of Twilio's millisecond clock); a larger step forward is lost audio, filled with silence.
@@ -149,6 +152,26 @@ def parse_event(data: str | bytes) -> _Event | None:
         ) from exc
 
 
+def call_start(custom: dict[str, Any]) -> StartMessage:
+    """The call's `start`: mu-law 8 kHz, and the settings the TwiML's `<Parameter>`s name
+    (`customParameters`, all strings): the `sampling` fields of the native protocol
+    (`eagerness`, `temperature`, ...) and `noise_gate_db`. Other names are the application's
+    own and are left alone."""
+    sampling = {k: str(v) for k, v in custom.items() if k in SamplingParams.model_fields}
+    gate = {k: str(v) for k, v in custom.items() if k == "noise_gate_db"}
+    try:
+        return StartMessage.model_validate_strings(
+            {"type": "start", "sampling": sampling, **gate}
+        ).model_copy(update={"audio": AUDIO})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = str(first["loc"][-1])
+        raise ProtocolError(
+            ErrorCode.INVALID_MESSAGE,
+            f'<Parameter name="{name}" value={custom.get(name)!r}>: {first["msg"]}',
+        ) from exc
+
+
 class TwilioTransport:
     """One Twilio stream: checks its messages, places its audio, renders the agent's."""
 
@@ -187,10 +210,15 @@ class TwilioTransport:
             raise ProtocolError(ErrorCode.INVALID_MESSAGE, "`start` names two different streamSids")
         self.stream_sid, self.call_sid = event.streamSid, event.start.callSid
         self._last_seq = event.sequenceNumber
-        audio = AudioFormat(encoding="mulaw", sample_rate=RATE, frame_ms=FRAME_MS)
-        session = runtime.open_session(StartMessage(type="start", audio=audio))
+        start = call_start(event.start.customParameters)
+        session = runtime.open_session(start)
+        asked = start.model_dump(include={"sampling", "noise_gate_db"}, exclude_none=True)
         log.info(
-            "twilio stream %s (call %s) is session %s", self.stream_sid, self.call_sid, session.id
+            "twilio stream %s (call %s) is session %s%s",
+            self.stream_sid,
+            self.call_sid,
+            session.id,
+            f" with {asked}" if asked.get("sampling") or "noise_gate_db" in asked else "",
         )
         return session
 

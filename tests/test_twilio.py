@@ -131,6 +131,23 @@ def test_timestamp_gaps_become_silence(server: ServerProcess) -> None:
     assert stats is not None and "'samples_in': 9280" in stats.group(1)  # (1140 + 20) ms * 8
 
 
+def test_parameters_set_the_call(server: ServerProcess) -> None:
+    """`<Parameter>`s of the TwiML naming the native protocol's settings reach the call (the
+    server log says which); the application's own names are left alone."""
+    sid = "MZ" + "3" * 32
+    custom = {"eagerness": "high", "noise_gate_db": "0", "temperature": "0.7", "caller": "+1555"}
+    msgs: list[dict[str, Any] | str] = [start_message(sid, "CA1", custom_parameters=custom)]
+    msgs += [media_message(sid, 2 + i, i + 1, 20 * i, SILENCE_20MS) for i in range(10)]
+    msgs.append({"event": "stop", "sequenceNumber": "99", "streamSid": sid, "stop": {}})
+    assert _run(_session(_url(server), *msgs))[0] == 1000
+    opened = re.search(rf"twilio stream {sid} \(call CA1\) is session \w+ with (.*)",
+                       server.log_text())  # fmt: skip
+    assert opened is not None, server.log_text()[-2000:]
+    assert opened.group(1) == (
+        "{'sampling': {'eagerness': 'high', 'temperature': 0.7}, 'noise_gate_db': 0.0}"
+    )
+
+
 def _bad(kind: str) -> list[dict[str, Any] | str]:
     start = start_message(SID, "CA1")
     media = media_message(SID, 2, 1, 0, SILENCE_20MS)
@@ -146,6 +163,8 @@ def _bad(kind: str) -> list[dict[str, Any] | str]:
         return [start, {**media, "media": {**media["media"], "payload": "!!not base64!!"}}]
     if kind == "format":
         return [start_message(SID, "CA1", encoding="audio/x-l16", sample_rate=16000)]
+    if kind == "parameter":
+        return [start_message(SID, "CA1", custom_parameters={"eagerness": "eager"})]
     assert kind == "sequence"
     return [start, media, media_message(SID, 2, 2, 20, SILENCE_20MS)]
 
@@ -159,6 +178,7 @@ def _bad(kind: str) -> list[dict[str, Any] | str]:
         ("stream_sid", 1007, "invalid_message"),
         ("base64", 1007, "bad_frame"),
         ("format", 1003, "unsupported_audio"),
+        ("parameter", 1007, "invalid_message"),
         ("sequence", 1007, "sample_order"),
     ],
 )
