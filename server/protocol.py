@@ -131,7 +131,7 @@ class SamplingParams(_Message):
     """Per-session overrides of the server's sampling defaults."""
 
     eagerness: Eagerness | None = Field(
-        default=None, description="how readily the agent takes the turn (server/eagerness.py)"
+        default=None, description="how readily the agent takes the turn (server/call_sampling.py)"
     )
     temperature: float | None = Field(default=None, ge=0.0, le=5.0, allow_inf_nan=False)
     turn_temperature: float | None = Field(default=None, ge=0.0, le=5.0, allow_inf_nan=False)

@@ -26,9 +26,10 @@ from fastapi import WebSocket
 
 from server.calls import receive, receive_opening
 from server.protocol import ErrorCode, ErrorMessage
-from server.realtime_options import SETTING_PARAMS, ClientError, RealtimeOptions
+from server.realtime_options import BETA_KEYS, FIELDS, ClientError, RealtimeOptions, param
 from server.runtime import Runtime
 from server.session import CallSession, Outgoing
+from server.settings import Settings
 from streaming.transport import decode_audio
 from streaming.vad import EnergyVad
 
@@ -52,14 +53,6 @@ UNSUPPORTED_EVENTS = (
     "transcription_session.update",
 )
 _SERVER_SIDE = {ErrorCode.INTERNAL_ERROR, ErrorCode.SERVER_FULL, ErrorCode.SERVER_SHUTDOWN}
-_BETA_KEYS = {  # session keys only the beta shape has
-    "input_audio_format",
-    "output_audio_format",
-    "modalities",
-    "turn_detection",
-    "input_audio_noise_reduction",
-    "temperature",
-}
 
 
 def _id(prefix: str) -> str:
@@ -124,8 +117,8 @@ class RealtimeTransport:
         self._model = DEFAULT_MODEL
         self._beta = False
         self._options = RealtimeOptions()
-        self._default_gate_db = 0.0  # the server's noise gate and temperature, known at open
-        self._default_temperature = 0.0
+        self._server: Settings  # the server's defaults and tick, set at open
+        self._tick_s: float
         self._admitted = False
         self._samples = 0  # user samples received: the next append's first sample
         self._vad: EnergyVad | None = None
@@ -142,8 +135,7 @@ class RealtimeTransport:
         """Answer `session.created`, then handle events until the first audio admits the call."""
         self._model = ws.query_params.get("model") or DEFAULT_MODEL
         self._beta = "realtime=v1" in ws.headers.get("openai-beta", "")
-        self._default_gate_db = runtime.settings.noise_gate_db
-        self._default_temperature = runtime.settings.temperature
+        self._server, self._tick_s = runtime.settings, runtime.tick_s
         await self._send(ws, self._event("session.created", session=self._session()))
         timeout_s = runtime.settings.start_timeout_s
         deadline = time.monotonic() + timeout_s
@@ -152,7 +144,7 @@ class RealtimeTransport:
             audio = await self._on_message(ws, None, data)
             if audio is None:
                 continue
-            session = runtime.open_session(self._options.start(self._default_gate_db))
+            session = runtime.open_session(self._options.start(self._server))
             self._admitted = True
             turn = self._options.turn
             self._vad = None if turn is None else EnergyVad(self._rate, turn.vad_params())
@@ -236,13 +228,11 @@ class RealtimeTransport:
     async def _update(self, ws: WebSocket, session: CallSession | None, update: Any) -> None:
         if not isinstance(update, dict):
             raise ClientError("invalid_type", "`session` must be an object", "session")
-        if _BETA_KEYS & update.keys():
-            self._beta = True
-        options = self._options.updated(update)
+        beta = self._beta or ("type" not in update and bool(BETA_KEYS & update.keys()))
+        options = self._options.updated(update, self._server)
         if self._admitted:
             was, now = (
-                o.call_settings(self._default_gate_db, self._default_temperature)
-                for o in (self._options, options)
+                o.call_settings(self._server, self._tick_s) for o in (self._options, options)
             )
             if was["format"] != now["format"]:
                 raise ClientError(
@@ -251,14 +241,14 @@ class RealtimeTransport:
                     "open a new connection to change it",
                     "session.audio.input.format",
                 )
-            changed = [name for name in SETTING_PARAMS if was[name] != now[name]]
+            changed = [name for name in FIELDS if was[name] != now[name]]
             if changed:
                 raise ClientError(
                     "session_locked",
                     f"{changed[0]} is fixed once audio flows; open a new connection to change it",
-                    SETTING_PARAMS[changed[0]][self._beta],
+                    param(changed[0], beta),
                 )
-        self._options = options
+        self._options, self._beta = options, beta
         await self._emit(ws, session, self._event("session.updated", session=self._session()))
 
     def _decode(self, audio: Any) -> np.ndarray:
@@ -401,10 +391,10 @@ class RealtimeTransport:
     def _session(self) -> dict[str, Any]:
         o = self._options
         turn = None if o.turn is None else o.turn.render()
-        noise = o.noise_reduction_echo(self._default_gate_db)
+        noise = o.noise_reduction_echo(self._server)
         common = {"id": self._id, "object": "realtime.session", "model": self._model}
         if self._beta:
-            temperature = o.temperature_echo(self._default_temperature)
+            temperature = o.temperature_echo(self._server)
             return {
                 **common,
                 "modalities": ["audio"],

@@ -4,7 +4,7 @@ The OpenAI session settings that have a duplex counterpart are read and honoured
 accepted and ignored. A call's options are fixed once it is admitted (its first audio):
 
 - the audio format: one format both ways (duplex has one wire format per call);
-- `turn_detection`: `semantic_vad`'s `eagerness` is the call's (server/eagerness.py: how
+- `turn_detection`: `semantic_vad`'s `eagerness` is the call's (server/call_sampling.py: how
   readily the agent takes the turn, and its longest wait);
   `server_vad`'s `idle_timeout_ms` is the speak-up time and `silence_duration_ms` ends the VAD
   events' speech; `null` turns the VAD events off;
@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal, cast, get_args
 
-from server.eagerness import resolve
+from server.call_sampling import resolve
 from server.protocol import (
     MAX_NOISE_GATE_DB,
     AudioFormat,
@@ -27,6 +27,7 @@ from server.protocol import (
     SamplingParams,
     StartMessage,
 )
+from server.settings import Settings
 from streaming.vad import FRAME_MS, VadParams
 
 _PCM_RATES = (8000, 16000, 24000, 48000)
@@ -163,7 +164,9 @@ def parse_turn_detection(value: Any, param: str) -> TurnDetection | None:
     """A GA or beta `turn_detection` object, or None (`null`: no VAD events)."""
     if value is None:
         return None
-    kind = (value.get("type") or "server_vad") if isinstance(value, dict) else None
+    kind = value.get("type") if isinstance(value, dict) else "?"
+    if kind is None:  # left out, or null as beta clients may send it
+        kind = "server_vad"
     if kind not in ("server_vad", "semantic_vad"):
         raise ClientError(
             "invalid_value",
@@ -223,16 +226,38 @@ def parse_noise_strength(value: Any, param: str, current: float | None) -> float
     return float(strength)
 
 
-# Where each of the call's settings lives in a session object (GA, beta): `session_locked`
-# names the one a refused update would have changed.
-SETTING_PARAMS = {
-    "turn_detection": ("session.audio.input.turn_detection", "session.turn_detection"),
-    "noise_reduction": (
-        "session.audio.input.noise_reduction",
-        "session.input_audio_noise_reduction",
-    ),
-    "temperature": ("session.temperature", "session.temperature"),
+# The call's settings a session names, by where they live: the GA path under `session`, and
+# the beta key (`temperature` is a beta key, read in either shape).
+FIELDS: dict[str, tuple[tuple[str, ...], str]] = {
+    "turn_detection": (("audio", "input", "turn_detection"), "turn_detection"),
+    "noise_reduction": (("audio", "input", "noise_reduction"), "input_audio_noise_reduction"),
+    "temperature": (("temperature",), "temperature"),
 }
+# Keys only a beta session has: a `session.update` with one of them (and no GA `type`) is beta.
+BETA_KEYS = frozenset(
+    {"input_audio_format", "output_audio_format", "modalities"}
+    | {beta for ga, beta in FIELDS.values() if ga != (beta,)}
+)
+
+
+def param(setting: str, beta: bool) -> str:
+    """Where `setting` lives in a GA or beta session, as an error's `param` names it."""
+    ga, key = FIELDS[setting]
+    return f"session.{key}" if beta else "session." + ".".join(ga)
+
+
+def _named(session: dict[str, Any], setting: str) -> list[tuple[Any, str]]:
+    """The values `session` gives `setting`, GA path first, each with its param."""
+    ga, key = FIELDS[setting]
+    found: list[tuple[Any, str]] = []
+    node: Any = session
+    for part in ga[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict) and ga[-1] in node:
+        found.append((node[ga[-1]], param(setting, False)))
+    if ga != (key,) and key in session:
+        found.append((session[key], param(setting, True)))
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,41 +271,31 @@ class RealtimeOptions:
     noise_reduction: NoiseReduction = "near_field"  # the type the client named, echoed
     temperature: float | None = None  # None: the eagerness's or the server's
 
-    def updated(self, session: dict[str, Any]) -> RealtimeOptions:
+    def updated(self, session: dict[str, Any], server: Settings) -> RealtimeOptions:
         """These options with a `session.update`'s fields applied (GA or beta shape)."""
         out = self
         wanted = requested_format(session)
         if wanted is not None:
             out = dataclasses.replace(out, format=wanted)
-        audio = session.get("audio")
-        given = audio.get("input") if isinstance(audio, dict) else None
-        inp: dict[str, Any] = given if isinstance(given, dict) else {}
-        for where, key, param in (
-            (inp, "turn_detection", "session.audio.input.turn_detection"),
-            (session, "turn_detection", "session.turn_detection"),
-        ):
-            if key in where:
-                out = dataclasses.replace(out, turn=parse_turn_detection(where[key], param))
-        for where, key, param in (
-            (inp, "noise_reduction", "session.audio.input.noise_reduction"),
-            (session, "input_audio_noise_reduction", "session.input_audio_noise_reduction"),
-        ):
-            if key in where:
-                value = where[key]
-                strength = parse_noise_strength(value, param, out.noise_strength)
-                named = value.get("type") if isinstance(value, dict) else None
-                out = dataclasses.replace(
-                    out, noise_strength=strength, noise_reduction=named or out.noise_reduction
-                )
-        if session.get("temperature") is not None:
-            t = session["temperature"]
+        for value, where in _named(session, "turn_detection"):
+            out = dataclasses.replace(out, turn=parse_turn_detection(value, where))
+        for value, where in _named(session, "noise_reduction"):
+            strength = parse_noise_strength(value, where, out.noise_strength)
+            named = value.get("type") if isinstance(value, dict) else None
+            out = dataclasses.replace(
+                out, noise_strength=strength, noise_reduction=named or out.noise_reduction
+            )
+        for t, where in _named(session, "temperature"):
+            if t is None:
+                continue
             if isinstance(t, bool) or not isinstance(t, int | float) or not 0 <= t <= 5:
                 raise ClientError(
-                    "invalid_value",
-                    f"temperature {t!r}: use a number in [0, 5]",
-                    "session.temperature",
+                    "invalid_value", f"temperature {t!r}: use a number in [0, 5]", where
                 )
-            out = dataclasses.replace(out, temperature=float(t))
+            # The temperature the session showed, sent back, is no request of the client's
+            # own: it would outlive the eagerness it came from.
+            if self.temperature is not None or t != self.temperature_echo(server):
+                out = dataclasses.replace(out, temperature=float(t))
         return out
 
     def noise_gate_db(self, default_db: float) -> float:
@@ -289,7 +304,7 @@ class RealtimeOptions:
             return default_db
         return min(MAX_NOISE_GATE_DB, default_db * self.noise_strength)
 
-    def start(self, default_gate_db: float) -> StartMessage:
+    def start(self, server: Settings) -> StartMessage:
         """The `start` a native client would send for this session."""
         turn = self.turn
         sampling = SamplingParams(temperature=self.temperature)
@@ -301,36 +316,35 @@ class RealtimeOptions:
             sampling = SamplingParams(
                 temperature=self.temperature, speak_up_ms=float(turn.idle_timeout_ms)
             )
-        gate = None if self.noise_strength is None else self.noise_gate_db(default_gate_db)
+        gate = None if self.noise_strength is None else self.noise_gate_db(server.noise_gate_db)
         return StartMessage(
             type="start", audio=self.format.wire(), sampling=sampling, noise_gate_db=gate
         )
 
-    def temperature_echo(self, default: float) -> float:
+    def temperature_echo(self, server: Settings) -> float:
         """The temperature the call samples at: the session's, its eagerness's or the server's."""
-        asked = self.start(0.0).sampling
-        return resolve(asked, default, None, 0.0).temperature
+        return resolve(self.start(server).sampling, server, 1.0).temperature
 
-    def call_settings(self, default_gate_db: float, default_temperature: float) -> dict[str, Any]:
+    def call_settings(self, server: Settings, tick_s: float) -> dict[str, Any]:
         """What reaches the call, by setting: two sessions spelled differently (`auto` and
-        `medium`, an echoed strength sent back, 490 or 500 ms of silence) that give the call
-        the same settings are the same."""
-        sampling = self.start(default_gate_db).sampling
+        `medium`, an echoed strength sent back, 490 or 500 ms of silence, a speak-up time
+        within the same tick) that give the call the same settings are the same."""
+        got = resolve(self.start(server).sampling, server, tick_s)
         turn = self.turn
         return {
             "format": self.format,
             "turn_detection": (
-                sampling.eagerness or "medium",
-                sampling.speak_up_ms,
+                got.turn_temperature,
+                got.speak_up_chunks,
                 None if turn is None else turn.vad_params(),
             ),
-            "noise_reduction": self.noise_gate_db(default_gate_db),
-            "temperature": self.temperature_echo(default_temperature),
+            "noise_reduction": self.noise_gate_db(server.noise_gate_db),
+            "temperature": got.temperature,
         }
 
-    def noise_reduction_echo(self, default_gate_db: float) -> dict[str, Any] | None:
+    def noise_reduction_echo(self, server: Settings) -> dict[str, Any] | None:
         """`noise_reduction` as the session object shows it: null when no gate runs."""
-        if self.noise_gate_db(default_gate_db) <= 0:
+        if self.noise_gate_db(server.noise_gate_db) <= 0:
             return None
         strength = 1.0 if self.noise_strength is None else self.noise_strength
         return {"type": self.noise_reduction, "strength": strength}

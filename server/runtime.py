@@ -19,7 +19,7 @@ from model.checkpoint import DuplexConfig, load_checkpoint
 from model.engine import Engine, StepRequest
 from model.format import Frame
 from model.sampling import SamplingParams
-from server.eagerness import resolve
+from server.call_sampling import resolve
 from server.metrics import Metrics
 from server.pacing import StepPacer
 from server.protocol import (
@@ -223,14 +223,13 @@ class Runtime:
                 f"{list(OPUS_FRAME_MS)} that divides the tick",
             )
         s = self.settings
-        req = start.sampling
-        got = resolve(req, s.temperature, s.turn_temperature, s.speak_up_ms)
+        got = resolve(start.sampling, s, self.tick_s)
         params = SamplingParams(
             temperature=got.temperature,
-            top_k=s.top_k if req.top_k is None else req.top_k,
-            seed=_seed(s.seed if req.seed is None else req.seed),
+            top_k=got.top_k,
+            seed=_seed(got.seed),
             turn_temperature=got.turn_temperature,
-            speak_up_chunks=_chunks(got.speak_up_ms, self.tick_s),
+            speak_up_chunks=got.speak_up_chunks,
         )
         session = CallSession(
             uuid.uuid4().hex,
@@ -252,12 +251,6 @@ class Runtime:
             except (OSError, RuntimeError) as exc:  # soundfile's errors are RuntimeErrors
                 log.error("call %s is not recorded: %s", session.id, exc)
         return session
-
-
-def _chunks(ms: float, tick_s: float) -> int:
-    """Whole chunks covering `ms`, at least one unless it is 0 (320 ms at 160 ms a tick is 2,
-    not 3 after float error)."""
-    return max(1, math.ceil(round(ms / 1000 / tick_s, 6))) if ms > 0 else 0
 
 
 def _seed(seed: int | None) -> int:

@@ -254,7 +254,7 @@ def test_frames_a_client_dropped_do_not_open_the_noise_gate(server: ServerProces
 
 
 def test_eagerness_sets_the_calls_sampling(server: ServerProcess, voice: Voice) -> None:
-    """`sampling.eagerness` brings its sampling (server/eagerness.py); a field the call names
+    """`sampling.eagerness` brings its sampling (server/call_sampling.py); a field the call names
     itself wins over it. `ready` echoes what the call got."""
     asks = [SamplingParams(eagerness="low"), SamplingParams(eagerness="high", speak_up_ms=500)]
 

@@ -23,6 +23,7 @@ from server.protocol import AudioFormat
 from server.realtime import QueuedEvent, RealtimeTransport, alaw_decode, alaw_encode
 from server.realtime_options import ClientError, parse_format
 from server.session import AgentChunk, Outgoing
+from server.settings import Settings
 from streaming.resample import resample_whole
 from streaming.transport import decode_audio, encode_audio
 from tests.conftest import ServerProcess, read_wav, speak, start_server, stop_server
@@ -371,3 +372,24 @@ def test_session_settings_reach_the_call(
     assert by_gate[0.0]["sampling"]["eagerness"] == "high"
     assert by_gate[20.0]["sampling"]["temperature"] == 0.9
     assert by_gate[20.0]["sampling"]["eagerness"] is None
+
+
+def test_a_refused_update_changes_nothing() -> None:
+    """Once the call runs, a beta-shaped change is refused with the beta path of the setting,
+    and leaves the options and the session's shape (GA) as they were; a GA update that names
+    `temperature` stays GA."""
+    t = RealtimeTransport()
+    t._server, t._tick_s, t._admitted = Settings(), TICK_S, True
+    ws = _Socket()
+    before = t._options
+
+    async def update(session: dict[str, Any]) -> None:
+        await t._update(ws, None, session)  # type: ignore[arg-type]
+
+    with pytest.raises(ClientError) as info:
+        asyncio.run(update({"turn_detection": {"type": "semantic_vad", "eagerness": "high"}}))
+    assert (info.value.code, info.value.param) == ("session_locked", "session.turn_detection")
+    assert t._options == before and not t._beta
+    asyncio.run(update({"type": "realtime", "temperature": 0.6}))  # the server's: no change
+    assert not t._beta and ws.sent[-1]["type"] == "session.updated"
+    assert "audio" in ws.sent[-1]["session"]  # GA-shaped

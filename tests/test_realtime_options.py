@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from server.eagerness import EAGERNESS, resolve
 from server.protocol import SamplingParams
 from server.realtime_options import (
     ClientError,
@@ -15,8 +14,10 @@ from server.realtime_options import (
     RealtimeOptions,
     TurnDetection,
 )
+from server.settings import Settings
 
-GATE_DB, TEMPERATURE = 10.0, 0.6  # the server's defaults in these tests
+SERVER = Settings(noise_gate_db=10.0, temperature=0.6, speak_up_ms=3000.0)
+TICK_S = 0.16
 
 
 def _ga(**inp: Any) -> dict[str, Any]:
@@ -24,11 +25,11 @@ def _ga(**inp: Any) -> dict[str, Any]:
 
 
 def _same_call(a: RealtimeOptions, b: RealtimeOptions) -> bool:
-    return a.call_settings(GATE_DB, TEMPERATURE) == b.call_settings(GATE_DB, TEMPERATURE)
+    return a.call_settings(SERVER, TICK_S) == b.call_settings(SERVER, TICK_S)
 
 
 def test_defaults_are_the_servers() -> None:
-    start = RealtimeOptions().start(GATE_DB)
+    start = RealtimeOptions().start(SERVER)
     assert start.sampling == SamplingParams()
     assert start.noise_gate_db is None
     assert (start.audio.encoding, start.audio.sample_rate) == ("pcm16", 24000)
@@ -39,40 +40,38 @@ def test_defaults_are_the_servers() -> None:
     [("low", "low"), ("medium", "medium"), ("high", "high"), ("auto", "medium")],
 )
 def test_semantic_eagerness_is_the_calls(eagerness: str, native: str) -> None:
-    o = RealtimeOptions().updated(
-        _ga(turn_detection={"type": "semantic_vad", "eagerness": eagerness})
-    )
+    turn = {"type": "semantic_vad", "eagerness": eagerness}
+    o = RealtimeOptions().updated(_ga(turn_detection=turn), SERVER)
     assert o.turn == TurnDetection("semantic_vad", eagerness)  # type: ignore[arg-type]
-    assert o.start(GATE_DB).sampling == SamplingParams(eagerness=native)  # type: ignore[arg-type]
+    assert o.start(SERVER).sampling == SamplingParams(eagerness=native)  # type: ignore[arg-type]
     rendered = o.turn.render() if o.turn else {}
     assert rendered["type"] == "semantic_vad" and rendered["eagerness"] == eagerness
 
 
 def test_a_named_temperature_goes_along_with_the_eagerness() -> None:
     low = {"turn_detection": {"type": "semantic_vad", "eagerness": "low"}}
-    o = RealtimeOptions().updated({**low, "temperature": 0.7})
-    assert o.start(GATE_DB).sampling == SamplingParams(eagerness="low", temperature=0.7)
-    assert o.temperature_echo(TEMPERATURE) == 0.7
-    assert RealtimeOptions().updated(low).temperature_echo(TEMPERATURE) == 0.5  # low's own
-    assert RealtimeOptions().temperature_echo(TEMPERATURE) == TEMPERATURE
+    o = RealtimeOptions().updated({**low, "temperature": 0.7}, SERVER)
+    assert o.start(SERVER).sampling == SamplingParams(eagerness="low", temperature=0.7)
+    assert o.temperature_echo(SERVER) == 0.7
+    assert RealtimeOptions().updated(low, SERVER).temperature_echo(SERVER) == 0.5  # low's own
+    assert RealtimeOptions().temperature_echo(SERVER) == SERVER.temperature
 
 
 def test_server_vad_idle_timeout_is_the_speak_up_time_and_silence_ends_vad_speech() -> None:
-    o = RealtimeOptions().updated(
-        _ga(turn_detection={"type": "server_vad", "idle_timeout_ms": 6000,
-                            "silence_duration_ms": 300, "threshold": 0.7})
-    )  # fmt: skip
-    assert o.start(GATE_DB).sampling == SamplingParams(speak_up_ms=6000.0)
+    turn = {"type": "server_vad", "idle_timeout_ms": 6000, "silence_duration_ms": 300,
+            "threshold": 0.7}  # fmt: skip
+    o = RealtimeOptions().updated(_ga(turn_detection=turn), SERVER)
+    assert o.start(SERVER).sampling == SamplingParams(speak_up_ms=6000.0)
     assert o.turn is not None and o.turn.vad_params().stop_frames == 15  # 300 ms of 20 ms frames
     assert o.turn.render()["silence_duration_ms"] == 300
-    untyped = RealtimeOptions().updated({"turn_detection": {"type": None}})  # beta allows it
+    untyped = RealtimeOptions().updated({"turn_detection": {"type": None}}, SERVER)  # beta
     assert untyped.turn == TurnDetection()
 
 
 def test_null_turn_detection_turns_the_vad_events_off() -> None:
-    o = RealtimeOptions().updated({"turn_detection": None})  # beta shape
+    o = RealtimeOptions().updated({"turn_detection": None}, SERVER)  # beta shape
     assert o.turn is None
-    assert o.start(GATE_DB).sampling == SamplingParams()
+    assert o.start(SERVER).sampling == SamplingParams()
 
 
 @pytest.mark.parametrize(
@@ -89,36 +88,37 @@ def test_noise_reduction_is_the_noise_gate(
     value: dict[str, Any] | None, gate: float, echo: dict[str, Any] | None
 ) -> None:
     for update in (_ga(noise_reduction=value), {"input_audio_noise_reduction": value}):
-        o = RealtimeOptions().updated(update)
-        assert o.start(GATE_DB).noise_gate_db == gate
-        assert o.noise_reduction_echo(GATE_DB) == echo
+        o = RealtimeOptions().updated(update, SERVER)
+        assert o.start(SERVER).noise_gate_db == gate
+        assert o.noise_reduction_echo(SERVER) == echo
 
 
 def test_an_omitted_strength_keeps_the_current_one() -> None:
     """OpenAI: "Omitting strength from a session update preserves the current strength"; after
     `null` the next one starts again at 1."""
-    half = RealtimeOptions().updated(_ga(noise_reduction={"type": "far_field", "strength": 0.5}))
-    again = half.updated(_ga(noise_reduction={"type": "far_field"}))
-    assert again.start(GATE_DB).noise_gate_db == 5.0
-    off = again.updated(_ga(noise_reduction=None))
-    assert off.updated(_ga(noise_reduction={"type": "near_field"})).noise_strength == 1.0
+    half = RealtimeOptions().updated(
+        _ga(noise_reduction={"type": "far_field", "strength": 0.5}), SERVER
+    )
+    again = half.updated(_ga(noise_reduction={"type": "far_field"}), SERVER)
+    assert again.start(SERVER).noise_gate_db == 5.0
+    off = again.updated(_ga(noise_reduction=None), SERVER)
+    assert off.updated(_ga(noise_reduction={"type": "near_field"}), SERVER).noise_strength == 1.0
 
 
 def test_an_unset_noise_reduction_echoes_the_servers_gate() -> None:
-    assert RealtimeOptions().noise_reduction_echo(GATE_DB) == {
+    assert RealtimeOptions().noise_reduction_echo(SERVER) == {
         "type": "near_field",
         "strength": 1.0,
     }
-    assert RealtimeOptions().noise_reduction_echo(0.0) is None  # a server without a gate
+    no_gate = Settings(noise_gate_db=0.0)
+    assert RealtimeOptions().noise_reduction_echo(no_gate) is None  # a server without a gate
 
 
 def test_temperature_and_format_together() -> None:
-    o = RealtimeOptions().updated(
-        {"input_audio_format": "g711_ulaw", "output_audio_format": "g711_ulaw",
-         "temperature": 0.8}
-    )  # fmt: skip
+    fmt = {"input_audio_format": "g711_ulaw", "output_audio_format": "g711_ulaw"}
+    o = RealtimeOptions().updated({**fmt, "temperature": 0.8}, SERVER)
     assert o.format == RealtimeFormat("pcmu", 8000)
-    start = o.start(GATE_DB)
+    start = o.start(SERVER)
     assert start.sampling.temperature == 0.8 and start.audio.encoding == "mulaw"
 
 
@@ -138,17 +138,17 @@ def test_the_echoed_session_sent_back_is_no_change(first: dict[str, Any]) -> Non
     """A client may send back the session the server showed it: what it spells differently
     (the echoed strength, the server's temperature, `idle_timeout_ms: null`) gives the call the
     same settings."""
-    o = RealtimeOptions().updated(first)
+    o = RealtimeOptions().updated(first, SERVER)
     turn = None if o.turn is None else o.turn.render()
     ga = _ga(format=o.format.ga(), turn_detection=turn,
-             noise_reduction=o.noise_reduction_echo(GATE_DB))  # fmt: skip
+             noise_reduction=o.noise_reduction_echo(SERVER))  # fmt: skip
     beta = {"input_audio_format": o.format.beta(), "turn_detection": turn,
-            "input_audio_noise_reduction": o.noise_reduction_echo(GATE_DB),
-            "temperature": o.temperature_echo(TEMPERATURE)}  # fmt: skip
+            "input_audio_noise_reduction": o.noise_reduction_echo(SERVER),
+            "temperature": o.temperature_echo(SERVER)}  # fmt: skip
     beta_named = o.format.kind != "pcm" or o.format.rate == 24000  # beta pcm16 is 24 kHz
     for echoed in (ga, beta) if beta_named else (ga,):
-        assert _same_call(o, o.updated(echoed)), echoed
-    assert _same_call(o, o.updated({"instructions": "be brief"}))
+        assert _same_call(o, o.updated(echoed, SERVER)), echoed
+    assert _same_call(o, o.updated({"instructions": "be brief"}, SERVER))
 
 
 @pytest.mark.parametrize(
@@ -165,8 +165,8 @@ def test_the_echoed_session_sent_back_is_no_change(first: dict[str, Any]) -> Non
 def test_spellings_of_the_same_turn_detection_are_the_same_call(
     a: dict[str, Any], b: dict[str, Any]
 ) -> None:
-    one = RealtimeOptions().updated({"turn_detection": a})
-    assert _same_call(one, one.updated({"turn_detection": b}))
+    one = RealtimeOptions().updated({"turn_detection": a}, SERVER)
+    assert _same_call(one, one.updated({"turn_detection": b}, SERVER))
 
 
 @pytest.mark.parametrize(
@@ -181,23 +181,33 @@ def test_spellings_of_the_same_turn_detection_are_the_same_call(
 )
 def test_a_real_change_is_one(update: dict[str, Any], setting: str) -> None:
     o = RealtimeOptions()
-    was, now = (x.call_settings(GATE_DB, TEMPERATURE) for x in (o, o.updated(update)))
+    was, now = (x.call_settings(SERVER, TICK_S) for x in (o, o.updated(update, SERVER)))
     assert [k for k in was if was[k] != now[k]] == [setting]
 
 
-def test_low_keeps_its_flat_draw_on_a_server_that_splits() -> None:
-    """A server started with `--turn-temperature` splits every draw; `low` stays one flat
-    draw (its measured behaviour), `high` and `medium` take what they are given."""
+def test_the_shown_temperature_sent_back_is_no_request() -> None:
+    """The beta session shows `low`'s 0.5; sent back, it must not outlive `low`: a later
+    `high` samples at the server's temperature again. A temperature the client chose does."""
+    low = RealtimeOptions().updated({"turn_detection": {"type": "semantic_vad",
+                                                        "eagerness": "low"}}, SERVER)  # fmt: skip
+    echoed = low.updated({"temperature": low.temperature_echo(SERVER)}, SERVER)
+    assert echoed.temperature is None
+    high = echoed.updated({"turn_detection": {"type": "semantic_vad", "eagerness": "high"}},
+                          SERVER)  # fmt: skip
+    assert high.temperature_echo(SERVER) == SERVER.temperature
+    assert low.updated({"temperature": 0.55}, SERVER).temperature == 0.55
 
-    def turn(eagerness: str | None) -> float | None:
-        asked = SamplingParams(eagerness=eagerness)  # type: ignore[arg-type]
-        return resolve(asked, 0.6, 0.3, 3000.0).turn_temperature
 
-    assert (turn("low"), turn("medium"), turn(None)) == (None, 0.3, 0.3)
-    assert turn("high") == EAGERNESS["high"].turn_temperature
-    asked = SamplingParams(eagerness="low", turn_temperature=0.2, speak_up_ms=0)
-    assert resolve(asked, 0.6, None, 3000.0).turn_temperature == 0.2  # named wins
-    assert resolve(asked, 0.6, None, 3000.0).speak_up_ms == 0.0
+def test_a_speak_up_time_counts_in_whole_ticks() -> None:
+    """3000 ms, the server's own and 3010 ms all give the call 19 ticks: no change."""
+
+    def idle(ms: int) -> dict[str, Any]:
+        return {"turn_detection": {"type": "server_vad", "idle_timeout_ms": ms}}
+
+    at_3000 = RealtimeOptions().updated(idle(3000), SERVER)
+    assert _same_call(RealtimeOptions(), at_3000)
+    assert _same_call(at_3000, at_3000.updated(idle(3010), SERVER))
+    assert not _same_call(at_3000, at_3000.updated(idle(3500), SERVER))
 
 
 @pytest.mark.parametrize(
@@ -205,6 +215,8 @@ def test_low_keeps_its_flat_draw_on_a_server_that_splits() -> None:
     [
         (_ga(turn_detection={"type": "push_to_talk"}), "session.audio.input.turn_detection.type"),
         (_ga(turn_detection="semantic_vad"), "session.audio.input.turn_detection.type"),
+        (_ga(turn_detection={"type": 0}), "session.audio.input.turn_detection.type"),
+        (_ga(turn_detection={"type": ""}), "session.audio.input.turn_detection.type"),
         (
             _ga(turn_detection={"type": "semantic_vad", "eagerness": "very"}),
             "session.audio.input.turn_detection.eagerness",
@@ -242,6 +254,6 @@ def test_low_keeps_its_flat_draw_on_a_server_that_splits() -> None:
 )
 def test_bad_values_name_their_field(update: dict[str, Any], param: str) -> None:
     with pytest.raises(ClientError) as info:
-        RealtimeOptions().updated(update)
+        RealtimeOptions().updated(update, SERVER)
     assert info.value.code == "invalid_value"
     assert info.value.param == param

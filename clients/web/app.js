@@ -85,7 +85,8 @@ function setState(state) {
   const button = $("call");
   button.textContent = state === "idle" ? "Call" : "Hang up";
   button.disabled = state === "ending";
-  $("eagerness").disabled = state !== "idle"; // a call's sampling is fixed at `start`
+  const eagerness = $("eagerness");
+  if (eagerness) eagerness.disabled = state !== "idle"; // a call's sampling is fixed at `start`
 }
 
 function showError(code, detail) {
@@ -266,14 +267,16 @@ function connect(c, codec) {
   ws.binaryType = "arraybuffer";
   c.ws = ws;
   ws.onopen = () => {
-    ws.send(
-      JSON.stringify({
-        type: "start",
-        version: 1,
-        audio: { encoding: codec, sample_rate: WIRE_RATE, frame_ms: FRAME_MS },
-        sampling: { eagerness: $("eagerness").value },
-      }),
-    );
+    const start = {
+      type: "start",
+      version: 1,
+      audio: { encoding: codec, sample_rate: WIRE_RATE, frame_ms: FRAME_MS },
+    };
+    // Only a choice away from the server's defaults is sent: a server older than
+    // `sampling.eagerness` refuses fields it does not know.
+    const eagerness = $("eagerness")?.value || "medium";
+    if (eagerness !== "medium") start.sampling = { eagerness };
+    ws.send(JSON.stringify(start));
   };
   ws.onmessage = (e) => onMessage(c, e.data, e.timeStamp);
   ws.onerror = () => {}; // the close event that follows says what happened
