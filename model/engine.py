@@ -46,6 +46,7 @@ class StepRequest:
     # The first frames of a user chunk still arriving, as (chunk index, frames). Used when it
     # is the chunk this step estimates (k-1): the estimate starts with them.
     partial_user: tuple[int, list[Frame]] | None = None
+    prompt: bool = False  # the caller asked for a response: this agent chunk starts with sound
 
 
 @dataclass
@@ -92,6 +93,7 @@ class _Job:
     phase: _Phase
     units: list[int] = field(default_factory=list)
     partial: list[Frame] = field(default_factory=list)  # real first frames of the estimate
+    prompt: bool = False  # the agent chunk starts with sound (StepRequest.prompt)
 
 
 class Engine:
@@ -203,6 +205,7 @@ class Engine:
         if k > 0 and (k - 1) in s.pending:
             tl.append_user(s.pending.pop(k - 1), real=True)
         job = _Job(s, result, _Phase.USER_TAG if len(tl.user) < k else _Phase.AGENT_UNITS)
+        job.prompt = req.prompt
         n = self.frames_per_chunk
         if job.phase is _Phase.USER_TAG and req.partial_user and req.partial_user[0] == k - 1:
             job.partial = req.partial_user[1][: n - 1]
@@ -267,9 +270,14 @@ class Engine:
         return job.partial + interpolate(sampled, last, rest)
 
     def _speak_floor(self, job: _Job) -> float:
-        """SPEAK_UP_P for the first draw of an agent chunk after a long silence on both sides."""
+        """For the first draw of an agent chunk: 1 when the caller asked for a response,
+        SPEAK_UP_P after a long silence on both sides."""
+        if job.phase is not _Phase.AGENT_UNITS or job.units:
+            return 0.0
+        if job.prompt:
+            return 1.0
         quiet = job.session.params.speak_up_chunks
-        if not quiet or job.phase is not _Phase.AGENT_UNITS or job.units:
+        if not quiet:
             return 0.0
         return SPEAK_UP_P if job.session.timeline.silent_chunks(quiet) == quiet else 0.0
 

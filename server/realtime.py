@@ -107,6 +107,7 @@ class QueuedEvent(Outgoing):
 
     event: dict[str, Any] = field(default_factory=dict)
     cancel_event_id: str | None = None  # a `response.cancel`, resolved by the sender
+    respond: bool = False  # a `response.create`: the agent may be heard again
 
 
 class RealtimeTransport:
@@ -217,7 +218,11 @@ class RealtimeTransport:
             raise ClientError(
                 "unsupported_event", f"{kind!r} is not supported by duplex (audio only)", "type"
             )
-        elif kind != "response.create":  # accepted: the agent speaks on its own clock
+        elif kind == "response.create":
+            if session is not None:  # before the first audio there is no call to answer
+                session.request_response()
+                session.outbox.put_nowait(QueuedEvent(respond=True))
+        else:
             raise ClientError(
                 "invalid_value",
                 f"Invalid value: {kind!r}. Supported values are: {', '.join(SUPPORTED_EVENTS)}.",
@@ -306,6 +311,8 @@ class RealtimeTransport:
             self._suppressed = False  # the user spoke again: the agent may be heard
         if item.event:
             await self._send(ws, item.event)
+        elif item.respond:
+            self._suppressed = False
         elif self._response is not None:
             await self._close_response(ws, "cancelled")
             self._suppressed = True

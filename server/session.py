@@ -30,6 +30,10 @@ from streaming.agent_output import AgentAudioOutput
 from streaming.codec import SpeechCodec
 from streaming.user_input import UserAudioInput
 
+# A response asked for starts the agent's next chunks with sound: three chunks (480 ms) get it
+# talking; then it goes on as the model does (its turns last ~0.6 s on average in self-play).
+RESPONSE_CHUNKS = 3
+
 
 class State(enum.Enum):
     JOINING = "joining"  # admitted, waiting for its first tick
@@ -112,6 +116,7 @@ class CallSession:
         self.opened = False  # `ready` has been queued: nothing may end the call before it
         self.audio_on_time = True  # its audio was in before the last step started
         self.last_chunk: int | None = None  # final agent chunk once `end` arrived
+        self.prompt_chunks = 0  # agent chunks still to start with sound (a response asked for)
         self.expected_sample = 0  # in the client's sample numbering
         self.drop_pending = 0  # wire samples of incoming audio still to drop (re-anchoring)
         self.off_clock_ticks = 0  # consecutive ticks its audio was beyond the buffer's reach
@@ -189,6 +194,11 @@ class CallSession:
         n = min(samples, self.drop_pending)
         self.drop_pending -= n
         self.stats.re_anchored_samples += n
+
+    def request_response(self) -> None:
+        """The caller asks the agent to speak now: its next RESPONSE_CHUNKS chunks start with
+        sound (a Realtime `response.create`)."""
+        self.prompt_chunks = RESPONSE_CHUNKS
 
     def on_end(self, total_samples: int) -> None:
         if self.state not in (State.JOINING, State.LIVE):

@@ -48,6 +48,7 @@ class TickPlan:
     joins: list[CallSession] = field(default_factory=list)
     leaves: list[str] = field(default_factory=list)
     sessions: list[CallSession] = field(default_factory=list)
+    prompts: set[str] = field(default_factory=set)  # calls whose caller asked for a response
 
 
 @dataclass
@@ -282,6 +283,9 @@ class Ticker:
                     s.finish()
                 continue
             plan.sessions.append(s)
+            if s.prompt_chunks > 0:
+                s.prompt_chunks -= 1
+                plan.prompts.add(s.id)
         return plan
 
     def _work(self, plan: TickPlan) -> TickOutput:
@@ -299,7 +303,15 @@ class Ticker:
             real[s.id] = {c.index: [tuple(f) for f in c.units.tolist()] for c in chunks}
             arrivals[s.id] = ([c.arrival for c in chunks], part.arrivals)
             partial = (part.index, [tuple(f) for f in part.units.tolist()])
-            requests.append(StepRequest(s.id, real[s.id], silent=plan.silent, partial_user=partial))
+            requests.append(
+                StepRequest(
+                    s.id,
+                    real[s.id],
+                    silent=plan.silent,
+                    partial_user=partial,
+                    prompt=s.id in plan.prompts,
+                )
+            )
         results = self.engine.step(requests)
         newest: dict[str, float | None] = {}
         for sid, (whole, frames) in arrivals.items():

@@ -87,3 +87,27 @@ def test_a_dead_conversation_gets_the_agent_to_speak_up(monkeypatch: pytest.Monk
         assert not torch.equal(alone_rng[10], nudged_rng[10])  # its speak-or-not draw
         assert all(chunk == quiet for chunk in alone), seed  # left alone: 2.6 s of dead air
         assert nudged[10] != quiet
+
+
+def test_a_response_asked_for_starts_the_agents_chunk_with_sound() -> None:
+    """`StepRequest.prompt` (a Realtime `response.create`): the agent chunk of that step
+    starts with a unit, where the default agent, left alone with a silent caller, says
+    nothing; the steps before are as they were."""
+    config, llama = load_checkpoint(DEFAULT)
+    fmt = config.chunk_format()
+    quiet = [fmt.silence] * fmt.frames_per_chunk
+
+    def agent_chunks(seed: int, prompt_at: int | None) -> list[list[Frame]]:
+        engine = Engine(config, llama, max_sessions=1, max_rollback_chunks=4)
+        engine.add_session("c", SamplingParams(temperature=0.6, seed=seed))
+        return [
+            engine.step(
+                [StepRequest("c", real_user={k - 1: quiet} if k else {}, prompt=k == prompt_at)]
+            )["c"].frames
+            for k in range(8)
+        ]
+
+    for seed in range(3):
+        alone, asked = agent_chunks(seed, None), agent_chunks(seed, 5)
+        assert asked[:5] == alone[:5] and all(chunk == quiet for chunk in alone), seed
+        assert asked[5][0] != fmt.silence, seed

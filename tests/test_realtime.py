@@ -290,6 +290,29 @@ def test_responses_follow_agent_speech_and_cancel() -> None:
     asyncio.run(scenario())
 
 
+def test_response_create_asks_the_call_for_a_response() -> None:
+    """`response.create` prompts the call (its next chunks start with sound) and lets the
+    agent be heard again after a `response.cancel`."""
+    t = RealtimeTransport()
+    asked: list[bool] = []
+    outbox: asyncio.Queue[Outgoing] = asyncio.Queue()
+    session = SimpleNamespace(request_response=lambda: asked.append(True), outbox=outbox)
+    ws = _Socket()
+
+    async def scenario() -> None:
+        await t._dispatch(ws, session, {"type": "response.create"})  # type: ignore[arg-type]
+        assert asked == [True]
+        item = outbox.get_nowait()
+        assert isinstance(item, QueuedEvent) and item.respond
+        t._suppressed = True  # as after a cancel
+        await t._send_event(ws, item)  # type: ignore[arg-type]
+        assert not t._suppressed and ws.sent == []
+        await t._dispatch(ws, None, {"type": "response.create"})  # type: ignore[arg-type]
+        assert asked == [True]  # no call yet: nothing to answer
+
+    asyncio.run(scenario())
+
+
 def _chunk(k: int, payload: bytes) -> AgentChunk:
     return AgentChunk(k, k * 3840, payload, False)
 

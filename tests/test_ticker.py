@@ -1,5 +1,5 @@
 """The tick loop's plan, driven by hand: what a tick does with a call in an order the live
-server reaches only under an overrun."""
+server reaches only under an overrun, and which steps a response asked for prompts."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from server.protocol import StartMessage
 from server.runtime import Runtime
-from server.session import State
+from server.session import RESPONSE_CHUNKS, State
 from server.settings import Settings
 
 
@@ -32,5 +32,20 @@ def test_an_end_after_the_last_chunk_waits_for_the_opening(checkpoint: Path) -> 
         marker = s.outbox.get_nowait()
         assert marker.end_marker and marker.audio is not None and marker.audio.chunk == 1
         assert marker.audio.last
+    finally:
+        runtime.ticker.shutdown()
+
+
+def test_a_response_asked_for_prompts_the_next_chunks(checkpoint: Path) -> None:
+    """`request_response` (a Realtime `response.create`) marks the call's next
+    RESPONSE_CHUNKS steps as prompted, and no more."""
+    runtime = Runtime(Settings(model=checkpoint, max_sessions=1))
+    try:
+        ticker = runtime.ticker
+        s = runtime.open_session(StartMessage(type="start"))
+        assert not ticker._plan(0, False).prompts
+        s.request_response()
+        prompted = [s.id in ticker._plan(k, False).prompts for k in range(1, 6)]
+        assert prompted == [True] * RESPONSE_CHUNKS + [False] * (5 - RESPONSE_CHUNKS)
     finally:
         runtime.ticker.shutdown()
