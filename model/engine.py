@@ -290,7 +290,10 @@ class Engine:
             last = job.units[-1] if job.units else tl.prev_user()[0]
             return self.masks.unit_after(last, *((fmt.s0,) if job.units else ()))
         last = job.units[-1] if job.units else tl.prev_agent()[0]
-        return self.masks.unit_after(last, fmt.s0, fmt.s1)
+        allowed = self.masks.unit_after(last, fmt.s0, fmt.s1)
+        if job.prompt and not job.units:  # a response asked for starts with sound, not silence
+            allowed[fmt.unit_offset + fmt.silence_unit] = False
+        return allowed
 
     def _advance(self, job: _Job, tok: int) -> None:
         """Take the sampled token: extend the chunk, or close it and move on."""

@@ -111,3 +111,17 @@ def test_a_response_asked_for_starts_the_agents_chunk_with_sound() -> None:
         alone, asked = agent_chunks(seed, None), agent_chunks(seed, 5)
         assert asked[:5] == alone[:5] and all(chunk == quiet for chunk in alone), seed
         assert asked[5][0] != fmt.silence, seed
+
+
+def test_a_prompted_chunk_never_starts_with_silence() -> None:
+    """Prompted at every step, the agent talks and would often stop: the first frame of each
+    chunk is still sound (the silence unit is not a start a response may have)."""
+    config, llama = load_checkpoint(DEFAULT)
+    fmt = config.chunk_format()
+    quiet = [fmt.silence] * fmt.frames_per_chunk
+    for seed in range(3):
+        engine = Engine(config, llama, max_sessions=1, max_rollback_chunks=4)
+        engine.add_session("c", SamplingParams(temperature=0.6, seed=seed))
+        for k in range(16):
+            req = StepRequest("c", real_user={k - 1: quiet} if k else {}, prompt=True)
+            assert engine.step([req])["c"].frames[0] != fmt.silence, (seed, k)
