@@ -244,7 +244,7 @@ class RealtimeTransport:
                     "session_format_locked",
                     f"the audio format is fixed once audio flows ({self._options.format.beta()}); "
                     "open a new connection to change it",
-                    "session.audio.input.format",
+                    "session.input_audio_format" if beta else "session.audio.input.format",
                 )
             changed = [name for name in FIELDS if was[name] != now[name]]
             if changed:

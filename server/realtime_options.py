@@ -176,7 +176,9 @@ def parse_turn_detection(value: Any, param: str) -> TurnDetection | None:
         )
     assert isinstance(value, dict)
     if kind == "semantic_vad":
-        eagerness = value.get("eagerness") or "auto"
+        eagerness = value.get("eagerness")
+        if eagerness is None:  # left out, or null
+            eagerness = "auto"
         if eagerness not in get_args(OpenAIEagerness):
             raise ClientError(
                 "invalid_value",

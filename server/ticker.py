@@ -283,7 +283,7 @@ class Ticker:
                     s.finish()
                 continue
             plan.sessions.append(s)
-            if s.prompt_chunks > 0:
+            if s.prompt_chunks > 0 and not silent:  # a skipped tick makes no sound to prompt
                 s.prompt_chunks -= 1
                 plan.prompts.add(s.id)
         return plan

@@ -155,10 +155,11 @@ def parse_event(data: str | bytes) -> _Event | None:
 def call_start(custom: dict[str, Any]) -> StartMessage:
     """The call's `start`: mu-law 8 kHz, and the settings the TwiML's `<Parameter>`s name
     (`customParameters`, all strings): the `sampling` fields of the native protocol
-    (`eagerness`, `temperature`, ...) and `noise_gate_db`. Other names are the application's
-    own and are left alone."""
-    sampling = {k: str(v) for k, v in custom.items() if k in SamplingParams.model_fields}
-    gate = {k: str(v) for k, v in custom.items() if k == "noise_gate_db"}
+    (`eagerness`, `temperature`, ...) and `noise_gate_db`. Other names (they are
+    case-sensitive) are the application's own and are left alone, as is an empty value."""
+    given = {k: str(v) for k, v in custom.items() if str(v) != ""}  # "": a template left empty
+    sampling = {k: v for k, v in given.items() if k in SamplingParams.model_fields}
+    gate = {k: v for k, v in given.items() if k == "noise_gate_db"}
     try:
         return StartMessage.model_validate_strings(
             {"type": "start", "sampling": sampling, **gate}

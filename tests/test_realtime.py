@@ -416,3 +416,21 @@ def test_a_refused_update_changes_nothing() -> None:
     asyncio.run(update({"type": "realtime", "temperature": 0.6}))  # the server's: no change
     assert not t._beta and ws.sent[-1]["type"] == "session.updated"
     assert "audio" in ws.sent[-1]["session"]  # GA-shaped
+    t._beta = True  # a beta client: its format is named by the beta key
+    with pytest.raises(ClientError) as info:
+        asyncio.run(update({"input_audio_format": "g711_ulaw", "output_audio_format": "g711_ulaw"}))
+    assert (info.value.code, info.value.param) == (
+        "session_format_locked",
+        "session.input_audio_format",
+    )
+
+
+def test_a_ga_update_with_a_beta_key_stays_ga() -> None:
+    """`modalities` is a beta key, but an update that says `type: realtime` is GA's."""
+    t = RealtimeTransport()
+    t._server, t._tick_s = Settings(), TICK_S
+    ws = _Socket()
+    asyncio.run(t._update(ws, None, {"type": "realtime", "modalities": ["audio"]}))  # type: ignore[arg-type]
+    assert not t._beta and "audio" in ws.sent[-1]["session"]
+    asyncio.run(t._update(ws, None, {"modalities": ["audio"]}))  # type: ignore[arg-type]
+    assert t._beta and "input_audio_format" in ws.sent[-1]["session"]

@@ -222,6 +222,10 @@ def test_a_speak_up_time_counts_in_whole_ticks() -> None:
             "session.audio.input.turn_detection.eagerness",
         ),
         (
+            _ga(turn_detection={"type": "semantic_vad", "eagerness": ""}),
+            "session.audio.input.turn_detection.eagerness",
+        ),
+        (
             {"turn_detection": {"type": "server_vad", "idle_timeout_ms": -5}},
             "session.turn_detection.idle_timeout_ms",
         ),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from model.engine import StepRequest, StepResult
 from server.protocol import StartMessage
 from server.runtime import Runtime
 from server.session import RESPONSE_CHUNKS, State
@@ -45,7 +46,29 @@ def test_a_response_asked_for_prompts_the_next_chunks(checkpoint: Path) -> None:
         s = runtime.open_session(StartMessage(type="start"))
         assert not ticker._plan(0, False).prompts
         s.request_response()
-        prompted = [s.id in ticker._plan(k, False).prompts for k in range(1, 6)]
+        assert not ticker._plan(1, True).prompts  # a skipped tick makes no sound: kept
+        prompted = [s.id in ticker._plan(k, False).prompts for k in range(2, 7)]
         assert prompted == [True] * RESPONSE_CHUNKS + [False] * (5 - RESPONSE_CHUNKS)
+    finally:
+        runtime.ticker.shutdown()
+
+
+def test_the_step_gets_the_prompt(checkpoint: Path) -> None:
+    """The worker hands a prompted call's request to the engine as `prompt`."""
+    runtime = Runtime(Settings(model=checkpoint, max_sessions=2))
+    try:
+        ticker, engine = runtime.ticker, runtime.ticker.engine
+        calls = [runtime.open_session(StartMessage(type="start")) for _ in range(2)]
+        calls[1].request_response()
+        seen: list[StepRequest] = []
+        step = engine.step
+
+        def spy(requests: list[StepRequest]) -> dict[str, StepResult]:
+            seen.extend(requests)
+            return step(requests)
+
+        engine.step = spy  # type: ignore[method-assign]
+        ticker._work(ticker._plan(0, False))
+        assert {r.session_id: r.prompt for r in seen} == {calls[0].id: False, calls[1].id: True}
     finally:
         runtime.ticker.shutdown()

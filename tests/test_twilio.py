@@ -135,7 +135,14 @@ def test_parameters_set_the_call(server: ServerProcess) -> None:
     """`<Parameter>`s of the TwiML naming the native protocol's settings reach the call (the
     server log says which); the application's own names are left alone."""
     sid = "MZ" + "3" * 32
-    custom = {"eagerness": "high", "noise_gate_db": "0", "temperature": "0.7", "caller": "+1555"}
+    custom = {
+        "eagerness": "high",
+        "noise_gate_db": "0",
+        "temperature": "0.7",
+        "caller": "+1555",
+        "top_k": "",
+        "Seed": "7",
+    }  # fmt: skip  (an empty value and other names: left alone)
     msgs: list[dict[str, Any] | str] = [start_message(sid, "CA1", custom_parameters=custom)]
     msgs += [media_message(sid, 2 + i, i + 1, 20 * i, SILENCE_20MS) for i in range(10)]
     msgs.append({"event": "stop", "sequenceNumber": "99", "streamSid": sid, "stop": {}})
