@@ -133,7 +133,8 @@ def test_timestamp_gaps_become_silence(server: ServerProcess) -> None:
 
 def test_parameters_set_the_call(server: ServerProcess) -> None:
     """`<Parameter>`s of the TwiML naming the native protocol's settings reach the call (the
-    server log says which); the application's own names are left alone."""
+    server log says which); the application's own names (case counts) and empty values are
+    left alone."""
     sid = "MZ" + "3" * 32
     custom = {
         "eagerness": "high",
@@ -142,7 +143,7 @@ def test_parameters_set_the_call(server: ServerProcess) -> None:
         "caller": "+1555",
         "top_k": "",
         "Seed": "7",
-    }  # fmt: skip  (an empty value and other names: left alone)
+    }
     msgs: list[dict[str, Any] | str] = [start_message(sid, "CA1", custom_parameters=custom)]
     msgs += [media_message(sid, 2 + i, i + 1, 20 * i, SILENCE_20MS) for i in range(10)]
     msgs.append({"event": "stop", "sequenceNumber": "99", "streamSid": sid, "stop": {}})
