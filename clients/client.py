@@ -32,6 +32,7 @@ from server.protocol import (
     ErrorMessage,
     ProtocolError,
     ReadyMessage,
+    RespondMessage,
     SamplingParams,
     StartMessage,
     StatsMessage,
@@ -185,6 +186,10 @@ class DuplexClient:
         lookahead (6.5 ms) late, as if the network were that much slower."""
         _, packets = encoder.encode(pcm)
         return packets[0]
+
+    async def respond(self) -> None:
+        """Ask the agent to speak now: its next chunks start with sound (`respond`)."""
+        await self._send(RespondMessage(type="respond").model_dump_json())
 
     async def end(self, total_samples: int | None = None) -> None:
         """Tell the server the user audio is complete (defaults to the samples sent so far)."""

@@ -17,6 +17,7 @@ from server.protocol import (
     ErrorCode,
     ErrorMessage,
     ProtocolError,
+    RespondMessage,
     StartMessage,
     parse_client_message,
 )
@@ -61,6 +62,8 @@ class NativeTransport:
             message = parse_client_message(data)
             if isinstance(message, EndMessage):
                 session.on_end(message.total_samples)
+            elif isinstance(message, RespondMessage):
+                session.request_response()
             else:
                 raise ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, "`start` sent twice")
 

@@ -161,8 +161,16 @@ class EndMessage(_Message):
     total_samples: int = Field(ge=0)
 
 
-ClientMessage = Annotated[StartMessage | EndMessage, Field(discriminator="type")]
-_CLIENT_MESSAGE: TypeAdapter[StartMessage | EndMessage] = TypeAdapter(ClientMessage)
+class RespondMessage(_Message):
+    """The caller asks the agent to speak now (push to talk: the user let go of the button)."""
+
+    type: Literal["respond"]
+
+
+ClientMessage = Annotated[StartMessage | EndMessage | RespondMessage, Field(discriminator="type")]
+_CLIENT_MESSAGE: TypeAdapter[StartMessage | EndMessage | RespondMessage] = TypeAdapter(
+    ClientMessage
+)
 
 
 class _ServerMessage(BaseModel):
@@ -246,7 +254,7 @@ def describe_validation(exc: ValidationError) -> str:
     return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
 
 
-def parse_client_message(text: str) -> StartMessage | EndMessage:
+def parse_client_message(text: str) -> StartMessage | EndMessage | RespondMessage:
     """Parse one client text message, raising ProtocolError with a specific code."""
     try:
         raw = json.loads(text)
@@ -254,10 +262,10 @@ def parse_client_message(text: str) -> StartMessage | EndMessage:
         raise ProtocolError(ErrorCode.INVALID_JSON, f"message is not valid JSON: {exc}") from exc
     if not isinstance(raw, dict) or "type" not in raw:
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, "message must be a JSON object with 'type'")
-    if raw["type"] not in ("start", "end"):
+    if raw["type"] not in ("start", "end", "respond"):
         raise ProtocolError(
             ErrorCode.UNKNOWN_TYPE,
-            f"unknown message type {raw['type']!r}; expected 'start' or 'end'",
+            f"unknown message type {raw['type']!r}; expected 'start', 'end' or 'respond'",
         )
     try:
         return _CLIENT_MESSAGE.validate_python(raw)

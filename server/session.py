@@ -197,7 +197,7 @@ class CallSession:
 
     def request_response(self) -> None:
         """The caller asks the agent to speak now: its next RESPONSE_CHUNKS chunks start with
-        sound (a Realtime `response.create`)."""
+        sound (`respond`, a Realtime `response.create`)."""
         self.prompt_chunks = RESPONSE_CHUNKS
 
     def on_end(self, total_samples: int) -> None:

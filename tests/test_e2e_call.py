@@ -253,6 +253,30 @@ def test_frames_a_client_dropped_do_not_open_the_noise_gate(server: ServerProces
     assert stats.frames_gated >= 70, stats  # 100 frames, minus the warm-up and the losses
 
 
+def test_respond_mid_call(server: ServerProcess, voice: Voice) -> None:
+    """`respond` (push to talk: the user let go) is taken during the call and after `end`;
+    the call ends normally (what it does to the agent's chunks: tests/test_ticker.py,
+    tests/test_default_model.py)."""
+    pcm = resample_whole(voice.seconds(1.0), voice.rate, 16000)
+
+    async def main() -> StatsMessage | None:
+        async with DuplexClient.connect(server.url, audio=AudioFormat(sample_rate=16000)) as c:
+            fs = c.frame_samples
+            for n in range(len(pcm) // fs):
+                await asyncio.sleep(max(0.0, c.t_ready + n * fs / 16000 - time.monotonic()))
+                await c.send_frame(pcm[n * fs : (n + 1) * fs])
+                if n == 20:
+                    await c.respond()
+            await c.end()
+            await c.respond()
+            async for _ in c.events():
+                pass
+            return c.stats
+
+    stats = asyncio.run(main())
+    assert stats is not None and stats.frames_in == len(pcm) // 320
+
+
 def test_eagerness_sets_the_calls_sampling(server: ServerProcess, voice: Voice) -> None:
     """`sampling.eagerness` brings its sampling (server/call_sampling.py); a field the call names
     itself wins over it. `ready` echoes what the call got."""
