@@ -31,6 +31,8 @@ SUPPORTED_RATES: dict[str, tuple[int, ...]] = {
 OPUS_FRAME_MS = (10, 20, 40, 60)  # Opus packet lengths; frame_ms must also divide the tick
 OPUS_MAX_PACKET_BYTES = 1275  # RFC 6716 section 3.4
 MAX_NOISE_GATE_DB = 40.0  # the noise gate's largest margin (server setting and per call)
+MAX_TEMPERATURE = 5.0  # sampling and turn temperatures (server settings and per call)
+MAX_SPEAK_UP_MS = 60_000.0  # the longest silence before the agent speaks up
 
 
 class FrameKind(IntEnum):
@@ -133,11 +135,13 @@ class SamplingParams(_Message):
     eagerness: Eagerness | None = Field(
         default=None, description="how readily the agent takes the turn (server/call_sampling.py)"
     )
-    temperature: float | None = Field(default=None, ge=0.0, le=5.0, allow_inf_nan=False)
-    turn_temperature: float | None = Field(default=None, ge=0.0, le=5.0, allow_inf_nan=False)
+    temperature: float | None = Field(default=None, ge=0.0, le=MAX_TEMPERATURE, allow_inf_nan=False)
+    turn_temperature: float | None = Field(
+        default=None, ge=0.0, le=MAX_TEMPERATURE, allow_inf_nan=False
+    )
     top_k: int | None = Field(default=None, ge=0, le=100_000)
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
-    speak_up_ms: float | None = Field(default=None, ge=0.0, le=60_000.0, allow_inf_nan=False)
+    speak_up_ms: float | None = Field(default=None, ge=0.0, le=MAX_SPEAK_UP_MS, allow_inf_nan=False)
 
 
 class StartMessage(_Message):

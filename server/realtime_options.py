@@ -22,6 +22,8 @@ from typing import Any, Literal, cast, get_args
 from server.call_sampling import resolve
 from server.protocol import (
     MAX_NOISE_GATE_DB,
+    MAX_SPEAK_UP_MS,
+    MAX_TEMPERATURE,
     AudioFormat,
     Eagerness,
     SamplingParams,
@@ -39,7 +41,6 @@ _EAGERNESS: dict[OpenAIEagerness, Eagerness] = {  # OpenAI: "`auto` is ... equiv
     "high": "high",
 }
 NoiseReduction = Literal["near_field", "far_field"]
-MAX_SPEAK_UP_MS = 60_000
 MAX_STRENGTH = 10.0  # a noise-reduction strength above this asks for more than the gate's cap
 
 
@@ -188,7 +189,9 @@ def parse_turn_detection(value: Any, param: str) -> TurnDetection | None:
         return TurnDetection("semantic_vad", eagerness=cast(OpenAIEagerness, eagerness))
     out = TurnDetection()
     if value.get("idle_timeout_ms") is not None:
-        idle = _int_field(value["idle_timeout_ms"], 0, MAX_SPEAK_UP_MS, f"{param}.idle_timeout_ms")
+        idle = _int_field(
+            value["idle_timeout_ms"], 0, int(MAX_SPEAK_UP_MS), f"{param}.idle_timeout_ms"
+        )
         out = dataclasses.replace(out, idle_timeout_ms=idle)
     if value.get("silence_duration_ms") is not None:
         silence = _int_field(
@@ -290,9 +293,15 @@ class RealtimeOptions:
         for t, where in _named(session, "temperature"):
             if t is None:
                 continue
-            if isinstance(t, bool) or not isinstance(t, int | float) or not 0 <= t <= 5:
+            if (
+                isinstance(t, bool)
+                or not isinstance(t, int | float)
+                or not 0 <= t <= MAX_TEMPERATURE
+            ):
                 raise ClientError(
-                    "invalid_value", f"temperature {t!r}: use a number in [0, 5]", where
+                    "invalid_value",
+                    f"temperature {t!r}: use a number in [0, {MAX_TEMPERATURE:g}]",
+                    where,
                 )
             # The temperature the session showed, sent back, is no request of the client's
             # own: it would outlive the eagerness it came from.
@@ -309,15 +318,13 @@ class RealtimeOptions:
     def start(self, server: Settings) -> StartMessage:
         """The `start` a native client would send for this session."""
         turn = self.turn
-        sampling = SamplingParams(temperature=self.temperature)
-        if turn is not None and turn.kind == "semantic_vad":
-            sampling = SamplingParams(
-                eagerness=_EAGERNESS[turn.eagerness], temperature=self.temperature
-            )
-        elif turn is not None and turn.idle_timeout_ms is not None:
-            sampling = SamplingParams(
-                temperature=self.temperature, speak_up_ms=float(turn.idle_timeout_ms)
-            )
+        semantic = turn is not None and turn.kind == "semantic_vad"
+        idle = None if turn is None else turn.idle_timeout_ms  # server_vad only
+        sampling = SamplingParams(
+            eagerness=_EAGERNESS[turn.eagerness] if turn is not None and semantic else None,
+            temperature=self.temperature,
+            speak_up_ms=None if idle is None else float(idle),
+        )
         gate = None if self.noise_strength is None else self.noise_gate_db(server.noise_gate_db)
         return StartMessage(
             type="start", audio=self.format.wire(), sampling=sampling, noise_gate_db=gate

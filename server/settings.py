@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from server.protocol import MAX_NOISE_GATE_DB
+from server.protocol import MAX_NOISE_GATE_DB, MAX_SPEAK_UP_MS, MAX_TEMPERATURE
 
 DEFAULT_MODEL = Path("models/default")
 
@@ -50,18 +50,20 @@ class Settings(BaseSettings):
         description="most units the model samples to estimate a user chunk none of which arrived "
         "(0: hold the user's last frame)",
     )
-    temperature: float = Field(default=0.6, ge=0, le=5, description="default sampling temperature")
+    temperature: float = Field(
+        default=0.6, ge=0, le=MAX_TEMPERATURE, description="default sampling temperature"
+    )
     turn_temperature: float | None = Field(
         default=None,
         ge=0,
-        le=5,
+        le=MAX_TEMPERATURE,
         description="default temperature of the speak-or-not part of each draw "
         "(none = one flat draw at temperature)",
     )
     speak_up_ms: float = Field(
         default=3000.0,
         ge=0,
-        le=60_000,
+        le=MAX_SPEAK_UP_MS,
         description="default: after this long with no sound from either side, the agent "
         "speaks up (0 = never)",
     )
