@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
@@ -36,6 +37,8 @@ from server.protocol import (
     SamplingParams,
     StartMessage,
     StatsMessage,
+    UpdatedMessage,
+    UpdateMessage,
     parse_server_message,
 )
 from streaming.opus import OpusDecoderStream, OpusEncoderStream, unpack_packets
@@ -95,6 +98,7 @@ class DuplexClient:
         self.frames_sent = 0
         self.samples_sent = 0
         self.stats: StatsMessage | None = None
+        self.updates: list[UpdatedMessage] = []  # the server's answers to `update`, in order
         # Opus is stateful: one encoder for the user's packets, one decoder for the agent's.
         self._opus_out: OpusEncoderStream | None = None
         self._opus_in: OpusDecoderStream | None = None
@@ -191,6 +195,13 @@ class DuplexClient:
         """Ask the agent to speak now: its next chunks start with sound (`respond`)."""
         await self._send(RespondMessage(type="respond").model_dump_json())
 
+    async def update(self, **changes: Any) -> None:
+        """Change the call's settings from its next step on: `sampling={...}`,
+        `noise_gate_db=...`, as in `start` (None: back to the server's default). The answer,
+        `updated`, lands in `updates` while `events` runs."""
+        message = UpdateMessage.model_validate({"type": "update", **changes})
+        await self._send(message.model_dump_json(exclude_unset=True))
+
     async def end(self, total_samples: int | None = None) -> None:
         """Tell the server the user audio is complete (defaults to the samples sent so far)."""
         total = self.samples_sent if total_samples is None else total_samples
@@ -215,6 +226,9 @@ class DuplexClient:
                 yield self._decode_frame(data, arrival)
                 continue
             msg = await _parse_text(self._ws, data)
+            if isinstance(msg, UpdatedMessage):
+                self.updates.append(msg)
+                continue
             if not isinstance(msg, StatsMessage):
                 raise DuplexError(PROTOCOL_VIOLATION, f"unexpected {msg.type!r} during the call")
             self.stats = msg
@@ -257,7 +271,9 @@ async def _await_ready(ws: ClientConnection, audio: AudioFormat) -> tuple[ReadyM
     return msg, t_ready
 
 
-async def _parse_text(ws: ClientConnection, text: str) -> ReadyMessage | StatsMessage:
+async def _parse_text(
+    ws: ClientConnection, text: str
+) -> ReadyMessage | UpdatedMessage | StatsMessage:
     """Parse a server text message; an `error` is raised with the close code that follows it."""
     try:
         msg = parse_server_message(text)

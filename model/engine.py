@@ -145,6 +145,14 @@ class Engine:
         gen = torch.Generator().manual_seed(params.seed)
         self.sessions[session_id] = _Session(row, Timeline(self.fmt), params, gen)
 
+    def retune(self, session_id: str, params: SamplingParams) -> None:
+        """Sample a session's next steps with `params` (a caller's mid-call change); its
+        random stream is reseeded only when the seed changes."""
+        session = self.sessions[session_id]
+        if params.seed != session.params.seed:
+            session.gen.manual_seed(params.seed)
+        session.params = params
+
     def remove_session(self, session_id: str) -> None:
         session = self.sessions.pop(session_id)
         moved = self.cache.release(session.row)

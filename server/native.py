@@ -19,6 +19,7 @@ from server.protocol import (
     ProtocolError,
     RespondMessage,
     StartMessage,
+    UpdateMessage,
     parse_client_message,
 )
 from server.runtime import Runtime
@@ -35,6 +36,7 @@ class NativeTransport:
         self._last_flagged = False  # a frame flagged last ends the audio
         self._frames_in: Counter | None = None
         self._opus: OpusDecoderStream | None = None  # the call's decoder, for encoding opus
+        self._runtime: Runtime | None = None  # set at open: mid-call changes go through it
 
     async def open(self, ws: WebSocket, runtime: Runtime) -> CallSession:
         timeout_s = runtime.settings.start_timeout_s
@@ -48,6 +50,7 @@ class NativeTransport:
                 ErrorCode.UNEXPECTED_MESSAGE, f"expected `start` first, got `{message.type}`"
             )
         self._frames_in = runtime.metrics.frames_in
+        self._runtime = runtime
         session = runtime.open_session(message)
         if session.audio.encoding == "opus":
             self._opus = OpusDecoderStream(session.audio.sample_rate)
@@ -64,6 +67,10 @@ class NativeTransport:
                 session.on_end(message.total_samples)
             elif isinstance(message, RespondMessage):
                 session.request_response()
+            elif isinstance(message, UpdateMessage):
+                assert self._runtime is not None  # set by `open`, which gave us the session
+                self._runtime.retune(session, *message.applied(*session.asked))
+                session.send_updated()
             else:
                 raise ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, "`start` sent twice")
 
@@ -106,6 +113,8 @@ class NativeTransport:
             await ws.send_bytes(AudioFrame(a.chunk, a.first_sample, a.payload, a.last).pack())
         elif item.ready is not None:
             await ws.send_text(item.ready.model_dump_json())
+        elif item.updated is not None:
+            await ws.send_text(item.updated.model_dump_json())
         elif item.stats:
             await ws.send_text(session.stats_message().model_dump_json())
         elif item.error is not None:

@@ -144,18 +144,40 @@ class SamplingParams(_Message):
     speak_up_ms: float | None = Field(default=None, ge=0.0, le=MAX_SPEAK_UP_MS, allow_inf_nan=False)
 
 
+NoiseGateDb = Annotated[
+    float | None,
+    Field(
+        ge=0.0,
+        le=MAX_NOISE_GATE_DB,
+        allow_inf_nan=False,
+        description="the noise gate's margin for this call (0: none; null: the server's)",
+    ),
+]
+
+
 class StartMessage(_Message):
     type: Literal["start"]
     version: int = PROTOCOL_VERSION
     audio: AudioFormat = AudioFormat()
     sampling: SamplingParams = SamplingParams()
-    noise_gate_db: float | None = Field(
-        default=None,
-        ge=0.0,
-        le=MAX_NOISE_GATE_DB,
-        allow_inf_nan=False,
-        description="the noise gate's margin for this call (0: none; default: the server's)",
-    )
+    noise_gate_db: NoiseGateDb = None
+
+
+class UpdateMessage(_Message):
+    """A change of the call's settings while it runs: each field it names replaces the call's
+    own (null: back to the server's default); the others stay as they were."""
+
+    type: Literal["update"]
+    sampling: SamplingParams = SamplingParams()
+    noise_gate_db: NoiseGateDb = None
+
+    def applied(
+        self, sampling: SamplingParams, noise_gate_db: float | None
+    ) -> tuple[SamplingParams, float | None]:
+        """The call's request (`start`'s, as changed so far) with this change made."""
+        changed = self.sampling.model_dump(include=self.sampling.model_fields_set)
+        gate = self.noise_gate_db if "noise_gate_db" in self.model_fields_set else noise_gate_db
+        return sampling.model_copy(update=changed), gate
 
 
 class EndMessage(_Message):
@@ -171,10 +193,10 @@ class RespondMessage(_Message):
     type: Literal["respond"]
 
 
-ClientMessage = Annotated[StartMessage | EndMessage | RespondMessage, Field(discriminator="type")]
-_CLIENT_MESSAGE: TypeAdapter[StartMessage | EndMessage | RespondMessage] = TypeAdapter(
-    ClientMessage
-)
+AnyClientMessage = StartMessage | EndMessage | RespondMessage | UpdateMessage
+ClientMessage = Annotated[AnyClientMessage, Field(discriminator="type")]
+_CLIENT_MESSAGE: TypeAdapter[AnyClientMessage] = TypeAdapter(ClientMessage)
+CLIENT_TYPES = ("start", "end", "respond", "update")
 
 
 class _ServerMessage(BaseModel):
@@ -183,7 +205,21 @@ class _ServerMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
-class ReadyMessage(_ServerMessage):
+class _CallSettings(_ServerMessage):
+    """What a call samples and gates with, as `ready` and `updated` tell it."""
+
+    type: str
+    temperature: float
+    turn_temperature: float | None = None
+    top_k: int
+    seed: int
+    speak_up_ms: float = Field(default=0.0, description="the silence after which it speaks up")
+    noise_gate_db: float = Field(
+        default=0.0, description="the noise gate's margin over the line's noise floor (0: none)"
+    )
+
+
+class ReadyMessage(_CallSettings):
     """Sent at a tick boundary: that instant is sample 0 of the session in both directions."""
 
     type: Literal["ready"] = "ready"
@@ -197,14 +233,12 @@ class ReadyMessage(_ServerMessage):
     codec_sample_rate: int
     lead_ms: float
     latency_budget_ms: float
-    temperature: float
-    turn_temperature: float | None = None
-    top_k: int
-    seed: int
-    speak_up_ms: float = Field(default=0.0, description="the silence after which it speaks up")
-    noise_gate_db: float = Field(
-        default=0.0, description="the noise gate's margin over the line's noise floor (0: none)"
-    )
+
+
+class UpdatedMessage(_CallSettings):
+    """The answer to `update`: the call's settings from its next step on."""
+
+    type: Literal["updated"] = "updated"
 
 
 class ErrorMessage(_ServerMessage):
@@ -246,10 +280,9 @@ class StatsMessage(_ServerMessage):
     latency_ms_p99: float | None
 
 
-ServerMessage = Annotated[ReadyMessage | ErrorMessage | StatsMessage, Field(discriminator="type")]
-_SERVER_MESSAGE: TypeAdapter[ReadyMessage | ErrorMessage | StatsMessage] = TypeAdapter(
-    ServerMessage
-)
+AnyServerMessage = ReadyMessage | UpdatedMessage | ErrorMessage | StatsMessage
+ServerMessage = Annotated[AnyServerMessage, Field(discriminator="type")]
+_SERVER_MESSAGE: TypeAdapter[AnyServerMessage] = TypeAdapter(ServerMessage)
 
 
 def describe_validation(exc: ValidationError) -> str:
@@ -258,7 +291,7 @@ def describe_validation(exc: ValidationError) -> str:
     return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
 
 
-def parse_client_message(text: str) -> StartMessage | EndMessage | RespondMessage:
+def parse_client_message(text: str) -> AnyClientMessage:
     """Parse one client text message, raising ProtocolError with a specific code."""
     try:
         raw = json.loads(text)
@@ -266,10 +299,10 @@ def parse_client_message(text: str) -> StartMessage | EndMessage | RespondMessag
         raise ProtocolError(ErrorCode.INVALID_JSON, f"message is not valid JSON: {exc}") from exc
     if not isinstance(raw, dict) or "type" not in raw:
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, "message must be a JSON object with 'type'")
-    if raw["type"] not in ("start", "end", "respond"):
+    if raw["type"] not in CLIENT_TYPES:
         raise ProtocolError(
             ErrorCode.UNKNOWN_TYPE,
-            f"unknown message type {raw['type']!r}; expected 'start', 'end' or 'respond'",
+            f"unknown message type {raw['type']!r}; expected one of {', '.join(CLIENT_TYPES)}",
         )
     try:
         return _CLIENT_MESSAGE.validate_python(raw)
@@ -280,7 +313,7 @@ def parse_client_message(text: str) -> StartMessage | EndMessage | RespondMessag
         ) from exc
 
 
-def parse_server_message(text: str) -> ReadyMessage | ErrorMessage | StatsMessage:
+def parse_server_message(text: str) -> AnyServerMessage:
     """Parse one server text message (used by clients)."""
     return _SERVER_MESSAGE.validate_json(text)
 

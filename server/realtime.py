@@ -26,7 +26,7 @@ from fastapi import WebSocket
 
 from server.calls import receive, receive_opening
 from server.protocol import ErrorCode, ErrorMessage
-from server.realtime_options import BETA_KEYS, FIELDS, ClientError, RealtimeOptions, param
+from server.realtime_options import BETA_KEYS, ClientError, RealtimeOptions
 from server.runtime import Runtime
 from server.session import CallSession, Outgoing
 from server.settings import Settings
@@ -118,12 +118,15 @@ class RealtimeTransport:
         self._model = DEFAULT_MODEL
         self._beta = False
         self._options = RealtimeOptions()
-        self._server: Settings  # the server's defaults and tick, set at open
-        self._tick_s: float
+        self._server: Settings  # the server's defaults, set at open
+        self._runtime: Runtime | None = None  # set at open: a change mid-call goes through it
         self._admitted = False
         self._samples = 0  # user samples received: the next append's first sample
+        # Made at admission and run whatever the turn detection, so that one turned on
+        # mid-call tells times on the call's clock; events only while it is on.
         self._vad: EnergyVad | None = None
         self._speech_item: str | None = None
+        self._speaking = False  # a `speech_started` was sent and its `speech_stopped` not yet
         self._t0: float | None = None  # monotonic time of session sample 0
         # sender-side response state
         self._response: str | None = None
@@ -136,7 +139,7 @@ class RealtimeTransport:
         """Answer `session.created`, then handle events until the first audio admits the call."""
         self._model = ws.query_params.get("model") or DEFAULT_MODEL
         self._beta = "realtime=v1" in ws.headers.get("openai-beta", "")
-        self._server, self._tick_s = runtime.settings, runtime.tick_s
+        self._server, self._runtime = runtime.settings, runtime
         await self._send(ws, self._event("session.created", session=self._session()))
         timeout_s = runtime.settings.start_timeout_s
         deadline = time.monotonic() + timeout_s
@@ -147,8 +150,7 @@ class RealtimeTransport:
                 continue
             session = runtime.open_session(self._options.start(self._server))
             self._admitted = True
-            turn = self._options.turn
-            self._vad = None if turn is None else EnergyVad(self._rate, turn.vad_params())
+            self._vad = EnergyVad(self._rate, self._options.vad_params())
             self._push(session, audio)
             return session
 
@@ -235,26 +237,30 @@ class RealtimeTransport:
             raise ClientError("invalid_type", "`session` must be an object", "session")
         beta = self._beta or ("type" not in update and bool(BETA_KEYS & update.keys()))
         options = self._options.updated(update, self._server)
-        if self._admitted:
-            was, now = (
-                o.call_settings(self._server, self._tick_s) for o in (self._options, options)
+        if self._admitted and options.format != self._options.format:
+            raise ClientError(
+                "session_format_locked",
+                f"the audio format is fixed once audio flows ({self._options.format.beta()}); "
+                "open a new connection to change it",
+                "session.input_audio_format" if beta else "session.audio.input.format",
             )
-            if was["format"] != now["format"]:
-                raise ClientError(
-                    "session_format_locked",
-                    f"the audio format is fixed once audio flows ({self._options.format.beta()}); "
-                    "open a new connection to change it",
-                    "session.input_audio_format" if beta else "session.audio.input.format",
-                )
-            changed = [name for name in FIELDS if was[name] != now[name]]
-            if changed:
-                raise ClientError(
-                    "session_locked",
-                    f"{changed[0]} is fixed once audio flows; open a new connection to change it",
-                    param(changed[0], beta),
-                )
+        if session is not None:
+            self._retune(session, options)
         self._options, self._beta = options, beta
         await self._emit(ws, session, self._event("session.updated", session=self._session()))
+
+    def _retune(self, session: CallSession, options: RealtimeOptions) -> None:
+        """The running call takes the new settings from its next step; turn detection turned
+        off mid-speech ends that speech now."""
+        assert self._runtime is not None and self._vad is not None  # set by `open`
+        start = options.start(self._server)
+        self._runtime.retune(session, start.sampling, start.noise_gate_db)
+        self._vad.params = options.vad_params()
+        if options.turn is None and self._speaking:
+            self._speaking = False
+            ms = round(self._samples * 1000 / self._rate)
+            ev = self._event("input_audio_buffer.speech_stopped", audio_end_ms=ms)
+            session.outbox.put_nowait(QueuedEvent(event={**ev, "item_id": self._speech_item}))
 
     def _decode(self, audio: Any) -> np.ndarray:
         if not isinstance(audio, str):
@@ -285,14 +291,18 @@ class RealtimeTransport:
         # paused): the noise gate's floor may learn from it (not `filler`).
         session.on_audio(self._samples, pcm)
         self._samples += len(pcm)
-        if self._vad is None:  # turn_detection: null
-            return
+        assert self._vad is not None  # made at admission, before the first push
         for kind, ms in self._vad.push(pcm):
+            if self._options.turn is None:  # turn_detection: null
+                continue
             if kind == "started":
-                self._speech_item = _id("item")
+                self._speech_item, self._speaking = _id("item"), True
                 ev = self._event("input_audio_buffer.speech_started", audio_start_ms=ms)
-            else:
+            elif self._speaking:
+                self._speaking = False
                 ev = self._event("input_audio_buffer.speech_stopped", audio_end_ms=ms)
+            else:  # turned on mid-speech: that speech's start was never told
+                continue
             session.outbox.put_nowait(QueuedEvent(event={**ev, "item_id": self._speech_item}))
 
     async def _emit(

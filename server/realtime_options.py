@@ -1,7 +1,8 @@
 """What a Realtime `session.update` asks of a duplex call (docs/realtime.md).
 
 The OpenAI session settings that have a duplex counterpart are read and honoured; the rest are
-accepted and ignored. A call's options are fixed once it is admitted (its first audio):
+accepted and ignored. The audio format is fixed once the call is admitted (its first audio);
+the others change the running call from its next step:
 
 - the audio format: one format both ways (duplex has one wire format per call);
 - `turn_detection`: `semantic_vad`'s `eagerness` is the call's (server/call_sampling.py: how
@@ -267,8 +268,8 @@ def _named(session: dict[str, Any], setting: str) -> list[tuple[Any, str]]:
 
 @dataclass(frozen=True, slots=True)
 class RealtimeOptions:
-    """The duplex side of a Realtime session, as the client spelled it. What reaches the call
-    (`call_settings`) is fixed once the call is admitted."""
+    """The duplex side of a Realtime session, as the client spelled it (`start`: what reaches
+    the call)."""
 
     format: RealtimeFormat = RealtimeFormat()
     turn: TurnDetection | None = TurnDetection()  # None: no VAD events
@@ -334,22 +335,9 @@ class RealtimeOptions:
         """The temperature the call samples at: the session's, its eagerness's or the server's."""
         return resolve(self.start(server).sampling, server, 1.0).temperature
 
-    def call_settings(self, server: Settings, tick_s: float) -> dict[str, Any]:
-        """What reaches the call, by setting: two sessions spelled differently (`auto` and
-        `medium`, an echoed strength sent back, 490 or 500 ms of silence, a speak-up time
-        within the same tick) that give the call the same settings are the same."""
-        got = resolve(self.start(server).sampling, server, tick_s)
-        turn = self.turn
-        return {
-            "format": self.format,
-            "turn_detection": (
-                got.turn_temperature,
-                got.speak_up_chunks,
-                None if turn is None else turn.vad_params(),
-            ),
-            "noise_reduction": self.noise_gate_db(server.noise_gate_db),
-            "temperature": got.temperature,
-        }
+    def vad_params(self) -> VadParams:
+        """The speech events' VAD: turn detection's, else the defaults (it runs, untold)."""
+        return VadParams() if self.turn is None else self.turn.vad_params()
 
     def noise_reduction_echo(self, server: Settings) -> dict[str, Any] | None:
         """`noise_reduction` as the session object shows it: null when no gate runs."""

@@ -30,6 +30,7 @@ from server.protocol import (
     ProtocolError,
     StartMessage,
 )
+from server.protocol import SamplingParams as SamplingRequest
 from server.recording import CallRecorder
 from server.session import CallSession
 from server.settings import Settings
@@ -223,25 +224,18 @@ class Runtime:
                 f"{list(OPUS_FRAME_MS)} that divides the tick",
             )
         s = self.settings
-        got = resolve(start.sampling, s, self.tick_s)
-        params = SamplingParams(
-            temperature=got.temperature,
-            top_k=got.top_k,
-            seed=_seed(got.seed),
-            turn_temperature=got.turn_temperature,
-            speak_up_chunks=got.speak_up_chunks,
-        )
         session = CallSession(
             uuid.uuid4().hex,
             audio,
-            params,
+            self._params(start.sampling, seed=None),
             self.codec,
             self.config.frames_per_chunk,
             self.tick_s,
             max_gap_s=max(self.tick_s, s.latency_budget_ms / 1000),
             rollback_chunks=self.engine.max_rollback_chunks,
-            noise_gate_db=s.noise_gate_db if start.noise_gate_db is None else start.noise_gate_db,
+            noise_gate_db=self._gate(start.noise_gate_db),
         )
+        session.asked = (start.sampling, start.noise_gate_db)
         self.ticker.admit(session)
         if s.record_dir is not None:  # a debugging aid: a call it cannot record goes on
             try:
@@ -251,6 +245,29 @@ class Runtime:
             except (OSError, RuntimeError) as exc:  # soundfile's errors are RuntimeErrors
                 log.error("call %s is not recorded: %s", session.id, exc)
         return session
+
+    def retune(
+        self, session: CallSession, asked: SamplingRequest, noise_gate_db: float | None
+    ) -> None:
+        """Give a running call the settings a whole `start` with `asked` would have; its
+        random stream goes on unless a seed is named."""
+        session.retune(self._params(asked, seed=session.sampling.seed), self._gate(noise_gate_db))
+        session.asked = (asked, noise_gate_db)
+
+    def _params(self, asked: SamplingRequest, seed: int | None) -> SamplingParams:
+        """A call's sampling: what it asks for over the server's defaults; without a seed from
+        either, `seed` (None: a fresh one)."""
+        got = resolve(asked, self.settings, self.tick_s)
+        return SamplingParams(
+            temperature=got.temperature,
+            top_k=got.top_k,
+            seed=_seed(seed if got.seed is None else got.seed),
+            turn_temperature=got.turn_temperature,
+            speak_up_chunks=got.speak_up_chunks,
+        )
+
+    def _gate(self, noise_gate_db: float | None) -> float:
+        return self.settings.noise_gate_db if noise_gate_db is None else noise_gate_db
 
 
 def _seed(seed: int | None) -> int:

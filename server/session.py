@@ -13,6 +13,7 @@ import enum
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +25,9 @@ from server.protocol import (
     ProtocolError,
     ReadyMessage,
     StatsMessage,
+    UpdatedMessage,
 )
+from server.protocol import SamplingParams as SamplingRequest
 from server.recording import CallRecorder
 from streaming.agent_output import AgentAudioOutput
 from streaming.codec import SpeechCodec
@@ -60,6 +63,7 @@ class Outgoing:
     """
 
     ready: ReadyMessage | None = None  # sample 0 of the call
+    updated: UpdatedMessage | None = None  # the answer to a mid-call change
     audio: AgentChunk | None = None
     end_marker: bool = False  # `audio` is the empty frame that only flags the end: no tick
     newest_arrival: float | None = None  # for server-added latency
@@ -103,6 +107,10 @@ class CallSession:
         self.id = session_id
         self.audio = audio
         self.sampling = sampling
+        self.retuned = False  # `sampling` changed since the engine last took it
+        # what the caller asked for (its `start`, as changed since): what an `update` changes
+        self.asked: tuple[SamplingRequest, float | None] = (SamplingRequest(), None)
+        self.tick_s = tick_s
         self.state = State.JOINING
         self.frame_samples = audio.sample_rate * audio.frame_ms // 1000
         self.chunk_samples = round(audio.sample_rate * tick_s)
@@ -224,10 +232,32 @@ class CallSession:
         self.state = State.ENDING
         self.last_activity = time.monotonic()
 
+    def retune(self, sampling: SamplingParams, noise_gate_db: float) -> None:
+        """New settings mid-call: the ticker hands `sampling` to the engine before its next
+        step, and the noise gate judges the next frame with the new margin."""
+        self.sampling = sampling
+        self.retuned = True
+        self.user_in.gate.margin_db = noise_gate_db
+
+    def settings(self) -> dict[str, Any]:
+        """The call's sampling and noise gate, as `ready` and `updated` tell them."""
+        p = self.sampling
+        return {
+            "temperature": p.temperature,
+            "turn_temperature": p.turn_temperature,
+            "top_k": p.top_k,
+            "seed": p.seed,
+            "speak_up_ms": round(p.speak_up_chunks * self.tick_s * 1000, 3),
+            "noise_gate_db": self.user_in.gate.margin_db,
+        }
+
     # -- to the client ----------------------------------------------------------------------
 
     def send_ready(self, ready: ReadyMessage) -> None:
         self.outbox.put_nowait(Outgoing(ready=ready))
+
+    def send_updated(self) -> None:
+        self.outbox.put_nowait(Outgoing(updated=UpdatedMessage(**self.settings())))
 
     def send_audio(self, audio: AgentChunk, newest_arrival: float | None) -> None:
         self.queued_audio += 1

@@ -25,6 +25,7 @@ import numpy as np
 
 from model.engine import Engine, StepRequest, StepResult
 from model.format import Frame
+from model.sampling import SamplingParams
 from server.metrics import Metrics
 from server.pacing import StepPacer
 from server.protocol import CloseCode, ErrorCode, ProtocolError, ReadyMessage
@@ -49,6 +50,7 @@ class TickPlan:
     leaves: list[str] = field(default_factory=list)
     sessions: list[CallSession] = field(default_factory=list)
     prompts: set[str] = field(default_factory=set)  # calls whose caller asked for a response
+    retunes: dict[str, SamplingParams] = field(default_factory=dict)  # changed mid-call
 
 
 @dataclass
@@ -277,6 +279,9 @@ class Ticker:
                 s.join_tick = tick
                 plan.joins.append(s)
                 self._in_engine.add(s.id)
+            elif s.retuned:
+                plan.retunes[s.id] = s.sampling
+            s.retuned = False  # a joining call joins with its settings as they are
             if s.last_chunk is not None and tick - s.join_tick > s.last_chunk:
                 if s.opened:  # else `ready` and chunk 0 are still to go out (an overrun)
                     s.send_end_marker(s.stats.ticks)  # `end` came after the last chunk
@@ -294,6 +299,8 @@ class Ticker:
             self.engine.remove_session(sid)
         for s in plan.joins:
             self.engine.add_session(s.id, s.sampling)
+        for sid, params in plan.retunes.items():
+            self.engine.retune(sid, params)
         t0 = time.perf_counter()
         requests = []
         arrivals: dict[str, tuple[list[float], list[float]]] = {}  # whole chunks, partial frames
@@ -395,12 +402,7 @@ class Ticker:
             codec_sample_rate=codec_rate,
             lead_ms=round(self.pacer.max_budget_s * 1000, 3),
             latency_budget_ms=self.config.latency_budget_s * 1000,
-            temperature=s.sampling.temperature,
-            turn_temperature=s.sampling.turn_temperature,
-            top_k=s.sampling.top_k,
-            seed=s.sampling.seed,
-            speak_up_ms=round(s.sampling.speak_up_chunks * self.config.tick_s * 1000, 3),
-            noise_gate_db=s.user_in.gate.margin_db,
+            **s.settings(),
         )
 
     def _cut(self, s: CallSession, code: ErrorCode, message: str) -> None:

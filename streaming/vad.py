@@ -33,9 +33,7 @@ class EnergyVad:
 
     def __init__(self, rate: int, params: VadParams = VadParams()) -> None:
         self.frame = rate * FRAME_MS // 1000
-        self.params = params
-        self._on = 10 ** (params.on_dbfs / 20)
-        self._off = 10 ** (params.off_dbfs / 20)
+        self.params = params  # may change between pushes (a Realtime session.update)
         self._rest = np.zeros(0, dtype=np.float32)
         self._frames = 0
         self._loud = 0
@@ -50,16 +48,17 @@ class EnergyVad:
         frames = x[: n * self.frame].reshape(n, self.frame).astype(np.float64)
         rms = np.sqrt(np.mean(np.square(frames), axis=1))
         p = self.params
+        on, off = 10 ** (p.on_dbfs / 20), 10 ** (p.off_dbfs / 20)
         events: list[Event] = []
         for level in rms.tolist():
             i = self._frames
             self._frames += 1
             if not self.speaking:
-                self._loud = self._loud + 1 if level >= self._on else 0
+                self._loud = self._loud + 1 if level >= on else 0
                 if self._loud >= p.start_frames:
                     self.speaking, self._quiet, self._last_voiced = True, 0, i
                     events.append(("started", (i - p.start_frames + 1) * FRAME_MS))
-            elif level >= self._off:
+            elif level >= off:
                 self._quiet, self._last_voiced = 0, i
             else:
                 self._quiet += 1

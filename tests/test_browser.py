@@ -130,7 +130,8 @@ def test_browser_call_sends_and_plays_audio(
     server: ServerProcess, page_factory: Any, codec: str
 ) -> None:
     """A call on each wire codec: `?codec=pcm16` forces PCM16; by default the page negotiates
-    Opus through WebCodecs. The PCM16 call picks quick turn-taking (`sampling.eagerness`)."""
+    Opus through WebCodecs. The PCM16 call picks quick turn-taking (`sampling.eagerness`),
+    changes it to patient mid-call (`update`) and asks for an answer (`respond`)."""
     before = frames_in_total(server)
     page = page_factory(f"{server.http}/" + ("?codec=pcm16" if codec == "pcm16" else ""))
     if codec == "opus" and not page.evaluate("() => 'AudioEncoder' in window"):
@@ -138,8 +139,12 @@ def test_browser_call_sends_and_plays_audio(
     if codec == "pcm16":
         page.select_option("#eagerness", "high")
     page.click("#call")
+    assert page.is_disabled("#respond")  # no call to answer
     page.wait_for_function("() => window.duplexStats.state === 'live'", timeout=30_000)
-    assert page.is_disabled("#eagerness")  # fixed for the call
+    if codec == "pcm16":
+        page.select_option("#eagerness", "low")
+        page.wait_for_function("() => window.duplexStats.updated !== null", timeout=5_000)
+        page.click("#respond")
     page.wait_for_timeout(CALL_S * 1000)
     live = page_stats(page)
     latency_text = page.inner_text("#latency")
@@ -153,7 +158,11 @@ def test_browser_call_sends_and_plays_audio(
     assert final["lastError"] is None, final["lastError"]
     assert final["sessionId"]
     assert final["ready"]["turn_temperature"] == (0.1 if codec == "pcm16" else None)
-    assert page.is_enabled("#eagerness")
+    if codec == "pcm16":  # `low` from mid-call on: one flat draw, cooler, patient
+        updated = final["updated"]
+        assert (updated["turn_temperature"], updated["temperature"]) == (None, 0.5), updated
+        assert updated["speak_up_ms"] == 8000 and final["responsesAsked"] == 1
+    assert page.is_enabled("#eagerness") and page.is_disabled("#respond")
     assert final["codec"] == codec
     assert page.inner_text("#codec") == ("PCM16" if codec == "pcm16" else "Opus (WebCodecs)")
     # Wire bytes per second of call, headers included: PCM16 ~262 kbit/s up, Opus ~30.

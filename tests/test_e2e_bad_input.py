@@ -130,6 +130,7 @@ BEFORE_START: list[tuple[str, str | bytes, str, int]] = [
     ("unknown_type", '{"type": "hello"}', "unknown_type", 1003),
     ("end_before_start", '{"type": "end", "total_samples": 0}', "unexpected_message", 1008),
     ("respond_before_start", '{"type": "respond"}', "unexpected_message", 1008),
+    ("update_before_start", '{"type": "update"}', "unexpected_message", 1008),
     ("audio_before_start", frame(0, 0), "unexpected_message", 1008),
     ("encoding_aac", start_msg(encoding="aac"), "invalid_message", 1007),
     ("opus_8000", start_msg(encoding="opus", sample_rate=8000), "unsupported_audio", 1003),
@@ -202,6 +203,11 @@ AFTER_READY: list[tuple[str, list[str | bytes], str, int]] = [
     ("audio_after_last_frame", [frame(0, 0, last=True), frame(1, FRAME)], "unexpected_message",
      1008),
     ("respond_with_a_field", ['{"type": "respond", "now": true}'], "invalid_message", 1007),
+    ("update_temperature_negative", ['{"type": "update", "sampling": {"temperature": -1}}'],
+     "invalid_message", 1007),
+    ("update_gate_too_high", ['{"type": "update", "noise_gate_db": 41}'], "invalid_message", 1007),
+    ("update_audio", ['{"type": "update", "audio": {"encoding": "mulaw"}}'], "invalid_message",
+     1007),
 ]  # fmt: skip
 
 

@@ -30,6 +30,7 @@ from websockets.exceptions import ConnectionClosed
 from clients.call import CallResult, place_frames, run_call
 from clients.client import DuplexClient, DuplexError, ReceivedFrame
 from server.protocol import AudioFormat, SamplingParams, StatsMessage
+from server.settings import Settings
 from streaming.resample import resample_whole
 from tests.conftest import (
     ServerProcess,
@@ -275,6 +276,46 @@ def test_respond_mid_call(server: ServerProcess, voice: Voice) -> None:
 
     stats = asyncio.run(main())
     assert stats is not None and stats.frames_in == len(pcm) // 320
+
+
+def test_update_changes_a_running_call(server: ServerProcess) -> None:
+    """`update` mid-call: `updated` answers with the call's new settings (the fields named
+    change, the rest stay, null is the server's default), and they reach the call: a noise
+    gate turned on after a second of a noisy line gates the rest of it, not the first second
+    (what a new sampling does to the agent: tests/test_engine.py, tests/test_ticker.py)."""
+    line = resample_whole(
+        np.random.default_rng(1).normal(0, 10 ** (-55 / 20), 3 * 8000).astype(np.float32),
+        8000, 16000,
+    )  # fmt: skip
+    audio, sampling = AudioFormat(sample_rate=16000), SamplingParams(eagerness="low", seed=5)
+
+    async def main() -> DuplexClient:
+        async with DuplexClient.connect(
+            server.url, audio=audio, sampling=sampling, noise_gate_db=0.0
+        ) as c:
+            fs = c.frame_samples
+            for n in range(len(line) // fs):
+                await asyncio.sleep(max(0.0, c.t_ready + n * fs / 16000 - time.monotonic()))
+                await c.send_frame(line[n * fs : (n + 1) * fs])
+                if n == 50:
+                    await c.update(sampling={"eagerness": "high"}, noise_gate_db=10.0)
+                if n == 100:
+                    await c.update(sampling={"temperature": 0.9}, noise_gate_db=None)
+            await c.end()
+            async for _ in c.events():
+                pass
+            return c
+
+    c = asyncio.run(main())
+    ready, (high, hotter) = c.ready, c.updates
+    assert (ready.temperature, ready.turn_temperature, ready.speak_up_ms) == (0.5, None, 8000.0)
+    assert ready.noise_gate_db == 0.0 and ready.seed == 5
+    assert (high.temperature, high.turn_temperature, high.speak_up_ms) == (0.6, 0.1, 2080.0)
+    assert (high.noise_gate_db, high.seed, high.top_k) == (10.0, 5, ready.top_k)
+    assert (hotter.temperature, hotter.turn_temperature, hotter.seed) == (0.9, 0.1, 5)
+    assert hotter.noise_gate_db == Settings().noise_gate_db
+    assert c.stats is not None
+    assert 35 <= c.stats.frames_gated <= 52, c.stats  # of 75 frames: none of the first 25
 
 
 def test_eagerness_sets_the_calls_sampling(server: ServerProcess, voice: Voice) -> None:

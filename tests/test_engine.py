@@ -280,6 +280,31 @@ def test_engine_is_deterministic_per_seed_and_silent_steps_hold(loaded) -> None:
     assert outs[0] == outs[1]
 
 
+def test_a_retune_takes_effect_at_the_next_step(loaded) -> None:  # type: ignore[no-untyped-def]
+    """A caller's mid-call change: the next draws use the new values (two seeds retuned to
+    greedy draw alike, where they differed before); the random stream goes on unless the
+    seed changes."""
+    Frames = list[list[tuple[int, ...]]]
+
+    def run(seed: int, retune: SamplingParams | None, at: int = 3) -> Frames:
+        engine = make_engine(loaded)
+        engine.add_session("s", SamplingParams(temperature=0.9, top_k=50, seed=seed))
+        frames = [engine.step([StepRequest("s")])["s"].frames for _ in range(at)]
+        if retune is not None:
+            engine.retune("s", retune)
+        return frames + [engine.step([StepRequest("s")])["s"].frames for _ in range(6)]
+
+    def greedy(seed: int) -> SamplingParams:
+        return SamplingParams(temperature=0.0, top_k=0, seed=seed)
+
+    assert run(1, None, at=0) != run(2, None, at=0)
+    assert run(1, greedy(1), at=0) == run(2, greedy(9), at=0)
+    same_seed = run(42, SamplingParams(temperature=0.9, top_k=50, seed=42))
+    assert same_seed == run(42, None)  # nothing changed: the stream goes on
+    reseeded = run(42, SamplingParams(temperature=0.9, top_k=50, seed=7))
+    assert reseeded[:3] == same_seed[:3] and reseeded[3:] != same_seed[3:]
+
+
 def test_greedy_sampling_respects_the_format(loaded) -> None:  # type: ignore[no-untyped-def]
     engine = make_engine(loaded)
     engine.add_session("g", SamplingParams(temperature=0.0, top_k=0, seed=0))

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,10 +23,12 @@ import pytest
 from server.protocol import AudioFormat
 from server.realtime import QueuedEvent, RealtimeTransport, alaw_decode, alaw_encode
 from server.realtime_options import ClientError, parse_format
+from server.runtime import Runtime
 from server.session import AgentChunk, Outgoing
 from server.settings import Settings
 from streaming.resample import resample_whole
 from streaming.transport import decode_audio, encode_audio
+from streaming.vad import EnergyVad
 from tests.conftest import ServerProcess, read_wav, speak, start_server, stop_server
 
 SEND_MS = 100  # append size, as a microphone client would send
@@ -334,9 +337,13 @@ def test_a_pcm_rate_must_be_a_supported_integer(rate: object) -> None:
 
 
 async def _configured_call(
-    server: ServerProcess, voice: tuple[np.ndarray, int], updates: list[dict[str, Any]]
+    server: ServerProcess,
+    voice: tuple[np.ndarray, int],
+    first: dict[str, Any],
+    later: list[tuple[float, dict[str, Any]]] = [],  # noqa: B006 (never changed)
 ) -> list[dict[str, Any]]:
-    """Send `updates[0]`, stream the voice, then send the later updates; every event back."""
+    """Send `first`, stream the voice, and each later update once the stream is that many
+    seconds in (after it, when past its end); every event back."""
     x, _, _ = _signal(voice, 24000)
     encode = FORMATS["pcm16"][1]
     events: list[dict[str, Any]] = []
@@ -348,10 +355,14 @@ async def _configured_call(
                     events.append(json.loads(await conn.recv_bytes()))
 
         collector = asyncio.create_task(collect())
-        await conn.send({"type": "session.update", "session": updates[0]})
-        await _stream(conn, x, 24000, encode)
-        for update in updates[1:]:
-            await conn.send({"type": "session.update", "session": update})
+        await conn.send({"type": "session.update", "session": first})
+        done = 0
+        for at_s, update in sorted(later, key=lambda u: u[0]) + [(math.inf, {})]:
+            end = min(len(x), round(at_s * 24000)) if at_s < math.inf else len(x)
+            await _stream(conn, x[done:end], 24000, encode)
+            done = end
+            if update:
+                await conn.send({"type": "session.update", "session": update})
         await asyncio.sleep(2 * TICK_S)
         collector.cancel()
         await asyncio.gather(collector, return_exceptions=True)
@@ -363,8 +374,8 @@ def test_session_settings_reach_the_call(
 ) -> None:
     """Eagerness, noise reduction and turn detection off are honoured: the `start` the adapter
     admits the call with (as `--record-dir` keeps it) carries them, `session.updated` echoes
-    them, VAD events stop with `turn_detection: null`, and a change once audio flows is refused
-    while a repeat of the same session is not."""
+    them, and VAD events stop with `turn_detection: null`, also when it comes mid-speech (that
+    speech ends there) (what a change does to the running call: test_a_change_reaches_the_call)."""
     record = tmp_path / "rec"
     srv = start_server(checkpoint, tmp_path / "log", "--record-dir", str(record))
     eager = {
@@ -378,21 +389,28 @@ def test_session_settings_reach_the_call(
     }
     quiet = {"turn_detection": None, "input_audio_noise_reduction": {"type": "far_field",
              "strength": 2}, "temperature": 0.9, "input_audio_format": "pcm16"}  # fmt: skip
+    off = {"type": "realtime", "audio": {"input": {"turn_detection": None}}}
     auto = {"type": "realtime", "audio": {"input": {"turn_detection": {"type": "semantic_vad"}}}}
+    _, speech_start, _ = _signal(voice, 24000)
+    mid_s = speech_start + 0.8
     try:
-        first = asyncio.run(_configured_call(srv, voice, [eager, eager, auto]))
-        second = asyncio.run(_configured_call(srv, voice, [quiet]))
+        first = asyncio.run(_configured_call(srv, voice, eager, [(mid_s, off), (math.inf, auto)]))
+        second = asyncio.run(_configured_call(srv, voice, quiet))
     finally:
         stop_server(srv)
     types = [e["type"] for e in first]
     updated = [e["session"] for e in first if e["type"] == "session.updated"]
-    assert len(updated) == 2, types  # the first update, and its repeat once audio flows
+    assert len(updated) == 3 and "error" not in types, first
     inp = updated[0]["audio"]["input"]
     assert inp["turn_detection"]["eagerness"] == "high" and inp["noise_reduction"] is None
-    (locked,) = [e["error"] for e in first if e["type"] == "error"]
-    assert locked["code"] == "session_locked", locked
-    assert locked["param"] == "session.audio.input.turn_detection", locked
-    assert "input_audio_buffer.speech_started" in types
+    assert updated[1]["audio"]["input"]["turn_detection"] is None
+    assert updated[2]["audio"]["input"]["turn_detection"]["eagerness"] == "auto"
+    speech = [e for e in first if e["type"].startswith("input_audio_buffer.speech_")]
+    assert [e["type"] for e in speech] == [
+        "input_audio_buffer.speech_started",
+        "input_audio_buffer.speech_stopped",
+    ], speech
+    assert abs(speech[1]["audio_end_ms"] - mid_s * 1000) <= SEND_MS, speech  # where it went off
     beta = next(e["session"] for e in second if e["type"] == "session.updated")
     assert beta["turn_detection"] is None and beta["temperature"] == 0.9
     assert beta["input_audio_noise_reduction"] == {"type": "far_field", "strength": 2.0}
@@ -406,38 +424,56 @@ def test_session_settings_reach_the_call(
     assert by_gate[20.0]["sampling"]["eagerness"] is None
 
 
-def test_a_refused_update_changes_nothing() -> None:
-    """Once the call runs, a beta-shaped change is refused with the beta path of the setting,
-    and leaves the options and the session's shape (GA) as they were; a GA update that names
-    `temperature` stays GA."""
-    t = RealtimeTransport()
-    t._server, t._tick_s, t._admitted = Settings(), TICK_S, True
-    ws = _Socket()
-    before = t._options
+def test_a_change_reaches_the_call(checkpoint: Path) -> None:
+    """Once the call runs, `session.update` changes it: eagerness, speak-up, noise reduction,
+    temperature and the VAD's silence reach the call (the engine takes the sampling at its
+    next step: tests/test_ticker.py). A format change is still refused, with the beta path of
+    the setting for a beta-shaped update, and leaves the options and the session's shape (GA)
+    as they were."""
+    runtime = Runtime(Settings(model=checkpoint, max_sessions=1))
+    try:
+        t = RealtimeTransport()
+        t._server, t._runtime, t._admitted = runtime.settings, runtime, True
+        session = runtime.open_session(t._options.start(runtime.settings))
+        t._vad = EnergyVad(24000, t._options.vad_params())
+        seed = session.sampling.seed
 
-    async def update(session: dict[str, Any]) -> None:
-        await t._update(ws, None, session)  # type: ignore[arg-type]
+        def update(change: dict[str, Any]) -> dict[str, Any]:
+            asyncio.run(t._update(None, session, change))  # type: ignore[arg-type]
+            item = session.outbox.get_nowait()
+            assert isinstance(item, QueuedEvent) and item.event["type"] == "session.updated"
+            return item.event["session"]
 
-    with pytest.raises(ClientError) as info:
-        asyncio.run(update({"turn_detection": {"type": "semantic_vad", "eagerness": "high"}}))
-    assert (info.value.code, info.value.param) == ("session_locked", "session.turn_detection")
-    assert t._options == before and not t._beta
-    asyncio.run(update({"type": "realtime", "temperature": 0.6}))  # the server's: no change
-    assert not t._beta and ws.sent[-1]["type"] == "session.updated"
-    assert "audio" in ws.sent[-1]["session"]  # GA-shaped
-    t._beta = True  # a beta client: its format is named by the beta key
-    with pytest.raises(ClientError) as info:
-        asyncio.run(update({"input_audio_format": "g711_ulaw", "output_audio_format": "g711_ulaw"}))
-    assert (info.value.code, info.value.param) == (
-        "session_format_locked",
-        "session.input_audio_format",
-    )
+        def vad(**turn: Any) -> dict[str, Any]:
+            return {"type": "realtime", "audio": {"input": {"turn_detection": turn}}}
+
+        update(vad(type="semantic_vad", eagerness="high"))
+        p = session.sampling
+        assert (p.turn_temperature, p.speak_up_chunks, p.seed) == (0.1, 13, seed)
+        assert session.retuned
+        update(vad(type="server_vad", idle_timeout_ms=5000, silence_duration_ms=1000))
+        p = session.sampling
+        assert (p.turn_temperature, p.speak_up_chunks, t._vad.params.stop_frames) == (None, 32, 50)
+        shown = update({"type": "realtime", "audio": {"input": {"noise_reduction": None}}})
+        assert session.user_in.gate.margin_db == 0.0 and "audio" in shown
+        before = t._options
+        with pytest.raises(ClientError) as info:
+            update({"input_audio_format": "g711_ulaw", "output_audio_format": "g711_ulaw"})
+        assert (info.value.code, info.value.param) == (
+            "session_format_locked",
+            "session.input_audio_format",
+        )
+        assert t._options == before and not t._beta and session.outbox.empty()
+        update({"temperature": 0.9})  # a key of both shapes: GA stays GA
+        assert session.sampling.temperature == 0.9 and not t._beta
+    finally:
+        runtime.ticker.shutdown()
 
 
 def test_a_ga_update_with_a_beta_key_stays_ga() -> None:
     """`modalities` is a beta key, but an update that says `type: realtime` is GA's."""
     t = RealtimeTransport()
-    t._server, t._tick_s = Settings(), TICK_S
+    t._server = Settings()
     ws = _Socket()
     asyncio.run(t._update(ws, None, {"type": "realtime", "modalities": ["audio"]}))  # type: ignore[arg-type]
     assert not t._beta and "audio" in ws.sent[-1]["session"]

@@ -1,5 +1,6 @@
-"""What a Realtime `session.update` asks of a duplex call: the mapping onto `start`, what counts
-as a change once the call runs, and the errors that name the offending field."""
+"""What a Realtime `session.update` asks of a duplex call: the mapping onto `start`, which
+spellings are the same call (a client may send back the session it was shown), and the errors
+that name the offending field."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from server.call_sampling import resolve
 from server.protocol import SamplingParams
 from server.realtime_options import (
     ClientError,
@@ -24,8 +26,25 @@ def _ga(**inp: Any) -> dict[str, Any]:
     return {"type": "realtime", "audio": {"input": inp}}
 
 
+def _call(o: RealtimeOptions) -> dict[str, Any]:
+    """What reaches the call, by setting: what the adapter admits or retunes it with."""
+    got = resolve(o.start(SERVER).sampling, SERVER, TICK_S)
+    return {
+        "format": o.format,
+        "turn_detection": (
+            got.turn_temperature,
+            got.speak_up_chunks,
+            None if o.turn is None else o.vad_params(),
+        ),
+        "noise_reduction": o.noise_gate_db(SERVER.noise_gate_db),
+        "temperature": got.temperature,
+    }
+
+
 def _same_call(a: RealtimeOptions, b: RealtimeOptions) -> bool:
-    return a.call_settings(SERVER, TICK_S) == b.call_settings(SERVER, TICK_S)
+    """Two spellings (`auto` and `medium`, an echoed strength sent back, 490 or 500 ms of
+    silence, a speak-up time within the same tick) that give the call the same settings."""
+    return _call(a) == _call(b)
 
 
 def test_defaults_are_the_servers() -> None:
@@ -181,7 +200,7 @@ def test_spellings_of_the_same_turn_detection_are_the_same_call(
 )
 def test_a_real_change_is_one(update: dict[str, Any], setting: str) -> None:
     o = RealtimeOptions()
-    was, now = (x.call_settings(SERVER, TICK_S) for x in (o, o.updated(update, SERVER)))
+    was, now = (_call(x) for x in (o, o.updated(update, SERVER)))
     assert [k for k in was if was[k] != now[k]] == [setting]
 
 

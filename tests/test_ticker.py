@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from model.engine import StepRequest, StepResult
+from server.protocol import SamplingParams as SamplingRequest
 from server.protocol import StartMessage
 from server.runtime import Runtime
 from server.session import RESPONSE_CHUNKS, State
@@ -70,5 +71,30 @@ def test_the_step_gets_the_prompt(checkpoint: Path) -> None:
         engine.step = spy  # type: ignore[method-assign]
         ticker._work(ticker._plan(0, False))
         assert {r.session_id: r.prompt for r in seen} == {calls[0].id: False, calls[1].id: True}
+    finally:
+        runtime.ticker.shutdown()
+
+
+def test_a_change_mid_call_reaches_the_engine_once(checkpoint: Path) -> None:
+    """`Runtime.retune` (a native `update`, a Realtime `session.update`): the engine samples
+    the call with the new values from the next step on, handed over once; a call changed
+    before it joins joins with them; the seed stays unless one is named."""
+    runtime = Runtime(Settings(model=checkpoint, max_sessions=2))
+    try:
+        ticker, engine = runtime.ticker, runtime.ticker.engine
+        early, late = (runtime.open_session(StartMessage(type="start")) for _ in range(2))
+        runtime.retune(early, SamplingRequest(eagerness="high"), 3.0)
+        ticker._work(ticker._plan(0, False))
+        assert engine.sessions[early.id].params.turn_temperature == 0.1
+        assert engine.sessions[late.id].params.turn_temperature is None
+        seed = late.sampling.seed
+        runtime.retune(late, SamplingRequest(temperature=0.9), None)
+        assert late.user_in.gate.margin_db == Settings().noise_gate_db
+        plan = ticker._plan(1, False)
+        assert list(plan.retunes) == [late.id] and not ticker._plan(2, False).retunes
+        ticker._work(plan)
+        params = engine.sessions[late.id].params
+        assert (params.temperature, params.seed) == (0.9, seed)
+        assert early.user_in.gate.margin_db == 3.0
     finally:
         runtime.ticker.shutdown()

@@ -62,6 +62,8 @@ const freshStats = () => ({
   lastErrorCode: null,
   serverStats: null,
   ready: null, // the server's `ready`: the sampling the call got
+  updated: null, // the server's latest `updated`: the sampling after a change mid-call
+  responsesAsked: 0, // "Answer now" presses (`respond`)
   contextRate: null,
   codec: null, // "opus" or "pcm16": what the call uses on the wire
   bytesSent: 0, // WebSocket binary bytes (headers included), for the bandwidth figures
@@ -85,8 +87,16 @@ function setState(state) {
   const button = $("call");
   button.textContent = state === "idle" ? "Call" : "Hang up";
   button.disabled = state === "ending";
-  const eagerness = $("eagerness");
-  if (eagerness) eagerness.disabled = state !== "idle"; // a call's sampling is fixed at `start`
+  // Turn-taking goes with `start` when idle and as an `update` during the call.
+  $("eagerness").disabled = state === "starting" || state === "ending";
+  $("respond").disabled = state !== "live";
+}
+
+// Send a control message on the live call's socket (nothing when there is none).
+function sendControl(message) {
+  if (stats.state !== "live" || !call || !call.ws || call.ws.readyState !== WebSocket.OPEN) return false;
+  call.ws.send(JSON.stringify(message));
+  return true;
 }
 
 function showError(code, detail) {
@@ -309,6 +319,8 @@ function onMessage(c, data, timeStamp) {
     const waited = Math.max(0, performance.now() - timeStamp) / 1000;
     c.audio.capture.port.postMessage({ type: "start", at: c.audio.ctx.currentTime - waited });
     setState("live");
+  } else if (msg.type === "updated") {
+    stats.updated = msg;
   } else if (msg.type === "stats") {
     stats.serverStats = msg;
     $("server-frames").textContent = `${msg.frames_in} in / ${msg.frames_out} out`;
@@ -455,6 +467,12 @@ function kbits(bytes) {
 $("call").addEventListener("click", () => {
   if (stats.state === "idle") startCall();
   else hangUp();
+});
+$("eagerness").addEventListener("change", () => {
+  sendControl({ type: "update", sampling: { eagerness: $("eagerness").value } });
+});
+$("respond").addEventListener("click", () => {
+  if (sendControl({ type: "respond" })) stats.responsesAsked++;
 });
 setState("idle");
 // A timer, not requestAnimationFrame: the figures keep updating in a background tab.
