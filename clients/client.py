@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
+from types import EllipsisType
 from typing import Any
 
 import numpy as np
@@ -195,11 +196,25 @@ class DuplexClient:
         """Ask the agent to speak now: its next chunks start with sound (`respond`)."""
         await self._send(RespondMessage(type="respond").model_dump_json())
 
-    async def update(self, **changes: Any) -> None:
-        """Change the call's settings from its next step on: `sampling={...}`,
-        `noise_gate_db=...`, as in `start` (None: back to the server's default). The answer,
-        `updated`, lands in `updates` while `events` runs."""
-        message = UpdateMessage.model_validate({"type": "update", **changes})
+    async def update(
+        self,
+        sampling: SamplingParams | Mapping[str, Any] | None = None,
+        *,
+        noise_gate_db: float | None | EllipsisType = ...,
+    ) -> None:
+        """Change the call's settings from its next step on (`update`): the `sampling` fields
+        named (a field set to None: back to the server's default; an unset field of a
+        SamplingParams is left alone), and `noise_gate_db` if given (None: the server's).
+        The answer, `updated`, lands in `updates` while `events` runs. Raises ValueError
+        (pydantic's ValidationError) for a value out of range, before sending anything."""
+        fields: dict[str, Any] = {"type": "update"}
+        if isinstance(sampling, SamplingParams):
+            fields["sampling"] = sampling.model_dump(exclude_unset=True)
+        elif sampling is not None:
+            fields["sampling"] = dict(sampling)
+        if not isinstance(noise_gate_db, EllipsisType):
+            fields["noise_gate_db"] = noise_gate_db
+        message = UpdateMessage.model_validate(fields)
         await self._send(message.model_dump_json(exclude_unset=True))
 
     async def end(self, total_samples: int | None = None) -> None:

@@ -70,7 +70,7 @@ class NativeTransport:
             elif isinstance(message, UpdateMessage):
                 assert self._runtime is not None  # set by `open`, which gave us the session
                 self._runtime.retune(session, *message.applied(*session.asked))
-                session.send_updated()
+                session.owe_update()
             else:
                 raise ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, "`start` sent twice")
 

@@ -292,7 +292,8 @@ class RealtimeOptions:
                 out, noise_strength=strength, noise_reduction=named or out.noise_reduction
             )
         for t, where in _named(session, "temperature"):
-            if t is None:
+            if t is None:  # back to the eagerness's or the server's
+                out = dataclasses.replace(out, temperature=None)
                 continue
             if (
                 isinstance(t, bool)

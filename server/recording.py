@@ -2,7 +2,8 @@
 
 Per call, a folder with the user's audio as received and the agent's as sent (both at the wire
 rate, placed by sample index), and `ticks.jsonl`: per tick the agent units, the user chunks
-that arrived, the estimate made and which estimates real audio replaced.
+that arrived, the estimate made and which estimates real audio replaced; and a line for each
+change of the call's settings mid-call (`settings`), at the tick from which they apply.
 """
 
 from __future__ import annotations
@@ -63,6 +64,10 @@ class CallRecorder:
             "prefill_tokens": result.prefill_tokens,
         }
         self._log.write(json.dumps(entry) + "\n")
+
+    def settings(self, tick: int, settings: dict[str, Any]) -> None:
+        """The call's settings changed mid-call: the steps from `tick` on use these."""
+        self._log.write(json.dumps({"tick": tick, "settings": settings}) + "\n")
 
     def close(self) -> None:
         self._user.close()

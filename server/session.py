@@ -13,7 +13,7 @@ import enum
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypedDict
 
 import numpy as np
 
@@ -36,6 +36,17 @@ from streaming.user_input import UserAudioInput
 # A response asked for starts the agent's next chunks with sound: three chunks (480 ms) get it
 # talking; then it goes on as the model does (its turns last ~0.6 s on average in self-play).
 RESPONSE_CHUNKS = 3
+
+
+class CallSettings(TypedDict):
+    """The fields `ready` and `updated` share (server/protocol.py)."""
+
+    temperature: float
+    turn_temperature: float | None
+    top_k: int
+    seed: int
+    speak_up_ms: float
+    noise_gate_db: float
 
 
 class State(enum.Enum):
@@ -108,6 +119,7 @@ class CallSession:
         self.audio = audio
         self.sampling = sampling
         self.retuned = False  # `sampling` changed since the engine last took it
+        self.updates_owed: list[UpdatedMessage] = []  # answers to `update`, sent by the ticker
         # what the caller asked for (its `start`, as changed since): what an `update` changes
         self.asked: tuple[SamplingRequest, float | None] = (SamplingRequest(), None)
         self.tick_s = tick_s
@@ -239,25 +251,32 @@ class CallSession:
         self.retuned = True
         self.user_in.gate.margin_db = noise_gate_db
 
-    def settings(self) -> dict[str, Any]:
+    def settings(self) -> CallSettings:
         """The call's sampling and noise gate, as `ready` and `updated` tell them."""
         p = self.sampling
-        return {
-            "temperature": p.temperature,
-            "turn_temperature": p.turn_temperature,
-            "top_k": p.top_k,
-            "seed": p.seed,
-            "speak_up_ms": round(p.speak_up_chunks * self.tick_s * 1000, 3),
-            "noise_gate_db": self.user_in.gate.margin_db,
-        }
+        return CallSettings(
+            temperature=p.temperature,
+            turn_temperature=p.turn_temperature,
+            top_k=p.top_k,
+            seed=p.seed,
+            speak_up_ms=round(p.speak_up_chunks * self.tick_s * 1000, 3),
+            noise_gate_db=self.user_in.gate.margin_db,
+        )
+
+    def owe_update(self) -> None:
+        """Answer an `update` once the ticker has handed its values to the engine (and
+        after `ready`): every agent frame after the answer was made with them."""
+        self.updates_owed.append(UpdatedMessage(**self.settings()))
 
     # -- to the client ----------------------------------------------------------------------
 
     def send_ready(self, ready: ReadyMessage) -> None:
         self.outbox.put_nowait(Outgoing(ready=ready))
 
-    def send_updated(self) -> None:
-        self.outbox.put_nowait(Outgoing(updated=UpdatedMessage(**self.settings())))
+    def send_updates_owed(self) -> None:
+        for updated in self.updates_owed:
+            self.outbox.put_nowait(Outgoing(updated=updated))
+        self.updates_owed.clear()
 
     def send_audio(self, audio: AgentChunk, newest_arrival: float | None) -> None:
         self.queued_audio += 1

@@ -281,7 +281,11 @@ class Ticker:
                 self._in_engine.add(s.id)
             elif s.retuned:
                 plan.retunes[s.id] = s.sampling
+                if s.recorder is not None:
+                    s.recorder.settings(tick, dict(s.settings()))
             s.retuned = False  # a joining call joins with its settings as they are
+            if s.opened:  # this plan's step and all after it use them
+                s.send_updates_owed()
             if s.last_chunk is not None and tick - s.join_tick > s.last_chunk:
                 if s.opened:  # else `ready` and chunk 0 are still to go out (an overrun)
                     s.send_end_marker(s.stats.ticks)  # `end` came after the last chunk

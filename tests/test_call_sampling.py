@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from server.call_sampling import (
     HIGH_SPEAK_UP_MS,
@@ -13,7 +17,7 @@ from server.call_sampling import (
     chunks,
     resolve,
 )
-from server.protocol import SamplingParams
+from server.protocol import SamplingParams, UpdateMessage
 from server.settings import Settings
 
 TICK_S = 0.16
@@ -67,3 +71,44 @@ def test_what_the_call_names_wins() -> None:
 
 def test_chunks_round_up_to_whole_ticks() -> None:
     assert [chunks(ms, TICK_S) for ms in (0, 1, 160, 320, 321, 3000)] == [0, 1, 1, 2, 3, 19]
+
+
+def test_an_update_changes_what_it_names() -> None:
+    """docs/protocol.md's example: `low` keeps the temperature the call named; then a null
+    temperature gives `low`'s own; a gate left out stays, a null one is the server's."""
+    server = Settings()
+    asked = SamplingParams(eagerness="high", temperature=0.8)
+    low = UpdateMessage.model_validate({"type": "update", "sampling": {"eagerness": "low"}})
+    asked, gate = low.applied(asked, 20.0)
+    assert (asked, gate) == (SamplingParams(eagerness="low", temperature=0.8), 20.0)
+    assert resolve(asked, server, TICK_S).temperature == 0.8
+    reset = {"type": "update", "sampling": {"temperature": None}, "noise_gate_db": None}
+    asked, gate = UpdateMessage.model_validate(reset).applied(asked, gate)
+    assert (asked, gate) == (SamplingParams(eagerness="low"), None)
+    assert resolve(asked, server, TICK_S).temperature == LOW_TEMPERATURE
+
+
+_FIELD_VALUES = {
+    "eagerness": st.sampled_from(["low", "medium", "high", None]),
+    "temperature": st.sampled_from([0.0, 0.5, 1.3, None]),
+    "turn_temperature": st.sampled_from([0.1, 1.0, None]),
+    "top_k": st.sampled_from([0, 50, None]),
+    "seed": st.sampled_from([0, 7, None]),
+    "speak_up_ms": st.sampled_from([0.0, 2500.0, None]),
+}
+_SAMPLING = st.fixed_dictionaries({}, optional=_FIELD_VALUES)
+
+
+@given(before=_SAMPLING, change=_SAMPLING, gate=st.sampled_from([None, 0.0, 15.0]),
+       new_gate=st.sampled_from(["left out", None, 5.0]))  # fmt: skip
+def test_an_update_is_a_merge(
+    before: dict[str, Any], change: dict[str, Any], gate: float | None, new_gate: Any
+) -> None:
+    """Whatever the call asked before: each field the update names (null included) replaces
+    it, the others stay."""
+    update: dict[str, Any] = {"type": "update", "sampling": change}
+    if new_gate != "left out":
+        update["noise_gate_db"] = new_gate
+    asked, got_gate = UpdateMessage.model_validate(update).applied(SamplingParams(**before), gate)
+    assert asked == SamplingParams(**{**before, **change})
+    assert got_gate == (gate if new_gate == "left out" else new_gate)

@@ -298,7 +298,7 @@ def test_update_changes_a_running_call(server: ServerProcess) -> None:
                 await asyncio.sleep(max(0.0, c.t_ready + n * fs / 16000 - time.monotonic()))
                 await c.send_frame(line[n * fs : (n + 1) * fs])
                 if n == 50:
-                    await c.update(sampling={"eagerness": "high"}, noise_gate_db=10.0)
+                    await c.update(sampling={"eagerness": "high"}, noise_gate_db=20.0)
                 if n == 100:
                     await c.update(sampling={"temperature": 0.9}, noise_gate_db=None)
             await c.end()
@@ -311,7 +311,7 @@ def test_update_changes_a_running_call(server: ServerProcess) -> None:
     assert (ready.temperature, ready.turn_temperature, ready.speak_up_ms) == (0.5, None, 8000.0)
     assert ready.noise_gate_db == 0.0 and ready.seed == 5
     assert (high.temperature, high.turn_temperature, high.speak_up_ms) == (0.6, 0.1, 2080.0)
-    assert (high.noise_gate_db, high.seed, high.top_k) == (10.0, 5, ready.top_k)
+    assert (high.noise_gate_db, high.seed, high.top_k) == (20.0, 5, ready.top_k)
     assert (hotter.temperature, hotter.turn_temperature, hotter.seed) == (0.9, 0.1, 5)
     assert hotter.noise_gate_db == Settings().noise_gate_db
     assert c.stats is not None

@@ -466,6 +466,39 @@ def test_a_change_reaches_the_call(checkpoint: Path) -> None:
         assert t._options == before and not t._beta and session.outbox.empty()
         update({"temperature": 0.9})  # a key of both shapes: GA stays GA
         assert session.sampling.temperature == 0.9 and not t._beta
+        update({"temperature": None})
+        assert session.sampling.temperature == runtime.settings.temperature
+
+        # Turn detection off mid-speech ends that speech; turned on mid-speech, that speech's
+        # start was not told, so neither is its end; the next speech is told whole.
+        def events(*pieces: tuple[float, float]) -> list[str]:
+            for seconds, level in pieces:
+                n = round(seconds * 24000)
+                t._push(session, level * np.sin(np.arange(n) * 0.2).astype(np.float32))  # type: ignore[arg-type]
+            got = []
+            while not session.outbox.empty():
+                got.append(session.outbox.get_nowait().event["type"])  # type: ignore[attr-defined]
+            return got
+
+        def turn(detect: bool) -> None:
+            change = vad(type="server_vad") if detect else {"type": "realtime", "audio": {
+                "input": {"turn_detection": None}}}  # fmt: skip
+            asyncio.run(t._update(None, session, change))  # type: ignore[arg-type]
+
+        turn(True)
+        assert events((0.5, 0.3)) == ["session.updated", "input_audio_buffer.speech_started"]
+        turn(False)
+        assert events((0.5, 0.3), (1.0, 0.0)) == [
+            "input_audio_buffer.speech_stopped",
+            "session.updated",
+        ]
+        assert events((0.5, 0.3)) == []
+        turn(True)
+        assert events((0.5, 0.3), (1.0, 0.0)) == ["session.updated"]
+        assert events((0.5, 0.3), (1.0, 0.0)) == [
+            "input_audio_buffer.speech_started",
+            "input_audio_buffer.speech_stopped",
+        ]
     finally:
         runtime.ticker.shutdown()
 

@@ -78,20 +78,29 @@ def test_the_step_gets_the_prompt(checkpoint: Path) -> None:
 def test_a_change_mid_call_reaches_the_engine_once(checkpoint: Path) -> None:
     """`Runtime.retune` (a native `update`, a Realtime `session.update`): the engine samples
     the call with the new values from the next step on, handed over once; a call changed
-    before it joins joins with them; the seed stays unless one is named."""
+    before it joins joins with them; the seed stays unless one is named. The answer (`updated`)
+    goes out with the plan that hands the values on, and not before `ready`."""
     runtime = Runtime(Settings(model=checkpoint, max_sessions=2))
     try:
         ticker, engine = runtime.ticker, runtime.ticker.engine
         early, late = (runtime.open_session(StartMessage(type="start")) for _ in range(2))
         runtime.retune(early, SamplingRequest(eagerness="high"), 3.0)
+        early.owe_update()
         ticker._work(ticker._plan(0, False))
+        assert early.outbox.empty()  # before `ready` no answer goes out: ready tells it all
         assert engine.sessions[early.id].params.turn_temperature == 0.1
         assert engine.sessions[late.id].params.turn_temperature is None
         seed = late.sampling.seed
         runtime.retune(late, SamplingRequest(temperature=0.9), None)
+        late.owe_update()  # as the native `update` does: answered by the plan that hands it on
         assert late.user_in.gate.margin_db == Settings().noise_gate_db
+        late.opened = True  # `ready` is out: an answer may go
+        assert late.outbox.empty()
         plan = ticker._plan(1, False)
+        answer = late.outbox.get_nowait().updated
+        assert answer is not None and (answer.temperature, answer.seed) == (0.9, seed)
         assert list(plan.retunes) == [late.id] and not ticker._plan(2, False).retunes
+        assert late.outbox.empty()
         ticker._work(plan)
         params = engine.sessions[late.id].params
         assert (params.temperature, params.seed) == (0.9, seed)
