@@ -27,6 +27,7 @@ from websockets.uri import parse_uri
 from clients.client import DuplexClient, DuplexError, ReceivedFrame
 from server.protocol import (
     MAX_NOISE_GATE_DB,
+    OPUS_FRAME_MS,
     SUPPORTED_RATES,
     AudioFormat,
     Eagerness,
@@ -58,6 +59,9 @@ EXIT_USAGE = 2
 EXIT_FAILURE = 1
 # After `end` the server only finishes the few remaining ticks; this bounds one that never does.
 FINISH_TIMEOUT_S = 10.0
+DEFAULT_TAIL_S = 3.0  # the default agent answers ~0.8 s after a turn ends and speaks ~1 s
+MAX_TAIL_S = 600.0
+MIN_FRAME_MS, MAX_FRAME_MS = 10, 160
 
 
 class InputError(Exception):
@@ -175,7 +179,8 @@ def load_input(path: str) -> tuple[np.ndarray, int]:
     try:
         data, rate = sf.read(path, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, OSError, RuntimeError, TypeError) as exc:
-        raise InputError(f"cannot read {path!r}: {exc}") from exc
+        why = getattr(exc, "error_string", None) or exc  # libsndfile's, without the path again
+        raise InputError(f"cannot read {path!r}: {why}") from exc
     if len(data) == 0:
         raise InputError(f"cannot read {path!r}: the file holds no audio")
     return data.mean(axis=1, dtype=np.float32), int(rate)
@@ -326,7 +331,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--output",
         metavar="PATH",
-        help="write the agent's audio here, time-aligned with the input and at its sample rate",
+        help="write the agent's audio here, time-aligned with the input (and its tail) and at "
+        "its sample rate",
+    )
+    parser.add_argument(
+        "--tail-s",
+        type=float,
+        default=DEFAULT_TAIL_S,
+        help="seconds of silence streamed after the input, so the agent can answer its last "
+        "words (%(default)s; 0: the call ends with the input)",
     )
     parser.add_argument(
         "--encoding",
@@ -364,12 +377,19 @@ def _check_args(args: argparse.Namespace) -> tuple[int, SamplingParams]:
     rates = SUPPORTED_RATES[args.encoding]
     rate = DEFAULT_RATES[args.encoding] if args.rate is None else args.rate
     if rate not in rates:
+        use = f"use {rates[0]}" if len(rates) == 1 else f"use one of {', '.join(map(str, rates))}"
+        raise InputError(f"--rate {rate} is not supported with {args.encoding}; {use}")
+    if not MIN_FRAME_MS <= args.frame_ms <= MAX_FRAME_MS:  # the server checks it divides its tick
         raise InputError(
-            f"--rate {rate} is not supported with {args.encoding}; "
-            f"use one of {', '.join(map(str, rates))}"
+            f"--frame-ms must be in [{MIN_FRAME_MS}, {MAX_FRAME_MS}], got {args.frame_ms}"
         )
-    if args.frame_ms <= 0:
-        raise InputError(f"--frame-ms must be positive, got {args.frame_ms}")
+    if args.encoding == "opus" and args.frame_ms not in OPUS_FRAME_MS:
+        raise InputError(
+            f"--frame-ms {args.frame_ms} is not an Opus packet length; "
+            f"use one of {', '.join(map(str, OPUS_FRAME_MS))}"
+        )
+    if not 0 <= args.tail_s <= MAX_TAIL_S:
+        raise InputError(f"--tail-s must be in [0, {MAX_TAIL_S:g}], got {args.tail_s}")
     if args.delay_ms < 0 or args.jitter_ms < 0:
         raise InputError("--delay-ms and --jitter-ms must not be negative")
     if args.noise_gate_db is not None and not 0 <= args.noise_gate_db <= MAX_NOISE_GATE_DB:
@@ -391,6 +411,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         rate, sampling = _check_args(args)
         pcm, in_rate = load_input(args.input)
+        pcm = np.concatenate([pcm, np.zeros(round(args.tail_s * in_rate), dtype=np.float32)])
         headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else None
         result = asyncio.run(
             run_call(
@@ -429,7 +450,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _describe(exc: DuplexError) -> str:
     close = f" (close {exc.close_code})" if exc.close_code else ""
-    if exc.code in ("connect_failed", "connection_closed", "timeout"):
+    if exc.code in ("connect_failed", "connection_closed", "timeout", "protocol_violation"):
         return f"{exc.message}{close}"
     return f"server error {exc.code}: {exc.message}{close}"
 

@@ -52,6 +52,7 @@ CONNECT_FAILED = "connect_failed"
 CONNECTION_CLOSED = "connection_closed"
 PROTOCOL_VIOLATION = "protocol_violation"
 TIMEOUT = "timeout"
+WRONG_ENDPOINT = "is the URL a duplex /v1/duplex endpoint?"
 
 # How long to wait for the close that follows a server `error`, to report its real close code.
 _CLOSE_WAIT_S = 2.0
@@ -154,7 +155,11 @@ class DuplexClient:
             except TimeoutError as exc:
                 raise DuplexError(TIMEOUT, f"no 'ready' within {ready_timeout:g} s") from exc
             except ConnectionClosed as exc:
-                raise _closed_error(ws, "before 'ready'") from exc
+                error = _closed_error(ws, "before 'ready'")
+                if error.close_code in (1003, 1007):  # closed with no `error`: not our protocol
+                    message = f"{error.message}; {WRONG_ENDPOINT}"
+                    error = DuplexError(error.code, message, error.close_code)
+                raise error from exc
             yield cls(ws, audio, ready, t_ready)
         finally:
             await ws.close()
@@ -296,12 +301,24 @@ async def _parse_text(
         # A newer server may send an error code this client does not know: still report it.
         loose = _loose_error(text)
         if loose is None:
-            raise DuplexError(PROTOCOL_VIOLATION, f"malformed message: {text[:200]}") from exc
+            raise DuplexError(PROTOCOL_VIOLATION, _not_duplex(text)) from exc
         code, message = loose
         raise DuplexError(code, message, await _close_code_after_error(ws, None)) from exc
     if isinstance(msg, ErrorMessage):
         raise DuplexError(str(msg.code), msg.message, await _close_code_after_error(ws, msg.code))
     return msg
+
+
+def _not_duplex(text: str) -> str:
+    """What to say of a text message this client cannot read: another protocol's (a Realtime
+    endpoint's `session.created`), or a malformed one."""
+    with suppress(json.JSONDecodeError):
+        raw = json.loads(text)
+        if isinstance(raw, dict) and isinstance(raw.get("type"), str):
+            kind = raw["type"]
+            if kind not in ("ready", "updated", "stats", "error"):
+                return f"the server sent {kind!r}, not a duplex message: {WRONG_ENDPOINT}"
+    return f"malformed message: {text[:200]}"
 
 
 def _loose_error(text: str) -> tuple[str, str] | None:

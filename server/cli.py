@@ -11,6 +11,7 @@ import logging
 import math
 import sys
 from collections.abc import Sequence
+from importlib.metadata import version
 from pathlib import Path
 from typing import NoReturn
 
@@ -199,13 +200,24 @@ def build_parser() -> argparse.ArgumentParser:
     from server.settings import Settings, add_settings_arguments
 
     parser = _OneLineParser(prog=PROG, description="full-duplex voice agent server")
+    parser.add_argument("--version", action="version", version=f"{PROG} {version('duplex')}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="start the server")
+    serve = sub.add_parser(
+        "serve",
+        help="start the server",
+        description="Start the server. Every flag is also a DUPLEX_* environment variable "
+        "(a flag wins); docs/configuration.md says what each does.",
+    )
     add_settings_arguments(serve)
     serve.set_defaults(func=_serve)
 
-    call_p = sub.add_parser("call", help="stream an audio file through a call; save the reply")
+    call_p = sub.add_parser(
+        "call",
+        help="stream an audio file through a call; save the reply",
+        description="Stream an audio file through one call in real time and save the agent's "
+        "audio, time-aligned with it.",
+    )
     call.add_arguments(call_p)
     call_p.set_defaults(func=call.run)
     lt = sub.add_parser("loadtest", help="many simulated callers; latency, jitter, SLO gate")
@@ -220,23 +232,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = sub.add_parser("model", help="checkpoints").add_subparsers(dest="action", required=True)
     init = model.add_parser("init", help="write a seeded random-weight checkpoint (it babbles)")
-    init.add_argument("--out", default="models/default")
-    init.add_argument("--seed", type=int, default=0)
-    init.add_argument("--layers", type=int, default=4)
-    init.add_argument("--hidden", type=int, default=256)
+    init.add_argument("--out", default="models/default", help="checkpoint directory to write")
+    init.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
+    init.add_argument("--layers", type=int, default=4, help="decoder layers")
+    init.add_argument("--hidden", type=int, default=256, help="model width")
     init.add_argument("--context", type=int, default=2048, help="KV capacity per session")
     init.add_argument("--sink", type=int, default=64, help="opening positions kept for good")
-    init.add_argument("--force", action="store_true")
+    init.add_argument("--force", action="store_true", help="replace an existing --out")
     init.set_defaults(func=_model_init)
 
     codec = sub.add_parser("codec", help="speech codec").add_subparsers(
         dest="action", required=True
     )
     build = codec.add_parser("build", help="build the unit codebook from espeak-ng speech")
-    build.add_argument("--out", default="streaming/assets/codec2_units_1024.npz")
-    build.add_argument("--units", type=int, default=1024)
-    build.add_argument("--minutes", type=float, default=48.0)
-    build.add_argument("--seed", type=int, default=0)
+    build.add_argument(
+        "--out", default="streaming/assets/codec2_units_1024.npz", help="codebook file to write"
+    )
+    build.add_argument("--units", type=int, default=1024, help="codebook size")
+    build.add_argument("--minutes", type=float, default=48.0, help="speech to cluster")
+    build.add_argument("--seed", type=int, default=0, help="voices, texts and k-means seed")
     build.add_argument(
         "--f0-weight", type=float, default=1.0,
         help="how much log-F0 counts in the clustering (finer intonation, coarser spectra)",
@@ -248,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth = data.add_parser("synth", help="spoken two-channel dialogues in the chunk format")
     synth.add_argument("--out", required=True, help="output directory")
     synth.add_argument("--dialogues", type=int, help="how many (default: the whole corpus)")
-    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--seed", type=int, default=0, help="voices, timing and order")
     synth.add_argument(
         "--renditions",
         type=int,
@@ -264,11 +278,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train a Llama decoder on `data synth` output")
     tr.add_argument("--data", required=True, help="`duplex data synth` output directory")
     tr.add_argument("--out", required=True, help="checkpoint directory to write")
-    tr.add_argument("--preset", choices=["cpu-default", "gpu"], default="cpu-default")
+    tr.add_argument(
+        "--preset", choices=["cpu-default", "gpu"], default="cpu-default",
+        help="model size and schedule (docs/training.md)",
+    )  # fmt: skip
     tr.add_argument("--steps", type=int, help="schedule length (default: the preset's)")
     tr.add_argument("--minutes", type=float, help="stop after this long; --resume carries on")
     tr.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
-    tr.add_argument("--seed", type=int)
+    tr.add_argument("--seed", type=int, help="init and batch order (default: the preset's)")
     tr.add_argument("--layers", type=int, help="decoder layers (default: the preset's)")
     tr.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     tr.add_argument("--device", help="torch device: cpu, cuda, cuda:1 (default: the preset's)")

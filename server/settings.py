@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -133,12 +133,22 @@ class Settings(BaseSettings):
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
-    """One `--flag` per setting, defaulting to 'not given' so env vars still apply."""
+    """One `--flag` per setting, defaulting to 'not given' so env vars still apply; its help
+    tells the choices, the default and the variable."""
     for name, field in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
+        choices = get_args(field.annotation) if get_origin(field.annotation) is Literal else ()
+        default = field.get_default(call_default_factory=True)
+        words = [field.description or name]
+        if choices:
+            words.append(f"one of {', '.join(map(str, choices))}")
+        empty = default is None or (isinstance(default, list | tuple) and not default)
+        words.append(f"default {'none' if empty else default}")
+        words.append(f"env DUPLEX_{name.upper()}")
         parser.add_argument(
-            flag, dest=name, default=None, metavar=name.upper(), help=field.description
-        )
+            flag, dest=name, default=None, metavar=name.upper(),
+            help="; ".join(words).replace("%", "%%"),
+        )  # fmt: skip
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:

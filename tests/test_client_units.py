@@ -244,7 +244,8 @@ def test_cli_writes_time_aligned_output_at_input_rate(
     in_rate = 22050
     src, dst = tmp_path / "in.wav", tmp_path / "out.wav"
     sf.write(src, np.zeros((in_rate // 2, 2)), in_rate)
-    code = main(["--url", fake_server.url, "--input", str(src), "--output", str(dst), "--json"])
+    code = main(["--url", fake_server.url, "--input", str(src), "--output", str(dst), "--json",
+                 "--tail-s", "0"])  # fmt: skip
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["frames_sent"] == 25 and summary["latency_ms_p99"] == 50.0
@@ -259,7 +260,8 @@ def test_cli_prints_a_human_summary_and_sends_the_api_key(
 ) -> None:
     src = tmp_path / "in.wav"
     sf.write(src, np.zeros(1600), 16000)
-    assert main(["--url", fake_server.url, "--input", str(src), "--api-key", "k3y"]) == 0
+    assert main(["--url", fake_server.url, "--input", str(src), "--api-key", "k3y",
+                 "--tail-s", "0"]) == 0  # fmt: skip
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.startswith("duplex call: session fake: ")
@@ -304,7 +306,13 @@ def wav(tmp_path: Path) -> Path:
         (["--input", "missing.wav"], "cannot read 'missing.wav': no such file"),
         (["--input", "."], "cannot read '.': it is a directory"),
         (["--output", "."], "cannot write '.': it is a directory"),
-        (["--encoding", "mulaw", "--rate", "16000"], "--rate 16000 is not supported with mulaw"),
+        (
+            ["--encoding", "mulaw", "--rate", "16000"],
+            "--rate 16000 is not supported with mulaw; use 8000",
+        ),
+        (["--frame-ms", "7"], "--frame-ms must be in [10, 160], got 7"),
+        (["--encoding", "opus", "--frame-ms", "16"], "--frame-ms 16 is not an Opus packet length"),
+        (["--tail-s", "-1"], "--tail-s must be in [0, 600]"),
         (["--rate", "44100"], "--rate 44100 is not supported with pcm16"),
         (["--temperature", "-1"], "--temperature:"),
         (["--noise-gate-db", "50"], "--noise-gate-db must be in [0, 40]"),
@@ -340,7 +348,8 @@ def test_unreadable_file_exits_2_in_a_real_process(tmp_path: Path) -> None:
     proc = _cli("--input", str(bad))
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
-    assert f"cannot read '{bad}'" in proc.stderr
+    assert f"cannot read '{bad}': Format not recognised" in proc.stderr  # the path once
+    assert proc.stderr.count(str(bad)) == 1
 
 
 def test_unreachable_server_exits_1_with_one_line(wav: Path) -> None:

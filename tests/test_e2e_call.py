@@ -132,7 +132,7 @@ def voice(tmp_path_factory: pytest.TempPathFactory) -> Voice:
 
 def _cli(server: ServerProcess, inp: Path, out: Path, *extra: str, duration_s: float) -> Any:
     cmd = [str(DUPLEX), "call", "--url", server.url, "--input", str(inp), "--output", str(out),
-           "--json", *extra]  # fmt: skip
+           "--json", "--tail-s", "0", *extra]  # fmt: skip
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration_s + 10)
     except subprocess.TimeoutExpired:
@@ -155,19 +155,22 @@ SUMMARY_KEYS = {
 def test_cli_call_writes_aligned_output_and_summary(
     server: ServerProcess, voice: Voice, tmp_path: Path
 ) -> None:
+    """The input and a second of silence after it (`--tail-s`) are streamed; the output is as
+    long, sample for sample."""
     out = tmp_path / "agent.wav"
-    duration = len(voice.pcm) / voice.rate
-    summary = _cli(server, voice.path, out, duration_s=duration)
+    n_in = len(voice.pcm) + voice.rate  # the tail
+    duration = n_in / voice.rate
+    summary = _cli(server, voice.path, out, "--tail-s", "1", duration_s=duration)
 
     info = sf.info(str(out))
     assert info.samplerate == voice.rate
-    assert info.frames == len(voice.pcm)
+    assert info.frames == n_in
     agent, _ = read_wav(out)
     assert rms(agent) > 1e-3, "the random model babbles: its audio is not silence"
     assert np.isfinite(agent).all() and np.abs(agent).max() <= 1.0
 
     assert set(summary) >= SUMMARY_KEYS
-    n_wire = wire_length(len(voice.pcm), voice.rate, 16000)
+    n_wire = wire_length(n_in, voice.rate, 16000)
     assert summary["output_samples"] == n_wire
     assert summary["frames_sent"] == math.ceil(n_wire / 320)  # 20 ms frames at 16 kHz
     assert abs(summary["ticks"] - math.ceil(duration / TICK_S)) <= 1
@@ -316,6 +319,16 @@ def test_update_changes_a_running_call(server: ServerProcess) -> None:
     assert hotter.noise_gate_db == Settings().noise_gate_db
     assert c.stats is not None
     assert 35 <= c.stats.frames_gated <= 52, c.stats  # of 75 frames: none of the first 25
+
+
+@pytest.mark.parametrize("path", ["/v1/realtime", "/v1/telephony/twilio"])
+def test_another_endpoint_is_named_as_the_likely_mistake(server: ServerProcess, path: str) -> None:
+    """A duplex client pointed at the Realtime endpoint (which opens with `session.created`) or
+    the Twilio bridge (which closes on a `start` it cannot read) says the URL is likely wrong."""
+    url = server.url.replace("/v1/duplex", path)
+    with pytest.raises(DuplexError) as info:
+        asyncio.run(run_call(url, np.zeros(1600, dtype=np.float32), 16000))
+    assert "is the URL a duplex /v1/duplex endpoint?" in info.value.message, info.value
 
 
 def test_eagerness_sets_the_calls_sampling(server: ServerProcess, voice: Voice) -> None:

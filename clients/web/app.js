@@ -284,7 +284,7 @@ function connect(c, codec) {
     };
     // Only a choice away from the server's defaults is sent: a server older than
     // `sampling.eagerness` refuses fields it does not know.
-    const eagerness = $("eagerness")?.value || "medium";
+    const eagerness = $("eagerness").value;
     if (eagerness !== "medium") start.sampling = { eagerness };
     ws.send(JSON.stringify(start));
   };
