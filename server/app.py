@@ -8,7 +8,7 @@ import importlib.resources
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from fastapi import FastAPI, Response, WebSocket
+from fastapi import FastAPI, Request, Response, WebSocket
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.staticfiles import StaticFiles
@@ -82,6 +82,15 @@ def create_app(runtime: Runtime) -> FastAPI:
     @app.websocket(CALL_PATHS["twilio"])
     async def twilio(ws: WebSocket) -> None:
         await serve_call(ws, runtime, TwilioTransport())
+
+    @app.get(CALL_PATHS["native"])
+    @app.get(CALL_PATHS["realtime"])
+    @app.get(CALL_PATHS["twilio"])
+    async def not_websocket(request: Request) -> JSONResponse:
+        """A plain HTTP request to a call endpoint (a browser tab, curl) is told what it is."""
+        url = request.url.replace(scheme="wss" if request.url.scheme == "https" else "ws")
+        body = {"error": f"{request.url.path} is a WebSocket endpoint: connect to {url}"}
+        return JSONResponse(body, status_code=426, headers={"Upgrade": "websocket"})
 
     @app.websocket("/{path:path}")
     async def unknown(ws: WebSocket, path: str) -> None:

@@ -234,7 +234,7 @@ def parse_noise_strength(value: Any, param: str, current: float | None) -> float
 
 # The call's settings a session names, by where they live: the GA path under `session`, and
 # the beta key (`temperature` is a beta key, read in either shape).
-FIELDS: dict[str, tuple[tuple[str, ...], str]] = {
+_FIELDS: dict[str, tuple[tuple[str, ...], str]] = {
     "turn_detection": (("audio", "input", "turn_detection"), "turn_detection"),
     "noise_reduction": (("audio", "input", "noise_reduction"), "input_audio_noise_reduction"),
     "temperature": (("temperature",), "temperature"),
@@ -242,27 +242,27 @@ FIELDS: dict[str, tuple[tuple[str, ...], str]] = {
 # Keys only a beta session has: a `session.update` with one of them (and no GA `type`) is beta.
 BETA_KEYS = frozenset(
     {"input_audio_format", "output_audio_format", "modalities"}
-    | {beta for ga, beta in FIELDS.values() if ga != (beta,)}
+    | {beta for ga, beta in _FIELDS.values() if ga != (beta,)}
 )
 
 
-def param(setting: str, beta: bool) -> str:
+def _param(setting: str, beta: bool) -> str:
     """Where `setting` lives in a GA or beta session, as an error's `param` names it."""
-    ga, key = FIELDS[setting]
+    ga, key = _FIELDS[setting]
     return f"session.{key}" if beta else "session." + ".".join(ga)
 
 
 def _named(session: dict[str, Any], setting: str) -> list[tuple[Any, str]]:
     """The values `session` gives `setting`, GA path first, each with its param."""
-    ga, key = FIELDS[setting]
+    ga, key = _FIELDS[setting]
     found: list[tuple[Any, str]] = []
     node: Any = session
     for part in ga[:-1]:
         node = node.get(part) if isinstance(node, dict) else None
     if isinstance(node, dict) and ga[-1] in node:
-        found.append((node[ga[-1]], param(setting, False)))
+        found.append((node[ga[-1]], _param(setting, False)))
     if ga != (key,) and key in session:
-        found.append((session[key], param(setting, True)))
+        found.append((session[key], _param(setting, True)))
     return found
 
 

@@ -244,6 +244,16 @@ def test_unknown_websocket_path_is_404_naming_the_endpoints(server: ServerProces
     assert "/v1/duplex" in body["endpoints"] and "/v1/realtime" in body["endpoints"]
 
 
+@pytest.mark.parametrize("path", ["/v1/duplex", "/v1/realtime", "/v1/telephony/twilio"])
+def test_plain_http_to_a_call_endpoint_is_426_naming_the_ws_url(
+    server: ServerProcess, path: str
+) -> None:
+    response = httpx.get(f"{server.http}{path}?x=1", timeout=5)
+    assert response.status_code == 426 and response.headers["upgrade"] == "websocket"
+    ws_url = f"{server.http.replace('http://', 'ws://')}{path}?x=1"
+    assert response.json()["error"] == f"{path} is a WebSocket endpoint: connect to {ws_url}"
+
+
 def test_odd_length_last_frame(server: ServerProcess) -> None:
     async def main() -> None:
         async with await open_ws(server) as ws:
