@@ -44,8 +44,8 @@ ROLLBACK_SLACK_S = 0.04
 # The auto lead starts each step this long after a user chunk's last sample is due: a chunk is
 # complete once the frame after it arrives (the wire-to-codec resampler looks 3 ms ahead; 20 ms
 # frames are the common size), plus 15 ms to arrive and be tokenized. The step then uses that
-# chunk at once and has the rest of the tick to finish (decisions.md 2, changed: see
-# docs/architecture.md).
+# chunk at once and has the rest of the tick to finish (docs/architecture.md, "The step and
+# the estimate").
 STEP_MARGIN_S = 0.035
 # A codec frame is encoded once the wire frame after its last sample arrived (the resampler
 # looks ahead): about one 20 ms wire frame plus delivery.

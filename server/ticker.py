@@ -174,7 +174,7 @@ class Ticker:
             tick += 1
 
     def _keep_on_clock(self, tick: int) -> None:
-        """decisions.md §2: clock drift is absorbed within the latency buffer; a call whose
+        """Clock drift is absorbed within the latency buffer; a call whose
         audio stays beyond the buffer's reach (rollback_chunks ticks), late or early, for
         REANCHOR_TICKS ticks is re-anchored: silence is inserted (late) or incoming audio
         dropped (early) so its audio is on time again, and that is counted. Late audio would

@@ -9,7 +9,7 @@
 // protocol's sample 0 is that moment, so audio captured before it is dropped. `at` is that
 // moment on the audio clock; when the start message comes later than that (a busy page), the
 // gap is sent as silence first, so that frame n still holds the audio of [n, n+1) frames after
-// `ready` (decisions.md 1) instead of every frame arriving that much late.
+// `ready` (docs/protocol.md, "Time alignment") instead of every frame arriving that much late.
 
 class CaptureProcessor extends AudioWorkletProcessor {
   constructor(options) {
