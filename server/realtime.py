@@ -293,11 +293,13 @@ class RealtimeTransport:
         self._samples += len(pcm)
         assert self._vad is not None  # made at admission, before the first push
         for kind, ms in self._vad.push(pcm):
-            if self._options.turn is None:  # turn_detection: null
+            turn = self._options.turn
+            if turn is None:  # turn_detection: null
                 continue
             if kind == "started":
                 self._speech_item, self._speaking = _id("item"), True
-                ev = self._event("input_audio_buffer.speech_started", audio_start_ms=ms)
+                start_ms = max(0, ms - turn.prefix_padding_ms)  # as OpenAI's includes it
+                ev = self._event("input_audio_buffer.speech_started", audio_start_ms=start_ms)
             elif self._speaking:
                 self._speaking = False
                 ev = self._event("input_audio_buffer.speech_stopped", audio_end_ms=ms)

@@ -7,8 +7,8 @@ the others change the running call from its next step:
 - the audio format: one format both ways (duplex has one wire format per call);
 - `turn_detection`: `semantic_vad`'s `eagerness` is the call's (server/call_sampling.py: how
   readily the agent takes the turn, and its longest wait);
-  `server_vad`'s `idle_timeout_ms` is the speak-up time and `silence_duration_ms` ends the VAD
-  events' speech; `null` turns the VAD events off;
+  `server_vad`'s `idle_timeout_ms` is the speak-up time, and `silence_duration_ms`,
+  `threshold` and `prefix_padding_ms` shape the VAD events; `null` turns the events off;
 - `noise_reduction`: the server's noise gate (`null` turns it off, `strength` scales it);
 - `temperature` (beta sessions).
 """
@@ -42,6 +42,7 @@ _EAGERNESS: dict[OpenAIEagerness, Eagerness] = {  # OpenAI: "`auto` is ... equiv
     "high": "high",
 }
 NoiseReduction = Literal["near_field", "far_field"]
+THRESHOLD_DB_PER_TENTH = 3.0  # server_vad `threshold`: 0.1 more needs speech 3 dB louder
 MAX_STRENGTH = 10.0  # a noise-reduction strength above this asks for more than the gate's cap
 
 
@@ -135,6 +136,8 @@ class TurnDetection:
     eagerness: OpenAIEagerness = "auto"
     idle_timeout_ms: int | None = None  # server_vad: speak up after this much silence
     silence_duration_ms: int = VadParams().stop_frames * FRAME_MS  # ends the events' speech
+    threshold: float = 0.5  # server_vad: how loud speech must be to start (OpenAI's default)
+    prefix_padding_ms: int = 0  # server_vad: `audio_start_ms` is this much before the onset
 
     def render(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": self.kind}
@@ -142,7 +145,8 @@ class TurnDetection:
             out["eagerness"] = self.eagerness
         else:
             out |= {
-                "prefix_padding_ms": 0,
+                "threshold": self.threshold,
+                "prefix_padding_ms": self.prefix_padding_ms,
                 "silence_duration_ms": self.silence_duration_ms,
                 "idle_timeout_ms": self.idle_timeout_ms,
             }
@@ -150,8 +154,17 @@ class TurnDetection:
         return out | {"create_response": False, "interrupt_response": False}
 
     def vad_params(self) -> VadParams:
+        """The energy VAD's: `threshold` 0.5 is its default level, each 0.1 moves both of its
+        levels by THRESHOLD_DB_PER_TENTH (0: -51.5 dBFS starts speech, 1: -21.5 dBFS)."""
         stop = max(1, math.ceil(self.silence_duration_ms / FRAME_MS))
-        return dataclasses.replace(VadParams(), stop_frames=stop)
+        shift = (self.threshold - 0.5) * 10 * THRESHOLD_DB_PER_TENTH
+        default = VadParams()
+        return dataclasses.replace(
+            default,
+            on_dbfs=default.on_dbfs + shift,
+            off_dbfs=default.off_dbfs + shift,
+            stop_frames=stop,
+        )
 
 
 def _int_field(value: Any, lo: int, hi: int, param: str) -> int:
@@ -199,6 +212,22 @@ def parse_turn_detection(value: Any, param: str) -> TurnDetection | None:
             value["silence_duration_ms"], 0, 10_000, f"{param}.silence_duration_ms"
         )
         out = dataclasses.replace(out, silence_duration_ms=silence)
+    if value.get("prefix_padding_ms") is not None:
+        prefix = _int_field(value["prefix_padding_ms"], 0, 10_000, f"{param}.prefix_padding_ms")
+        out = dataclasses.replace(out, prefix_padding_ms=prefix)
+    threshold = value.get("threshold")
+    if threshold is not None:
+        if (
+            isinstance(threshold, bool)
+            or not isinstance(threshold, int | float)
+            or not 0 <= threshold <= 1
+        ):
+            raise ClientError(
+                "invalid_value",
+                f"threshold {threshold!r}: use a number in [0, 1]",
+                f"{param}.threshold",
+            )
+        out = dataclasses.replace(out, threshold=float(threshold))
     return out
 
 

@@ -471,14 +471,16 @@ def test_a_change_reaches_the_call(checkpoint: Path) -> None:
 
         # Turn detection off mid-speech ends that speech; turned on mid-speech, that speech's
         # start was not told, so neither is its end; the next speech is told whole.
+        sent: list[dict[str, Any]] = []
+
         def events(*pieces: tuple[float, float]) -> list[str]:
             for seconds, level in pieces:
                 n = round(seconds * 24000)
                 t._push(session, level * np.sin(np.arange(n) * 0.2).astype(np.float32))  # type: ignore[arg-type]
-            got = []
+            sent.clear()
             while not session.outbox.empty():
-                got.append(session.outbox.get_nowait().event["type"])  # type: ignore[attr-defined]
-            return got
+                sent.append(session.outbox.get_nowait().event)  # type: ignore[attr-defined]
+            return [e["type"] for e in sent]
 
         def turn(detect: bool) -> None:
             change = vad(type="server_vad") if detect else {"type": "realtime", "audio": {
@@ -499,6 +501,13 @@ def test_a_change_reaches_the_call(checkpoint: Path) -> None:
             "input_audio_buffer.speech_started",
             "input_audio_buffer.speech_stopped",
         ]
+        # `threshold` 0.9 needs speech 12 dB louder: a -29 dBFS tone no longer starts speech;
+        # `prefix_padding_ms` moves `audio_start_ms` back by that much.
+        update(vad(type="server_vad", threshold=0.9, prefix_padding_ms=300))
+        assert events((0.5, 0.05), (1.0, 0.0)) == []
+        onset_ms = round(t._samples / 24)
+        assert events((0.5, 0.3), (1.0, 0.0))[0] == "input_audio_buffer.speech_started"
+        assert sent[0]["audio_start_ms"] == onset_ms - 300, sent
     finally:
         runtime.ticker.shutdown()
 

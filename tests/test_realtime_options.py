@@ -17,6 +17,7 @@ from server.realtime_options import (
     TurnDetection,
 )
 from server.settings import Settings
+from streaming.vad import VadParams
 
 SERVER = Settings(noise_gate_db=10.0, temperature=0.6, speak_up_ms=3000.0)
 TICK_S = 0.16
@@ -83,6 +84,9 @@ def test_server_vad_idle_timeout_is_the_speak_up_time_and_silence_ends_vad_speec
     assert o.start(SERVER).sampling == SamplingParams(speak_up_ms=6000.0)
     assert o.turn is not None and o.turn.vad_params().stop_frames == 15  # 300 ms of 20 ms frames
     assert o.turn.render()["silence_duration_ms"] == 300
+    assert o.turn.vad_params().on_dbfs == VadParams().on_dbfs + 6  # 0.7: 6 dB louder
+    assert o.turn.vad_params().off_dbfs == VadParams().off_dbfs + 6
+    assert o.turn.render()["threshold"] == 0.7 and o.turn.render()["prefix_padding_ms"] == 0
     untyped = RealtimeOptions().updated({"turn_detection": {"type": None}}, SERVER)  # beta
     assert untyped.turn == TurnDetection()
 
@@ -255,6 +259,18 @@ def test_a_speak_up_time_counts_in_whole_ticks() -> None:
         (
             {"turn_detection": {"type": "server_vad", "silence_duration_ms": 2.5}},
             "session.turn_detection.silence_duration_ms",
+        ),
+        (
+            {"turn_detection": {"type": "server_vad", "threshold": 1.5}},
+            "session.turn_detection.threshold",
+        ),
+        (
+            _ga(turn_detection={"type": "server_vad", "threshold": "high"}),
+            "session.audio.input.turn_detection.threshold",
+        ),
+        (
+            {"turn_detection": {"type": "server_vad", "prefix_padding_ms": -1}},
+            "session.turn_detection.prefix_padding_ms",
         ),
         (_ga(noise_reduction={"type": "studio"}), "session.audio.input.noise_reduction.type"),
         (_ga(noise_reduction="near_field"), "session.audio.input.noise_reduction.type"),
