@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # The committed trained default (docs/training.md); `duplex model init` writes random ones.
-MODEL ?= models/default
+MODEL ?= $(or $(DUPLEX_MODEL),models/default)
 TORCH_VERSION := 2.13.0
 # Debian packages: serving needs libopus0 (Opus on the wire); the tests also synthesize speech
 # (espeak-ng, sox) and drive a real browser (chromium).

@@ -27,6 +27,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI, W
 
 from server.protocol import (
     CLOSE_CODES,
+    SERVER_TYPES,
     AudioFormat,
     AudioFrame,
     EndMessage,
@@ -279,7 +280,7 @@ async def _await_ready(ws: ClientConnection, audio: AudioFormat) -> tuple[ReadyM
     t_ready = time.monotonic()
     if isinstance(data, bytes):
         raise DuplexError(PROTOCOL_VIOLATION, "audio before 'ready'")
-    msg = await _parse_text(ws, data)
+    msg = await _parse_text(ws, data, opening=True)
     if not isinstance(msg, ReadyMessage):
         raise DuplexError(PROTOCOL_VIOLATION, f"expected 'ready', got {msg.type!r}")
     if (msg.encoding, msg.sample_rate) != (audio.encoding, audio.sample_rate):
@@ -292,16 +293,17 @@ async def _await_ready(ws: ClientConnection, audio: AudioFormat) -> tuple[ReadyM
 
 
 async def _parse_text(
-    ws: ClientConnection, text: str
+    ws: ClientConnection, text: str, *, opening: bool = False
 ) -> ReadyMessage | UpdatedMessage | StatsMessage:
-    """Parse a server text message; an `error` is raised with the close code that follows it."""
+    """Parse a server text message; an `error` is raised with the close code that follows it.
+    `opening`: the answer to `start`, where another protocol's message means a wrong URL."""
     try:
         msg = parse_server_message(text)
     except ValidationError as exc:
         # A newer server may send an error code this client does not know: still report it.
         loose = _loose_error(text)
         if loose is None:
-            raise DuplexError(PROTOCOL_VIOLATION, _not_duplex(text)) from exc
+            raise DuplexError(PROTOCOL_VIOLATION, _not_duplex(text, opening)) from exc
         code, message = loose
         raise DuplexError(code, message, await _close_code_after_error(ws, None)) from exc
     if isinstance(msg, ErrorMessage):
@@ -309,15 +311,14 @@ async def _parse_text(
     return msg
 
 
-def _not_duplex(text: str) -> str:
-    """What to say of a text message this client cannot read: another protocol's (a Realtime
-    endpoint's `session.created`), or a malformed one."""
+def _not_duplex(text: str, opening: bool) -> str:
+    """What to say of a text message this client cannot read: as the answer to `start`,
+    another protocol's (a Realtime endpoint's `session.created`); else a malformed one."""
     with suppress(json.JSONDecodeError):
         raw = json.loads(text)
-        if isinstance(raw, dict) and isinstance(raw.get("type"), str):
-            kind = raw["type"]
-            if kind not in ("ready", "updated", "stats", "error"):
-                return f"the server sent {kind!r}, not a duplex message: {WRONG_ENDPOINT}"
+        kind = raw.get("type") if isinstance(raw, dict) else None
+        if opening and isinstance(kind, str) and kind not in SERVER_TYPES:
+            return f"the server sent {kind!r}, not a duplex message: {WRONG_ENDPOINT}"
     return f"malformed message: {text[:200]}"
 
 

@@ -83,9 +83,9 @@ def create_app(runtime: Runtime) -> FastAPI:
     async def twilio(ws: WebSocket) -> None:
         await serve_call(ws, runtime, TwilioTransport())
 
-    @app.get(CALL_PATHS["native"])
-    @app.get(CALL_PATHS["realtime"])
-    @app.get(CALL_PATHS["twilio"])
+    @app.api_route(CALL_PATHS["native"], methods=["GET", "HEAD"])
+    @app.api_route(CALL_PATHS["realtime"], methods=["GET", "HEAD"])
+    @app.api_route(CALL_PATHS["twilio"], methods=["GET", "HEAD"])
     async def not_websocket(request: Request) -> JSONResponse:
         """A plain HTTP request to a call endpoint (a browser tab, curl) is told what it is."""
         url = request.url.replace(scheme="wss" if request.url.scheme == "https" else "ws")

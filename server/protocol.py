@@ -13,7 +13,7 @@ import json
 import struct
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -283,6 +283,9 @@ class StatsMessage(_ServerMessage):
 AnyServerMessage = ReadyMessage | UpdatedMessage | ErrorMessage | StatsMessage
 ServerMessage = Annotated[AnyServerMessage, Field(discriminator="type")]
 _SERVER_MESSAGE: TypeAdapter[AnyServerMessage] = TypeAdapter(ServerMessage)
+SERVER_TYPES: tuple[str, ...] = tuple(
+    m.model_fields["type"].default for m in get_args(AnyServerMessage)
+)
 
 
 def describe_validation(exc: ValidationError) -> str:

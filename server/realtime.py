@@ -127,6 +127,7 @@ class RealtimeTransport:
         self._vad: EnergyVad | None = None
         self._speech_item: str | None = None
         self._speaking = False  # a `speech_started` was sent and its `speech_stopped` not yet
+        self._speech_end_ms = 0  # the last `speech_stopped`'s `audio_end_ms`
         self._t0: float | None = None  # monotonic time of session sample 0
         # sender-side response state
         self._response: str | None = None
@@ -257,8 +258,8 @@ class RealtimeTransport:
         self._runtime.retune(session, start.sampling, start.noise_gate_db)
         self._vad.params = options.vad_params()
         if options.turn is None and self._speaking:
-            self._speaking = False
             ms = round(self._samples * 1000 / self._rate)
+            self._speaking, self._speech_end_ms = False, ms
             ev = self._event("input_audio_buffer.speech_stopped", audio_end_ms=ms)
             session.outbox.put_nowait(QueuedEvent(event={**ev, "item_id": self._speech_item}))
 
@@ -298,10 +299,11 @@ class RealtimeTransport:
                 continue
             if kind == "started":
                 self._speech_item, self._speaking = _id("item"), True
-                start_ms = max(0, ms - turn.prefix_padding_ms)  # as OpenAI's includes it
+                # as OpenAI's includes it, but never into the speech before
+                start_ms = max(self._speech_end_ms, ms - turn.prefix_padding_ms)
                 ev = self._event("input_audio_buffer.speech_started", audio_start_ms=start_ms)
             elif self._speaking:
-                self._speaking = False
+                self._speaking, self._speech_end_ms = False, ms
                 ev = self._event("input_audio_buffer.speech_stopped", audio_end_ms=ms)
             else:  # turned on mid-speech: that speech's start was never told
                 continue

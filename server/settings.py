@@ -33,7 +33,7 @@ class Settings(BaseSettings):
         default=16,
         ge=1,
         le=4096,
-        description="concurrent calls (default: what 2 CPU cores sustain)",
+        description="concurrent calls (16: what 2 CPU cores sustain)",
     )
     latency_budget_ms: float = Field(
         default=240.0, ge=0, le=2000, description="user audio may arrive this late"
@@ -42,7 +42,7 @@ class Settings(BaseSettings):
         default=None,
         ge=1,
         description="a tick's step starts at the latest this long before its deadline "
-        "(default: as recent steps needed, at most tick - 35 ms)",
+        "(none: as recent steps needed, at most tick - 35 ms)",
     )
     estimate_units: int = Field(
         default=0,
@@ -103,7 +103,7 @@ class Settings(BaseSettings):
     record_dir: Path | None = Field(
         default=None,
         description="record every call (both channels' audio, units, estimates) into this "
-        "folder, for debugging; off by default",
+        "folder, for debugging",
     )
     ssl_certfile: Path | None = Field(
         default=None,
@@ -114,7 +114,7 @@ class Settings(BaseSettings):
         default=None, description="the PEM private key of --ssl-certfile"
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
-        default="info", description="debug, info, warning or error"
+        default="info", description="log level"
     )
 
     @field_validator("api_keys", "allowed_origins", mode="before")

@@ -281,8 +281,8 @@ class Ticker:
                 self._in_engine.add(s.id)
             elif s.retuned:
                 plan.retunes[s.id] = s.sampling
-                if s.recorder is not None:
-                    s.recorder.settings(tick, dict(s.settings()))
+            if s.recorder is not None and (s.retuned or s.join_tick == tick):
+                s.recorder.settings(tick, dict(s.settings()))  # at the join: the drawn seed
             s.retuned = False  # a joining call joins with its settings as they are
             if s.opened:  # this plan's step and all after it use them
                 s.send_updates_owed()

@@ -252,6 +252,7 @@ def test_plain_http_to_a_call_endpoint_is_426_naming_the_ws_url(
     assert response.status_code == 426 and response.headers["upgrade"] == "websocket"
     ws_url = f"{server.http.replace('http://', 'ws://')}{path}?x=1"
     assert response.json()["error"] == f"{path} is a WebSocket endpoint: connect to {ws_url}"
+    assert httpx.head(f"{server.http}{path}", timeout=5).status_code == 426
 
 
 def test_odd_length_last_frame(server: ServerProcess) -> None:

@@ -508,6 +508,11 @@ def test_a_change_reaches_the_call(checkpoint: Path) -> None:
         onset_ms = round(t._samples / 24)
         assert events((0.5, 0.3), (1.0, 0.0))[0] == "input_audio_buffer.speech_started"
         assert sent[0]["audio_start_ms"] == onset_ms - 300, sent
+        # ... but never into the speech before: 200 ms after a stop, it starts at that stop
+        update(vad(type="server_vad", prefix_padding_ms=300, silence_duration_ms=100))
+        events((0.5, 0.3), (0.2, 0.0), (0.5, 0.3), (1.0, 0.0))
+        assert [e["type"].rsplit("_", 1)[1] for e in sent] == ["started", "stopped"] * 2, sent
+        assert sent[2]["audio_start_ms"] == sent[1]["audio_end_ms"], sent
     finally:
         runtime.ticker.shutdown()
 

@@ -31,7 +31,12 @@ def test_record_dir_keeps_audio_units_and_estimates(
     assert user.samplerate == 16000 and user.frames == result.samples_sent
     agent, _ = sf.read(folder / "agent.wav", dtype="float32")
     assert len(agent) > 0 and abs(agent).max() > 0
-    ticks = [json.loads(line) for line in (folder / "ticks.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (folder / "ticks.jsonl").read_text().splitlines()]
+    (joined,) = [line for line in lines if "settings" in line]  # at the join: what it got
+    assert joined == {"tick": lines[1]["tick"], "settings": result.ready.model_dump(
+        include={"temperature", "turn_temperature", "top_k", "seed", "speak_up_ms",
+                 "noise_gate_db"})}  # fmt: skip
+    ticks = [line for line in lines if "chunk" in line]
     assert len(ticks) == result.stats.ticks
     assert [t["chunk"] for t in ticks] == list(range(len(ticks)))
     assert all(len(t["agent"]) == 4 for t in ticks)

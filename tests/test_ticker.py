@@ -88,6 +88,10 @@ def test_a_change_mid_call_reaches_the_engine_once(checkpoint: Path) -> None:
         early.owe_update()
         ticker._work(ticker._plan(0, False))
         assert early.outbox.empty()  # before `ready` no answer goes out: ready tells it all
+        early.opened = True
+        ticker._plan(1, False)
+        owed = early.outbox.get_nowait().updated  # after `ready`, the next plan answers
+        assert owed is not None and owed.turn_temperature == 0.1 and early.outbox.empty()
         assert engine.sessions[early.id].params.turn_temperature == 0.1
         assert engine.sessions[late.id].params.turn_temperature is None
         seed = late.sampling.seed
@@ -96,10 +100,10 @@ def test_a_change_mid_call_reaches_the_engine_once(checkpoint: Path) -> None:
         assert late.user_in.gate.margin_db == Settings().noise_gate_db
         late.opened = True  # `ready` is out: an answer may go
         assert late.outbox.empty()
-        plan = ticker._plan(1, False)
+        plan = ticker._plan(2, False)
         answer = late.outbox.get_nowait().updated
         assert answer is not None and (answer.temperature, answer.seed) == (0.9, seed)
-        assert list(plan.retunes) == [late.id] and not ticker._plan(2, False).retunes
+        assert list(plan.retunes) == [late.id] and not ticker._plan(3, False).retunes
         assert late.outbox.empty()
         ticker._work(plan)
         params = engine.sessions[late.id].params
