@@ -226,11 +226,14 @@ async def run_case(
     sampling: SamplingParams | None = None,
     headers: dict[str, str] | None = None,
     noise_dbfs: float | None = None,
+    respond_after_s: float | None = None,
 ) -> _Heard:
     """Stream one case at real-time pace; an interruption case barges in live, once the agent
     has talked for BARGE_AFTER_S (energy on the agent audio received so far). With
     `noise_dbfs`, white noise at that RMS level (at the codec's rate) is under all the user's
-    audio, as on a line that is never quiet."""
+    audio, as on a line that is never quiet. With `respond_after_s`, the client sends
+    `respond` that long after the user's last word, as one that knows when the turn is over
+    (its own speech recognition; here the script) would."""
     audio = AudioFormat(encoding="pcm16", sample_rate=WIRE_RATE, frame_ms=20)
     rng = np.random.default_rng(case.seed)
     user = resample_whole(_line(case.user, noise_dbfs, rng), RATE, WIRE_RATE)
@@ -249,9 +252,12 @@ async def run_case(
         wait_from = round(case.user_end * WIRE_RATE)
         wait_until = wait_from + round(BARGE_WAIT_S * WIRE_RATE)
         total = n_frames * fs
+        respond_at = (
+            None if respond_after_s is None else wait_from + round(respond_after_s * WIRE_RATE)
+        )
 
         async def send() -> None:
-            nonlocal barge_at, total
+            nonlocal barge_at, total, respond_at
             heard = 0  # agent samples fed to the energy detector
             started: int | None = None  # where the agent's current speech began
             for n in range(n_frames):
@@ -273,6 +279,9 @@ async def run_case(
                         total = at  # the agent never took the turn: nothing to interrupt
                 if at >= total:
                     break
+                if respond_at is not None and at >= respond_at:
+                    await c.respond()
+                    respond_at = None
                 await c.send_frame(user[at : at + fs], last=at + fs >= total)
             await c.end(total)
 
@@ -453,6 +462,7 @@ class EvalReport:
     url: str
     seed: int
     noise_dbfs: float | None
+    respond_after_ms: float | None  # the client said `respond` this long after the turn's end
     vad: str
     cases: list[CaseResult]
     summary: dict[str, dict[str, Any]]
@@ -473,6 +483,7 @@ async def run_eval(
     sampling: SamplingParams | None = None,
     headers: dict[str, str] | None = None,
     noise_dbfs: float | None = None,
+    respond_after_ms: float | None = None,
 ) -> EvalReport:
     """Run every case (`concurrency` calls at a time), then measure and score them."""
     t0 = time.perf_counter()
@@ -482,7 +493,8 @@ async def run_eval(
     async def one(case: Case) -> _Heard | DuplexError:
         async with gate:
             try:
-                return await run_case(url, case, sampling, headers, noise_dbfs)
+                respond_s = None if respond_after_ms is None else respond_after_ms / 1000
+                return await run_case(url, case, sampling, headers, noise_dbfs, respond_s)
             except DuplexError as exc:
                 return exc
             finally:
@@ -511,12 +523,14 @@ async def run_eval(
                 sf.write(out_dir / f"{case.id.replace('/', '_')}.wav", stereo, WIRE_RATE)
         results.append(r)
     summary = summarize(results)
-    return EvalReport(url, seed, noise_dbfs, vad_name(), results, summary,
+    return EvalReport(url, seed, noise_dbfs, respond_after_ms, vad_name(), results, summary,
                       check_targets(summary), round(time.perf_counter() - t0, 1))  # fmt: skip
 
 
 def summary_table(report: EvalReport) -> str:
     lines = [] if report.noise_dbfs is None else [f"line noise: {report.noise_dbfs:g} dBFS white"]
+    if report.respond_after_ms is not None:
+        lines.append(f"the client sent `respond` {report.respond_after_ms:g} ms after each turn")
     lines.append(f"{'category':<13} {'cases':>5}  figures")
     for cat, row in report.summary.items():
         figures = "  ".join(f"{k}={v}" for k, v in row.items() if k != "cases" and "ci95" not in k)
@@ -546,6 +560,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--concurrency", type=int, default=4, help="calls at once (at most the server's slots)"
     )
+    parser.add_argument(
+        "--respond-after-ms",
+        type=float,
+        help="send `respond` this long after the user's last word, as a client that knows "
+        "when the turn is over would (default: never; the model alone decides)",
+    )
     add_sampling_arguments(parser)
     parser.add_argument("--api-key", help="sent as 'Authorization: Bearer KEY'")
     parser.add_argument("--out", help="write each case's stereo wav (user, agent) here")
@@ -563,6 +583,10 @@ def run(args: argparse.Namespace) -> int:
         return _fail("--cases and --concurrency must be at least 1", EXIT_USAGE)
     if args.noise_dbfs is not None and not -120 <= args.noise_dbfs <= 0:
         return _fail(f"--noise-dbfs must be from -120 to 0, got {args.noise_dbfs}", EXIT_USAGE)
+    if args.respond_after_ms is not None and not 0 <= args.respond_after_ms <= 10_000:
+        return _fail(
+            f"--respond-after-ms must be from 0 to 10000, got {args.respond_after_ms}", EXIT_USAGE
+        )
     cats = [c for c in CATEGORIES if c in names]
     try:
         sampling = sampling_overrides(args, None)
@@ -591,6 +615,7 @@ def run(args: argparse.Namespace) -> int:
                 sampling=sampling,
                 headers=headers,
                 noise_dbfs=args.noise_dbfs,
+                respond_after_ms=args.respond_after_ms,
             )
         )
         if args.json_out:

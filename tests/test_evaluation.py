@@ -176,14 +176,18 @@ def test_eval_runs_every_category_through_the_real_server(
 def test_eval_on_a_noisy_line(
     server: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`--noise-dbfs` puts white noise under all the user's audio, the lead-in included."""
+    """`--noise-dbfs` puts white noise under all the user's audio, the lead-in included;
+    `--respond-after-ms` is reported (what it does to the agent: tests/test_default_model.py)."""
     out, wavs = tmp_path / "report.json", tmp_path / "wav"
     argv = ["--url", server.url, "--cases", "1", "--categories", "turn_taking", "--seed", "2",
             "--noise-dbfs", "-50", "--json-out", str(out), "--out", str(wavs)]  # fmt: skip
-    assert main(argv) == 0
-    assert capsys.readouterr().out.startswith("line noise: -50 dBFS white\n")
+    assert main([*argv, "--respond-after-ms", "200"]) == 0
+    assert capsys.readouterr().out.startswith(
+        "line noise: -50 dBFS white\nthe client sent `respond` 200 ms after each turn\n"
+    )
     report = json.loads(out.read_text())
     assert report["noise_dbfs"] == -50 and report["cases"][0]["error"] is None
+    assert report["respond_after_ms"] == 200
     (wav,) = wavs.iterdir()
     user = sf.read(wav)[0][: round(LEAD_IN_S * WIRE_RATE), 0]  # before the user speaks
     level = 10 * np.log10(np.mean(np.square(user)))
@@ -199,6 +203,9 @@ def test_bad_arguments_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--temperature", "-1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "temperature" in err[0]
+    assert main(["--respond-after-ms", "-1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--respond-after-ms" in err[0]
     for level in ("5", "nan"):
         assert main(["--noise-dbfs", level]) == 2
         err = capsys.readouterr().err.strip().splitlines()
