@@ -17,6 +17,7 @@ from typing import TypedDict
 
 import numpy as np
 
+from model.format import Frame
 from model.sampling import SamplingParams
 from server.protocol import (
     AudioFormat,
@@ -36,6 +37,10 @@ from streaming.user_input import UserAudioInput
 # A response asked for starts the agent's next chunks with sound: three chunks (480 ms) get it
 # talking; then it goes on as the model does (its turns last ~0.6 s on average in self-play).
 RESPONSE_CHUNKS = 3
+# Speech after this many quiet codec frames (160 ms) in a row is a barge-in on a response asked
+# for; shorter gaps are within the words the caller was finishing (with one quiet frame, a
+# client sending `respond` at the last word lost 2 % of its answers to its own syllables).
+BARGE_IN_QUIET_FRAMES = 4
 
 
 class CallSettings(TypedDict):
@@ -137,6 +142,9 @@ class CallSession:
         self.audio_on_time = True  # its audio was in before the last step started
         self.last_chunk: int | None = None  # final agent chunk once `end` arrived
         self.prompt_chunks = 0  # agent chunks still to start with sound (a response asked for)
+        self.barged_in = False  # the caller talked again since it asked: no more prompts
+        self._quiet_frames = 0  # the caller's quiet frames in a row since a response was asked
+        self._heard = (-1, 0)  # the caller's chunk and frames `hear` has taken, to not repeat
         self.expected_sample = 0  # in the client's sample numbering
         self.drop_pending = 0  # wire samples of incoming audio still to drop (re-anchoring)
         self.off_clock_ticks = 0  # consecutive ticks its audio was beyond the buffer's reach
@@ -217,8 +225,33 @@ class CallSession:
 
     def request_response(self) -> None:
         """The caller asks the agent to speak now: its next RESPONSE_CHUNKS chunks start with
-        sound (`respond`, a Realtime `response.create`)."""
+        sound (`respond`, a Realtime `response.create`), unless the caller talks again first."""
         self.prompt_chunks = RESPONSE_CHUNKS
+        self._quiet_frames = 0
+        self.barged_in = False
+
+    def hear(
+        self, chunks: dict[int, list[Frame]], partial: tuple[int, list[Frame]], silence: Frame
+    ) -> None:
+        """The caller's frames a step takes (whole chunks by index, then the newest chunk's
+        frames that arrived), while a response is asked for: speech after BARGE_IN_QUIET_FRAMES
+        quiet frames is the caller taking the floor back (a barge-in), and the response's
+        remaining prompts are dropped; the agent then yields or not as the model does. (The
+        tail of the words the caller was finishing when it asked, gaps between syllables and
+        words included, is no barge-in.) A chunk's frames heard as partial are not heard again
+        when the whole chunk comes."""
+        for index, frames in [*sorted(chunks.items()), partial]:
+            seen_index, seen = self._heard
+            if index < seen_index:
+                continue
+            for frame in frames[seen if index == seen_index else 0 :]:
+                if frame == silence:
+                    self._quiet_frames += 1
+                elif self._quiet_frames >= BARGE_IN_QUIET_FRAMES:
+                    self.barged_in, self.prompt_chunks = True, 0
+                else:
+                    self._quiet_frames = 0
+            self._heard = (index, max(len(frames), seen if index == seen_index else 0))
 
     def on_end(self, total_samples: int) -> None:
         if self.state not in (State.JOINING, State.LIVE):

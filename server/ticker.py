@@ -314,13 +314,16 @@ class Ticker:
             real[s.id] = {c.index: [tuple(f) for f in c.units.tolist()] for c in chunks}
             arrivals[s.id] = ([c.arrival for c in chunks], part.arrivals)
             partial = (part.index, [tuple(f) for f in part.units.tolist()])
+            prompt = s.id in plan.prompts
+            if prompt or s.prompt_chunks:  # a response asked for: does the caller talk again?
+                s.hear(real[s.id], partial, self.engine.fmt.silence)
             requests.append(
                 StepRequest(
                     s.id,
                     real[s.id],
                     silent=plan.silent,
                     partial_user=partial,
-                    prompt=s.id in plan.prompts,
+                    prompt=prompt and not s.barged_in,
                 )
             )
         results = self.engine.step(requests)

@@ -4,12 +4,15 @@ server reaches only under an overrun, and which steps a response asked for promp
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
 
 from model.engine import StepRequest, StepResult
 from server.protocol import SamplingParams as SamplingRequest
 from server.protocol import StartMessage
 from server.runtime import Runtime
-from server.session import RESPONSE_CHUNKS, State
+from server.session import BARGE_IN_QUIET_FRAMES, RESPONSE_CHUNKS, State
 from server.settings import Settings
 
 
@@ -109,5 +112,57 @@ def test_a_change_mid_call_reaches_the_engine_once(checkpoint: Path) -> None:
         params = engine.sessions[late.id].params
         assert (params.temperature, params.seed) == (0.9, seed)
         assert early.user_in.gate.margin_db == 3.0
+    finally:
+        runtime.ticker.shutdown()
+
+
+def test_a_caller_who_talks_again_drops_the_responses_prompts(checkpoint: Path) -> None:
+    """`hear`: the tail of the words being finished when the response was asked for, gaps
+    between them included, is no barge-in; speech after BARGE_IN_QUIET_FRAMES quiet frames is,
+    and drops the remaining prompts. A chunk's frames heard as partial are not heard again
+    when it comes whole."""
+    runtime = Runtime(Settings(model=checkpoint, max_sessions=2))
+    try:
+        ticker, engine = runtime.ticker, runtime.ticker.engine
+        quiet, said = engine.fmt.silence, (7,)
+        s = runtime.open_session(StartMessage(type="start"))
+        s.request_response()
+        s.hear({}, (4, [said, quiet, quiet, said]), quiet)  # a gap within the last words
+        s.hear({}, (5, [said, quiet]), quiet)
+        s.hear({5: [said, quiet, quiet, quiet]}, (6, [quiet]), quiet)  # chunk 5 again: no news
+        assert not s.barged_in and s.prompt_chunks == RESPONSE_CHUNKS
+        assert BARGE_IN_QUIET_FRAMES == 4  # the quiet frames above: 1 + 2 + 1
+        s.hear({6: [quiet, quiet, said, said]}, (7, []), quiet)
+        assert s.barged_in and s.prompt_chunks == 0
+        s.request_response()  # a new request: prompts again
+        assert not s.barged_in and s.prompt_chunks == RESPONSE_CHUNKS
+
+        # In the step: a barging caller's chunk is not prompted, a quiet one's is.
+        runtime.ticker.discard(s)
+        barging, waiting = (runtime.open_session(StartMessage(type="start")) for _ in range(2))
+        barging.request_response()
+        waiting.request_response()
+
+        def drain(then: list[int]):  # type: ignore[no-untyped-def]
+            """A quiet chunk 0, and chunk 1's first frames `then`."""
+            quiet_chunk = np.full((4, 1), quiet[0], dtype=np.int64)
+            whole = SimpleNamespace(index=0, units=quiet_chunk, arrival=0.0)
+            part = SimpleNamespace(index=1, units=np.array([[u] for u in then]), arrivals=[0.0])
+            return lambda: ([whole], part)
+
+        barging.user_in.drain = drain([7, 7])  # type: ignore[method-assign]
+        waiting.user_in.drain = drain([quiet[0]])  # type: ignore[method-assign]
+        seen: list[StepRequest] = []
+        step = engine.step
+
+        def spy(requests: list[StepRequest]) -> dict[str, StepResult]:
+            seen.extend(requests)
+            return step(requests)
+
+        engine.step = spy  # type: ignore[method-assign]
+        plan = ticker._plan(0, False)
+        assert plan.prompts == {barging.id, waiting.id}
+        ticker._work(plan)
+        assert {r.session_id: r.prompt for r in seen} == {barging.id: False, waiting.id: True}
     finally:
         runtime.ticker.shutdown()
