@@ -124,7 +124,7 @@ class CallSession:
         self.audio = audio
         self.sampling = sampling
         self.retuned = False  # `sampling` changed since the engine last took it
-        self.updates_owed: list[UpdatedMessage] = []  # answers to `update`, sent by the ticker
+        self.updates_owed = 0  # answers to `update` still to send (by the ticker)
         # what the caller asked for (its `start`, as changed since): what an `update` changes
         self.asked: tuple[SamplingRequest, float | None] = (SamplingRequest(), None)
         self.tick_s = tick_s
@@ -298,8 +298,9 @@ class CallSession:
 
     def owe_update(self) -> None:
         """Answer an `update` once the ticker has handed its values to the engine (and
-        after `ready`): every agent frame after the answer was made with them."""
-        self.updates_owed.append(UpdatedMessage(**self.settings()))
+        after `ready`): every agent frame after the answer was made with the values it
+        shows (two updates within a tick both show the second's)."""
+        self.updates_owed += 1
 
     # -- to the client ----------------------------------------------------------------------
 
@@ -307,9 +308,9 @@ class CallSession:
         self.outbox.put_nowait(Outgoing(ready=ready))
 
     def send_updates_owed(self) -> None:
-        for updated in self.updates_owed:
-            self.outbox.put_nowait(Outgoing(updated=updated))
-        self.updates_owed.clear()
+        for _ in range(self.updates_owed):
+            self.outbox.put_nowait(Outgoing(updated=UpdatedMessage(**self.settings())))
+        self.updates_owed = 0
 
     def send_audio(self, audio: AgentChunk, newest_arrival: float | None) -> None:
         self.queued_audio += 1
