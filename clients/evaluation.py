@@ -279,6 +279,8 @@ async def run_case(
                         total = at  # the agent never took the turn: nothing to interrupt
                 if at >= total:
                     break
+                if respond_at is not None and barge_at is not None:
+                    respond_at = None  # the agent took the turn by itself and is barged in on
                 if respond_at is not None and at >= respond_at:
                     await c.respond()
                     respond_at = None
@@ -583,9 +585,11 @@ def run(args: argparse.Namespace) -> int:
         return _fail("--cases and --concurrency must be at least 1", EXIT_USAGE)
     if args.noise_dbfs is not None and not -120 <= args.noise_dbfs <= 0:
         return _fail(f"--noise-dbfs must be from -120 to 0, got {args.noise_dbfs}", EXIT_USAGE)
-    if args.respond_after_ms is not None and not 0 <= args.respond_after_ms <= 10_000:
+    most = LISTEN_S * 1000  # the case ends that long after the user's last word
+    if args.respond_after_ms is not None and not 0 <= args.respond_after_ms < most:
         return _fail(
-            f"--respond-after-ms must be from 0 to 10000, got {args.respond_after_ms}", EXIT_USAGE
+            f"--respond-after-ms must be from 0 to below {most:g}, got {args.respond_after_ms}",
+            EXIT_USAGE,
         )
     cats = [c for c in CATEGORIES if c in names]
     try:

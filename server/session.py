@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TypedDict
@@ -145,6 +146,7 @@ class CallSession:
         self.barged_in = False  # the caller talked again since it asked: no more prompts
         self._quiet_frames = 0  # the caller's quiet frames in a row since a response was asked
         self._heard = (-1, 0)  # the caller's chunk and frames `hear` has taken, to not repeat
+        self._response_lock = threading.Lock()  # `request_response` (loop) vs `hear` (worker)
         self.expected_sample = 0  # in the client's sample numbering
         self.drop_pending = 0  # wire samples of incoming audio still to drop (re-anchoring)
         self.off_clock_ticks = 0  # consecutive ticks its audio was beyond the buffer's reach
@@ -225,33 +227,39 @@ class CallSession:
 
     def request_response(self) -> None:
         """The caller asks the agent to speak now: its next RESPONSE_CHUNKS chunks start with
-        sound (`respond`, a Realtime `response.create`), unless the caller talks again first."""
-        self.prompt_chunks = RESPONSE_CHUNKS
-        self._quiet_frames = 0
-        self.barged_in = False
+        sound (`respond`, a Realtime `response.create`), unless the caller talks again first.
+        What the caller said before asking (the frames encoded by now) is not heard for it."""
+        encoded, per_chunk = self.user_in.frames_encoded, self.user_in.frames_per_chunk
+        with self._response_lock:
+            self.prompt_chunks = RESPONSE_CHUNKS
+            self._quiet_frames = 0
+            self.barged_in = False
+            self._heard = max(self._heard, divmod(encoded, per_chunk))
 
     def hear(
         self, chunks: dict[int, list[Frame]], partial: tuple[int, list[Frame]], silence: Frame
     ) -> None:
         """The caller's frames a step takes (whole chunks by index, then the newest chunk's
         frames that arrived), while a response is asked for: speech after BARGE_IN_QUIET_FRAMES
-        quiet frames is the caller taking the floor back (a barge-in), and the response's
-        remaining prompts are dropped; the agent then yields or not as the model does. (The
-        tail of the words the caller was finishing when it asked, gaps between syllables and
-        words included, is no barge-in.) A chunk's frames heard as partial are not heard again
-        when the whole chunk comes."""
-        for index, frames in [*sorted(chunks.items()), partial]:
-            seen_index, seen = self._heard
-            if index < seen_index:
-                continue
-            for frame in frames[seen if index == seen_index else 0 :]:
-                if frame == silence:
-                    self._quiet_frames += 1
-                elif self._quiet_frames >= BARGE_IN_QUIET_FRAMES:
-                    self.barged_in, self.prompt_chunks = True, 0
-                else:
-                    self._quiet_frames = 0
-            self._heard = (index, max(len(frames), seen if index == seen_index else 0))
+        frames of the silence unit is the caller taking the floor back (a barge-in), and the
+        response's remaining prompts are dropped; the agent then yields or not as the model
+        does. (Gaps within the words the caller was finishing are shorter.) Frames heard once
+        (as a partial chunk, or before the request) are not heard again. Runs on the tick
+        worker while a request may come on the event loop: the lock keeps a new request's
+        reset from being overwritten by an old barge-in."""
+        with self._response_lock:
+            for index, frames in [*sorted(chunks.items()), partial]:
+                seen_index, seen = self._heard
+                if index < seen_index:
+                    continue
+                for frame in frames[seen if index == seen_index else 0 :]:
+                    if frame == silence:
+                        self._quiet_frames += 1
+                    elif self._quiet_frames >= BARGE_IN_QUIET_FRAMES:
+                        self.barged_in, self.prompt_chunks = True, 0
+                    else:
+                        self._quiet_frames = 0
+                self._heard = (index, max(len(frames), seen if index == seen_index else 0))
 
     def on_end(self, total_samples: int) -> None:
         if self.state not in (State.JOINING, State.LIVE):

@@ -136,6 +136,12 @@ def test_a_caller_who_talks_again_drops_the_responses_prompts(checkpoint: Path) 
         assert s.barged_in and s.prompt_chunks == 0
         s.request_response()  # a new request: prompts again
         assert not s.barged_in and s.prompt_chunks == RESPONSE_CHUNKS
+        s.user_in.frames_encoded = 4 * 9 + 2  # chunk 9's first 2 frames came before the ask
+        s.request_response()
+        s.hear({9: [quiet] * 4}, (10, [quiet, said]), quiet)  # 3 quiet frames since: no
+        assert not s.barged_in
+        s.hear({10: [quiet, said, quiet, quiet]}, (11, [quiet, quiet, said]), quiet)
+        assert s.barged_in
 
         # In the step: a barging caller's chunk is not prompted, a quiet one's is.
         runtime.ticker.discard(s)
