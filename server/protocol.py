@@ -13,7 +13,7 @@ import json
 import struct
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -196,7 +196,14 @@ class RespondMessage(_Message):
 AnyClientMessage = StartMessage | EndMessage | RespondMessage | UpdateMessage
 ClientMessage = Annotated[AnyClientMessage, Field(discriminator="type")]
 _CLIENT_MESSAGE: TypeAdapter[AnyClientMessage] = TypeAdapter(ClientMessage)
-CLIENT_TYPES = ("start", "end", "respond", "update")
+
+
+def _type_names(union: Any) -> tuple[str, ...]:
+    """The `type` of each message of a union, in its order."""
+    return tuple(get_args(m.model_fields["type"].annotation)[0] for m in get_args(union))
+
+
+CLIENT_TYPES = _type_names(AnyClientMessage)
 
 
 class _ServerMessage(BaseModel):
@@ -283,9 +290,7 @@ class StatsMessage(_ServerMessage):
 AnyServerMessage = ReadyMessage | UpdatedMessage | ErrorMessage | StatsMessage
 ServerMessage = Annotated[AnyServerMessage, Field(discriminator="type")]
 _SERVER_MESSAGE: TypeAdapter[AnyServerMessage] = TypeAdapter(ServerMessage)
-SERVER_TYPES: tuple[str, ...] = tuple(
-    m.model_fields["type"].default for m in get_args(AnyServerMessage)
-)
+SERVER_TYPES = _type_names(AnyServerMessage)
 
 
 def describe_validation(exc: ValidationError) -> str:
