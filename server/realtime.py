@@ -258,10 +258,7 @@ class RealtimeTransport:
         self._runtime.retune(session, start.sampling, start.noise_gate_db)
         self._vad.params = options.vad_params()
         if options.turn is None and self._speaking:
-            ms = round(self._samples * 1000 / self._rate)
-            self._speaking, self._speech_end_ms = False, ms
-            ev = self._event("input_audio_buffer.speech_stopped", audio_end_ms=ms)
-            session.outbox.put_nowait(QueuedEvent(event={**ev, "item_id": self._speech_item}))
+            self._stop_speech(session, round(self._samples * 1000 / self._rate))
 
     def _decode(self, audio: Any) -> np.ndarray:
         if not isinstance(audio, str):
@@ -301,13 +298,18 @@ class RealtimeTransport:
                 self._speech_item, self._speaking = _id("item"), True
                 # as OpenAI's includes it, but never into the speech before
                 start_ms = max(self._speech_end_ms, ms - turn.prefix_padding_ms)
-                ev = self._event("input_audio_buffer.speech_started", audio_start_ms=start_ms)
-            elif self._speaking:
-                self._speaking, self._speech_end_ms = False, ms
-                ev = self._event("input_audio_buffer.speech_stopped", audio_end_ms=ms)
-            else:  # turned on mid-speech: that speech's start was never told
-                continue
-            session.outbox.put_nowait(QueuedEvent(event={**ev, "item_id": self._speech_item}))
+                self._tell_speech(session, "started", audio_start_ms=start_ms)
+            elif self._speaking:  # (not when turned on mid-speech: its start was never told)
+                self._stop_speech(session, ms)
+
+    def _stop_speech(self, session: CallSession, end_ms: int) -> None:
+        self._speaking, self._speech_end_ms = False, end_ms
+        self._tell_speech(session, "stopped", audio_end_ms=end_ms)
+
+    def _tell_speech(self, session: CallSession, what: str, **times: int) -> None:
+        """`input_audio_buffer.speech_started` / `_stopped` of the current speech item."""
+        ev = self._event(f"input_audio_buffer.speech_{what}", **times)
+        session.outbox.put_nowait(QueuedEvent(event={**ev, "item_id": self._speech_item}))
 
     async def _emit(
         self, ws: WebSocket, session: CallSession | None, event: dict[str, Any]

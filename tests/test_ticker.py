@@ -8,12 +8,25 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from model.engine import StepRequest, StepResult
+from model.engine import Engine, StepRequest, StepResult
 from server.protocol import SamplingParams as SamplingRequest
 from server.protocol import StartMessage
 from server.runtime import Runtime
 from server.session import BARGE_IN_QUIET_FRAMES, RESPONSE_CHUNKS, State
 from server.settings import Settings
+
+
+def _spy_on_steps(engine: Engine) -> list[StepRequest]:
+    """The requests every later `engine.step` gets, in order (the step still runs)."""
+    seen: list[StepRequest] = []
+    step = engine.step
+
+    def spy(requests: list[StepRequest]) -> dict[str, StepResult]:
+        seen.extend(requests)
+        return step(requests)
+
+    engine.step = spy  # type: ignore[method-assign]
+    return seen
 
 
 def test_an_end_after_the_last_chunk_waits_for_the_opening(checkpoint: Path) -> None:
@@ -64,14 +77,7 @@ def test_the_step_gets_the_prompt(checkpoint: Path) -> None:
         ticker, engine = runtime.ticker, runtime.ticker.engine
         calls = [runtime.open_session(StartMessage(type="start")) for _ in range(2)]
         calls[1].request_response()
-        seen: list[StepRequest] = []
-        step = engine.step
-
-        def spy(requests: list[StepRequest]) -> dict[str, StepResult]:
-            seen.extend(requests)
-            return step(requests)
-
-        engine.step = spy  # type: ignore[method-assign]
+        seen = _spy_on_steps(engine)
         ticker._work(ticker._plan(0, False))
         assert {r.session_id: r.prompt for r in seen} == {calls[0].id: False, calls[1].id: True}
     finally:
@@ -158,14 +164,7 @@ def test_a_caller_who_talks_again_drops_the_responses_prompts(checkpoint: Path) 
 
         barging.user_in.drain = drain([7, 7])  # type: ignore[method-assign]
         waiting.user_in.drain = drain([quiet[0]])  # type: ignore[method-assign]
-        seen: list[StepRequest] = []
-        step = engine.step
-
-        def spy(requests: list[StepRequest]) -> dict[str, StepResult]:
-            seen.extend(requests)
-            return step(requests)
-
-        engine.step = spy  # type: ignore[method-assign]
+        seen = _spy_on_steps(engine)
         plan = ticker._plan(0, False)
         assert plan.prompts == {barging.id, waiting.id}
         ticker._work(plan)
