@@ -300,6 +300,16 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--speak-up-ms", type=float, help="override: silence after which the agent speaks up"
     )
+    parser.add_argument(
+        "--start-bias",
+        type=float,
+        help="override: added to the log-odds of the agent starting to speak",
+    )
+    parser.add_argument(
+        "--barge-in-ms",
+        type=float,
+        help="override: how long the caller talks over the agent before it falls silent (0: never)",
+    )
 
 
 def sampling_overrides(args: argparse.Namespace, seed: int | None) -> SamplingParams:
@@ -313,6 +323,8 @@ def sampling_overrides(args: argparse.Namespace, seed: int | None) -> SamplingPa
             seed=seed,
             turn_temperature=args.turn_temperature,
             speak_up_ms=args.speak_up_ms,
+            start_bias=args.start_bias,
+            barge_in_ms=args.barge_in_ms,
         )
     except ValidationError as exc:
         err = exc.errors()[0]

@@ -329,7 +329,15 @@ async def converse(
 def _sampling(ready: ReadyMessage) -> dict[str, Any]:
     """The sampling a session ran with (the server's defaults filled in)."""
     return ready.model_dump(
-        include={"temperature", "turn_temperature", "top_k", "seed", "speak_up_ms"}
+        include={
+            "temperature",
+            "turn_temperature",
+            "top_k",
+            "seed",
+            "speak_up_ms",
+            "start_bias",
+            "barge_in_ms",
+        }
     )
 
 
@@ -749,6 +757,8 @@ def _report(
             "turn_temperature": args.turn_temperature,
             "top_k": args.top_k,
             "speak_up_ms": args.speak_up_ms,
+            "start_bias": args.start_bias,
+            "barge_in_ms": args.barge_in_ms,
             "encoding": ENCODING,
             "rate": RATE,
             "frame_ms": FRAME_MS,

@@ -11,7 +11,8 @@ A step, per session with agent chunk k to produce:
 3. agent chunk k is generated: a forced `[S0]`, then at most frames_per_chunk units, ending
    at the next speaker tag. After `speak_up_chunks` chunks of silence on both sides (user
    chunk k-1 as estimated), the chunk's first draw makes sound with probability at least
-   `SPEAK_UP_P`.
+   `SPEAK_UP_P`. A caller who barged in on the agent and has talked `barge_in_frames` frames
+   (model/barge_in.py) gets a silent agent chunk instead, until they pause.
 All sessions' forwards are batched: the first forward prefills every session's pending tokens
 (ragged), each later one feeds one sampled token per session that still decodes.
 The engine knows nothing of sockets or clocks; the server decides what is late.
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import LlamaForCausalLM
 
+from model.barge_in import barged_in
 from model.checkpoint import DuplexConfig
 from model.decoder import SlotDecoder
 from model.format import Frame, interpolate
@@ -94,6 +96,7 @@ class _Job:
     units: list[int] = field(default_factory=list)
     partial: list[Frame] = field(default_factory=list)  # real first frames of the estimate
     prompt: bool = False  # the agent chunk starts with sound (StepRequest.prompt)
+    hush: bool = False  # the caller barged in: the agent chunk is silence
 
 
 class Engine:
@@ -180,6 +183,7 @@ class Engine:
                 logits[rows].cpu(), allowed, [job.session.params for job in active],
                 [job.session.gen for job in active], self.masks.units,
                 [self._speak_floor(job) for job in active],
+                [self._start_bias(job) for job in active],
             )  # fmt: skip
             for job, tok in zip(active, tokens, strict=True):
                 self._advance(job, tok)
@@ -218,6 +222,7 @@ class Engine:
         if job.phase is _Phase.USER_TAG and req.partial_user and req.partial_user[0] == k - 1:
             job.partial = req.partial_user[1][: n - 1]
             result.partial_frames = len(job.partial)
+        job.hush = barged_in(tl, job.partial, s.params.barge_in_frames)
         if job.phase is _Phase.USER_TAG and (req.silent or job.partial or not self.estimate_units):
             # nothing sampled: a missed tick, or the frames that arrived with the last held
             result.estimate = self._fill(job, [])
@@ -280,7 +285,7 @@ class Engine:
     def _speak_floor(self, job: _Job) -> float:
         """For the first draw of an agent chunk: 1 when the caller asked for a response,
         SPEAK_UP_P after a long silence on both sides."""
-        if job.phase is not _Phase.AGENT_UNITS or job.units:
+        if job.phase is not _Phase.AGENT_UNITS or job.units or job.hush:
             return 0.0
         if job.prompt:
             return 1.0
@@ -288,6 +293,13 @@ class Engine:
         if not quiet:
             return 0.0
         return SPEAK_UP_P if job.session.timeline.silent_chunks(quiet) == quiet else 0.0
+
+    def _start_bias(self, job: _Job) -> float:
+        """For the first draw of an agent chunk after its silence: the session's start bias."""
+        if job.phase is not _Phase.AGENT_UNITS or job.units or job.hush:
+            return 0.0
+        silent = job.session.timeline.prev_agent() == self.fmt.silence
+        return job.session.params.start_bias if silent else 0.0
 
     def _allowed(self, job: _Job) -> torch.Tensor:
         """What the chunk format allows next for this job ([vocab] booleans)."""
@@ -297,6 +309,9 @@ class Engine:
         if job.phase is _Phase.USER_UNITS:
             last = job.units[-1] if job.units else tl.prev_user()[0]
             return self.masks.unit_after(last, *((fmt.s0,) if job.units else ()))
+        if job.hush:  # silence, then the chunk ends
+            silent = job.units or tl.prev_agent() == fmt.silence
+            return self.masks.tags if silent else self.masks.silence
         last = job.units[-1] if job.units else tl.prev_agent()[0]
         allowed = self.masks.unit_after(last, fmt.s0, fmt.s1)
         if job.prompt and not job.units:  # a response asked for starts with sound, not silence

@@ -14,10 +14,17 @@ when a conversation has gone silent on both sides for `speak_up_chunks` (by defa
 than any silence in the training data), where the model, left alone, mostly stays silent.
 Such a row draws in two parts as above (at `turn_temperature`, else `temperature`), the unit
 side raised to the floor.
+
+A `start_bias` moves the decision to start speaking: at the first draw of a chunk after the
+agent's silence, it is added to the log-odds of a unit (sound) against a tag (silence goes
+on) before the turn temperature. At a low turn temperature the agent then starts once the
+model finds speaking likelier than 1 / (1 + e^bias), not 1/2: sooner after the caller's last
+word. Only starts move; how long the agent goes on is the model's.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +39,12 @@ class SamplingParams:
     seed: int = 0
     turn_temperature: float | None = None  # None: one flat draw at `temperature`
     speak_up_chunks: int = 0  # after this many chunks of silence on both sides, speak up (0: never)
+    # a caller who starts talking over the agent and makes this many frames of sound silences
+    # it until the caller pauses (0: the model alone decides; model/barge_in.py)
+    barge_in_frames: int = 0
+    # added to the log-odds of making sound at the first draw of a chunk after the agent's
+    # silence: starting to speak (0: as the model has it)
+    start_bias: float = 0.0
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -40,6 +53,10 @@ class SamplingParams:
             raise ValueError(f"turn_temperature must be >= 0, got {self.turn_temperature}")
         if self.speak_up_chunks < 0:
             raise ValueError(f"speak_up_chunks must be >= 0, got {self.speak_up_chunks}")
+        if not math.isfinite(self.start_bias):
+            raise ValueError(f"start_bias must be finite, got {self.start_bias}")
+        if self.barge_in_frames < 0:
+            raise ValueError(f"barge_in_frames must be >= 0, got {self.barge_in_frames}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0 = no limit), got {self.top_k}")
 
@@ -58,6 +75,8 @@ class TokenMasks:
         units[fmt.unit_offset : fmt.unit_offset + fmt.n_units] = True
         self.units = units  # which tokens are units (the rest are tags)
         self.user_open = self._only(vocab_size, fmt.s1, fmt.s0)
+        self.tags = self._only(vocab_size, fmt.s0, fmt.s1)  # the chunk ends here
+        self.silence = self._only(vocab_size, fmt.unit_offset + fmt.silence_unit)
 
     @staticmethod
     def _only(vocab_size: int, *tokens: int) -> torch.Tensor:
@@ -81,24 +100,30 @@ def sample(
     gens: list[torch.Generator],
     units: torch.Tensor | None = None,
     speak_floor: list[float] | None = None,
+    start_bias: list[float] | None = None,
 ) -> list[int]:
     """Draw one token per row of `logits` [rows, vocab], restricted to `allowed` [rows, vocab].
 
     Batched: one set of tensor ops for all rows. Each row draws its uniform numbers from its own
     session's generator, so a seeded call replays the same whatever else shares the batch (up
     to float differences in the logits themselves). `units` ([vocab] booleans) is needed by
-    rows with a turn temperature or a `speak_floor` (per row, 0: none).
+    rows with a turn temperature, a `speak_floor` or a `start_bias` (per row, 0: none).
     """
     rows, vocab = logits.shape
     masked = logits.float().masked_fill(~allowed, float("-inf"))
     floors = speak_floor or [0.0] * rows
-    split = [i for i, p in enumerate(params) if p.turn_temperature is not None or floors[i] > 0]
+    biases = start_bias or [0.0] * rows
+    split = [
+        i
+        for i, p in enumerate(params)
+        if p.turn_temperature is not None or floors[i] > 0 or biases[i] != 0
+    ]
     if split:
         if units is None:
-            raise ValueError("a turn temperature or a speak floor needs the unit mask")
+            raise ValueError("a turn temperature, a speak floor or a bias needs the unit mask")
         masked[split] = _choose_kind(
             masked[split], units, [params[i] for i in split], [gens[i] for i in split],
-            [floors[i] for i in split],
+            [floors[i] for i in split], [biases[i] for i in split],
         )  # fmt: skip
     temps = torch.tensor([p.temperature for p in params])
     greedy = masked.argmax(dim=-1)
@@ -122,16 +147,18 @@ def _choose_kind(
     params: list[SamplingParams],
     gens: list[torch.Generator],
     floors: list[float],
+    biases: list[float],
 ) -> torch.Tensor:
-    """Draw unit-or-tag per row at its turn temperature, P(unit) at least the row's floor;
-    mask out the kind not chosen."""
+    """Draw unit-or-tag per row at its turn temperature, the row's bias added to the log-odds
+    of a unit, P(unit) at least the row's floor; mask out the kind not chosen."""
     logp = torch.log_softmax(masked, dim=-1)
     lp_unit = torch.logsumexp(logp.masked_fill(~units, float("-inf")), dim=-1)
     lp_tag = torch.logsumexp(logp.masked_fill(units, float("-inf")), dim=-1)
     turn = torch.tensor(
         [p.temperature if p.turn_temperature is None else p.turn_temperature for p in params]
     ).clamp(min=1e-6)
-    p_unit = torch.sigmoid((lp_unit - lp_tag) / turn).clamp(min=torch.tensor(floors))
+    odds = lp_unit - lp_tag + torch.tensor(biases)
+    p_unit = torch.sigmoid(odds / turn).clamp(min=torch.tensor(floors))
     # a kind with no allowed token has probability 0
     p_unit = torch.where(
         torch.isinf(lp_tag), 1.0, torch.where(torch.isinf(lp_unit), 0.0, p_unit)

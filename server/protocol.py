@@ -33,6 +33,8 @@ OPUS_MAX_PACKET_BYTES = 1275  # RFC 6716 section 3.4
 MAX_NOISE_GATE_DB = 40.0  # the noise gate's largest margin (server setting and per call)
 MAX_TEMPERATURE = 5.0  # sampling and turn temperatures (server settings and per call)
 MAX_SPEAK_UP_MS = 60_000.0  # the longest silence before the agent speaks up
+MAX_START_BIAS = 5.0  # log-odds: starting at a chance of 1/150 at most, either way
+MAX_BARGE_IN_MS = 2_000.0  # the longest a caller talks over the agent before it falls silent
 
 
 class FrameKind(IntEnum):
@@ -142,6 +144,10 @@ class SamplingParams(_Message):
     top_k: int | None = Field(default=None, ge=0, le=100_000)
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     speak_up_ms: float | None = Field(default=None, ge=0.0, le=MAX_SPEAK_UP_MS, allow_inf_nan=False)
+    start_bias: float | None = Field(
+        default=None, ge=-MAX_START_BIAS, le=MAX_START_BIAS, allow_inf_nan=False
+    )
+    barge_in_ms: float | None = Field(default=None, ge=0.0, le=MAX_BARGE_IN_MS, allow_inf_nan=False)
 
 
 NoiseGateDb = Annotated[
@@ -221,6 +227,13 @@ class _CallSettings(_ServerMessage):
     top_k: int
     seed: int
     speak_up_ms: float = Field(default=0.0, description="the silence after which it speaks up")
+    start_bias: float = Field(
+        default=0.0, description="added to the log-odds of the agent starting to speak"
+    )
+    barge_in_ms: float = Field(
+        default=0.0,
+        description="how long a caller talks over the agent before it falls silent (0: never)",
+    )
     noise_gate_db: float = Field(
         default=0.0, description="the noise gate's margin over the line's noise floor (0: none)"
     )

@@ -8,7 +8,9 @@ the others change the running call from its next step:
 - `turn_detection`: `semantic_vad`'s `eagerness` is the call's (server/call_sampling.py: how
   readily the agent takes the turn, and its longest wait);
   `server_vad`'s `idle_timeout_ms` is the speak-up time, and `silence_duration_ms`,
-  `threshold` and `prefix_padding_ms` shape the VAD events; `null` turns the events off;
+  `threshold` and `prefix_padding_ms` shape the VAD events; `interrupt_response` (either type)
+  is whether a caller who talks over the agent silences it (`barge_in_ms`); `null` turns the
+  events and that off;
 - `noise_reduction`: the server's noise gate (`null` turns it off, `strength` scales it);
 - `temperature` (beta sessions).
 """
@@ -138,6 +140,7 @@ class TurnDetection:
     silence_duration_ms: int = VadParams().stop_frames * FRAME_MS  # ends the events' speech
     threshold: float = 0.5  # server_vad: how loud speech must be to start (OpenAI's default)
     prefix_padding_ms: int = 0  # server_vad: `audio_start_ms` is this much before the onset
+    interrupt_response: bool = True  # a barge-in silences the agent (the server's barge_in_ms)
 
     def render(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": self.kind}
@@ -150,8 +153,8 @@ class TurnDetection:
                 "silence_duration_ms": self.silence_duration_ms,
                 "idle_timeout_ms": self.idle_timeout_ms,
             }
-        # The agent speaks on its own clock: turns never start or stop it.
-        return out | {"create_response": False, "interrupt_response": False}
+        # The agent speaks on its own clock: a turn's end never starts it.
+        return out | {"create_response": False, "interrupt_response": self.interrupt_response}
 
     def vad_params(self) -> VadParams:
         """The energy VAD's: `threshold` 0.5 is its default level, each 0.1 moves both of its
@@ -200,8 +203,12 @@ def parse_turn_detection(value: Any, param: str) -> TurnDetection | None:
                 f"eagerness {eagerness!r}: use one of {list(get_args(OpenAIEagerness))}",
                 f"{param}.eagerness",
             )
-        return TurnDetection("semantic_vad", eagerness=cast(OpenAIEagerness, eagerness))
-    out = TurnDetection()
+        return TurnDetection(
+            "semantic_vad",
+            eagerness=cast(OpenAIEagerness, eagerness),
+            interrupt_response=_interrupt(value, param),
+        )
+    out = TurnDetection(interrupt_response=_interrupt(value, param))
     if value.get("idle_timeout_ms") is not None:
         idle = _int_field(
             value["idle_timeout_ms"], 0, int(MAX_SPEAK_UP_MS), f"{param}.idle_timeout_ms"
@@ -229,6 +236,20 @@ def parse_turn_detection(value: Any, param: str) -> TurnDetection | None:
             )
         out = dataclasses.replace(out, threshold=float(threshold))
     return out
+
+
+def _interrupt(value: dict[str, Any], param: str) -> bool:
+    """`interrupt_response`: true when left out or null, as OpenAI's default."""
+    interrupt = value.get("interrupt_response")
+    if interrupt is None:
+        return True
+    if not isinstance(interrupt, bool):
+        raise ClientError(
+            "invalid_value",
+            f"interrupt_response {interrupt!r}: use true or false",
+            f"{param}.interrupt_response",
+        )
+    return interrupt
 
 
 def parse_noise_strength(value: Any, param: str, current: float | None) -> float:
@@ -355,6 +376,7 @@ class RealtimeOptions:
             eagerness=_EAGERNESS[turn.eagerness] if turn is not None and semantic else None,
             temperature=self.temperature,
             speak_up_ms=None if idle is None else float(idle),
+            barge_in_ms=None if turn is not None and turn.interrupt_response else 0.0,
         )
         gate = None if self.noise_strength is None else self.noise_gate_db(server.noise_gate_db)
         return StartMessage(

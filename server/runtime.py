@@ -19,7 +19,7 @@ from model.checkpoint import DuplexConfig, load_checkpoint
 from model.engine import Engine, StepRequest
 from model.format import Frame
 from model.sampling import SamplingParams
-from server.call_sampling import resolve
+from server.call_sampling import periods, resolve
 from server.metrics import Metrics
 from server.pacing import StepPacer
 from server.protocol import (
@@ -264,6 +264,8 @@ class Runtime:
             seed=_seed(seed if got.seed is None else got.seed),
             turn_temperature=got.turn_temperature,
             speak_up_chunks=got.speak_up_chunks,
+            barge_in_frames=periods(got.barge_in_ms, self.config.frame_ms / 1000),
+            start_bias=got.start_bias,
         )
 
     def _gate(self, noise_gate_db: float | None) -> float:

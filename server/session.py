@@ -18,6 +18,7 @@ from typing import TypedDict
 
 import numpy as np
 
+from model.barge_in import PAUSE_FRAMES
 from model.format import Frame
 from model.sampling import SamplingParams
 from server.protocol import (
@@ -38,10 +39,10 @@ from streaming.user_input import UserAudioInput
 # A response asked for starts the agent's next chunks with sound: three chunks (480 ms) get it
 # talking; then it goes on as the model does (its turns last ~0.6 s on average in self-play).
 RESPONSE_CHUNKS = 3
-# Speech after this many quiet codec frames (160 ms) in a row is a barge-in on a response asked
-# for; shorter gaps are within the words the caller was finishing (with one quiet frame, a
-# client sending `respond` at the last word lost 2 % of its answers to its own syllables).
-BARGE_IN_QUIET_FRAMES = 4
+# Speech after PAUSE_FRAMES quiet codec frames (160 ms) in a row is a barge-in on a response
+# asked for, as on the agent's speech (model/barge_in.py); shorter gaps are within the words the
+# caller was finishing (with one quiet frame, a client sending `respond` at the last word lost
+# 2 % of its answers to its own syllables).
 
 
 class CallSettings(TypedDict):
@@ -52,6 +53,8 @@ class CallSettings(TypedDict):
     top_k: int
     seed: int
     speak_up_ms: float
+    start_bias: float
+    barge_in_ms: float
     noise_gate_db: float
 
 
@@ -129,6 +132,7 @@ class CallSession:
         # what the caller asked for (its `start`, as changed since): what an `update` changes
         self.asked: tuple[SamplingRequest, float | None] = (SamplingRequest(), None)
         self.tick_s = tick_s
+        self.codec_frame_s = tick_s / frames_per_chunk
         self.state = State.JOINING
         self.frame_samples = audio.sample_rate * audio.frame_ms // 1000
         self.chunk_samples = round(audio.sample_rate * tick_s)
@@ -240,13 +244,13 @@ class CallSession:
         self, chunks: dict[int, list[Frame]], partial: tuple[int, list[Frame]], silence: Frame
     ) -> None:
         """The caller's frames a step takes (whole chunks by index, then the newest chunk's
-        frames that arrived), while a response is asked for: speech after BARGE_IN_QUIET_FRAMES
+        frames that arrived), while a response is asked for: speech after PAUSE_FRAMES
         frames of the silence unit is the caller taking the floor back (a barge-in), and the
-        response's remaining prompts are dropped; the agent then yields or not as the model
-        does. (Gaps within the words the caller was finishing are shorter.) Frames heard once
-        (as a partial chunk, or before the request) are not heard again. Runs on the tick
-        worker while a request may come on the event loop: the lock keeps a new request's
-        reset from being overwritten by an old barge-in."""
+        response's remaining prompts are dropped; the agent then yields as the barge-in rule
+        and the model have it. (Gaps within the words the caller was finishing are shorter.)
+        Frames heard once (as a partial chunk, or before the request) are not heard again.
+        Runs on the tick worker while a request may come on the event loop: the lock keeps a
+        new request's reset from being overwritten by an old barge-in."""
         with self._response_lock:
             for index, frames in [*sorted(chunks.items()), partial]:
                 seen_index, seen = self._heard
@@ -255,7 +259,7 @@ class CallSession:
                 for frame in frames[seen if index == seen_index else 0 :]:
                     if frame == silence:
                         self._quiet_frames += 1
-                    elif self._quiet_frames >= BARGE_IN_QUIET_FRAMES:
+                    elif self._quiet_frames >= PAUSE_FRAMES:
                         self.barged_in, self.prompt_chunks = True, 0
                     else:
                         self._quiet_frames = 0
@@ -301,6 +305,8 @@ class CallSession:
             top_k=p.top_k,
             seed=p.seed,
             speak_up_ms=round(p.speak_up_chunks * self.tick_s * 1000, 3),
+            start_bias=p.start_bias,
+            barge_in_ms=round(p.barge_in_frames * self.codec_frame_s * 1000, 3),
             noise_gate_db=self.user_in.gate.margin_db,
         )
 

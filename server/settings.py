@@ -13,7 +13,13 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from server.protocol import MAX_NOISE_GATE_DB, MAX_SPEAK_UP_MS, MAX_TEMPERATURE
+from server.protocol import (
+    MAX_BARGE_IN_MS,
+    MAX_NOISE_GATE_DB,
+    MAX_SPEAK_UP_MS,
+    MAX_START_BIAS,
+    MAX_TEMPERATURE,
+)
 
 DEFAULT_MODEL = Path("models/default")
 
@@ -54,7 +60,7 @@ class Settings(BaseSettings):
         default=0.6, ge=0, le=MAX_TEMPERATURE, description="default sampling temperature"
     )
     turn_temperature: float | None = Field(
-        default=None,
+        default=0.1,
         ge=0,
         le=MAX_TEMPERATURE,
         description="default temperature of the speak-or-not part of each draw "
@@ -66,6 +72,20 @@ class Settings(BaseSettings):
         le=MAX_SPEAK_UP_MS,
         description="default: after this long with no sound from either side, the agent "
         "speaks up (0 = never)",
+    )
+    start_bias: float = Field(
+        default=1.2,
+        ge=-MAX_START_BIAS,
+        le=MAX_START_BIAS,
+        description="default: added to the log-odds of the agent starting to speak "
+        "(0 = as the model has it; above 0: sooner after the caller's last word)",
+    )
+    barge_in_ms: float = Field(
+        default=120.0,
+        ge=0,
+        le=MAX_BARGE_IN_MS,
+        description="default: a caller who starts talking while the agent talks silences it "
+        "after this much speech, until they pause (0 = the model alone decides)",
     )
     noise_gate_db: float = Field(
         default=10.0,
@@ -122,6 +142,14 @@ class Settings(BaseSettings):
     def _comma_list(cls, value: object) -> object:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("turn_temperature", mode="before")
+    @classmethod
+    def _none(cls, value: object) -> object:
+        """`--turn-temperature none` (or an empty variable): one flat draw."""
+        if isinstance(value, str) and value.strip().lower() in ("", "none"):
+            return None
         return value
 
     @field_validator("device")

@@ -157,7 +157,7 @@ def test_browser_call_sends_and_plays_audio(
 
     assert final["lastError"] is None, final["lastError"]
     assert final["sessionId"]
-    assert final["ready"]["turn_temperature"] == (0.1 if codec == "pcm16" else None)
+    assert final["ready"]["speak_up_ms"] == (2080 if codec == "pcm16" else 3040)  # Quick or not
     if codec == "pcm16":  # `low` from mid-call on: one flat draw, cooler, patient
         updated = final["updated"]
         assert (updated["turn_temperature"], updated["temperature"]) == (None, 0.5), updated

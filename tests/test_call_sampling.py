@@ -10,11 +10,12 @@ from hypothesis import strategies as st
 
 from server.call_sampling import (
     HIGH_SPEAK_UP_MS,
+    HIGH_START_BIAS,
     HIGH_TURN_TEMPERATURE,
     LOW_SPEAK_UP_MS,
     LOW_TEMPERATURE,
     CallSampling,
-    chunks,
+    periods,
     resolve,
 )
 from server.protocol import SamplingParams, UpdateMessage
@@ -29,7 +30,9 @@ def _got(server: Settings, **asked: object) -> CallSampling:
 
 def test_medium_and_none_are_the_servers_defaults() -> None:
     server = Settings(temperature=0.7, turn_temperature=0.3, top_k=50, seed=9, speak_up_ms=1000)
-    expected = CallSampling(0.7, 0.3, 50, 9, chunks(1000, TICK_S))
+    expected = CallSampling(
+        0.7, 0.3, 50, 9, periods(1000, TICK_S), server.barge_in_ms, server.start_bias
+    )
     assert _got(server) == _got(server, eagerness="medium") == expected
 
 
@@ -37,40 +40,47 @@ def test_low_and_high_on_a_default_server() -> None:
     server = Settings()
     low, high = _got(server, eagerness="low"), _got(server, eagerness="high")
     assert (low.temperature, low.turn_temperature) == (LOW_TEMPERATURE, None)
-    assert low.speak_up_chunks == chunks(LOW_SPEAK_UP_MS, TICK_S) == 50
+    assert low.speak_up_chunks == periods(LOW_SPEAK_UP_MS, TICK_S) == 50
     assert (high.temperature, high.turn_temperature) == (server.temperature, HIGH_TURN_TEMPERATURE)
-    assert high.speak_up_chunks == chunks(HIGH_SPEAK_UP_MS, TICK_S) == 13  # 2080 ms
+    assert high.speak_up_chunks == periods(HIGH_SPEAK_UP_MS, TICK_S) == 13  # 2080 ms
 
 
 @pytest.mark.parametrize(
     ("server", "low", "high"),
     [
         # a cooler server stays cool at low; low stays one flat draw where the server splits
-        (Settings(temperature=0.4, turn_temperature=0.3), (0.4, None, 50), (0.4, 0.1, 13)),
+        (Settings(temperature=0.4, turn_temperature=0.3),
+         (0.4, None, 50, 0.0), (0.4, 0.1, 13, HIGH_START_BIAS)),
         # a longer speak-up stays at low, a shorter one at high
-        (Settings(speak_up_ms=20_000), (0.5, None, 125), (0.6, 0.1, 13)),
-        (Settings(speak_up_ms=1000), (0.5, None, 50), (0.6, 0.1, 7)),
+        (Settings(speak_up_ms=20_000), (0.5, None, 125, 0.0), (0.6, 0.1, 13, HIGH_START_BIAS)),
+        (Settings(speak_up_ms=1000), (0.5, None, 50, 0.0), (0.6, 0.1, 7, HIGH_START_BIAS)),
         # a server that never speaks up: low never does either, high does after 2 s
-        (Settings(speak_up_ms=0), (0.5, None, 0), (0.6, 0.1, 13)),
+        (Settings(speak_up_ms=0), (0.5, None, 0, 0.0), (0.6, 0.1, 13, HIGH_START_BIAS)),
+        # a more hesitant server stays so at low, a bolder one at high
+        (Settings(start_bias=-1.0), (0.5, None, 50, -1.0), (0.6, 0.1, 13, HIGH_START_BIAS)),
+        (Settings(start_bias=3.0), (0.5, None, 50, 0.0), (0.6, 0.1, 13, 3.0)),
     ],
-)
+)  # fmt: skip
 def test_low_is_never_quicker_and_high_never_slower_than_medium(
-    server: Settings, low: tuple[float, float | None, int], high: tuple[float, float | None, int]
+    server: Settings,
+    low: tuple[float, float | None, int, float],
+    high: tuple[float, float | None, int, float],
 ) -> None:
     for eagerness, want in (("low", low), ("high", high)):
         got = _got(server, eagerness=eagerness)
-        assert (got.temperature, got.turn_temperature, got.speak_up_chunks) == want, eagerness
+        have = (got.temperature, got.turn_temperature, got.speak_up_chunks, got.start_bias)
+        assert have == want, eagerness
 
 
 def test_what_the_call_names_wins() -> None:
     got = _got(Settings(), eagerness="low", temperature=0.9, turn_temperature=0.2, speak_up_ms=0,
-               top_k=5, seed=3)  # fmt: skip
-    assert got == CallSampling(0.9, 0.2, 5, 3, 0)
+               top_k=5, seed=3, barge_in_ms=0)  # fmt: skip
+    assert got == CallSampling(0.9, 0.2, 5, 3, 0, 0.0, 0.0)
     assert _got(Settings(), eagerness="high", turn_temperature=1.0).turn_temperature == 1.0
 
 
-def test_chunks_round_up_to_whole_ticks() -> None:
-    assert [chunks(ms, TICK_S) for ms in (0, 1, 160, 320, 321, 3000)] == [0, 1, 1, 2, 3, 19]
+def test_periods_round_up_to_whole_ticks() -> None:
+    assert [periods(ms, TICK_S) for ms in (0, 1, 160, 320, 321, 3000)] == [0, 1, 1, 2, 3, 19]
 
 
 def test_an_update_changes_what_it_names() -> None:

@@ -150,6 +150,12 @@ BEFORE_START: list[tuple[str, str | bytes, str, int]] = [
         "invalid_message",
         1007,
     ),
+    (
+        "barge_in_too_long",
+        json.dumps({"type": "start", "sampling": {"barge_in_ms": 2001}}),
+        "invalid_message",
+        1007,
+    ),
     ("noise_gate_41", json.dumps({"type": "start", "noise_gate_db": 41}), "invalid_message", 1007),
     (
         "eagerness_auto",  # OpenAI's word; the native protocol says medium

@@ -429,10 +429,10 @@ def test_agent_frames_are_contiguous_and_on_the_clock(server: ServerProcess, voi
 
 
 def test_three_concurrent_calls(server: ServerProcess, voice: Voice) -> None:
-    """Three calls share the ticks; two sample with their own turn temperature and speak-up
-    silence (echoed in whole ticks)."""
+    """Three calls share the ticks; two sample with their own turn temperature, speak-up
+    silence (echoed in whole ticks) and barge-in (in whole codec frames)."""
     lengths = [1.0, 1.3, 1.6]
-    split = SamplingParams(turn_temperature=1.0, speak_up_ms=500)
+    split = SamplingParams(turn_temperature=1.0, speak_up_ms=500, barge_in_ms=90)
 
     async def main() -> list[CallResult]:
         return await asyncio.gather(
@@ -444,8 +444,9 @@ def test_three_concurrent_calls(server: ServerProcess, voice: Voice) -> None:
 
     results = asyncio.run(main())
     assert len({r.stats.session_id for r in results}) == 3
-    assert [r.ready.turn_temperature for r in results] == [None, 1.0, 1.0]
+    assert [r.ready.turn_temperature for r in results] == [0.1, 1.0, 1.0]
     assert [r.ready.speak_up_ms for r in results] == [3040.0, 640.0, 640.0]
+    assert [r.ready.barge_in_ms for r in results] == [120.0, 120.0, 120.0]
     assert [r.ready.noise_gate_db for r in results] == [10.0] * 3  # the server's default
     for s, r in zip(lengths, results, strict=True):
         n = wire_length(len(voice.seconds(s)), voice.rate, 16000)
@@ -822,12 +823,13 @@ def test_audio_later_than_the_budget_is_dropped_and_counted(
 
 
 def test_a_call_runs_past_the_model_context(tmp_path: Path, voice: Voice) -> None:
-    """Issue 3: sink + sliding window; a 256-token context is outgrown 2-3 times in 12 s."""
+    """Issue 3: sink + sliding window; a 256-token context is outgrown 2-3 times in 12 s (the
+    random agent babbling over the caller throughout: no barge-in rule to silence it)."""
     from model.checkpoint import init_random_checkpoint
 
     ckpt = tmp_path / "small"
     init_random_checkpoint(ckpt, seed=1, context_tokens=256, sink_tokens=16)
-    srv = start_server(ckpt, tmp_path / "log", "--max-sessions", "1")
+    srv = start_server(ckpt, tmp_path / "log", "--max-sessions", "1", "--barge-in-ms", "0")
     try:
         pcm = np.concatenate([voice.seconds(2.0)] * 6)
         result = call_sync(srv.url, pcm, voice.rate)

@@ -419,3 +419,33 @@ def test_silent_chunks_counts_the_trailing_silence_of_both_sides(loaded) -> None
     tl.append_agent([])
     tl.append_user([fmt.silence, (7,), fmt.silence, fmt.silence], real=True)  # a click
     assert tl.silent_chunks(10) == 0
+
+
+def test_the_start_bias_reaches_only_a_start_after_the_agents_silence(
+    loaded, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Each step's first agent draw gets the bias when the agent's last frame was silence;
+    a draw that goes on speaking, and every later draw of a chunk, gets none."""
+    import model.engine
+
+    biases: list[list[float]] = []
+    real_sample = model.engine.sample
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        biases.append(list(args[6]))
+        return real_sample(*args, **kwargs)
+
+    monkeypatch.setattr(model.engine, "sample", spy)
+    engine = make_engine(loaded)
+    engine.add_session("b", SamplingParams(temperature=1.0, seed=2, start_bias=1.5))
+    tl = engine.timeline("b")
+    silence = engine.fmt.silence
+    seen = set()
+    for k in range(24):
+        was_silent = tl.prev_agent() == silence
+        biases.clear()
+        engine.step([StepRequest("b", {k - 1: user_chunks(1, k)[0]} if k else {})])
+        assert biases[0] == [1.5 if was_silent else 0.0]
+        assert all(b == [0.0] for b in biases[1:])
+        seen.add(was_silent)
+    assert seen == {True, False}  # both kinds of step were met

@@ -453,7 +453,7 @@ def test_a_change_reaches_the_call(checkpoint: Path) -> None:
         assert session.retuned
         update(vad(type="server_vad", idle_timeout_ms=5000, silence_duration_ms=1000))
         p = session.sampling
-        assert (p.turn_temperature, p.speak_up_chunks, t._vad.params.stop_frames) == (None, 32, 50)
+        assert (p.turn_temperature, p.speak_up_chunks, t._vad.params.stop_frames) == (0.1, 32, 50)
         shown = update({"type": "realtime", "audio": {"input": {"noise_reduction": None}}})
         assert session.user_in.gate.margin_db == 0.0 and "audio" in shown
         before = t._options

@@ -94,7 +94,23 @@ def test_server_vad_idle_timeout_is_the_speak_up_time_and_silence_ends_vad_speec
 def test_null_turn_detection_turns_the_vad_events_off() -> None:
     o = RealtimeOptions().updated({"turn_detection": None}, SERVER)  # beta shape
     assert o.turn is None
-    assert o.start(SERVER).sampling == SamplingParams()
+    assert o.start(SERVER).sampling == SamplingParams(barge_in_ms=0.0)  # nothing interrupts
+
+
+@pytest.mark.parametrize("kind", ["server_vad", "semantic_vad"])
+def test_interrupt_response_is_the_barge_in_rule(kind: str) -> None:
+    """OpenAI's default (true) is the server's barge-in; false leaves yielding to the model."""
+    default = RealtimeOptions().updated(_ga(turn_detection={"type": kind}), SERVER)
+    assert default.start(SERVER).sampling.barge_in_ms is None  # the server's
+    assert default.turn is not None and default.turn.render()["interrupt_response"] is True
+    off = {"type": kind, "interrupt_response": False}
+    o = RealtimeOptions().updated(_ga(turn_detection=off), SERVER)
+    assert o.start(SERVER).sampling.barge_in_ms == 0.0
+    assert o.turn is not None and o.turn.render()["interrupt_response"] is False
+    with pytest.raises(ClientError) as err:
+        RealtimeOptions().updated({"turn_detection": {"type": kind, "interrupt_response": 1}},
+                                  SERVER)  # fmt: skip
+    assert err.value.param == "session.turn_detection.interrupt_response"
 
 
 @pytest.mark.parametrize(

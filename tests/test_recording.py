@@ -35,7 +35,7 @@ def test_record_dir_keeps_audio_units_and_estimates(
     (joined,) = [line for line in lines if "settings" in line]  # at the join: what it got
     assert joined == {"tick": lines[1]["tick"], "settings": result.ready.model_dump(
         include={"temperature", "turn_temperature", "top_k", "seed", "speak_up_ms",
-                 "noise_gate_db"})}  # fmt: skip
+                 "start_bias", "barge_in_ms", "noise_gate_db"})}  # fmt: skip
     ticks = [line for line in lines if "chunk" in line]
     assert len(ticks) == result.stats.ticks
     assert [t["chunk"] for t in ticks] == list(range(len(ticks)))

@@ -133,3 +133,30 @@ def test_a_speak_floor_leaves_other_rows_and_the_allowed_set_alone() -> None:
         alone = sample(logits[:1], allowed[:1], params[:1], alone_g, units, [0.0])[0]
         plain, floored = sample(logits, allowed, params, pair_g, units, [0.0, 0.9])
         assert plain == alone and floored == 10
+
+
+def test_a_start_bias_moves_the_odds_of_sound() -> None:
+    """Units hold 0.3 of the mass: at turn temperature 0 the tag always wins; a bias of 1
+    (units win above 1 / (1 + e) = 0.27) makes every draw a unit, a bias of -1 leaves the
+    tag; at turn temperature 1 a bias of log(7/3) makes sound and silence even."""
+    vocab = 11
+    units = torch.zeros(vocab, dtype=torch.bool)
+    units[:10] = True
+    logits = torch.full((1, vocab), math.log(0.03))
+    logits[0, 10] = math.log(0.7)
+    allowed = torch.ones(1, vocab, dtype=torch.bool)
+
+    def unit_share(params: SamplingParams, bias: float, n: int = 2000) -> float:
+        g = gens(8)
+        drawn = [sample(logits, allowed, [params], g, units, None, [bias])[0] for _ in range(n)]
+        return sum(t < 10 for t in drawn) / n
+
+    argmax = SamplingParams(temperature=0.6, top_k=0, turn_temperature=0.0)
+    assert unit_share(argmax, 0.0) == 0.0
+    assert unit_share(argmax, 1.0) == 1.0
+    assert unit_share(argmax, -1.0) == 0.0
+    split = SamplingParams(temperature=1.0, top_k=0, turn_temperature=1.0)
+    assert unit_share(split, 0.0) == pytest.approx(0.3, abs=0.03)
+    assert unit_share(split, math.log(7 / 3)) == pytest.approx(0.5, abs=0.03)
+    with pytest.raises(ValueError, match="start_bias"):
+        SamplingParams(start_bias=math.inf)

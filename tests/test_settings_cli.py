@@ -81,6 +81,15 @@ def test_env_vars_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Settings(max_sessions=3).max_sessions == 3
 
 
+def test_turn_temperature_none_is_the_flat_draw(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().turn_temperature == 0.1
+    assert Settings(turn_temperature="none").turn_temperature is None  # type: ignore[arg-type]
+    monkeypatch.setenv("DUPLEX_TURN_TEMPERATURE", "")
+    assert Settings().turn_temperature is None
+    monkeypatch.setenv("DUPLEX_TURN_TEMPERATURE", "0.7")
+    assert Settings().turn_temperature == 0.7
+
+
 def test_every_setting_is_documented() -> None:
     doc = (ROOT / "docs" / "configuration.md").read_text()
     for name in Settings.model_fields:

@@ -8,11 +8,12 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from model.barge_in import PAUSE_FRAMES
 from model.engine import Engine, StepRequest, StepResult
 from server.protocol import SamplingParams as SamplingRequest
 from server.protocol import StartMessage
 from server.runtime import Runtime
-from server.session import BARGE_IN_QUIET_FRAMES, RESPONSE_CHUNKS, State
+from server.session import RESPONSE_CHUNKS, State
 from server.settings import Settings
 
 
@@ -89,7 +90,7 @@ def test_a_change_mid_call_reaches_the_engine_once(checkpoint: Path) -> None:
     the call with the new values from the next step on, handed over once; a call changed
     before it joins joins with them; the seed stays unless one is named. The answer (`updated`)
     goes out with the plan that hands the values on, and not before `ready`."""
-    runtime = Runtime(Settings(model=checkpoint, max_sessions=2))
+    runtime = Runtime(Settings(model=checkpoint, max_sessions=2, turn_temperature=None))
     try:
         ticker, engine = runtime.ticker, runtime.ticker.engine
         early, late = (runtime.open_session(StartMessage(type="start")) for _ in range(2))
@@ -124,7 +125,7 @@ def test_a_change_mid_call_reaches_the_engine_once(checkpoint: Path) -> None:
 
 def test_a_caller_who_talks_again_drops_the_responses_prompts(checkpoint: Path) -> None:
     """`hear`: the tail of the words being finished when the response was asked for, gaps
-    between them included, is no barge-in; speech after BARGE_IN_QUIET_FRAMES quiet frames is,
+    between them included, is no barge-in; speech after PAUSE_FRAMES quiet frames is,
     and drops the remaining prompts. A chunk's frames heard as partial are not heard again
     when it comes whole."""
     runtime = Runtime(Settings(model=checkpoint, max_sessions=2))
@@ -137,7 +138,7 @@ def test_a_caller_who_talks_again_drops_the_responses_prompts(checkpoint: Path) 
         s.hear({}, (5, [said, quiet]), quiet)
         s.hear({5: [said, quiet, quiet, quiet]}, (6, [quiet]), quiet)  # chunk 5 again: no news
         assert not s.barged_in and s.prompt_chunks == RESPONSE_CHUNKS
-        assert BARGE_IN_QUIET_FRAMES == 4  # the quiet frames above: 1 + 2 + 1
+        assert PAUSE_FRAMES == 4  # the quiet frames above: 1 + 2 + 1
         s.hear({6: [quiet, quiet, said, said]}, (7, []), quiet)
         assert s.barged_in and s.prompt_chunks == 0
         s.request_response()  # a new request: prompts again

@@ -140,6 +140,7 @@ def test_parameters_set_the_call(server: ServerProcess) -> None:
         "eagerness": "high",
         "noise_gate_db": "0",
         "temperature": "0.7",
+        "barge_in_ms": "0",
         "caller": "+1555",
         "top_k": "",
         "Seed": "7",
@@ -152,7 +153,8 @@ def test_parameters_set_the_call(server: ServerProcess) -> None:
                        server.log_text())  # fmt: skip
     assert opened is not None, server.log_text()[-2000:]
     assert opened.group(1) == (
-        "{'sampling': {'eagerness': 'high', 'temperature': 0.7}, 'noise_gate_db': 0.0}"
+        "{'sampling': {'eagerness': 'high', 'temperature': 0.7, 'barge_in_ms': 0.0}, "
+        "'noise_gate_db': 0.0}"
     )
 
 

@@ -1,0 +1,75 @@
+"""Has the caller barged in on the agent? Read from the real user frames of a timeline.
+
+A caller barges in when their speech starts while the agent is making sound, or just before
+the agent starts, too late for the agent to have heard it (its chunk was drawn a chunk
+ahead: both started at once, as when a caller resumes after a pause the agent took for the
+end of the turn). The engine then keeps the agent silent once that speech has made `frames`
+frames of sound, until the caller pauses: the floor goes to the caller, as a person yields
+(and as a Realtime server's `interrupt_response` does). Speech the caller was already making
+when the agent started, and that the agent had heard (an agent's backchannel, an answer that
+starts early), is no barge-in: the agent chose to talk over it.
+
+Only real audio counts; the model's estimates of chunks not yet in say nothing about the
+caller. A pause is `PAUSE_FRAMES` quiet frames in a row, so the short dips between words do
+not end a speech.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from model.format import Frame
+from model.timeline import Timeline
+
+PAUSE_FRAMES = 4  # 160 ms of quiet ends the caller's speech (the codec's 40 ms frames)
+ONSET_FRAMES = 3  # the agent counts as talking at an onset if it sounded in these last frames
+LOOKBACK_FRAMES = 128  # how far back an onset is looked for (~5 s); older speech: its start
+
+
+def barged_in(tl: Timeline, newest: list[Frame], frames: int) -> bool:
+    """Whether the caller's speech under way started while the agent was sounding (or within
+    a chunk before it started) and has made `frames` frames of sound, with no pause since.
+
+    `tl` holds agent chunks past the user's; `newest` are the real first frames of user chunk
+    len(tl.user), the one being estimated (empty when none arrived or it is in whole).
+    """
+    if frames <= 0:
+        return False
+    silence, n = tl.fmt.silence, tl.fmt.frames_per_chunk
+    sounding, quiet, onset = 0, 0, None
+    for index, frame in _heard(tl, newest):
+        if frame != silence:
+            sounding, quiet, onset = sounding + 1, 0, index
+        else:
+            quiet += 1
+            if quiet == PAUSE_FRAMES:
+                break
+    if onset is None or sounding < frames:
+        return False
+    # the agent sounding at the onset, or starting within a chunk of it (the agent's chunks
+    # run ahead of the user's, so they cover every frame of this window they can)
+    last = min(len(tl.agent) * n - 1, onset + n)
+    return any(
+        tl.agent[i // n][i % n] != silence
+        for i in range(max(0, onset - ONSET_FRAMES + 1), last + 1)
+    )
+
+
+def _heard(tl: Timeline, newest: list[Frame]) -> Iterator[tuple[int, Frame]]:
+    """The caller's real frames, newest first, with their frame index, back to the first
+    estimate before them or LOOKBACK_FRAMES."""
+    n = tl.fmt.frames_per_chunk
+    first = len(tl.user) * n
+    given = len(newest)
+    for i in reversed(range(given)):
+        yield first + i, newest[i]
+    for j in reversed(range(len(tl.user))):
+        if given >= LOOKBACK_FRAMES:
+            return
+        if not tl.user_real[j]:
+            if given:
+                return  # the evidence stops at an estimate
+            continue  # a chunk whose audio is not in yet
+        for i in reversed(range(n)):
+            yield j * n + i, tl.user[j][i]
+        given += n

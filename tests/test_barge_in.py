@@ -1,0 +1,124 @@
+"""A caller barging in on the agent: read from real user frames, then a silent agent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from model.barge_in import PAUSE_FRAMES, barged_in
+from model.checkpoint import load_checkpoint
+from model.engine import Engine, StepRequest
+from model.format import ChunkFormat, Frame, dedup
+from model.sampling import SamplingParams
+from model.timeline import Timeline
+
+FMT = ChunkFormat(
+    n_units=6, units_per_frame=1, unit_offset=0, frames_per_chunk=4, s0=6, s1=7, bos=8,
+    silence_unit=0,
+)  # fmt: skip
+Q, S = (0,), (3,)  # a quiet frame, a frame of sound
+
+
+def timeline(agent: list[Frame], user: list[Frame], estimated: tuple[int, ...] = ()) -> Timeline:
+    """Agent and user frames as chunks; the agent one chunk ahead when it has one more."""
+    n = FMT.frames_per_chunk
+    tl = Timeline(FMT)
+    for j in range(len(agent) // n):
+        tl.append_agent(dedup(agent[j * n : (j + 1) * n], tl.prev_agent()))
+        if (j + 1) * n <= len(user):
+            tl.append_user(user[j * n : (j + 1) * n], real=j not in estimated)
+    return tl
+
+
+def test_speech_that_starts_while_the_agent_talks_is_a_barge_in() -> None:
+    agent = [S] * 12
+    user = [Q] * 4 + [Q, S, S, S]
+    tl = timeline(agent, user)
+    assert barged_in(tl, [], 3)
+    assert not barged_in(tl, [], 4)  # not yet that long
+    assert barged_in(tl, [S], 4)  # the newest chunk's first frame makes it so
+    assert not barged_in(tl, [], 0)  # off
+
+
+def test_an_agent_that_started_over_the_callers_speech_is_not_interrupted() -> None:
+    """A backchannel, or an answer that starts before the caller's last word. (Agent frames
+    change at chunk boundaries here: within a chunk the format keeps no run lengths.)"""
+    agent = [Q] * 8 + [S] * 4
+    user = [S] * 8
+    assert not barged_in(timeline(agent, user), [S, S], 1)
+
+
+def test_an_agent_that_starts_too_soon_to_have_heard_the_caller_yields() -> None:
+    """The caller resumes just before the agent's chunk starts: drawn a chunk ahead, the agent
+    could not have heard it (a collision); a start more than a chunk after it, it could."""
+    agent = [Q] * 8 + [S] * 4
+    assert barged_in(timeline(agent, [Q] * 4 + [Q, Q, S, S]), [S], 2)  # 2 frames before
+    assert not barged_in(timeline(agent, [Q, Q, S, S] + [S] * 4), [S], 2)  # 6 frames before
+
+
+def test_an_agent_that_had_finished_is_not_interrupted() -> None:
+    """The caller answers the agent's turn: no barge-in, unless the agent starts again."""
+    user = [Q] * 4 + [Q, Q, Q, S]
+    assert not barged_in(timeline([S] * 4 + [Q] * 8, user), [S], 2)
+    assert barged_in(timeline([S] * 4 + [Q] * 4 + [S] * 4, user), [S], 2)
+
+
+def test_a_pause_ends_the_barge_in_and_a_dip_does_not() -> None:
+    agent = [S] * 16
+    dip = [Q] * 4 + [S, S, Q, Q] + [S, S, Q, Q]
+    assert barged_in(timeline(agent, dip), [S], 4)  # 2 quiet frames inside the speech
+    paused = [Q] * 4 + [S, S, S, S] + [Q] * PAUSE_FRAMES
+    assert not barged_in(timeline(agent, paused), [], 1)
+
+
+def test_the_models_estimates_are_no_evidence() -> None:
+    agent = [S] * 12
+    user = [Q] * 4 + [Q, Q, S, S]
+    assert barged_in(timeline(agent, user), [], 2)
+    # chunk 1 only estimated: nothing real shows speech
+    assert not barged_in(timeline(agent, user, estimated=(1,)), [], 1)
+
+
+@given(
+    st.lists(st.sampled_from([Q, S]), min_size=16, max_size=16),
+    st.lists(st.sampled_from([Q, S]), min_size=12, max_size=12),
+    st.lists(st.sampled_from([Q, S]), min_size=4, max_size=4),
+    st.lists(st.sampled_from([Q, S]), max_size=3),
+    st.integers(0, 6),
+)
+def test_only_real_frames_decide(
+    agent: list[Frame], user: list[Frame], guess: list[Frame], newest: list[Frame], need: int
+) -> None:
+    """Whatever the model estimated for the newest whole chunk, the answer is the same."""
+    real = timeline(agent, user[:8] + [Q] * 4, estimated=(2,))
+    other = timeline(agent, user[:8] + guess, estimated=(2,))
+    assert barged_in(real, newest, need) == barged_in(other, newest, need)
+
+
+def test_the_engine_falls_silent_for_a_barge_in_until_the_caller_pauses(
+    checkpoint: Path,
+) -> None:
+    """A model asked to talk every step (a response prompt) is silenced by a caller
+    who talks over it, and prompted again after the caller's pause."""
+    config, llama = load_checkpoint(checkpoint)
+    fmt = config.chunk_format()
+    n = fmt.frames_per_chunk
+    quiet, sound = [fmt.silence] * n, [(37,), (512,), (88,), (512,)]
+    user = [quiet] * 3 + [sound] * 3 + [quiet] * 2
+
+    def run(barge_in_frames: int) -> list[list[Frame]]:
+        engine = Engine(config, llama, max_sessions=1, max_rollback_chunks=3)
+        engine.add_session("a", SamplingParams(seed=4, barge_in_frames=barge_in_frames))
+        out = []
+        for k in range(len(user) + 1):
+            real = {k - 1: user[k - 1]} if k else {}  # whole chunks, in before the step
+            out.append(engine.step([StepRequest("a", real, prompt=True)])["a"].frames)
+        return out
+
+    talking, yielding = run(0), run(3)
+    assert all(chunk[0] != fmt.silence for chunk in talking)  # the prompt: sound every chunk
+    assert yielding[:4] == talking[:4]  # before the barge-in: the same draws
+    assert yielding[4:7] == [quiet] * 3  # the caller talks (chunks 3-5): silence
+    assert all(chunk[0] != fmt.silence for chunk in yielding[7:])  # paused: prompted again
