@@ -11,7 +11,9 @@ starts early), is no barge-in: the agent chose to talk over it.
 
 Only real audio counts; the model's estimates of chunks not yet in say nothing about the
 caller. A pause is `PAUSE_FRAMES` quiet frames in a row, so the short dips between words do
-not end a speech.
+not end a speech. Speech that began before what can be read (LOOKBACK_FRAMES back, or an
+estimate) has no known start: the answer is None, and the engine keeps its last one. Audio
+more than STALE_CHUNKS behind is no evidence of what the caller does now: False.
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ from model.timeline import Timeline
 
 PAUSE_FRAMES = 4  # 160 ms of quiet ends the caller's speech (the codec's 40 ms frames)
 ONSET_FRAMES = 3  # the agent counts as talking at an onset if it sounded in these last frames
-LOOKBACK_FRAMES = 128  # how far back an onset is looked for (~5 s); older speech: its start
+LOOKBACK_FRAMES = 128  # how far back an onset is looked for (~5 s)
+STALE_CHUNKS = 3  # newest chunks still estimates (late or stalled audio) that may be skipped
 
 
-def barged_in(tl: Timeline, newest: list[Frame], frames: int) -> bool:
+def barged_in(tl: Timeline, newest: list[Frame], frames: int) -> bool | None:
     """Whether the caller's speech under way started while the agent was sounding (or within
-    a chunk before it started) and has made `frames` frames of sound, with no pause since.
+    a chunk before it started) and has made `frames` frames of sound, with no pause since;
+    None when that speech started before the frames that can be read.
 
     `tl` holds agent chunks past the user's; `newest` are the real first frames of user chunk
     len(tl.user), the one being estimated (empty when none arrived or it is in whole).
@@ -36,16 +40,20 @@ def barged_in(tl: Timeline, newest: list[Frame], frames: int) -> bool:
     if frames <= 0:
         return False
     silence, n = tl.fmt.silence, tl.fmt.frames_per_chunk
-    sounding, quiet, onset = 0, 0, None
+    sounding, quiet, onset, paused, oldest = 0, 0, None, False, 0
     for index, frame in _heard(tl, newest):
+        oldest = index
         if frame != silence:
             sounding, quiet, onset = sounding + 1, 0, index
         else:
             quiet += 1
             if quiet == PAUSE_FRAMES:
+                paused = True
                 break
     if onset is None or sounding < frames:
         return False
+    if not paused and oldest > 0:
+        return None  # its start is further back than the frames read
     # the agent sounding at the onset, or starting within a chunk of it (the agent's chunks
     # run ahead of the user's, so they cover every frame of this window they can)
     last = min(len(tl.agent) * n - 1, onset + n)
@@ -69,6 +77,8 @@ def _heard(tl: Timeline, newest: list[Frame]) -> Iterator[tuple[int, Frame]]:
         if not tl.user_real[j]:
             if given:
                 return  # the evidence stops at an estimate
+            if len(tl.user) - j > STALE_CHUNKS:
+                return  # the newest real audio is too old to tell
             continue  # a chunk whose audio is not in yet
         for i in reversed(range(n)):
             yield j * n + i, tl.user[j][i]

@@ -12,7 +12,8 @@ A step, per session with agent chunk k to produce:
    at the next speaker tag. After `speak_up_chunks` chunks of silence on both sides (user
    chunk k-1 as estimated), the chunk's first draw makes sound with probability at least
    `SPEAK_UP_P`. A caller who barged in on the agent and has talked `barge_in_frames` frames
-   (model/barge_in.py) gets a silent agent chunk instead, until they pause.
+   (model/barge_in.py) gets a silent agent chunk instead, until they pause, unless the
+   chunk is a response they asked for (`prompt`).
 All sessions' forwards are batched: the first forward prefills every session's pending tokens
 (ragged), each later one feeds one sampled token per session that still decodes.
 The engine knows nothing of sockets or clocks; the server decides what is late.
@@ -84,6 +85,7 @@ class _Session:
     params: SamplingParams
     gen: torch.Generator
     pending: dict[int, list[Frame]] = field(default_factory=dict)
+    barged_in: bool = False  # the last answer of model/barge_in.py that was not None
 
 
 @dataclass
@@ -222,7 +224,9 @@ class Engine:
         if job.phase is _Phase.USER_TAG and req.partial_user and req.partial_user[0] == k - 1:
             job.partial = req.partial_user[1][: n - 1]
             result.partial_frames = len(job.partial)
-        job.hush = barged_in(tl, job.partial, s.params.barge_in_frames)
+        heard = barged_in(tl, job.partial, s.params.barge_in_frames)
+        s.barged_in = s.barged_in if heard is None else heard
+        job.hush = s.barged_in and not req.prompt  # a response asked for after it wins
         if job.phase is _Phase.USER_TAG and (req.silent or job.partial or not self.estimate_units):
             # nothing sampled: a missed tick, or the frames that arrived with the last held
             result.estimate = self._fill(job, [])

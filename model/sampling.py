@@ -19,7 +19,8 @@ A `start_bias` moves the decision to start speaking: at the first draw of a chun
 agent's silence, it is added to the log-odds of a unit (sound) against a tag (silence goes
 on) before the turn temperature. At a low turn temperature the agent then starts once the
 model finds speaking likelier than 1 / (1 + e^bias), not 1/2: sooner after the caller's last
-word. Only starts move; how long the agent goes on is the model's.
+word. Only the first draw after the agent's silence moves (a start, or going on after a
+pause of its own); once the agent makes sound, how long it goes on is the model's.
 """
 
 from __future__ import annotations

@@ -413,7 +413,7 @@ class RealtimeTransport:
 
     def _session(self) -> dict[str, Any]:
         o = self._options
-        turn = None if o.turn is None else o.turn.render()
+        turn = None if o.turn is None else o.turn.render(self._server)
         noise = o.noise_reduction_echo(self._server)
         common = {"id": self._id, "object": "realtime.session", "model": self._model}
         if self._beta:

@@ -142,7 +142,7 @@ class TurnDetection:
     prefix_padding_ms: int = 0  # server_vad: `audio_start_ms` is this much before the onset
     interrupt_response: bool = True  # a barge-in silences the agent (the server's barge_in_ms)
 
-    def render(self) -> dict[str, Any]:
+    def render(self, server: Settings) -> dict[str, Any]:
         out: dict[str, Any] = {"type": self.kind}
         if self.kind == "semantic_vad":
             out["eagerness"] = self.eagerness
@@ -153,8 +153,10 @@ class TurnDetection:
                 "silence_duration_ms": self.silence_duration_ms,
                 "idle_timeout_ms": self.idle_timeout_ms,
             }
-        # The agent speaks on its own clock: a turn's end never starts it.
-        return out | {"create_response": False, "interrupt_response": self.interrupt_response}
+        # The agent speaks on its own clock: a turn's end never starts it. Nothing interrupts
+        # on a server without a barge-in rule.
+        interrupt = self.interrupt_response and server.barge_in_ms > 0
+        return out | {"create_response": False, "interrupt_response": interrupt}
 
     def vad_params(self) -> VadParams:
         """The energy VAD's: `threshold` 0.5 is its default level, each 0.1 moves both of its

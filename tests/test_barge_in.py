@@ -7,10 +7,10 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from model.barge_in import PAUSE_FRAMES, barged_in
+from model.barge_in import LOOKBACK_FRAMES, PAUSE_FRAMES, STALE_CHUNKS, barged_in
 from model.checkpoint import load_checkpoint
 from model.engine import Engine, StepRequest
-from model.format import ChunkFormat, Frame, dedup
+from model.format import ChunkFormat, Frame, dedup, format_timeline
 from model.sampling import SamplingParams
 from model.timeline import Timeline
 
@@ -81,12 +81,37 @@ def test_the_models_estimates_are_no_evidence() -> None:
     assert not barged_in(timeline(agent, user, estimated=(1,)), [], 1)
 
 
+def test_speech_that_began_before_what_can_be_read_has_no_answer() -> None:
+    """A caller who has talked longer than the lookback without a pause: whether it was a
+    barge-in is unknown (None: the engine keeps its last answer), either way round."""
+    n = FMT.frames_per_chunk
+    long = LOOKBACK_FRAMES + 4 * n
+    over_agent = timeline([S] * (long + n), [Q] * 4 + [S] * (long - 4))
+    assert barged_in(over_agent, [], 3) is None
+    agent_over = timeline([Q] * 4 * n + [S] * (long - 3 * n), [S] * long)
+    assert barged_in(agent_over, [], 3) is None
+    short = timeline([S] * 4 * n, [Q] * 4 + [S] * (3 * n - 4))
+    assert barged_in(short, [], 3) is True  # the whole speech is in view
+
+
+def test_audio_that_stopped_coming_is_no_evidence() -> None:
+    """A barge-in whose audio then stalls: the estimates that stand in for it are skipped for
+    a few chunks (late audio), then the old speech no longer counts."""
+    n, spoke = FMT.frames_per_chunk, [Q] * 4 + [Q, S, S, S]  # chunk 1: the barge-in
+    late = timeline([S] * (3 + STALE_CHUNKS) * n, spoke + [S] * STALE_CHUNKS * n,
+                    estimated=tuple(range(2, 2 + STALE_CHUNKS)))  # fmt: skip
+    assert barged_in(late, [], 3)
+    stalled = timeline([S] * (4 + STALE_CHUNKS) * n, spoke + [S] * (STALE_CHUNKS + 1) * n,
+                       estimated=tuple(range(2, 3 + STALE_CHUNKS)))  # fmt: skip
+    assert not barged_in(stalled, [], 3)
+
+
 @given(
     st.lists(st.sampled_from([Q, S]), min_size=16, max_size=16),
     st.lists(st.sampled_from([Q, S]), min_size=12, max_size=12),
     st.lists(st.sampled_from([Q, S]), min_size=4, max_size=4),
     st.lists(st.sampled_from([Q, S]), max_size=3),
-    st.integers(0, 6),
+    st.integers(1, 6),
 )
 def test_only_real_frames_decide(
     agent: list[Frame], user: list[Frame], guess: list[Frame], newest: list[Frame], need: int
@@ -100,25 +125,31 @@ def test_only_real_frames_decide(
 def test_the_engine_falls_silent_for_a_barge_in_until_the_caller_pauses(
     checkpoint: Path,
 ) -> None:
-    """A model asked to talk every step (a response prompt) is silenced by a caller
-    who talks over it, and prompted again after the caller's pause."""
+    """The random-weight model babbles on; a caller who talks over it silences it until they
+    pause, except for a chunk they ask a response for (a prompt wins). The tokens stay the
+    chunk format's."""
     config, llama = load_checkpoint(checkpoint)
     fmt = config.chunk_format()
     n = fmt.frames_per_chunk
     quiet, sound = [fmt.silence] * n, [(37,), (512,), (88,), (512,)]
     user = [quiet] * 3 + [sound] * 3 + [quiet] * 2
 
-    def run(barge_in_frames: int) -> list[list[Frame]]:
+    def run(barge_in_frames: int, prompt_at: int = -1) -> list[list[Frame]]:
         engine = Engine(config, llama, max_sessions=1, max_rollback_chunks=3)
         engine.add_session("a", SamplingParams(seed=4, barge_in_frames=barge_in_frames))
         out = []
         for k in range(len(user) + 1):
             real = {k - 1: user[k - 1]} if k else {}  # whole chunks, in before the step
-            out.append(engine.step([StepRequest("a", real, prompt=True)])["a"].frames)
+            step = engine.step([StepRequest("a", real, prompt=k == prompt_at)])
+            out.append(step["a"].frames)
+        tl = engine.timeline("a")
+        assert tl.tokens == format_timeline(fmt, tl.agent, tl.user)
         return out
 
     talking, yielding = run(0), run(3)
-    assert all(chunk[0] != fmt.silence for chunk in talking)  # the prompt: sound every chunk
+    assert all(chunk[0] != fmt.silence for chunk in talking)  # it babbles throughout
     assert yielding[:4] == talking[:4]  # before the barge-in: the same draws
     assert yielding[4:7] == [quiet] * 3  # the caller talks (chunks 3-5): silence
-    assert all(chunk[0] != fmt.silence for chunk in yielding[7:])  # paused: prompted again
+    assert all(chunk[0] != fmt.silence for chunk in yielding[7:])  # paused: it goes on
+    asked = run(3, prompt_at=5)
+    assert asked[4] == asked[6] == quiet and asked[5][0] != fmt.silence

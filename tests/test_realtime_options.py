@@ -64,7 +64,7 @@ def test_semantic_eagerness_is_the_calls(eagerness: str, native: str) -> None:
     o = RealtimeOptions().updated(_ga(turn_detection=turn), SERVER)
     assert o.turn == TurnDetection("semantic_vad", eagerness)  # type: ignore[arg-type]
     assert o.start(SERVER).sampling == SamplingParams(eagerness=native)  # type: ignore[arg-type]
-    rendered = o.turn.render() if o.turn else {}
+    rendered = o.turn.render(SERVER) if o.turn else {}
     assert rendered["type"] == "semantic_vad" and rendered["eagerness"] == eagerness
 
 
@@ -83,10 +83,13 @@ def test_server_vad_idle_timeout_is_the_speak_up_time_and_silence_ends_vad_speec
     o = RealtimeOptions().updated(_ga(turn_detection=turn), SERVER)
     assert o.start(SERVER).sampling == SamplingParams(speak_up_ms=6000.0)
     assert o.turn is not None and o.turn.vad_params().stop_frames == 15  # 300 ms of 20 ms frames
-    assert o.turn.render()["silence_duration_ms"] == 300
+    assert o.turn.render(SERVER)["silence_duration_ms"] == 300
     assert o.turn.vad_params().on_dbfs == VadParams().on_dbfs + 6  # 0.7: 6 dB louder
     assert o.turn.vad_params().off_dbfs == VadParams().off_dbfs + 6
-    assert o.turn.render()["threshold"] == 0.7 and o.turn.render()["prefix_padding_ms"] == 0
+    assert (
+        o.turn.render(SERVER)["threshold"] == 0.7
+        and o.turn.render(SERVER)["prefix_padding_ms"] == 0
+    )
     untyped = RealtimeOptions().updated({"turn_detection": {"type": None}}, SERVER)  # beta
     assert untyped.turn == TurnDetection()
 
@@ -102,15 +105,17 @@ def test_interrupt_response_is_the_barge_in_rule(kind: str) -> None:
     """OpenAI's default (true) is the server's barge-in; false leaves yielding to the model."""
     default = RealtimeOptions().updated(_ga(turn_detection={"type": kind}), SERVER)
     assert default.start(SERVER).sampling.barge_in_ms is None  # the server's
-    assert default.turn is not None and default.turn.render()["interrupt_response"] is True
+    assert default.turn is not None and default.turn.render(SERVER)["interrupt_response"] is True
     off = {"type": kind, "interrupt_response": False}
     o = RealtimeOptions().updated(_ga(turn_detection=off), SERVER)
     assert o.start(SERVER).sampling.barge_in_ms == 0.0
-    assert o.turn is not None and o.turn.render()["interrupt_response"] is False
+    assert o.turn is not None and o.turn.render(SERVER)["interrupt_response"] is False
     with pytest.raises(ClientError) as err:
         RealtimeOptions().updated({"turn_detection": {"type": kind, "interrupt_response": 1}},
                                   SERVER)  # fmt: skip
     assert err.value.param == "session.turn_detection.interrupt_response"
+    quiet_server = Settings(barge_in_ms=0)  # nothing interrupts there: shown so
+    assert default.turn.render(quiet_server)["interrupt_response"] is False
 
 
 @pytest.mark.parametrize(
@@ -178,7 +183,7 @@ def test_the_echoed_session_sent_back_is_no_change(first: dict[str, Any]) -> Non
     (the echoed strength, the server's temperature, `idle_timeout_ms: null`) gives the call the
     same settings."""
     o = RealtimeOptions().updated(first, SERVER)
-    turn = None if o.turn is None else o.turn.render()
+    turn = None if o.turn is None else o.turn.render(SERVER)
     ga = _ga(format=o.format.ga(), turn_detection=turn,
              noise_reduction=o.noise_reduction_echo(SERVER))  # fmt: skip
     beta = {"input_audio_format": o.format.beta(), "turn_detection": turn,
