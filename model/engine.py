@@ -286,10 +286,15 @@ class Engine:
         rest = self.frames_per_chunk - len(job.partial)
         return job.partial + interpolate(sampled, last, rest)
 
+    @staticmethod
+    def _opens(job: _Job) -> bool:
+        """Whether the next draw is the first of an agent chunk the agent may speak in."""
+        return job.phase is _Phase.AGENT_UNITS and not job.units and not job.hush
+
     def _speak_floor(self, job: _Job) -> float:
         """For the first draw of an agent chunk: 1 when the caller asked for a response,
         SPEAK_UP_P after a long silence on both sides."""
-        if job.phase is not _Phase.AGENT_UNITS or job.units or job.hush:
+        if not self._opens(job):
             return 0.0
         if job.prompt:
             return 1.0
@@ -300,7 +305,7 @@ class Engine:
 
     def _start_bias(self, job: _Job) -> float:
         """For the first draw of an agent chunk after its silence: the session's start bias."""
-        if job.phase is not _Phase.AGENT_UNITS or job.units or job.hush:
+        if not self._opens(job):
             return 0.0
         silent = job.session.timeline.prev_agent() == self.fmt.silence
         return job.session.params.start_bias if silent else 0.0

@@ -39,10 +39,6 @@ from streaming.user_input import UserAudioInput
 # A response asked for starts the agent's next chunks with sound: three chunks (480 ms) get it
 # talking; then it goes on as the model does (its turns last ~0.6 s on average in self-play).
 RESPONSE_CHUNKS = 3
-# Speech after PAUSE_FRAMES quiet codec frames (160 ms) in a row is a barge-in on a response
-# asked for, as on the agent's speech (model/barge_in.py); shorter gaps are within the words the
-# caller was finishing (with one quiet frame, a client sending `respond` at the last word lost
-# 2 % of its answers to its own syllables).
 
 
 class CallSettings(TypedDict):
@@ -245,9 +241,11 @@ class CallSession:
     ) -> None:
         """The caller's frames a step takes (whole chunks by index, then the newest chunk's
         frames that arrived), while a response is asked for: speech after PAUSE_FRAMES
-        frames of the silence unit is the caller taking the floor back (a barge-in), and the
-        response's remaining prompts are dropped; the agent then yields as the barge-in rule
-        and the model have it. (Gaps within the words the caller was finishing are shorter.)
+        (160 ms) of the silence unit is the caller taking the floor back (a barge-in, as on
+        the agent's speech: model/barge_in.py), and the response's remaining prompts are
+        dropped; the agent then yields as the barge-in rule and the model have it. (Gaps
+        within the words the caller was finishing are shorter: with one quiet frame, a client
+        sending `respond` at the last word lost 2 % of its answers to its own syllables.)
         Frames heard once (as a partial chunk, or before the request) are not heard again.
         Runs on the tick worker while a request may come on the event loop: the lock keeps a
         new request's reset from being overwritten by an old barge-in."""
