@@ -25,7 +25,9 @@ from websockets.exceptions import InvalidURI
 from websockets.uri import parse_uri
 
 from clients.client import DuplexClient, DuplexError, ReceivedFrame
-from server.protocol import (
+from streaming.opus import opus_available
+from streaming.resample import resample_whole
+from streaming.wire import (
     MAX_NOISE_GATE_DB,
     OPUS_FRAME_MS,
     SUPPORTED_RATES,
@@ -35,8 +37,6 @@ from server.protocol import (
     SamplingParams,
     StatsMessage,
 )
-from streaming.opus import opus_available
-from streaming.resample import resample_whole
 
 __all__ = [
     "CallResult",

@@ -1,6 +1,6 @@
 """An embeddable async client for `/v1/duplex` (the `duplex call` command and the load test use it).
 
-It speaks only the public wire protocol (`server.protocol`), so it works against any server that
+It speaks only the public wire protocol (`streaming.wire`), so it works against any server that
 implements it. Sending and receiving are independent: a caller typically runs `events()` in one
 task while it paces `send_frame()` calls in another, as a live microphone would.
 
@@ -25,7 +25,9 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI, WebSocketException
 
-from server.protocol import (
+from streaming.encodings import decode_audio, encode_audio
+from streaming.opus import OpusDecoderStream, OpusEncoderStream, unpack_packets
+from streaming.wire import (
     CLOSE_CODES,
     SERVER_TYPES,
     AudioFormat,
@@ -43,8 +45,6 @@ from server.protocol import (
     UpdateMessage,
     parse_server_message,
 )
-from streaming.opus import OpusDecoderStream, OpusEncoderStream, unpack_packets
-from streaming.transport import decode_audio, encode_audio
 
 __all__ = ["DuplexClient", "DuplexError", "ReceivedFrame"]
 

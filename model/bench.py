@@ -24,7 +24,8 @@ import torch
 from transformers import LlamaForCausalLM
 
 from model.checkpoint import CheckpointError, DuplexConfig, load_checkpoint
-from model.engine import Engine, StepRequest
+from model.engines.api import StepRequest
+from model.engines.torch.engine import TorchEngine
 from model.format import Frame
 from model.sampling import SamplingParams
 
@@ -47,9 +48,9 @@ def _user_chunk(rnd: random.Random, frames: int) -> list[Frame]:
     return [a] * 2 + [b] * (frames - 2)
 
 
-def _template(config: DuplexConfig, llama: LlamaForCausalLM, context: int) -> Engine:
+def _template(config: DuplexConfig, llama: LlamaForCausalLM, context: int) -> TorchEngine:
     """One session whose conversation holds `context` tokens (silent ticks, then real ones)."""
-    engine = Engine(config, llama, max_sessions=1, max_rollback_chunks=ROLLBACK_CHUNKS)
+    engine = TorchEngine(config, llama, max_sessions=1, max_rollback_chunks=ROLLBACK_CHUNKS)
     engine.add_session("t", SamplingParams(seed=0))
     rnd = random.Random(0)
     f = engine.frames_per_chunk
@@ -62,7 +63,7 @@ def _template(config: DuplexConfig, llama: LlamaForCausalLM, context: int) -> En
     return engine
 
 
-def _clone_into(template: Engine, engine: Engine, session_id: str, seed: int) -> None:
+def _clone_into(template: TorchEngine, engine: TorchEngine, session_id: str, seed: int) -> None:
     """Give `engine` a session with the template's conversation and KV cache."""
     engine.add_session(session_id, SamplingParams(seed=seed))
     src = template.sessions["t"]
@@ -77,7 +78,7 @@ def _clone_into(template: Engine, engine: Engine, session_id: str, seed: int) ->
     b.sink_shift[dst.row] = a.sink_shift[src.row]
 
 
-def _requests(engines: list[Engine], rnd: random.Random) -> list[list[StepRequest]]:
+def _requests(engines: list[TorchEngine], rnd: random.Random) -> list[list[StepRequest]]:
     """Per engine, one request per session at agent chunk k: user chunk k-2, estimated last
     tick, is now real (rollback + prefill); chunk k-1 is estimated; chunk k is generated."""
     out = []
@@ -91,7 +92,7 @@ def _requests(engines: list[Engine], rnd: random.Random) -> list[list[StepReques
 
 
 def _time_ticks(
-    groups: dict[int, list[Engine]], ticks: int, rnd: random.Random
+    groups: dict[int, list[TorchEngine]], ticks: int, rnd: random.Random
 ) -> dict[int, list[float]]:
     """Tick times per context. The contexts take turns tick by tick, so the host's speed
     (which drifts over minutes here) weighs on every context alike and their ratio holds."""
@@ -110,12 +111,12 @@ def _time_ticks(
 def _engine(
     config: DuplexConfig,
     llama: LlamaForCausalLM,
-    template: Engine,
+    template: TorchEngine,
     seeds: range,
     estimate_units: int | None,
-) -> Engine:
+) -> TorchEngine:
     """An engine with one session per seed, each a copy of the template's conversation."""
-    engine = Engine(
+    engine = TorchEngine(
         config, llama, max_sessions=len(seeds), max_rollback_chunks=ROLLBACK_CHUNKS,
         estimate_units=estimate_units,
     )  # fmt: skip

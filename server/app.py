@@ -13,11 +13,11 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.staticfiles import StaticFiles
 
-from server.calls import serve_call
-from server.native import NativeTransport
-from server.realtime import RealtimeTransport
+from server.adapters.connection import serve_call
+from server.adapters.native import NativeTransport
+from server.adapters.realtime import RealtimeTransport
+from server.adapters.twilio import TwilioTransport
 from server.runtime import Runtime
-from server.twilio import TwilioTransport
 
 # Where calls connect, per protocol (docs/protocol.md, realtime.md, telephony.md).
 CALL_PATHS = {"native": "/v1/duplex", "realtime": "/v1/realtime", "twilio": "/v1/telephony/twilio"}

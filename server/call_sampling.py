@@ -18,8 +18,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from server.protocol import SamplingParams
 from server.settings import Settings
+from streaming.wire import SamplingParams
 
 LOW_TEMPERATURE = 0.5
 LOW_SPEAK_UP_MS = 8000.0

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from model.engine import StepResult
+from model.engines.api import StepResult
 from model.format import Frame
 
 

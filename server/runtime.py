@@ -9,20 +9,24 @@ from __future__ import annotations
 import gc
 import logging
 import math
-import time
 import uuid
 
 import numpy as np
-import torch
 
-from model.checkpoint import DuplexConfig, load_checkpoint
-from model.engine import Engine, StepRequest
-from model.format import Frame
+from model.checkpoint import DuplexConfig, read_config
+from model.engines import build_engine
+from model.engines.api import Engine, EngineOptions
 from model.sampling import SamplingParams
 from server.call_sampling import periods, resolve
 from server.metrics import Metrics
 from server.pacing import StepPacer
-from server.protocol import (
+from server.recording import CallRecorder
+from server.session import CallSession
+from server.settings import Settings
+from server.ticker import Ticker, TickerConfig
+from streaming.codecs import SpeechCodec, load_codec
+from streaming.opus import opus_available
+from streaming.wire import (
     OPUS_FRAME_MS,
     PROTOCOL_VERSION,
     SUPPORTED_RATES,
@@ -30,13 +34,7 @@ from server.protocol import (
     ProtocolError,
     StartMessage,
 )
-from server.protocol import SamplingParams as SamplingRequest
-from server.recording import CallRecorder
-from server.session import CallSession
-from server.settings import Settings
-from server.ticker import Ticker, TickerConfig
-from streaming.codec import SpeechCodec, load_codec
-from streaming.opus import opus_available
+from streaming.wire import SamplingParams as SamplingRequest
 
 log = logging.getLogger("duplex.runtime")
 
@@ -50,18 +48,12 @@ STEP_MARGIN_S = 0.035
 # A codec frame is encoded once the wire frame after its last sample arrived (the resampler
 # looks ahead): about one 20 ms wire frame plus delivery.
 FRAME_ARRIVAL_S = 0.025
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        if settings.threads:
-            torch.set_num_threads(settings.threads)
-        self.config: DuplexConfig
-        self.config, llama = load_checkpoint(
-            settings.model, device=settings.device, dtype=_DTYPES[settings.dtype]
-        )
+        self.config: DuplexConfig = read_config(settings.model)
         self.codec: SpeechCodec = load_codec(self.config.codec, settings.model)
         if self.codec.sample_rate != self.config.codec_sample_rate:
             raise ValueError(
@@ -70,38 +62,35 @@ class Runtime:
             )
         self.tick_s = self.config.chunk_ms / 1000
         self.metrics = Metrics()
-        warm_engine = Engine(
-            self.config,
-            llama,
-            max_sessions=settings.max_sessions,
-            max_rollback_chunks=self._rollback_chunks(0.0),
-            estimate_units=settings.estimate_units,
-        )
-        self.warmup_step_s = self._warm_up(warm_engine)
         if settings.lead_ms is not None:
             self.lead_s = settings.lead_ms / 1000
         else:
             self.lead_s = self.tick_s - STEP_MARGIN_S
-            if 1.5 * self.warmup_step_s > self.lead_s:
-                log.warning(
-                    "a step at %d calls took %.0f ms in warm-up, close to the %.0f ms it has: "
-                    "expect overruns at full load (lower --max-sessions)",
-                    settings.max_sessions,
-                    self.warmup_step_s * 1000,
-                    self.lead_s * 1000,
-                )
         if self.lead_s >= self.tick_s:
             raise ValueError(
                 f"lead_ms {self.lead_s * 1000:g} must be below the tick ({self.tick_s * 1000:g} ms)"
             )
-        self.engine = Engine(
-            self.config,
-            llama,
-            max_sessions=settings.max_sessions,
-            max_rollback_chunks=self._rollback_chunks(self.lead_s),
-            estimate_units=settings.estimate_units,
+        self.engine: Engine = build_engine(
+            settings.engine,
+            settings.model,
+            EngineOptions(
+                max_sessions=settings.max_sessions,
+                max_rollback_chunks=self._rollback_chunks(self.lead_s),
+                estimate_units=settings.estimate_units,
+                device=settings.device,
+                dtype=settings.dtype,
+                threads=settings.threads,
+            ),
         )
-        del warm_engine
+        self.warmup_step_s = self.engine.warm_up()
+        if settings.lead_ms is None and 1.5 * self.warmup_step_s > self.lead_s:
+            log.warning(
+                "a step at %d calls took %.0f ms in warm-up, close to the %.0f ms it has: "
+                "expect overruns at full load (lower --max-sessions)",
+                settings.max_sessions,
+                self.warmup_step_s * 1000,
+                self.lead_s * 1000,
+            )
         # Everything loaded so far (torch, transformers, the model) lives as long as the
         # server: keep it out of the collector's full passes, which otherwise stall a tick
         # now and then (measured: 2 overruns in a 16-call minute without this).
@@ -151,44 +140,6 @@ class Runtime:
         budget = self.settings.latency_budget_ms / 1000
         return max(1, math.ceil((budget + lead_s + ROLLBACK_SLACK_S) / self.tick_s))
 
-    def _warm_up(self, engine: Engine) -> float:
-        """Run steps of every shape at full load and full context; return the slowest step.
-
-        Every warm-up call is first filled to the attention window with silent ticks (real user
-        units, agent silence: no decoding), because a step's cost grows with the window it
-        attends over and the lead must hold for long calls, not just fresh ones.
-        """
-        n = self.settings.max_sessions
-        fmt = engine.fmt
-        ids = [f"warmup-{i}" for i in range(n)]
-        for i, sid in enumerate(ids):
-            engine.add_session(sid, SamplingParams(seed=i))
-        rng = np.random.default_rng(0)
-
-        def user_chunk() -> list[Frame]:
-            return [(int(u),) for u in rng.integers(1, fmt.n_units, fmt.frames_per_chunk)]
-
-        k = 0
-        while len(engine.timeline(ids[0]).tokens) < self.config.context_tokens:
-            engine.step([StepRequest(sid, {k - 1: user_chunk()} if k else {}, True) for sid in ids])
-            k += 1
-        slowest = 0.0
-        for step in range(6):
-            reqs = []
-            for sid in ids:
-                real: dict[int, list[Frame]] = {}
-                if step >= 3:  # replace an estimate made 3 steps ago: the rollback path
-                    real[k - 3] = user_chunk()
-                reqs.append(StepRequest(sid, real))
-            t0 = time.perf_counter()
-            engine.step(reqs)
-            if step >= 1:
-                slowest = max(slowest, time.perf_counter() - t0)
-            k += 1
-        for sid in ids:
-            engine.remove_session(sid)
-        return slowest
-
     def open_session(self, start: StartMessage) -> CallSession:
         """Validate a `start` and admit the call (raises ProtocolError with the reason)."""
         if start.version != PROTOCOL_VERSION:
@@ -232,7 +183,7 @@ class Runtime:
             self.config.frames_per_chunk,
             self.tick_s,
             max_gap_s=max(self.tick_s, s.latency_budget_ms / 1000),
-            rollback_chunks=self.engine.max_rollback_chunks,
+            rollback_chunks=self.engine.info.max_rollback_chunks,
             noise_gate_db=self._gate(start.noise_gate_db),
         )
         session.asked = (start.sampling, start.noise_gate_db)

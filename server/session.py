@@ -21,7 +21,11 @@ import numpy as np
 from model.barge_in import PAUSE_FRAMES
 from model.format import Frame
 from model.sampling import SamplingParams
-from server.protocol import (
+from server.recording import CallRecorder
+from streaming.agent_output import AgentAudioOutput
+from streaming.codecs import SpeechCodec
+from streaming.user_input import UserAudioInput
+from streaming.wire import (
     AudioFormat,
     ErrorCode,
     ErrorMessage,
@@ -30,11 +34,7 @@ from server.protocol import (
     StatsMessage,
     UpdatedMessage,
 )
-from server.protocol import SamplingParams as SamplingRequest
-from server.recording import CallRecorder
-from streaming.agent_output import AgentAudioOutput
-from streaming.codec import SpeechCodec
-from streaming.user_input import UserAudioInput
+from streaming.wire import SamplingParams as SamplingRequest
 
 # A response asked for starts the agent's next chunks with sound: three chunks (480 ms) get it
 # talking; then it goes on as the model does (its turns last ~0.6 s on average in self-play).
@@ -42,7 +42,7 @@ RESPONSE_CHUNKS = 3
 
 
 class CallSettings(TypedDict):
-    """The fields `ready` and `updated` share (server/protocol.py)."""
+    """The fields `ready` and `updated` share (streaming/wire.py)."""
 
     temperature: float
     turn_temperature: float | None

@@ -13,7 +13,8 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from server.protocol import (
+from model.engines import ENGINES
+from streaming.wire import (
     MAX_BARGE_IN_MS,
     MAX_NOISE_GATE_DB,
     MAX_SPEAK_UP_MS,
@@ -30,6 +31,10 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="address to listen on")
     port: int = Field(default=8000, ge=0, le=65535, description="TCP port (0 = any free)")
     model: Path = Field(default=DEFAULT_MODEL, description="checkpoint directory")
+    engine: str = Field(
+        default="torch",
+        description=f"what runs the model: one of {', '.join(ENGINES)} (model/engines/)",
+    )
     device: str = Field(default="cpu", description="torch device: cpu, cuda, cuda:1, ...")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         default="float32", description="weights and KV cache dtype"
@@ -150,6 +155,13 @@ class Settings(BaseSettings):
         """`--turn-temperature none` (or an empty variable): one flat draw."""
         if isinstance(value, str) and value.strip().lower() in ("", "none"):
             return None
+        return value
+
+    @field_validator("engine")
+    @classmethod
+    def _engine(cls, value: str) -> str:
+        if value not in ENGINES:
+            raise ValueError(f"unknown engine {value!r}; use one of {', '.join(ENGINES)}")
         return value
 
     @field_validator("device")

@@ -23,15 +23,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from model.engine import Engine, StepRequest, StepResult
+from model.engines.api import Engine, StepRequest, StepResult
 from model.format import Frame
 from model.sampling import SamplingParams
 from server.metrics import Metrics
 from server.pacing import StepPacer
-from server.protocol import CloseCode, ErrorCode, ProtocolError, ReadyMessage
 from server.session import AgentChunk, CallSession, State
 from streaming.agent_output import AgentAudio
 from streaming.clock import TickClock
+from streaming.wire import CloseCode, ErrorCode, ProtocolError, ReadyMessage
 
 log = logging.getLogger("duplex.ticker")
 
@@ -316,7 +316,7 @@ class Ticker:
             partial = (part.index, [tuple(f) for f in part.units.tolist()])
             prompt = s.id in plan.prompts
             if prompt or s.prompt_chunks:  # a response asked for: does the caller talk again?
-                s.hear(real[s.id], partial, self.engine.fmt.silence)
+                s.hear(real[s.id], partial, self.engine.info.fmt.silence)
             requests.append(
                 StepRequest(
                     s.id,
@@ -398,7 +398,7 @@ class Ticker:
             s.state = State.LIVE
 
     def ready_message(self, s: CallSession) -> ReadyMessage:
-        codec_rate = self.engine.config.codec_sample_rate
+        codec_rate = self.engine.info.config.codec_sample_rate
         return ReadyMessage(
             session_id=s.id,
             tick_ms=self.config.tick_s * 1000,

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from streaming.codec import SpeechCodec
+from streaming.codecs import SpeechCodec
+from streaming.encodings import encode_audio
 from streaming.opus import OpusEncoderStream, pack_packets
 from streaming.resample import StreamResampler
-from streaming.transport import encode_audio
 
 
 @dataclass(frozen=True, slots=True)

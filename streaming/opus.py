@@ -2,7 +2,7 @@
 
 Opus predicts each packet from the previous ones, so a call needs its own decoder for the
 user's packets and its own encoder for the agent's: they cannot be shared or made stateless
-like `streaming.transport`. libopus encodes and decodes a second of 16 kHz audio in about
+like `streaming.encodings`. libopus encodes and decodes a second of 16 kHz audio in about
 12 ms of one core (17 ms at 48 kHz), cheap next to a model step.
 
 Agent packets travel several to a frame, each prefixed by its length (u16 little-endian), as
@@ -17,7 +17,7 @@ from types import ModuleType
 
 import numpy as np
 
-from streaming.transport import encode_audio
+from streaming.encodings import encode_audio
 
 __all__ = [
     "MAX_PACKET_BYTES",

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from streaming.codec import SpeechCodec
+from streaming.codecs import SpeechCodec
 from streaming.noise_gate import NoiseGate
 from streaming.resample import StreamResampler
 

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from model.barge_in import LOOKBACK_FRAMES, PAUSE_FRAMES, STALE_CHUNKS, barged_in
 from model.checkpoint import load_checkpoint
-from model.engine import Engine, StepRequest
+from model.engines.api import StepRequest
+from model.engines.torch.engine import TorchEngine
 from model.format import ChunkFormat, Frame, dedup, format_timeline
 from model.sampling import SamplingParams
 from model.timeline import Timeline
@@ -135,7 +136,7 @@ def test_the_engine_falls_silent_for_a_barge_in_until_the_caller_pauses(
     user = [quiet] * 3 + [sound] * 3 + [quiet] * 2
 
     def run(barge_in_frames: int, prompt_at: int = -1) -> list[list[Frame]]:
-        engine = Engine(config, llama, max_sessions=1, max_rollback_chunks=3)
+        engine = TorchEngine(config, llama, max_sessions=1, max_rollback_chunks=3)
         engine.add_session("a", SamplingParams(seed=4, barge_in_frames=barge_in_frames))
         out = []
         for k in range(len(user) + 1):

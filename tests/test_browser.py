@@ -200,7 +200,7 @@ def test_browser_call_sends_and_plays_audio(
 def _hold_the_slot(url: str, holding: threading.Event, release: threading.Event) -> None:
     """A native-protocol call that keeps the only slot busy until `release` is set."""
     from clients.client import DuplexClient
-    from server.protocol import AudioFormat
+    from streaming.wire import AudioFormat
 
     async def call() -> None:
         async with DuplexClient.connect(url, audio=AudioFormat(sample_rate=16000)) as client:

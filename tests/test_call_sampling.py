@@ -18,8 +18,8 @@ from server.call_sampling import (
     periods,
     resolve,
 )
-from server.protocol import SamplingParams, UpdateMessage
 from server.settings import Settings
+from streaming.wire import SamplingParams, UpdateMessage
 
 TICK_S = 0.16
 

@@ -31,7 +31,8 @@ from clients.call import (
     send_schedule,
 )
 from clients.client import DuplexError, ReceivedFrame
-from server.protocol import (
+from streaming.encodings import decode_audio, encode_audio
+from streaming.wire import (
     AudioFrame,
     ErrorCode,
     ErrorMessage,
@@ -39,7 +40,6 @@ from server.protocol import (
     StatsMessage,
     parse_client_message,
 )
-from streaming.transport import decode_audio, encode_audio
 
 REPO = Path(__file__).resolve().parents[1]
 CHUNK_MS = 160

@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.signal import stft
 
-from streaming.codebook import build_codebook, synthesize
-from streaming.codec import SpeechCodec, load_codec
-from streaming.codec2_units import (
+from streaming.codecs import SpeechCodec, load_codec
+from streaming.codecs.codec2_codebook import build_codebook
+from streaming.codecs.codec2_units import (
     Codec2,
     Codec2UnitCodec,
     _rand_cell,
@@ -25,6 +25,7 @@ from streaming.codec2_units import (
     normalise_features,
     pcm_to_int16,
 )
+from streaming.espeak import synthesize
 
 BUILTIN = {"type": "codec2-units", "codebook": "builtin:codec2_units_1024"}
 

@@ -11,9 +11,9 @@ import pytest
 import soundfile as sf
 
 from model.checkpoint import read_config
-from model.data.dialogues import BACKCHANNELS, dialogues, parse_script, split
-from model.data.synth import HELDOUT_VOICE, RATE, Timing, load_split, plan, synth
 from model.format import format_timeline, parse_timeline
+from model.training.dialogues import BACKCHANNELS, dialogues, parse_script, split
+from model.training.synth import HELDOUT_VOICE, RATE, Timing, load_split, plan, synth
 from server.cli import main
 
 TOPICS = {"greeting", "smalltalk", "time", "weather", "plans", "numbers", "names", "requests",

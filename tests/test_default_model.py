@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import model.engine as engine_module
+import model.engines.torch.engine as engine_module
 from model.checkpoint import load_checkpoint, read_config
-from model.data.synth import load_split, synth
-from model.engine import Engine, StepRequest
+from model.engines.api import StepRequest
+from model.engines.torch.engine import TorchEngine
 from model.format import Frame
 from model.sampling import SamplingParams
-from model.train import PRESETS, evaluate, heldout_windows
+from model.training.synth import load_split, synth
+from model.training.train import PRESETS, evaluate, heldout_windows
 from tests.conftest import ROOT
 
 DEFAULT = ROOT / "models" / "default"
@@ -69,7 +70,7 @@ def test_a_dead_conversation_gets_the_agent_to_speak_up(monkeypatch: pytest.Monk
 
     def agent_chunks(seed: int, speak_up: int) -> tuple[list[list[Frame]], list[torch.Tensor]]:
         """The agent's chunks, and its generator's state after each step."""
-        engine = Engine(config, llama, max_sessions=1, max_rollback_chunks=4)
+        engine = TorchEngine(config, llama, max_sessions=1, max_rollback_chunks=4)
         params = SamplingParams(temperature=0.6, seed=seed, speak_up_chunks=speak_up)
         engine.add_session("c", params)
         chunks, states = [], []
@@ -98,7 +99,7 @@ def test_a_response_asked_for_starts_the_agents_chunk_with_sound() -> None:
     quiet = [fmt.silence] * fmt.frames_per_chunk
 
     def agent_chunks(seed: int, prompt_at: int | None) -> list[list[Frame]]:
-        engine = Engine(config, llama, max_sessions=1, max_rollback_chunks=4)
+        engine = TorchEngine(config, llama, max_sessions=1, max_rollback_chunks=4)
         engine.add_session("c", SamplingParams(temperature=0.6, seed=seed))
         return [
             engine.step(
@@ -120,7 +121,7 @@ def test_a_prompted_chunk_never_starts_with_silence() -> None:
     fmt = config.chunk_format()
     quiet = [fmt.silence] * fmt.frames_per_chunk
     for seed in range(3):
-        engine = Engine(config, llama, max_sessions=1, max_rollback_chunks=4)
+        engine = TorchEngine(config, llama, max_sessions=1, max_rollback_chunks=4)
         engine.add_session("c", SamplingParams(temperature=0.6, seed=seed))
         for k in range(16):
             req = StepRequest("c", real_user={k - 1: quiet} if k else {}, prompt=True)

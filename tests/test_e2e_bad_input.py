@@ -22,9 +22,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from clients.call import run_call
-from server.calls import CLOSE_TIMEOUT_S
-from server.protocol import FRAME_HEADER, AudioFrame
+from server.adapters.connection import CLOSE_TIMEOUT_S
 from server.uvicorn_server import UNFLUSHED_ABORT_S
+from streaming.wire import FRAME_HEADER, AudioFrame
 from tests.conftest import ServerProcess, start_server, stop_server
 
 RATE = 16000

@@ -29,9 +29,9 @@ from websockets.exceptions import ConnectionClosed
 
 from clients.call import CallResult, place_frames, run_call
 from clients.client import DuplexClient, DuplexError, ReceivedFrame
-from server.protocol import AudioFormat, SamplingParams, StatsMessage
 from server.settings import Settings
 from streaming.resample import resample_whole
+from streaming.wire import AudioFormat, SamplingParams, StatsMessage
 from tests.conftest import (
     ServerProcess,
     end_marker,

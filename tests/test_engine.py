@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from model.checkpoint import CheckpointError, load_checkpoint, read_config
-from model.decoder import SlotDecoder
-from model.engine import Engine, StepRequest
+from model.engines.api import StepRequest
+from model.engines.torch.decoder import SlotDecoder
+from model.engines.torch.engine import TorchEngine
 from model.format import dedup, format_timeline, parse_timeline
 from model.sampling import SamplingParams
 from model.timeline import Timeline
@@ -101,12 +102,12 @@ def test_release_keeps_other_rows_intact(loaded) -> None:  # type: ignore[no-unt
     )
 
 
-def make_engine(loaded, sessions: int = 4, rollback: int = 3) -> Engine:  # type: ignore[no-untyped-def]
+def make_engine(loaded, sessions: int = 4, rollback: int = 3) -> TorchEngine:  # type: ignore[no-untyped-def]
     config, llama = loaded
-    return Engine(config, llama, max_sessions=sessions, max_rollback_chunks=rollback)
+    return TorchEngine(config, llama, max_sessions=sessions, max_rollback_chunks=rollback)
 
 
-def assert_cache_holds_timeline(engine: Engine, llama, sid: str) -> None:  # type: ignore[no-untyped-def]
+def assert_cache_holds_timeline(engine: TorchEngine, llama, sid: str) -> None:  # type: ignore[no-untyped-def]
     """The KV cache holds exactly the timeline: next-token logits match a fresh forward."""
     tl = engine.timeline(sid)
     row = engine.sessions[sid].row
@@ -203,7 +204,7 @@ def test_an_estimate_keeps_the_frames_that_arrived(loaded) -> None:  # type: ign
 
 def test_estimates_sample_at_most_estimate_units(loaded) -> None:  # type: ignore[no-untyped-def]
     config, llama = loaded
-    engine = Engine(config, llama, max_sessions=2, max_rollback_chunks=3, estimate_units=1)
+    engine = TorchEngine(config, llama, max_sessions=2, max_rollback_chunks=3, estimate_units=1)
     engine.add_session("s", SamplingParams(temperature=1.5, top_k=0, seed=2))
     audio = user_chunks(20, 4)
     new_units = []
@@ -217,12 +218,12 @@ def test_estimates_sample_at_most_estimate_units(loaded) -> None:  # type: ignor
     tl = engine.timeline("s")
     assert tl.tokens == format_timeline(engine.fmt, tl.agent, tl.user)
     with pytest.raises(ValueError, match="estimate_units"):
-        Engine(config, llama, max_sessions=1, max_rollback_chunks=3, estimate_units=-1)
+        TorchEngine(config, llama, max_sessions=1, max_rollback_chunks=3, estimate_units=-1)
 
 
 def test_estimate_units_0_holds_the_last_real_frame(loaded) -> None:  # type: ignore[no-untyped-def]
     config, llama = loaded
-    engine = Engine(config, llama, max_sessions=1, max_rollback_chunks=3, estimate_units=0)
+    engine = TorchEngine(config, llama, max_sessions=1, max_rollback_chunks=3, estimate_units=0)
     engine.add_session("s", SamplingParams(temperature=1.5, top_k=0, seed=2))
     audio = user_chunks(10, 4)
     for k in range(10):
@@ -237,7 +238,7 @@ def test_a_step_with_nothing_new_samples_after_the_last_token() -> None:
     the next step has nothing to feed. Its first draw must still come from the logits after
     the timeline's last token (fed again), never from a row that was not fed."""
     config, llama = load_checkpoint(ROOT / "models" / "default")  # trained: silent when alone
-    engine = Engine(config, llama, max_sessions=1, max_rollback_chunks=3)
+    engine = TorchEngine(config, llama, max_sessions=1, max_rollback_chunks=3)
     engine.add_session("s", SamplingParams(seed=0))
     nothing_pending = 0
     for _ in range(6):
@@ -391,7 +392,7 @@ def test_any_llama_with_an_extended_vocabulary_loads(tmp_path: Path) -> None:
     )  # fmt: skip
     (tmp_path / DUPLEX_JSON).write_text(duplex.model_dump_json())
     config, llama = load_checkpoint(tmp_path)
-    engine = Engine(config, llama, max_sessions=1, max_rollback_chunks=2)
+    engine = TorchEngine(config, llama, max_sessions=1, max_rollback_chunks=2)
     engine.add_session("x", SamplingParams(seed=0))
     for k in range(6):
         engine.step([StepRequest("x", {k - 2: [(5,), (5,), (900,), (17,)]} if k >= 2 else {})])
@@ -426,16 +427,16 @@ def test_the_start_bias_reaches_only_a_start_after_the_agents_silence(
 ) -> None:  # type: ignore[no-untyped-def]
     """Each step's first agent draw gets the bias when the agent's last frame was silence;
     a draw that goes on speaking, and every later draw of a chunk, gets none."""
-    import model.engine
+    import model.engines.torch.engine
 
     biases: list[list[float]] = []
-    real_sample = model.engine.sample
+    real_sample = model.engines.torch.engine.sample
 
     def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
         biases.append(list(args[6]))
         return real_sample(*args, **kwargs)
 
-    monkeypatch.setattr(model.engine, "sample", spy)
+    monkeypatch.setattr(model.engines.torch.engine, "sample", spy)
     engine = make_engine(loaded)
     engine.add_session("b", SamplingParams(temperature=1.0, seed=2, start_bias=1.5))
     tl = engine.timeline("b")

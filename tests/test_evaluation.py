@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from clients.evaluation import (
+from clients.measure.evaluation import (
     BACKCHANNEL_MAX_S,
     CATEGORIES,
     LEAD_IN_S,
@@ -25,8 +25,8 @@ from clients.evaluation import (
     score_turn_taking,
     summarize,
 )
-from model.data.dialogues import is_heldout
-from model.data.synth import RATE, segments
+from model.training.dialogues import is_heldout
+from model.training.synth import RATE, segments
 from tests.conftest import ServerProcess
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from clients.call import load_input
-from clients.loadtest import (
+from clients.measure.loadtest import (
     LoadtestConfig,
     _config,
     _metrics_url,
@@ -24,15 +24,15 @@ from clients.loadtest import (
     main,
     run_loadtest,
 )
-from clients.loadtest_report import metrics_summary
-from clients.reception import (
+from clients.measure.loadtest_report import metrics_summary
+from clients.measure.reception import (
     ReceiveFigures,
     heard_time,
     receive_figures,
     simulate_downlink,
     turn_latencies,
 )
-from clients.speech_activity import speech_segments
+from clients.measure.speech_activity import speech_segments
 from streaming.resample import resample_whole
 from tests.conftest import ServerProcess, speak, start_server, stop_server
 

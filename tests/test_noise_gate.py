@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streaming.codec import load_codec
+from streaming.codecs import load_codec
 from streaming.noise_gate import NoiseGate
 from streaming.user_input import UserAudioInput
 

@@ -20,15 +20,15 @@ import numpy as np
 import openai
 import pytest
 
-from server.protocol import AudioFormat
-from server.realtime import QueuedEvent, RealtimeTransport, alaw_decode, alaw_encode
-from server.realtime_options import ClientError, parse_format
+from server.adapters.realtime import QueuedEvent, RealtimeTransport
+from server.adapters.realtime_options import ClientError, parse_format
 from server.runtime import Runtime
 from server.session import AgentChunk, Outgoing
 from server.settings import Settings
+from streaming.encodings import alaw_decode, alaw_encode, decode_audio, encode_audio
 from streaming.resample import resample_whole
-from streaming.transport import decode_audio, encode_audio
 from streaming.vad import EnergyVad
+from streaming.wire import AudioFormat
 from tests.conftest import ServerProcess, read_wav, speak, start_server, stop_server
 
 SEND_MS = 100  # append size, as a microphone client would send

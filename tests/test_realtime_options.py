@@ -8,16 +8,16 @@ from typing import Any
 
 import pytest
 
-from server.call_sampling import resolve
-from server.protocol import SamplingParams
-from server.realtime_options import (
+from server.adapters.realtime_options import (
     ClientError,
     RealtimeFormat,
     RealtimeOptions,
     TurnDetection,
 )
+from server.call_sampling import resolve
 from server.settings import Settings
 from streaming.vad import VadParams
+from streaming.wire import SamplingParams
 
 SERVER = Settings(noise_gate_db=10.0, temperature=0.6, speak_up_ms=3000.0)
 TICK_S = 0.16

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from clients.client import DuplexClient
-from server.protocol import StatsMessage
+from streaming.wire import StatsMessage
 from tests.conftest import ServerProcess
 
 RATE = 16000

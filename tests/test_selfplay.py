@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from clients.selfplay import (
+from clients.measure.selfplay import (
     RATE,
     Conversation,
     converse,
@@ -27,9 +27,9 @@ from clients.selfplay import (
     target_check,
     tick_offset,
 )
-from clients.turns import TurnStats
+from clients.measure.turns import TurnStats
 from model.checkpoint import read_config
-from model.data.synth import synth
+from model.training.synth import synth
 from tests.conftest import ServerProcess, free_port
 
 # --- the relay on known arrays ---------------------------------------------------------------

@@ -9,15 +9,16 @@ from types import SimpleNamespace
 import numpy as np
 
 from model.barge_in import PAUSE_FRAMES
-from model.engine import Engine, StepRequest, StepResult
-from server.protocol import SamplingParams as SamplingRequest
-from server.protocol import StartMessage
+from model.engines.api import StepRequest, StepResult
+from model.engines.torch.engine import TorchEngine
 from server.runtime import Runtime
 from server.session import RESPONSE_CHUNKS, State
 from server.settings import Settings
+from streaming.wire import SamplingParams as SamplingRequest
+from streaming.wire import StartMessage
 
 
-def _spy_on_steps(engine: Engine) -> list[StepRequest]:
+def _spy_on_steps(engine: TorchEngine) -> list[StepRequest]:
     """The requests every later `engine.step` gets, in order (the step still runs)."""
     seen: list[StepRequest] = []
     step = engine.step

@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from model.checkpoint import load_checkpoint, read_config
-from model.data.synth import synth
-from model.engine import Engine, StepRequest
+from model.engines.api import StepRequest
+from model.engines.torch.engine import TorchEngine
 from model.format import ChunkFormat
 from model.sampling import SamplingParams
-from model.train import KINDS, STATE, TrainConfig, cut_windows, token_kinds, train
+from model.training.synth import synth
+from model.training.train import KINDS, STATE, TrainConfig, cut_windows, token_kinds, train
 from server.cli import main
 
 TINY = TrainConfig(
@@ -88,7 +89,7 @@ def test_output_is_servable(trained: Path) -> None:
     config, llama = load_checkpoint(trained)
     assert config.context_tokens == TINY.context
     assert "duplex train" in config.description
-    engine = Engine(config, llama, max_sessions=1, max_rollback_chunks=2)
+    engine = TorchEngine(config, llama, max_sessions=1, max_rollback_chunks=2)
     engine.add_session("s", SamplingParams(seed=0))
     for _ in range(4):
         result = engine.step([StepRequest("s")])["s"]

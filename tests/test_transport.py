@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from streaming.transport import Encoding, bytes_per_sample, decode_audio, encode_audio
+from streaming.encodings import Encoding, bytes_per_sample, decode_audio, encode_audio
 
 ALL_INT16 = np.arange(-32768, 32768, dtype=np.int16)
 

@@ -18,8 +18,13 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from clients import loadtest
-from clients.twilio_sim import TwilioCallResult, media_message, run_twilio_call, start_message
+from clients.measure import loadtest
+from clients.measure.twilio_sim import (
+    TwilioCallResult,
+    media_message,
+    run_twilio_call,
+    start_message,
+)
 from tests.conftest import ServerProcess, read_wav, speak
 
 SID = "MZ" + "1" * 32

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streaming.codec import load_codec
+from streaming.codecs import load_codec
 from streaming.user_input import UserAudioInput
 
 BUILTIN = {"type": "codec2-units", "codebook": "builtin:codec2_units_1024"}

@@ -1,7 +1,7 @@
 """What every WebSocket call shares, whatever its protocol: access checks, admission, one
 reader and one sender task, errors turned into closes in one place, cleanup in `finally`.
 
-A protocol adapter (`server/native.py`, and bridges to other protocols) implements
+A protocol adapter (`server/adapters/native.py`, and bridges to other protocols) implements
 `CallTransport`: how the call opens, how client messages become `on_audio` / `on_end`, and
 how each outgoing item is written.
 """
@@ -19,10 +19,10 @@ from typing import Any, Protocol
 from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from server.protocol import ErrorCode, ErrorMessage, ProtocolError
 from server.runtime import Runtime
 from server.session import CallSession, Outgoing
 from server.settings import Settings
+from streaming.wire import ErrorCode, ErrorMessage, ProtocolError
 
 log = logging.getLogger("duplex.calls")
 

@@ -3,7 +3,7 @@
 A bidirectional stream (`<Connect><Stream>`) speaks JSON text messages both ways: in
 `connected`, `start`, `media` (20 ms of base64 mu-law at 8 kHz), `mark`, `dtmf`, `stop`; out
 `media`, `mark` and `clear`. Twilio's protocol has no error message and no session clock, so
-errors are logged and become the close code of `server.protocol`, and Twilio's stream sample 0
+errors are logged and become the close code of `streaming.wire`, and Twilio's stream sample 0
 is the session's sample 0. The TwiML's `<Parameter>`s may set the call's settings
 (`call_start`).
 
@@ -26,8 +26,12 @@ import numpy as np
 from fastapi import WebSocket
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from server.calls import receive, receive_opening
-from server.protocol import (
+from server.adapters.connection import receive, receive_opening
+from server.runtime import Runtime
+from server.session import CallSession, Outgoing
+from streaming.encodings import decode_audio
+from streaming.vad import EnergyVad, VadParams, dbfs
+from streaming.wire import (
     AudioFormat,
     ErrorCode,
     ErrorMessage,
@@ -36,10 +40,6 @@ from server.protocol import (
     StartMessage,
     describe_validation,
 )
-from server.runtime import Runtime
-from server.session import CallSession, Outgoing
-from streaming.transport import decode_audio
-from streaming.vad import EnergyVad, VadParams, dbfs
 
 log = logging.getLogger("duplex.twilio")
 

@@ -22,14 +22,18 @@ The engine knows nothing of sockets or clocks; the server decides what is late.
 from __future__ import annotations
 
 import enum
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import LlamaForCausalLM
 
 from model.barge_in import barged_in
-from model.checkpoint import DuplexConfig
-from model.decoder import SlotDecoder
+from model.checkpoint import DuplexConfig, load_checkpoint
+from model.engines.api import EngineInfo, EngineOptions, StepRequest, StepResult
+from model.engines.torch.decoder import SlotDecoder
 from model.format import Frame, interpolate
 from model.sampling import SamplingParams, TokenMasks, sample
 from model.timeline import Timeline
@@ -37,38 +41,6 @@ from model.timeline import Timeline
 # A dead conversation's agent starts a chunk with at least this chance: ~0.5 s to speak up on
 # average, and two such agents (self-play) both start in a given chunk with chance 1/16.
 SPEAK_UP_P = 0.25
-
-
-@dataclass
-class StepRequest:
-    """One session's input to a step."""
-
-    session_id: str
-    real_user: dict[int, list[Frame]] = field(default_factory=dict)  # chunk index -> frames
-    silent: bool = False  # a missed tick: write agent silence, estimate nothing
-    # The first frames of a user chunk still arriving, as (chunk index, frames). Used when it
-    # is the chunk this step estimates (k-1): the estimate starts with them.
-    partial_user: tuple[int, list[Frame]] | None = None
-    prompt: bool = False  # the caller asked for a response: this agent chunk starts with sound
-
-
-@dataclass
-class StepResult:
-    """What a step produced for one session."""
-
-    chunk: int  # index k of the agent chunk
-    frames: list[Frame]  # agent chunk k, frames_per_chunk frames
-    replaced: list[int]  # user chunks whose estimates real audio replaced
-    dropped: list[int]  # real user chunks too old to replace (beyond the rollback reserve)
-    rollback_tokens: int
-    prefill_tokens: int
-    estimate: list[Frame] = field(default_factory=list)  # user chunk k-1 as estimated here
-    partial_frames: int = 0  # real frames the estimate starts with
-    tokens: int = 0  # length of the conversation in tokens after this step
-
-    @property
-    def estimated(self) -> bool:
-        return bool(self.estimate)
 
 
 class _Phase(enum.Enum):
@@ -101,7 +73,28 @@ class _Job:
     hush: bool = False  # the caller barged in: the agent chunk is silence
 
 
-class Engine:
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+WARMUP_STEPS = 6  # after the fill: plain steps, then steps that replace an estimate
+
+
+def load_engine(checkpoint: Path, options: EngineOptions) -> TorchEngine:
+    """The registry's factory (model/engines/__init__.py): load the checkpoint's Llama onto
+    `options.device` and build the engine around it."""
+    if options.dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {options.dtype!r}; use one of {sorted(DTYPES)}")
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    config, llama = load_checkpoint(checkpoint, device=options.device, dtype=DTYPES[options.dtype])
+    return TorchEngine(
+        config,
+        llama,
+        max_sessions=options.max_sessions,
+        max_rollback_chunks=options.max_rollback_chunks,
+        estimate_units=options.estimate_units,
+    )
+
+
+class TorchEngine:
     """Owns the decoder, the slot KV cache and every session's timeline."""
 
     def __init__(
@@ -138,6 +131,7 @@ class Engine:
             max_sessions, config.context_tokens, reserve, sink=config.sink_tokens
         )
         self.sessions: dict[str, _Session] = {}
+        self.info = EngineInfo("torch", config, self.fmt, max_sessions, max_rollback_chunks)
 
     @property
     def frames_per_chunk(self) -> int:
@@ -193,6 +187,44 @@ class Engine:
         for job in jobs:
             job.result.tokens = len(job.session.timeline.tokens)
         return {req.session_id: job.result for req, job in zip(requests, jobs, strict=True)}
+
+    def warm_up(self) -> float:
+        """Run steps of every shape at full load and full context; return the slowest step.
+
+        Every warm-up call is first filled to the attention window with silent ticks (real
+        user units, agent silence: no decoding), because a step's cost grows with the window
+        it attends over and the server's pacing must hold for long calls, not just fresh ones.
+        """
+        fmt = self.fmt
+        ids = [f"warmup-{i}" for i in range(self.cache.max_slots - self.cache.live)]
+        for i, sid in enumerate(ids):
+            self.add_session(sid, SamplingParams(seed=i))
+        rng = np.random.default_rng(0)
+
+        def user_chunk() -> list[Frame]:
+            units = rng.integers(1, fmt.n_units, (fmt.frames_per_chunk, fmt.units_per_frame))
+            return [tuple(int(u) for u in frame) for frame in units]
+
+        k = 0
+        while ids and len(self.timeline(ids[0]).tokens) < self.config.context_tokens:
+            self.step([StepRequest(sid, {k - 1: user_chunk()} if k else {}, True) for sid in ids])
+            k += 1
+        slowest = 0.0
+        for step in range(WARMUP_STEPS if ids else 0):
+            reqs = []
+            for sid in ids:
+                real: dict[int, list[Frame]] = {}
+                if step >= WARMUP_STEPS // 2:  # replace an estimate made 3 steps ago: rollback
+                    real[k - WARMUP_STEPS // 2] = user_chunk()
+                reqs.append(StepRequest(sid, real))
+            t0 = time.perf_counter()
+            self.step(reqs)
+            if step >= 1:
+                slowest = max(slowest, time.perf_counter() - t0)
+            k += 1
+        for sid in ids:
+            self.remove_session(sid)
+        return slowest
 
     # -- planning --------------------------------------------------------------------------
 

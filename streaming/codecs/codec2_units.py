@@ -13,8 +13,9 @@ Why these choices:
   process-global RNG, so the same bits decode differently run to run.
 * Silent frames (energy index <= ``silence_max_energy_index``, 0 by default: below roughly
   -60 dBFS of white noise) all map to unit 0, which decodes to digital zeros.
-* Other frames map to the nearest of K-1 k-means centroids (see ``streaming.codebook``);
-  each unit decodes through the real 28-bit frame nearest its centroid (the medoid).
+* Other frames map to the nearest of K-1 k-means centroids (see
+  ``streaming.codecs.codec2_codebook``); each unit decodes through the real 28-bit frame
+  nearest its centroid (the medoid).
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ delay and jitter. Afterwards the run is measured three ways:
 - the network's view: when agent frames arrived against when they were due;
 - the caller's view: turn latency, from voice activity detection (silero-vad) on both streams.
 
-The measures are pure functions in clients/reception.py; the report, its table and plots are
-in clients/loadtest_report.py. `run_loadtest(config)` is the coroutine API (tests use it);
+The measures are pure functions in clients/measure/reception.py; the report, its table and plots are
+in clients/measure/loadtest_report.py. `run_loadtest(config)` is the coroutine API (tests use it);
 `run(args)` is the CLI.
 """
 
@@ -55,7 +55,7 @@ from clients.client import (
     DuplexError,
     ReceivedFrame,
 )
-from clients.loadtest_report import (
+from clients.measure.loadtest_report import (
     CallerReport,
     LoadtestReport,
     codes,
@@ -67,17 +67,17 @@ from clients.loadtest_report import (
     summary_table,
     write_plots,
 )
-from clients.reception import heard_time, receive_figures, simulate_downlink, turn_latencies
-from clients.speech_activity import speech_segments, vad_name
-from clients.twilio_sim import run_twilio_call
-from server.protocol import (
+from clients.measure.reception import heard_time, receive_figures, simulate_downlink, turn_latencies
+from clients.measure.speech_activity import speech_segments, vad_name
+from clients.measure.twilio_sim import run_twilio_call
+from streaming.resample import resample_whole
+from streaming.wire import (
     SUPPORTED_RATES,
     AudioFormat,
     ReadyMessage,
     SamplingParams,
     StatsMessage,
 )
-from streaming.resample import resample_whole
 
 __all__ = ["LoadtestConfig", "add_arguments", "main", "run", "run_loadtest"]
 
@@ -115,7 +115,9 @@ class LoadtestConfig:
     seed: int | None = None
     api_key: str | None = None
     progress: bool = False
-    protocol: Literal["native", "twilio"] = "native"  # twilio: clients/twilio_sim.py, mu-law 8k
+    protocol: Literal["native", "twilio"] = (
+        "native"  # twilio: clients/measure/twilio_sim.py, mu-law 8k
+    )
 
     @property
     def wire_rate(self) -> int:
@@ -623,7 +625,7 @@ def _fail(message: str, code: int = EXIT_FAILURE) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Standalone entry point (`python -m clients.loadtest`), also used by the tests."""
+    """Standalone entry point (`python -m clients.measure.loadtest`), also used by the tests."""
     parser = argparse.ArgumentParser(prog=PROG)
     add_arguments(parser)
     return run(parser.parse_args(argv))

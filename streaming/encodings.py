@@ -2,8 +2,9 @@
 
 Float samples live in [-1, 1) with int16 full scale at 32768, so an int16 value ``v`` maps to
 ``v / 32768`` and back exactly. Mu-law is ITU-T G.711 as implemented by CPython's (deprecated,
-removed in 3.13) ``audioop.lin2ulaw`` / ``audioop.ulaw2lin``: both directions are table lookups
-built once at import, so encoding and decoding are single vectorised numpy gathers.
+removed in 3.13) ``audioop.lin2ulaw`` / ``audioop.ulaw2lin``, A-law as ``audioop.lin2alaw`` /
+``audioop.alaw2lin``: both directions are table lookups built once at import, so encoding and
+decoding are single vectorised numpy gathers.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from enum import StrEnum
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Encoding", "bytes_per_sample", "decode_audio", "encode_audio"]
+__all__ = [
+    "Encoding", "alaw_decode", "alaw_encode", "bytes_per_sample", "decode_audio", "encode_audio",
+]  # fmt: skip
 
 _INT16_SCALE = 32768.0
 
@@ -99,3 +102,43 @@ def encode_audio(pcm: np.ndarray, encoding: Encoding | str) -> bytes:
     if enc is Encoding.PCM16:
         return samples.astype("<i2", copy=False).tobytes()
     return _ULAW_ENCODE[samples.view(np.uint16)].tobytes()
+
+
+# -- G.711 A-law: OpenAI Realtime's `audio/pcma` (the native protocol speaks pcm16 and mu-law) --
+
+
+def _alaw_to_int16(code: npt.NDArray[np.int64]) -> npt.NDArray[np.int16]:
+    """G.711 A-law expansion, bit-exact with audioop.alaw2lin."""
+    a = code ^ 0x55
+    t = (a & 0x0F) << 4
+    seg = (a & 0x70) >> 4
+    t = np.where(
+        seg == 0, t + 8, np.where(seg == 1, t + 0x108, (t + 0x108) << np.maximum(seg - 1, 0))
+    )
+    return np.where(a & 0x80, t, -t).astype(np.int16)
+
+
+def _int16_to_alaw(pcm: npt.NDArray[np.int64]) -> npt.NDArray[np.uint8]:
+    """G.711 A-law compression of 16-bit input (13 bits used), bit-exact with audioop.lin2alaw."""
+    v = pcm >> 3
+    negative = v < 0
+    mask = np.where(negative, 0x55, 0xD5)
+    v = np.where(negative, -v - 1, v)
+    seg = np.searchsorted(np.array([(0x20 << i) - 1 for i in range(8)]), v, side="left")
+    mantissa = np.where(seg < 2, v >> 1, v >> np.maximum(seg, 1)) & 0x0F
+    return (np.where(seg >= 8, 0x7F, (seg << 4) | mantissa) ^ mask).astype(np.uint8)
+
+
+_ALAW_DECODE = _alaw_to_int16(np.arange(256, dtype=np.int64)).astype(np.float32) / np.float32(
+    _INT16_SCALE
+)
+_ALAW_ENCODE = _int16_to_alaw(np.arange(65536, dtype=np.uint16).view(np.int16).astype(np.int64))
+
+
+def alaw_decode(payload: bytes) -> npt.NDArray[np.float32]:
+    return _ALAW_DECODE[np.frombuffer(payload, dtype=np.uint8)]
+
+
+def alaw_encode(pcm16: bytes) -> bytes:
+    """pcm16 little-endian bytes -> A-law bytes."""
+    return _ALAW_ENCODE[np.frombuffer(pcm16, dtype="<u2")].tobytes()

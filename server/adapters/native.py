@@ -9,8 +9,12 @@ import numpy as np
 from fastapi import WebSocket
 from prometheus_client import Counter
 
-from server.calls import receive, receive_opening
-from server.protocol import (
+from server.adapters.connection import receive, receive_opening
+from server.runtime import Runtime
+from server.session import CallSession, Outgoing
+from streaming.encodings import bytes_per_sample, decode_audio
+from streaming.opus import OpusDecoderStream
+from streaming.wire import (
     OPUS_MAX_PACKET_BYTES,
     AudioFrame,
     EndMessage,
@@ -22,10 +26,6 @@ from server.protocol import (
     UpdateMessage,
     parse_client_message,
 )
-from server.runtime import Runtime
-from server.session import CallSession, Outgoing
-from streaming.opus import OpusDecoderStream
-from streaming.transport import bytes_per_sample, decode_audio
 
 
 class NativeTransport:

@@ -35,8 +35,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI, W
 
 from clients.call import FINISH_TIMEOUT_S, InputError, fit_length, load_input, send_schedule
 from clients.client import CONNECT_FAILED, CONNECTION_CLOSED, TIMEOUT, DuplexError
+from streaming.encodings import decode_audio, encode_audio
 from streaming.resample import resample_whole
-from streaming.transport import decode_audio, encode_audio
 
 __all__ = [
     "ReceivedMedia",
@@ -308,8 +308,11 @@ async def _messages(ws: ClientConnection) -> AsyncIterator[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m clients.twilio_sim --input a.wav`: one simulated Twilio call, a summary."""
-    parser = argparse.ArgumentParser(prog="python -m clients.twilio_sim", description=__doc__)
+    """`python -m clients.measure.twilio_sim --input a.wav`: one simulated Twilio call and its
+    summary."""
+    parser = argparse.ArgumentParser(
+        prog="python -m clients.measure.twilio_sim", description=__doc__
+    )
     parser.add_argument("--url", default=DEFAULT_URL, help="bridge endpoint (%(default)s)")
     parser.add_argument("--input", required=True, metavar="PATH", help="audio the caller says")
     parser.add_argument("--output", metavar="PATH", help="write what the caller heard (8 kHz)")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clients.speech_activity import Segment
+from clients.measure.speech_activity import Segment
 
 # A user turn ends where a speech segment is followed by at least this much non-speech.
 MIN_PAUSE_S = 0.3

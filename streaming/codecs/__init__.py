@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import numpy as np
 
 BUILTIN_PREFIX = "builtin:"
-ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 
 
 class StreamEncoder(Protocol):
@@ -86,7 +86,7 @@ def load_codec(spec: dict[str, Any], base_dir: Path) -> SpeechCodec:
         raise ValueError(f"codec spec must be a dict, got {type(spec).__name__}")
     kind = spec.get("type")
     if kind == "codec2-units":
-        from streaming.codec2_units import Codec2UnitCodec
+        from streaming.codecs.codec2_units import Codec2UnitCodec
 
         ref = spec.get("codebook")
         if not isinstance(ref, str) or not ref:

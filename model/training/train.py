@@ -30,9 +30,9 @@ from tqdm import tqdm
 from transformers import LlamaForCausalLM
 
 from model.checkpoint import DUPLEX_JSON, DuplexConfig, new_llama, read_config
-from model.data.synth import load_split
 from model.device import torch_device
 from model.format import ChunkFormat
+from model.training.synth import load_split
 
 STATE = "train_state.pt"
 METRICS = "metrics.jsonl"

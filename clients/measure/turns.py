@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from clients.speech_activity import Segment
+from clients.measure.speech_activity import Segment
 
 GRID_S = 0.01
 IPU_SILENCE_S = 0.2

@@ -7,7 +7,7 @@ the agent's chunk carries speech and closes it at the first silent chunk, and de
 `speech_started` / `speech_stopped` from an energy VAD on the user's audio. Both the GA event
 names and the beta ones (`OpenAI-Beta: realtime=v1` header, or beta-shaped `session.update`)
 are spoken. What a `session.update` asks of the call (format, turn detection, noise
-reduction, temperature) is server/realtime_options.py's job.
+reduction, temperature) is server/adapters/realtime_options.py's job.
 """
 
 from __future__ import annotations
@@ -21,17 +21,16 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-import numpy.typing as npt
 from fastapi import WebSocket
 
-from server.calls import receive, receive_opening
-from server.protocol import ErrorCode, ErrorMessage
-from server.realtime_options import BETA_KEYS, ClientError, RealtimeOptions
+from server.adapters.connection import receive, receive_opening
+from server.adapters.realtime_options import BETA_KEYS, ClientError, RealtimeOptions
 from server.runtime import Runtime
 from server.session import CallSession, Outgoing
 from server.settings import Settings
-from streaming.transport import decode_audio
+from streaming.encodings import alaw_decode, alaw_encode, decode_audio
 from streaming.vad import EnergyVad
+from streaming.wire import ErrorCode, ErrorMessage
 
 DEFAULT_MODEL = "duplex"
 AGENT_SPEECH_RMS = 0.01  # an agent chunk quieter than this (-40 dBFS) ends the response
@@ -57,44 +56,6 @@ _SERVER_SIDE = {ErrorCode.INTERNAL_ERROR, ErrorCode.SERVER_FULL, ErrorCode.SERVE
 
 def _id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:20]}"
-
-
-# -- G.711 A-law (the wire layer knows pcm16 and mu-law; A-law is converted here) -------------
-
-
-def _alaw_to_int16(code: npt.NDArray[np.int64]) -> npt.NDArray[np.int16]:
-    """G.711 A-law expansion, bit-exact with audioop.alaw2lin."""
-    a = code ^ 0x55
-    t = (a & 0x0F) << 4
-    seg = (a & 0x70) >> 4
-    t = np.where(
-        seg == 0, t + 8, np.where(seg == 1, t + 0x108, (t + 0x108) << np.maximum(seg - 1, 0))
-    )
-    return np.where(a & 0x80, t, -t).astype(np.int16)
-
-
-def _int16_to_alaw(pcm: npt.NDArray[np.int64]) -> npt.NDArray[np.uint8]:
-    """G.711 A-law compression of 16-bit input (13 bits used), bit-exact with audioop.lin2alaw."""
-    v = pcm >> 3
-    negative = v < 0
-    mask = np.where(negative, 0x55, 0xD5)
-    v = np.where(negative, -v - 1, v)
-    seg = np.searchsorted(np.array([(0x20 << i) - 1 for i in range(8)]), v, side="left")
-    mantissa = np.where(seg < 2, v >> 1, v >> np.maximum(seg, 1)) & 0x0F
-    return (np.where(seg >= 8, 0x7F, (seg << 4) | mantissa) ^ mask).astype(np.uint8)
-
-
-_ALAW_DECODE = _alaw_to_int16(np.arange(256, dtype=np.int64)).astype(np.float32) / np.float32(32768)
-_ALAW_ENCODE = _int16_to_alaw(np.arange(65536, dtype=np.uint16).view(np.int16).astype(np.int64))
-
-
-def alaw_decode(payload: bytes) -> npt.NDArray[np.float32]:
-    return _ALAW_DECODE[np.frombuffer(payload, dtype=np.uint8)]
-
-
-def alaw_encode(pcm16: bytes) -> bytes:
-    """pcm16 little-endian bytes -> A-law bytes."""
-    return _ALAW_ENCODE[np.frombuffer(pcm16, dtype="<u2")].tobytes()
 
 
 # -- the transport -----------------------------------------------------------------------------

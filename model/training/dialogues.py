@@ -17,7 +17,7 @@ from typing import Literal
 
 import numpy as np
 
-from streaming.codebook import ACTIVITIES, DAYS, FOODS, NAMES, PLACES, number_words
+from streaming.espeak import ACTIVITIES, DAYS, FOODS, NAMES, PLACES, number_words
 
 Speaker = Literal["A", "B"]
 BACKCHANNELS = ("Mm hmm.", "Yeah.", "Right.", "Okay.", "Uh huh.", "I see.", "Sure.", "Oh.")

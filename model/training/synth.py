@@ -29,10 +29,10 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from model.data.dialogues import BACKCHANNELS, Dialogue, Speaker, dialogues, split
 from model.format import ChunkFormat, format_timeline
-from streaming.codebook import PITCH_RANGE, VOICES, WPM_RANGE, synthesize
-from streaming.codec import SpeechCodec, load_codec
+from model.training.dialogues import BACKCHANNELS, Dialogue, Speaker, dialogues, split
+from streaming.codecs import SpeechCodec, load_codec
+from streaming.espeak import PITCH_RANGE, VOICES, WPM_RANGE, synthesize
 
 if TYPE_CHECKING:  # the checkpoint module loads torch; `duplex eval` needs none of it
     from model.checkpoint import DuplexConfig

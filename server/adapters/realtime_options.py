@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from typing import Any, Literal, cast, get_args
 
 from server.call_sampling import resolve
-from server.protocol import (
+from server.settings import Settings
+from streaming.vad import FRAME_MS, VadParams
+from streaming.wire import (
     MAX_NOISE_GATE_DB,
     MAX_SPEAK_UP_MS,
     MAX_TEMPERATURE,
@@ -32,8 +34,6 @@ from server.protocol import (
     SamplingParams,
     StartMessage,
 )
-from server.settings import Settings
-from streaming.vad import FRAME_MS, VadParams
 
 _PCM_RATES = (8000, 16000, 24000, 48000)
 OpenAIEagerness = Literal["low", "medium", "high", "auto"]

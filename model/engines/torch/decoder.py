@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from transformers import LlamaForCausalLM
 from transformers.models.llama.modeling_llama import LlamaRMSNorm, rotate_half
 
-from model.slots import SlotKVCache
+from model.engines.torch.slots import SlotKVCache
 
 
 class SlotDecoder:

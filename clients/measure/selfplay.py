@@ -3,7 +3,7 @@
 Two sessions A and B on one server are joined by a relay: what A says is what B hears and the
 other way round, over a simulated network with a one-way delay. Each delay gets one
 conversation; its stereo recording and its turn-taking statistics (IPU, pause, gap, overlap,
-floor-transfer offset, from silero-vad on each channel through `clients.turns`) are compared
+floor-transfer offset, from silero-vad on each channel through `clients.measure.turns`) are compared
 with the same statistics of the training data, measured the same way (codec audio -> VAD ->
 `turn_stats`). The figure of merit: at 240 ms the mean gap, pause and IPU stay within 20 % of
 the 0 ms run's.
@@ -45,13 +45,13 @@ from clients.call import (
     send_schedule,
 )
 from clients.client import DuplexClient, DuplexError, ReceivedFrame
-from clients.speech_activity import speech_segments, vad_name
-from clients.turns import TurnStats, turn_stats
-from model.data.synth import load_split
-from server.protocol import AudioFormat, ReadyMessage, SamplingParams, StatsMessage
-from streaming.codebook import synthesize
-from streaming.codec import load_codec
+from clients.measure.speech_activity import speech_segments, vad_name
+from clients.measure.turns import TurnStats, turn_stats
+from model.training.synth import load_split
+from streaming.codecs import load_codec
+from streaming.espeak import synthesize
 from streaming.resample import resample_whole
+from streaming.wire import AudioFormat, ReadyMessage, SamplingParams, StatsMessage
 
 __all__ = [
     "Conversation",
@@ -819,7 +819,7 @@ def _fail(message: str, code: int) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Standalone entry point (`python -m clients.selfplay`), also used by the tests."""
+    """Standalone entry point (`python -m clients.measure.selfplay`), also used by the tests."""
     parser = argparse.ArgumentParser(prog=PROG)
     add_arguments(parser)
     return run(parser.parse_args(argv))

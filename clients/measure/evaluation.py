@@ -10,9 +10,9 @@ no training data has) and each streams through the real server as one call at re
   without taking over?
 
 The user's speech is laid out by the case, so its boundaries are exact; the agent's speech is
-found by silero-vad on the audio the server sent (clients/speech_activity.py), as in the load
-test and self-play. Agent speech shorter than `BACKCHANNEL_MAX_S` counts as a backchannel, not
-a turn (Full-Duplex-Bench tells them apart by transcript; there is no ASR here).
+found by silero-vad on the audio the server sent (clients/measure/speech_activity.py), as in
+the load test and self-play. Agent speech shorter than `BACKCHANNEL_MAX_S` counts as a
+backchannel, not a turn (Full-Duplex-Bench tells them apart by transcript; there is no ASR here).
 """
 
 from __future__ import annotations
@@ -43,9 +43,9 @@ from clients.call import (
     sampling_overrides,
 )
 from clients.client import DuplexClient, DuplexError, ReceivedFrame
-from clients.speech_activity import Segment, speech_segments, vad_name
-from model.data.dialogues import Dialogue, Turn, dialogues, split
-from model.data.synth import (
+from clients.measure.speech_activity import Segment, speech_segments, vad_name
+from model.training.dialogues import Dialogue, Turn, dialogues, split
+from model.training.synth import (
     HELDOUT_VOICE,
     RATE,
     Timing,
@@ -53,10 +53,10 @@ from model.data.synth import (
     segments,
     trim_silence,
 )
-from server.protocol import AudioFormat, SamplingParams
-from streaming.codebook import PITCH_RANGE, WPM_RANGE, synthesize
+from streaming.espeak import PITCH_RANGE, WPM_RANGE, synthesize
 from streaming.resample import resample_whole
 from streaming.vad import EnergyVad
+from streaming.wire import AudioFormat, SamplingParams
 
 PROG = "duplex eval"
 DEFAULT_URL = "ws://127.0.0.1:8000/v1/duplex"
@@ -641,7 +641,7 @@ def _fail(message: str, code: int = EXIT_FAILURE) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Standalone entry point (`python -m clients.evaluation`), also used by the tests."""
+    """Standalone entry point (`python -m clients.measure.evaluation`), also used by the tests."""
     parser = argparse.ArgumentParser(prog=PROG)
     add_arguments(parser)
     return run(parser.parse_args(argv))

@@ -1,0 +1,113 @@
+"""The engine seam: what the server may ask of an engine, and the plain data they exchange.
+
+The server imports this module and `model.engines.build_engine`, never an engine itself. An
+engine owns the model, every call's conversation (its timeline) and whatever cache it keeps;
+per tick the server hands it one `StepRequest` per live call and gets one `StepResult` back,
+one agent chunk each (docs/architecture.md, "One tick"). Calls join and leave, and change
+their sampling, only between steps, on the one thread that runs steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from model.format import ChunkFormat, Frame
+
+if TYPE_CHECKING:  # the seam itself loads no torch: settings and the CLI import it
+    from model.checkpoint import DuplexConfig
+    from model.sampling import SamplingParams
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOptions:
+    """What the server asks of an engine it builds (from its settings)."""
+
+    max_sessions: int  # calls served at once: the engine reserves a slot for each
+    max_rollback_chunks: int  # how many user chunks may be estimated at once (the latency buffer)
+    estimate_units: int | None = None  # most units sampled per estimated user chunk (None: a chunk)
+    device: str = "cpu"
+    dtype: str = "float32"
+    threads: int | None = None  # CPU threads for the model (None: the engine's own choice)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineInfo:
+    """What the engine tells the server: the format it speaks and what it can hold."""
+
+    name: str  # as registered (`--engine`)
+    config: DuplexConfig  # the checkpoint's duplex.json: codec, rates, vocabulary
+    fmt: ChunkFormat  # the chunk format; frames are `fmt.units_per_frame`-tuples
+    max_sessions: int
+    max_rollback_chunks: int
+
+    @property
+    def frames_per_chunk(self) -> int:
+        return self.fmt.frames_per_chunk
+
+
+@dataclass
+class StepRequest:
+    """One call's input to a step."""
+
+    session_id: str
+    real_user: dict[int, list[Frame]] = field(default_factory=dict)  # chunk index -> frames
+    silent: bool = False  # a missed tick: write agent silence, estimate nothing
+    # The first frames of a user chunk still arriving, as (chunk index, frames). Used when it
+    # is the chunk this step estimates (k-1): the estimate starts with them.
+    partial_user: tuple[int, list[Frame]] | None = None
+    prompt: bool = False  # the caller asked for a response: this agent chunk starts with sound
+
+
+@dataclass
+class StepResult:
+    """What a step produced for one call."""
+
+    chunk: int  # index k of the agent chunk
+    frames: list[Frame]  # agent chunk k, frames_per_chunk frames
+    replaced: list[int]  # user chunks whose estimates real audio replaced
+    dropped: list[int]  # real user chunks too old to replace (beyond the rollback reserve)
+    rollback_tokens: int
+    prefill_tokens: int
+    estimate: list[Frame] = field(default_factory=list)  # user chunk k-1 as estimated here
+    partial_frames: int = 0  # real frames the estimate starts with
+    tokens: int = 0  # length of the conversation in tokens after this step
+
+    @property
+    def estimated(self) -> bool:
+        return bool(self.estimate)
+
+
+class Engine(Protocol):
+    """A synchronous tick engine: every requested call advances one agent chunk per step."""
+
+    info: EngineInfo
+
+    def add_session(self, session_id: str, params: SamplingParams) -> None:
+        """A call joins (its conversation starts empty); raises when no slot is free."""
+        ...
+
+    def remove_session(self, session_id: str) -> None:
+        """A call leaves; its slot is free for the next."""
+        ...
+
+    def retune(self, session_id: str, params: SamplingParams) -> None:
+        """Sample a call's next steps with `params`; its random stream goes on unless the seed
+        changes."""
+        ...
+
+    def step(self, requests: list[StepRequest]) -> dict[str, StepResult]:
+        """Advance each requested call by one agent chunk, all in one batched step."""
+        ...
+
+    def warm_up(self) -> float:
+        """Run steps of every shape at full load and full context before the first call;
+        return the slowest step in seconds (what the server's pacing starts from)."""
+        ...
+
+
+class EngineFactory(Protocol):
+    """How the registry builds an engine (model/engines/__init__.py)."""
+
+    def __call__(self, checkpoint: Path, options: EngineOptions) -> Engine: ...

@@ -1,0 +1,1 @@
+"""The torch engine: transformers' Llama layers over our own slot KV cache, batched."""
