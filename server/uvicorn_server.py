@@ -15,7 +15,9 @@ import tempfile
 from collections.abc import Generator
 
 import uvicorn
+from uvicorn._types import ASGISendEvent
 from uvicorn.lifespan.on import LifespanOn
+from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from server.app import CALL_PATHS, create_app
@@ -66,7 +68,8 @@ UNFLUSHED_ABORT_S = 2.0
 
 class AbortingWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's WebSocket protocol, except that a connection is dropped, not left open, when
-    the client has stopped reading.
+    the client has stopped reading, and that what a hostile client sends ends its call as
+    bad input does, without a traceback in the log (see the two methods below).
 
     uvicorn closes a socket by flushing what it still has to send first, which never ends
     for a client that reads nothing (a `slow_consumer`, or any call closed while its audio
@@ -80,6 +83,33 @@ class AbortingWebSocketProtocol(WebSocketsSansIOProtocol):
         await super().run_asgi()
         wait = UNFLUSHED_ABORT_S + (self.close_timeout if self.close_timer is not None else 0.0)
         self.loop.call_later(wait, self._abort_if_stuck)
+
+    def send_receive_event_to_app(self) -> None:
+        """As uvicorn's, except that a text message that is not UTF-8 goes to the app too, its
+        bad bytes as lone surrogates, to be refused in the call's own protocol
+        (server/adapters/connection.py `receive`); uvicorn logs a traceback at ERROR for each
+        and closes 1007 with no word of why."""
+        data = b"".join(self.frames)
+        self.frames = []
+        if self.close_sent:  # the app is past `websocket.close`: keep reading for the reply
+            return
+        if self.curr_msg_data_type == "text":
+            text = data.decode(errors="surrogateescape")  # valid UTF-8 decodes as strictly
+            self.queue.put_nowait({"type": "websocket.receive", "text": text})
+        else:
+            self.queue.put_nowait({"type": "websocket.receive", "bytes": data})
+        if not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    async def send(self, message: ASGISendEvent) -> None:
+        """Once this layer has closed the connection on its own (a frame it refuses: over
+        `max_message_bytes`, or not valid WebSocket), the app's next send is the client gone,
+        an OSError as ASGI asks: uvicorn raises RuntimeError there, which the call would log
+        as a failure (a Realtime call sends `session.created` before it reads anything)."""
+        if self.close_sent and self.handshake_complete and self.initial_response is None:
+            raise ClientDisconnected
+        await super().send(message)
 
     def _abort_if_stuck(self) -> None:
         if self.transport.get_write_buffer_size():

@@ -20,8 +20,13 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 PROTOCOL_VERSION = 1
 
 # version u8, kind u8, flags u8, reserved u8, sequence u32, first sample index u64 (wire rate)
-FRAME_HEADER = struct.Struct("<BBBxIQ")
-FLAG_LAST = 0x01
+FRAME_HEADER = struct.Struct("<BBBBIQ")
+FLAG_LAST = 0x01  # the only flag: the other bits, like the reserved byte, must be 0
+# Objects and arrays inside each other in a text message, on every endpoint. The messages
+# the three protocols define nest 5 deep at most; this leaves room for what clients add (a
+# Realtime session's tool schemas, ignored). Far deeper reaches Python's recursion limit
+# (about 1000) in the JSON parser, or in anything that later walks or prints the value.
+MAX_JSON_DEPTH = 64
 
 SUPPORTED_RATES: dict[str, tuple[int, ...]] = {
     "pcm16": (8000, 16000, 24000, 48000),
@@ -312,12 +317,40 @@ def describe_validation(exc: ValidationError) -> str:
     return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
 
 
+def load_json(text: str) -> Any:
+    """The JSON value of a text message; `invalid_json` for one that is not JSON or nests
+    deeper than MAX_JSON_DEPTH. (Every protocol's text messages are read through here.)"""
+    try:
+        value = json.loads(text)
+        if not _nests_deeper(value, text, MAX_JSON_DEPTH):
+            return value
+    except RecursionError:  # nested far past the limit: refused below
+        pass
+    except ValueError as exc:  # not JSON, or an integer of more than 4300 digits
+        raise ProtocolError(ErrorCode.INVALID_JSON, f"message is not valid JSON: {exc}") from exc
+    raise ProtocolError(
+        ErrorCode.INVALID_JSON,
+        f"message nests objects and arrays more than {MAX_JSON_DEPTH} deep",
+    )
+
+
+def _nests_deeper(value: Any, text: str, limit: int) -> bool:
+    """Whether `value` (parsed from `text`) holds objects and arrays more than `limit` deep,
+    walked level by level (no recursion); `text` with few brackets cannot."""
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    level = [value]
+    for _ in range(limit + 1):
+        containers = [v for v in level if isinstance(v, dict | list)]
+        if not containers:
+            return False
+        level = [x for c in containers for x in (c.values() if isinstance(c, dict) else c)]
+    return True
+
+
 def parse_client_message(text: str) -> AnyClientMessage:
     """Parse one client text message, raising ProtocolError with a specific code."""
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ProtocolError(ErrorCode.INVALID_JSON, f"message is not valid JSON: {exc}") from exc
+    raw = load_json(text)
     if not isinstance(raw, dict) or "type" not in raw:
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, "message must be a JSON object with 'type'")
     if raw["type"] not in CLIENT_TYPES:
@@ -351,7 +384,7 @@ class AudioFrame:
     def pack(self) -> bytes:
         flags = FLAG_LAST if self.last else 0
         header = FRAME_HEADER.pack(
-            PROTOCOL_VERSION, FrameKind.AUDIO, flags, self.seq, self.first_sample
+            PROTOCOL_VERSION, FrameKind.AUDIO, flags, 0, self.seq, self.first_sample
         )
         return header + self.payload
 
@@ -363,7 +396,7 @@ class AudioFrame:
                 f"binary message of {len(data)} bytes is shorter than the "
                 f"{FRAME_HEADER.size}-byte frame header",
             )
-        version, kind, flags, seq, first = FRAME_HEADER.unpack_from(data)
+        version, kind, flags, reserved, seq, first = FRAME_HEADER.unpack_from(data)
         if version != PROTOCOL_VERSION:
             raise ProtocolError(
                 ErrorCode.BAD_FRAME, f"frame version {version}, expected {PROTOCOL_VERSION}"
@@ -371,5 +404,14 @@ class AudioFrame:
         if kind != FrameKind.AUDIO:
             raise ProtocolError(
                 ErrorCode.BAD_FRAME, f"frame kind {kind}, expected {int(FrameKind.AUDIO)} (audio)"
+            )
+        if flags & ~FLAG_LAST:
+            raise ProtocolError(
+                ErrorCode.BAD_FRAME,
+                f"frame flags 0x{flags:02x}: only bit 0 (last) is defined, the others must be 0",
+            )
+        if reserved:
+            raise ProtocolError(
+                ErrorCode.BAD_FRAME, f"frame header byte 3 is {reserved}: it is reserved, must be 0"
             )
         return cls(seq, first, bytes(data[FRAME_HEADER.size :]), bool(flags & FLAG_LAST))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -10,6 +11,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -59,6 +61,22 @@ class ServerProcess:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def log_mark(self) -> int:
+        """Where the log ends now; `log_since` reads what comes after."""
+        return self.log.stat().st_size
+
+    def log_since(self, mark: int) -> str:
+        with self.log.open("rb") as f:
+            f.seek(mark)
+            return f.read().decode(errors="replace")
+
+
+def assert_no_traceback(log: str) -> None:
+    """Whatever a client sends, the server logs no traceback and no ERROR line for it (one
+    client could flood the log)."""
+    bad = [line for line in log.splitlines() if "Traceback" in line or "ERROR" in line]
+    assert not bad, log[-4000:]
+
 
 def start_server(
     checkpoint: Path, log: Path, *extra: str, env: dict[str, str] | None = None
@@ -103,6 +121,17 @@ def server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     srv = start_server(checkpoint, log, "--max-sessions", "4", "--idle-timeout-s", "5")
     yield srv
     stop_server(srv)
+
+
+class TextSocket:
+    """Stands in for the WebSocket where an adapter only writes text (a Realtime transport's
+    events, on its sender side or before the call is admitted): what it sent, as JSON."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    async def send_text(self, text: str) -> None:
+        self.sent.append(json.loads(text))
 
 
 def read_wav(path: Path) -> tuple[np.ndarray, int]:

@@ -25,7 +25,7 @@ from clients.call import run_call
 from server.adapters.connection import CLOSE_TIMEOUT_S
 from server.uvicorn_server import UNFLUSHED_ABORT_S
 from streaming.wire import FRAME_HEADER, AudioFrame
-from tests.conftest import ServerProcess, start_server, stop_server
+from tests.conftest import ServerProcess, assert_no_traceback, start_server, stop_server
 
 RATE = 16000
 FRAME = 320  # samples per 20 ms client frame at 16 kHz
@@ -40,6 +40,25 @@ def start_msg(**audio: Any) -> str:
 
 def frame(seq: int, first: int, n_bytes: int = FRAME_BYTES, last: bool = False) -> bytes:
     return AudioFrame(seq, first, bytes(n_bytes), last).pack()
+
+
+class TextBytes(bytes):
+    """Bytes sent as a text message as they are, UTF-8 or not."""
+
+
+# What a fuzzing client found ending the call with 1011 and a traceback (issue 24).
+NOT_UTF8 = TextBytes(b'{"type": "start", "x": "\xff"}')
+NESTED = '{"type": "start", "sampling": ' + "[" * 5000  # past Python's recursion limit
+HUGE_INTEGER = '{"type": "end", "total_samples": ' + "9" * 5000 + "}"  # past int("...")'s limit
+
+
+def nested(depth: int) -> str:
+    """A `start` whose `sampling` is JSON that nests `depth` deep in all."""
+    return '{"type": "start", "sampling": ' + "[" * (depth - 1) + "]" * (depth - 1) + "}"
+
+
+async def send(ws: ClientConnection, message: str | bytes) -> None:
+    await ws.send(message, text=True if isinstance(message, TextBytes) else None)
 
 
 def healthz(srv: ServerProcess) -> dict[str, Any]:
@@ -115,8 +134,10 @@ def run(coro: Any) -> Any:
 
 @pytest.fixture(autouse=True)
 def _still_healthy(server: ServerProcess) -> Iterator[None]:
+    mark = server.log_mark()
     yield
     healthz(server)
+    assert_no_traceback(server.log_since(mark))
 
 
 # -- before `start` -----------------------------------------------------------------------------
@@ -124,6 +145,11 @@ def _still_healthy(server: ServerProcess) -> Iterator[None]:
 BEFORE_START: list[tuple[str, str | bytes, str, int]] = [
     ("malformed_json", '{"type": "start", ', "invalid_json", 1007),
     ("garbage_text", "\u00ff\u00fe", "invalid_json", 1007),
+    ("not_utf8", NOT_UTF8, "invalid_json", 1007),
+    ("nested_5000_deep", NESTED, "invalid_json", 1007),
+    ("nested_65_deep", nested(65), "invalid_json", 1007),
+    ("nested_64_deep", nested(64), "invalid_message", 1007),  # JSON; not a `sampling` object
+    ("integer_of_5000_digits", HUGE_INTEGER, "invalid_json", 1007),
     ("json_array", '[{"type": "start"}]', "invalid_message", 1007),
     ("json_null", "null", "invalid_message", 1007),
     ("missing_type", '{"audio": {"sample_rate": 16000}}', "invalid_message", 1007),
@@ -176,7 +202,7 @@ def test_bad_first_message(
 ) -> None:
     async def main() -> None:
         async with await open_ws(server) as ws:
-            await ws.send(first)
+            await send(ws, first)
             await expect_error(ws, code, close)
 
     run(main())
@@ -193,9 +219,12 @@ AFTER_READY: list[tuple[str, list[str | bytes], str, int]] = [
     ("empty_last_frame", [frame(0, 0, 0, last=True)], "bad_frame_size", 1007),
     ("shorter_than_header", [b"\x01\x01\x00"], "bad_frame", 1007),
     ("empty_binary", [b""], "bad_frame", 1007),
-    ("header_version_2", [FRAME_HEADER.pack(2, 1, 0, 0, 0) + bytes(FRAME_BYTES)], "bad_frame",
+    ("header_version_2", [FRAME_HEADER.pack(2, 1, 0, 0, 0, 0) + bytes(FRAME_BYTES)], "bad_frame",
      1007),
-    ("header_kind_9", [FRAME_HEADER.pack(1, 9, 0, 0, 0) + bytes(FRAME_BYTES)], "bad_frame", 1007),
+    ("header_kind_9", [FRAME_HEADER.pack(1, 9, 0, 0, 0, 0) + bytes(FRAME_BYTES)], "bad_frame",
+     1007),
+    ("not_utf8", [frame(0, 0), NOT_UTF8], "invalid_json", 1007),
+    ("nested_5000_deep", [NESTED.replace("start", "update")], "invalid_json", 1007),
     ("sequence_repeated", [frame(0, 0), frame(0, FRAME)], "sample_order", 1007),
     ("sequence_decreasing", [frame(5, 0), frame(4, FRAME)], "sample_order", 1007),
     ("samples_overlap", [frame(0, 0), frame(1, FRAME - 100)], "sample_order", 1007),
@@ -230,10 +259,30 @@ def test_bad_message_during_call(
             await ws.send(start_msg())
             await until_ready(ws)
             for m in messages:
-                await ws.send(m)
+                await send(ws, m)
             await expect_error(ws, code, close)
 
     run(main())
+    wait_sessions(server, 0, within_s=1.0)
+
+
+@pytest.mark.parametrize(
+    ("flags", "reserved", "says"),
+    [(0x02, 0, "frame flags 0x02"), (0x81, 0, "frame flags 0x81"), (0x01, 7, "byte 3 is 7")],
+)
+def test_reserved_header_fields_must_be_zero(
+    server: ServerProcess, flags: int, reserved: int, says: str
+) -> None:
+    """docs/protocol.md: flag bits but bit 0, and the reserved byte, are 0."""
+
+    async def main() -> dict[str, Any]:
+        async with await open_ws(server) as ws:
+            await ws.send(start_msg())
+            await until_ready(ws)
+            await ws.send(FRAME_HEADER.pack(1, 1, flags, reserved, 0, 0) + bytes(FRAME_BYTES))
+            return await expect_error(ws, "bad_frame", 1007)
+
+    assert says in run(main())["message"]
     wait_sessions(server, 0, within_s=1.0)
 
 

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import openai
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from server.adapters.realtime import QueuedEvent, RealtimeTransport
 from server.adapters.realtime_options import ClientError, parse_format
@@ -29,7 +31,15 @@ from streaming.encodings import alaw_decode, alaw_encode, decode_audio, encode_a
 from streaming.resample import resample_whole
 from streaming.vad import EnergyVad
 from streaming.wire import AudioFormat
-from tests.conftest import ServerProcess, read_wav, speak, start_server, stop_server
+from tests.conftest import (
+    ServerProcess,
+    TextSocket,
+    assert_no_traceback,
+    read_wav,
+    speak,
+    start_server,
+    stop_server,
+)
 
 SEND_MS = 100  # append size, as a microphone client would send
 LEAD_S, TAIL_S = 0.5, 1.0  # silence around the speech
@@ -188,24 +198,25 @@ def test_call(server: ServerProcess, voice: tuple[np.ndarray, int], fmt: str, be
         assert created.object == "realtime.session"
 
 
+async def _next_of(conn: Any, kind: str) -> dict[str, Any]:
+    """The next event of type `kind` (the ones before it are dropped)."""
+    while True:
+        event: dict[str, Any] = json.loads(await asyncio.wait_for(conn.recv_bytes(), 5))
+        if event["type"] == kind:
+            return event
+
+
 async def _errors(server: ServerProcess) -> list[dict[str, Any]]:
     async with _client(server).realtime.connect(model="duplex-test") as conn:
-
-        async def next_of(kind: str) -> dict[str, Any]:
-            while True:
-                event = json.loads(await asyncio.wait_for(conn.recv_bytes(), 5))
-                if event["type"] == kind:
-                    return event
-
-        got = [await next_of("session.created")]
+        got = [await _next_of(conn, "session.created")]
         await conn.send_raw("{not json")
-        got.append(await next_of("error"))
+        got.append(await _next_of(conn, "error"))
         await conn.send_raw(json.dumps({"type": "no.such.event", "event_id": "evt_1"}))
-        got.append(await next_of("error"))
+        got.append(await _next_of(conn, "error"))
         await conn.send_raw(json.dumps({"type": "input_audio_buffer.append", "audio": "%%"}))
-        got.append(await next_of("error"))
+        got.append(await _next_of(conn, "error"))
         await conn.response.cancel(event_id="evt_3")  # nothing is playing yet
-        got.append(await next_of("error"))
+        got.append(await _next_of(conn, "error"))
         silence = base64.b64encode(bytes(4800)).decode("ascii")
         await conn.input_audio_buffer.append(audio=silence)  # admits the call as pcm16 24 kHz
         await conn.send(
@@ -218,9 +229,9 @@ async def _errors(server: ServerProcess) -> list[dict[str, Any]]:
                 },
             }
         )
-        got.append(await next_of("error"))
+        got.append(await _next_of(conn, "error"))
         await conn.input_audio_buffer.clear()  # still usable
-        got.append(await next_of("input_audio_buffer.cleared"))
+        got.append(await _next_of(conn, "input_audio_buffer.cleared"))
     return got
 
 
@@ -241,22 +252,79 @@ def test_errors_keep_the_connection(server: ServerProcess) -> None:
     assert cleared["type"] == "input_audio_buffer.cleared"
 
 
+NESTED = '{"type": "session.update", "session": ' + "[" * 5000  # json's RecursionError
+NOT_ASCII_AUDIO = json.dumps({"type": "input_audio_buffer.append", "audio": "AAé="})
+
+
+async def _hostile(server: ServerProcess) -> list[dict[str, Any]]:
+    """What a fuzzing client found ending the call with 1011, before the first audio and
+    after it; then a `clear`, answered."""
+    async with _client(server).realtime.connect(model="duplex-test") as conn:
+        await _next_of(conn, "session.created")
+        got: list[dict[str, Any]] = []
+        for admitted in (False, True):
+            if admitted:
+                await conn.input_audio_buffer.append(audio=base64.b64encode(bytes(4800)).decode())
+            for event in (NESTED, NOT_ASCII_AUDIO):
+                await conn.send_raw(event)
+                got.append(await _next_of(conn, "error"))
+        await conn.input_audio_buffer.clear()
+        got.append(await _next_of(conn, "input_audio_buffer.cleared"))
+    return got
+
+
+def test_hostile_events_are_errors_that_keep_the_connection(server: ServerProcess) -> None:
+    mark = server.log_mark()
+    *errors, cleared = asyncio.run(_hostile(server))
+    assert [(e["error"]["type"], e["error"]["code"], e["error"]["param"]) for e in errors] == [
+        ("invalid_request_error", "invalid_json", None),
+        ("invalid_request_error", "invalid_value", "audio"),
+    ] * 2
+    assert "more than 64 deep" in errors[0]["error"]["message"]
+    assert cleared["type"] == "input_audio_buffer.cleared"
+    assert_no_traceback(server.log_since(mark))
+
+
+async def _at_once(url: str, message: bytes) -> tuple[list[dict[str, Any]], int | None]:
+    """Send `message` (a text message, UTF-8 or not) as soon as the connection is open: the
+    events that came back, and the close code."""
+    async with connect(url, compression=None, proxy=None, open_timeout=5) as ws:
+        await ws.send(message, text=True)
+        events: list[dict[str, Any]] = []
+        with contextlib.suppress(ConnectionClosed):
+            async with asyncio.timeout(5):
+                while True:
+                    events.append(json.loads(await ws.recv()))
+        return events, ws.close_code
+
+
+def test_refused_at_once_without_a_traceback(server: ServerProcess) -> None:
+    """A message the WebSocket layer refuses (over 64 KiB: 1009), or one that is not UTF-8 (the
+    call's `invalid_json`, closed 1007 as RFC 6455 asks), sent at once: often it is there
+    before `session.created` goes out, and that send found the connection closed by the
+    layer, which used to log a failed call (and a text message not UTF-8, a traceback of
+    uvicorn's) each time."""
+    url = server.url.replace("/v1/duplex", "/v1/realtime")
+    too_big, not_utf8 = b"a" * 70_000, b'{"type": "\xff"}'
+    mark = server.log_mark()
+
+    async def main() -> list[tuple[list[dict[str, Any]], int | None]]:
+        return await asyncio.gather(*(_at_once(url, m) for m in [too_big] * 10 + [not_utf8] * 10))
+
+    results = asyncio.run(main())
+    assert [code for _, code in results] == [1009] * 10 + [1007] * 10
+    for events, _ in results[10:]:
+        assert [e["type"] for e in events] == ["session.created", "error"], events
+        assert events[1]["error"]["code"] == "invalid_json"
+    assert_no_traceback(server.log_since(mark))
+
+
 def test_alaw_matches_g711() -> None:
     """A-law round trip: every code decodes to a value that encodes back to the same code."""
     codes = np.arange(256, dtype=np.uint8).tobytes()
     pcm16 = encode_audio(alaw_decode(codes), "pcm16")
     assert alaw_encode(pcm16) == codes
     assert alaw_decode(bytes([0xD5]))[0] == pytest.approx(8 / 32768)  # smallest positive step
-
-
-class _Socket:
-    """Stands in for the WebSocket: the transport only calls send_text on the sender side."""
-
-    def __init__(self) -> None:
-        self.sent: list[dict[str, Any]] = []
-
-    async def send_text(self, text: str) -> None:
-        self.sent.append(json.loads(text))
 
 
 def test_responses_follow_agent_speech_and_cancel() -> None:
@@ -266,7 +334,7 @@ def test_responses_follow_agent_speech_and_cancel() -> None:
     speech = encode_audio(0.2 * rng.standard_normal(3840).astype(np.float32), "pcm16")
     silence = bytes(7680)
     t = RealtimeTransport()
-    ws, session = _Socket(), SimpleNamespace(audio=AudioFormat(sample_rate=24000))
+    ws, session = TextSocket(), SimpleNamespace(audio=AudioFormat(sample_rate=24000))
 
     async def play(*items: bytes | Outgoing) -> list[str]:
         ws.sent.clear()
@@ -309,7 +377,7 @@ def test_response_create_asks_the_call_for_a_response() -> None:
     asked: list[bool] = []
     outbox: asyncio.Queue[Outgoing] = asyncio.Queue()
     session = SimpleNamespace(request_response=lambda: asked.append(True), outbox=outbox)
-    ws = _Socket()
+    ws = TextSocket()
 
     async def scenario() -> None:
         await t._dispatch(ws, session, {"type": "response.create"})  # type: ignore[arg-type]
@@ -521,7 +589,7 @@ def test_a_ga_update_with_a_beta_key_stays_ga() -> None:
     """`modalities` is a beta key, but an update that says `type: realtime` is GA's."""
     t = RealtimeTransport()
     t._server = Settings()
-    ws = _Socket()
+    ws = TextSocket()
     asyncio.run(t._update(ws, None, {"type": "realtime", "modalities": ["audio"]}))  # type: ignore[arg-type]
     assert not t._beta and "audio" in ws.sent[-1]["session"]
     asyncio.run(t._update(ws, None, {"modalities": ["audio"]}))  # type: ignore[arg-type]

@@ -25,7 +25,7 @@ from clients.measure.twilio_sim import (
     run_twilio_call,
     start_message,
 )
-from tests.conftest import ServerProcess, read_wav, speak
+from tests.conftest import ServerProcess, assert_no_traceback, read_wav, speak
 
 SID = "MZ" + "1" * 32
 SILENCE_20MS = b"\xff" * 160
@@ -101,12 +101,15 @@ def test_barge_in_sends_one_clear_per_onset(barge_in_call: Any) -> None:
     assert all(b - a > 0.2 for a, b in zip(clears, clears[1:], strict=False))
 
 
-async def _session(url: str, *messages: dict[str, Any] | str) -> tuple[int | None, str]:
+Message = dict[str, Any] | str | bytes  # bytes: a text message as they are, UTF-8 or not
+
+
+async def _session(url: str, *messages: Message) -> tuple[int | None, str]:
     """Send `connected` then `messages` as fast as possible; the close code and reason."""
     async with connect(url) as ws:
         await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
         for m in messages:
-            await ws.send(m if isinstance(m, str) else json.dumps(m))
+            await ws.send(json.dumps(m) if isinstance(m, dict) else m, text=True)
         return await _closed(ws)
 
 
@@ -163,11 +166,19 @@ def test_parameters_set_the_call(server: ServerProcess) -> None:
     )
 
 
-def _bad(kind: str) -> list[dict[str, Any] | str]:
+def _bad(kind: str) -> list[Message]:
     start = start_message(SID, "CA1")
     media = media_message(SID, 2, 1, 0, SILENCE_20MS)
     if kind == "json":
         return [start, "{not json"]
+    if kind == "nested":  # RecursionError in json, unguarded
+        return ['{"event": "start", "start": ' + "[" * 5000]
+    if kind == "not_utf8":
+        return [start, b'{"event": "\xff"}']
+    if kind == "timestamp":  # far past a float's range (seconds in the refusal were one)
+        return [start, {**media, "media": {**media["media"], "timestamp": "9" * 400}}]
+    if kind == "base64_not_ascii":
+        return [start, {**media, "media": {**media["media"], "payload": "AAé="}}]
     if kind == "event":
         return [start, {"event": "hangup", "sequenceNumber": "2", "streamSid": SID}]
     if kind == "before_start":
@@ -188,6 +199,10 @@ def _bad(kind: str) -> list[dict[str, Any] | str]:
     ("kind", "close_code", "reason"),
     [
         ("json", 1007, "invalid_json"),
+        ("nested", 1007, "invalid_json"),
+        ("not_utf8", 1007, "invalid_json"),
+        ("timestamp", 1007, "sample_order"),
+        ("base64_not_ascii", 1007, "bad_frame"),
         ("event", 1003, "unknown_type"),
         ("before_start", 1008, "unexpected_message"),
         ("stream_sid", 1007, "invalid_message"),
@@ -200,9 +215,11 @@ def _bad(kind: str) -> list[dict[str, Any] | str]:
 def test_bad_input_closes_with_its_code(
     server: ServerProcess, kind: str, close_code: int, reason: str
 ) -> None:
+    mark = server.log_mark()
     assert _run(_session(_url(server), *_bad(kind))) == (close_code, reason)
     health = httpx.get(f"{server.http}/healthz", timeout=5)
     assert health.status_code == 200 and health.json()["status"] == "ok"
+    assert_no_traceback(server.log_since(mark))
 
 
 def test_loadtest_over_twilio(server: ServerProcess, tmp_path: Path) -> None:

@@ -105,12 +105,22 @@ def check_access(ws: WebSocket, settings: Settings) -> None:
 
 
 async def receive(ws: WebSocket) -> str | bytes:
-    """The next client message, text or binary."""
+    """The next client message, text or binary. A text message that is not UTF-8 arrives
+    with its bad bytes as lone surrogates (server/uvicorn_server.py): it is `invalid_json`,
+    and 1007 is what RFC 6455 (section 8.1) closes such a connection with."""
     message = await ws.receive()
     if message["type"] == "websocket.disconnect":
         raise Disconnected
     if message.get("text") is not None:
-        return str(message["text"])
+        text = str(message["text"])
+        if not text.isascii():
+            try:
+                text.encode()
+            except UnicodeEncodeError:
+                raise ProtocolError(
+                    ErrorCode.INVALID_JSON, "text message is not valid UTF-8"
+                ) from None
+        return text
     return bytes(message.get("bytes") or b"")
 
 

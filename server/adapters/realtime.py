@@ -13,7 +13,6 @@ reduction, temperature) is server/adapters/realtime_options.py's job.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import time
 import uuid
@@ -30,7 +29,7 @@ from server.session import CallSession, Outgoing
 from server.settings import Settings
 from streaming.encodings import alaw_decode, alaw_encode, decode_audio
 from streaming.vad import EnergyVad
-from streaming.wire import ErrorCode, ErrorMessage
+from streaming.wire import ErrorCode, ErrorMessage, ProtocolError, load_json
 
 DEFAULT_MODEL = "duplex"
 AGENT_SPEECH_RMS = 0.01  # an agent chunk quieter than this (-40 dBFS) ends the response
@@ -56,6 +55,19 @@ _SERVER_SIDE = {ErrorCode.INTERNAL_ERROR, ErrorCode.SERVER_FULL, ErrorCode.SERVE
 
 def _id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:20]}"
+
+
+def parse_event(data: str | bytes) -> dict[str, Any]:
+    """One client event: a JSON object, else ClientError (the connection stays open)."""
+    if isinstance(data, bytes):
+        raise ClientError("invalid_type", "binary messages are not supported; send JSON")
+    try:
+        event = load_json(data)
+    except ProtocolError as exc:  # invalid_json
+        raise ClientError(exc.code.value, exc.message) from exc
+    if not isinstance(event, dict):
+        raise ClientError("invalid_type", "an event must be a JSON object")
+    return event
 
 
 # -- the transport -----------------------------------------------------------------------------
@@ -145,14 +157,7 @@ class RealtimeTransport:
         """Handle one client message; return the audio of an append (None otherwise)."""
         event_id: str | None = None
         try:
-            if isinstance(data, bytes):
-                raise ClientError("invalid_type", "binary messages are not supported; send JSON")
-            try:
-                event = json.loads(data)
-            except json.JSONDecodeError as exc:
-                raise ClientError("invalid_json", f"the event is not valid JSON: {exc}") from exc
-            if not isinstance(event, dict):
-                raise ClientError("invalid_type", "an event must be a JSON object")
+            event = parse_event(data)
             event_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
             return await self._dispatch(ws, session, event)
         except ClientError as exc:
@@ -226,7 +231,7 @@ class RealtimeTransport:
             raise ClientError("invalid_type", "`audio` must be a base64 string", "audio")
         try:
             raw = base64.b64decode(audio, validate=True)
-        except binascii.Error as exc:
+        except ValueError as exc:  # binascii.Error, or a character that is not ASCII
             raise ClientError(
                 "invalid_value", f"`audio` is not valid base64: {exc}", "audio"
             ) from exc

@@ -16,7 +16,6 @@ audio sent in the last `AGENT_RECENT_S` had speech energy.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import logging
 import time
@@ -39,6 +38,7 @@ from streaming.wire import (
     SamplingParams,
     StartMessage,
     describe_validation,
+    load_json,
 )
 
 log = logging.getLogger("duplex.twilio")
@@ -132,10 +132,7 @@ def parse_event(data: str | bytes) -> _Event | None:
     """One Twilio message; None for `connected` (it carries nothing the bridge needs)."""
     if isinstance(data, bytes):
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, "Twilio messages are JSON text, not binary")
-    try:
-        raw = json.loads(data)
-    except json.JSONDecodeError as exc:
-        raise ProtocolError(ErrorCode.INVALID_JSON, f"message is not valid JSON: {exc}") from exc
+    raw = load_json(data)
     if not isinstance(raw, dict) or not isinstance(raw.get("event"), str):
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, "message must be a JSON object with 'event'")
     event = raw["event"]
@@ -258,7 +255,7 @@ class TwilioTransport:
     def _on_media(self, session: CallSession, media: MediaInfo) -> None:
         try:
             payload = base64.b64decode(media.payload, validate=True)
-        except (binascii.Error, ValueError) as exc:
+        except ValueError as exc:  # binascii.Error, or a character that is not ASCII
             raise ProtocolError(ErrorCode.BAD_FRAME, f"media payload is not base64: {exc}") from exc
         if not 0 < len(payload) <= session.chunk_samples:
             raise ProtocolError(
@@ -272,11 +269,11 @@ class TwilioTransport:
         if abs(first - expected) <= SNAP_SAMPLES:
             first = expected
         gap = first - expected
-        if gap > MAX_GAP_S * RATE:
+        if gap > MAX_GAP_S * RATE:  # (said in integers: a float cannot hold every timestamp)
             raise ProtocolError(
                 ErrorCode.SAMPLE_ORDER,
-                f"media timestamp {media.timestamp} ms is {gap / RATE:.1f} s after the audio so "
-                f"far; holes may be at most {MAX_GAP_S:g} s",
+                f"media timestamp {media.timestamp} ms is {gap * 1000 // RATE} ms after the "
+                f"audio so far; holes may be at most {MAX_GAP_S * 1000:g} ms",
             )
         if gap > session.max_gap_samples:  # the session refuses such holes from clients
             session.on_audio(expected, np.zeros(gap, dtype=np.float32), filler=True)
