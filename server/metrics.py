@@ -26,8 +26,23 @@ class Metrics:
             buckets=_TICK_BUCKETS,
             registry=r,
         )
-        self.overruns = Counter(
-            "duplex_tick_overruns", "steps that ended after their deadline", registry=r
+        # A tick's step serves every call: one tick that ends late is one overrun tick and, with
+        # N calls in it, N chunks sent late (what the calls' `stats.overruns` add up to).
+        self.overrun_ticks = Counter(
+            "duplex_overrun_ticks",
+            "ticks whose step ended after their deadline (one per tick, whatever its calls)",
+            registry=r,
+        )
+        self.overrun_call_ticks = Counter(
+            "duplex_overrun_call_ticks",
+            "calls' agent chunks sent late: a late tick counts once per call in it "
+            "(the sum of the calls' stats.overruns)",
+            registry=r,
+        )
+        self.tick_overruns_deprecated = Counter(  # the old name, kept for one release
+            "duplex_tick_overruns",
+            "deprecated, removed in the next release: duplex_overrun_ticks_total",
+            registry=r,
         )
         self.skipped = Counter(
             "duplex_ticks_skipped", "ticks skipped (more than one behind)", registry=r

@@ -19,7 +19,8 @@ from model.engines.api import Engine, EngineOptions
 from model.sampling import SamplingParams
 from server.call_sampling import periods, resolve
 from server.metrics import Metrics
-from server.pacing import StepPacer
+from server.pacing.lead import lead_s, rollback_chunks
+from server.pacing.step import StepPacer
 from server.recording import CallRecorder
 from server.session import CallSession
 from server.settings import Settings
@@ -38,17 +39,6 @@ from streaming.wire import SamplingParams as SamplingRequest
 
 log = logging.getLogger("duplex.runtime")
 
-ROLLBACK_SLACK_S = 0.04
-# The auto lead starts each step this long after a user chunk's last sample is due: a chunk is
-# complete once the frame after it arrives (the wire-to-codec resampler looks 3 ms ahead; 20 ms
-# frames are the common size), plus 15 ms to arrive and be tokenized. The step then uses that
-# chunk at once and has the rest of the tick to finish (docs/architecture.md, "The step and
-# the estimate").
-STEP_MARGIN_S = 0.035
-# A codec frame is encoded once the wire frame after its last sample arrived (the resampler
-# looks ahead): about one 20 ms wire frame plus delivery.
-FRAME_ARRIVAL_S = 0.025
-
 
 class Runtime:
     def __init__(self, settings: Settings) -> None:
@@ -62,20 +52,15 @@ class Runtime:
             )
         self.tick_s = self.config.chunk_ms / 1000
         self.metrics = Metrics()
-        if settings.lead_ms is not None:
-            self.lead_s = settings.lead_ms / 1000
-        else:
-            self.lead_s = self.tick_s - STEP_MARGIN_S
-        if self.lead_s >= self.tick_s:
-            raise ValueError(
-                f"lead_ms {self.lead_s * 1000:g} must be below the tick ({self.tick_s * 1000:g} ms)"
-            )
+        self.lead_s = lead_s(self.tick_s, settings.lead_ms)
         self.engine: Engine = build_engine(
             settings.engine,
             settings.model,
             EngineOptions(
                 max_sessions=settings.max_sessions,
-                max_rollback_chunks=self._rollback_chunks(self.lead_s),
+                max_rollback_chunks=rollback_chunks(
+                    settings.latency_budget_ms / 1000, self.lead_s, self.tick_s
+                ),
                 estimate_units=settings.estimate_units,
                 device=settings.device,
                 dtype=settings.dtype,
@@ -112,7 +97,6 @@ class Runtime:
                 frame_s=self.config.frame_ms / 1000,
                 frames_per_chunk=self.config.frames_per_chunk,
                 max_budget_s=self.lead_s,
-                arrival_s=FRAME_ARRIVAL_S,
                 adaptive=settings.lead_ms is None,
             ),
         )
@@ -131,14 +115,6 @@ class Runtime:
             settings.max_sessions,
             settings.latency_budget_ms,
         )
-
-    def _rollback_chunks(self, lead_s: float) -> int:
-        """How many user chunks may be estimated at once: ceil((budget + lead + slack) / tick).
-
-        The slack keeps audio that is exactly `budget` late (plus scheduling noise) usable.
-        """
-        budget = self.settings.latency_budget_ms / 1000
-        return max(1, math.ceil((budget + lead_s + ROLLBACK_SLACK_S) / self.tick_s))
 
     def open_session(self, start: StartMessage) -> CallSession:
         """Validate a `start` and admit the call (raises ProtocolError with the reason)."""
@@ -184,6 +160,7 @@ class Runtime:
             self.tick_s,
             max_gap_s=max(self.tick_s, s.latency_budget_ms / 1000),
             rollback_chunks=self.engine.info.max_rollback_chunks,
+            wake=self.ticker.wake_tokenizer,
             noise_gate_db=self._gate(start.noise_gate_db),
         )
         session.asked = (start.sampling, start.noise_gate_db)

@@ -13,14 +13,17 @@ import enum
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypedDict
 
 import numpy as np
 
 from model.barge_in import PAUSE_FRAMES
+from model.engines.api import StepResult
 from model.format import Frame
 from model.sampling import SamplingParams
+from server.pacing.anchor import CallPacing
 from server.recording import CallRecorder
 from streaming.agent_output import AgentAudioOutput
 from streaming.codecs import SpeechCodec
@@ -92,6 +95,8 @@ class Outgoing:
 
 @dataclass
 class CallStats:
+    """The call's figures for its `stats` (those of its place on the clock: CallPacing)."""
+
     ticks: int = 0
     frames_in: int = 0
     frames_out: int = 0
@@ -102,9 +107,20 @@ class CallStats:
     overruns: int = 0
     context_tokens: int = 0
     max_rollback_tokens: int = 0
-    re_anchors: int = 0
-    re_anchored_samples: int = 0  # net: silence inserted (+), audio dropped (-)
     latencies_ms: list[float] = field(default_factory=list)
+
+    def count_step(self, r: StepResult, overrun: bool) -> None:
+        """One step's result for the call; `overrun`: its chunk went out late."""
+        self.ticks += 1
+        self.estimates_made += r.estimated
+        self.estimates_replaced += len(r.replaced)
+        if r.estimated:
+            self.unreplaced.add(r.chunk - 1)
+        self.unreplaced.difference_update(r.replaced)
+        self.late_chunks_dropped += len(r.dropped)
+        self.overruns += overrun
+        self.context_tokens = r.tokens
+        self.max_rollback_tokens = max(self.max_rollback_tokens, r.rollback_tokens)
 
 
 class CallSession:
@@ -118,8 +134,10 @@ class CallSession:
         tick_s: float,
         max_gap_s: float,
         rollback_chunks: int,
+        wake: Callable[[], None],
         noise_gate_db: float = 0.0,
     ) -> None:
+        """`wake`: called (on the event loop) after each push of audio, to have it encoded."""
         self.id = session_id
         self.audio = audio
         self.sampling = sampling
@@ -135,12 +153,15 @@ class CallSession:
         self.max_gap_samples = round(audio.sample_rate * max_gap_s)
         self.rollback_chunks = rollback_chunks
         self.user_in = UserAudioInput(codec, audio.sample_rate, frames_per_chunk, noise_gate_db)
+        self._wake = wake
         self.agent_out = AgentAudioOutput(codec, audio.sample_rate, audio.encoding)
         self.outbox: asyncio.Queue[Outgoing] = asyncio.Queue()
         self.stats = CallStats()
         self.join_tick: int | None = None
         self.opened = False  # `ready` has been queued: nothing may end the call before it
-        self.audio_on_time = True  # its audio was in before the last step started
+        self.pacing = CallPacing(  # its audio against the clock: re-anchoring
+            session_id, audio.sample_rate, self.frame_samples, rollback_chunks * tick_s
+        )
         self.last_chunk: int | None = None  # final agent chunk once `end` arrived
         self.prompt_chunks = 0  # agent chunks still to start with sound (a response asked for)
         self.barged_in = False  # the caller talked again since it asked: no more prompts
@@ -148,10 +169,6 @@ class CallSession:
         self._heard = (-1, 0)  # the caller's chunk and frames `hear` has taken, to not repeat
         self._response_lock = threading.Lock()  # `request_response` (loop) vs `hear` (worker)
         self.expected_sample = 0  # in the client's sample numbering
-        self.drop_pending = 0  # wire samples of incoming audio still to drop (re-anchoring)
-        self.off_clock_ticks = 0  # consecutive ticks its audio was beyond the buffer's reach
-        self.on_clock_ticks = 0  # consecutive ticks its audio was within reach
-        self.stall_re_anchors = 0  # re-anchors since its audio last stayed within reach
         self.last_activity = time.monotonic()
         self.done = asyncio.Event()
         self.queued_audio = 0  # audio frames in outbox, to detect a client not reading
@@ -180,17 +197,10 @@ class CallSession:
         self.expected_sample = first_sample + len(pcm)
         now = time.monotonic()
         if gap:  # frames the client dropped: their samples are silence
-            self._push(self._after_drop(np.zeros(gap, dtype=np.float32)), now, filler=True)
-        self._push(self._after_drop(pcm), now, filler=filler)
+            self._push(self.pacing.after_drop(np.zeros(gap, dtype=np.float32)), now, filler=True)
+        self._push(self.pacing.after_drop(pcm), now, filler=filler)
         self.last_activity = now
         self.stats.frames_in += 1
-
-    def _after_drop(self, pcm: np.ndarray) -> np.ndarray:
-        """What is left of incoming samples once the audio still to drop (re-anchoring
-        early) is taken from their start."""
-        cut = min(self.drop_pending, len(pcm))
-        self.drop_pending -= cut
-        return pcm[cut:]
 
     def _push(self, pcm: np.ndarray, now: float, *, filler: bool = False) -> None:
         """Append to the audio stream the model hears (and the recording); `filler`: silence
@@ -199,31 +209,12 @@ class CallSession:
             if self.recorder is not None:
                 self.recorder.user_audio(self.user_in.samples_in, pcm)
             self.user_in.push(pcm, now, filler=filler)
+            self._wake()
 
-    def lag_s(self, elapsed_s: float) -> float:
-        """How far the call's audio trails the server's clock, `elapsed_s` after its sample 0:
-        up to a frame for a client on time, more with network delay, less than 0 when the
-        client's clock runs fast (or it sends faster than real time)."""
-        streamed = self.user_in.samples_in - self.drop_pending
-        return elapsed_s - streamed / self.audio.sample_rate
-
-    def re_anchor(self, samples: int) -> None:
-        """Move the call's audio `samples` later on the server's timeline (silence inserted
-        now) or, when negative, earlier (that much of the incoming audio dropped)."""
-        if samples > 0:
-            self._push(np.zeros(samples, dtype=np.float32), time.monotonic(), filler=True)
-        else:
-            self.drop_pending -= samples
-        self.stats.re_anchors += 1
-        self.stats.re_anchored_samples += samples
-
-    def revoke_drop(self, samples: int) -> None:
-        """Drop up to `samples` less of the incoming audio than an early re-anchor planned:
-        the call trails the clock again before that audio came (a burst, then a pause), and
-        dropping it once it comes would cut the caller's speech."""
-        n = min(samples, self.drop_pending)
-        self.drop_pending -= n
-        self.stats.re_anchored_samples += n
+    def insert_silence(self, samples: int) -> None:
+        """Silence the server puts into the caller's audio stream now (a short last frame's
+        padding, a late call re-anchored)."""
+        self._push(np.zeros(samples, dtype=np.float32), time.monotonic(), filler=True)
 
     def request_response(self) -> None:
         """The caller asks the agent to speak now: its next RESPONSE_CHUNKS chunks start with
@@ -278,14 +269,18 @@ class CallSession:
                 "(at most one frame of padding is allowed)",
             )
         if total_samples > self.expected_sample:
-            pad = total_samples - self.expected_sample
-            self._push(np.zeros(pad, dtype=np.float32), time.monotonic(), filler=True)
+            self.insert_silence(total_samples - self.expected_sample)
             self.expected_sample = total_samples
         self.user_in.end()
         # the stream's length: the client's samples, moved by any re-anchoring
-        self.last_chunk = max(0, math.ceil(self.user_in.samples_in / self.chunk_samples) - 1)
+        self.end_at(self.user_in.samples_in)
         self.state = State.ENDING
         self.last_activity = time.monotonic()
+
+    def end_at(self, samples: int) -> None:
+        """The caller's audio stream ends at wire sample `samples`: the agent's last chunk is
+        the one that holds it."""
+        self.last_chunk = max(0, math.ceil(samples / self.chunk_samples) - 1)
 
     def retune(self, sampling: SamplingParams, noise_gate_db: float) -> None:
         """New settings mid-call: the ticker hands `sampling` to the engine before its next
@@ -379,8 +374,8 @@ class CallSession:
             overruns=s.overruns,
             context_tokens=s.context_tokens,
             max_rollback_tokens=s.max_rollback_tokens,
-            re_anchors=s.re_anchors,
-            re_anchored_samples=s.re_anchored_samples,
+            re_anchors=self.pacing.re_anchors,
+            re_anchored_samples=self.pacing.re_anchored_samples,
             frames_gated=gated,
             noise_floor_db=round(floor_db, 1),
             latency_ms_p50=pct(50),

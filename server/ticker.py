@@ -1,13 +1,16 @@
 """The global tick loop: one clock for every call, one batched engine step per tick.
 
-Tick g's agent chunk is due at deadline(g). Its step starts as soon as every call's user audio
-up to the frame the pacer waits for is encoded, and at the latest its budget before the
-deadline (server/pacing.py); it runs on a worker thread (tokenize what arrived, engine step,
-vocode). The frames of the newest user chunk that are in go to the engine as they are; the
-rest of that chunk is estimated. A step that ends late is sent late and counted; a tick whose
-deadline passed before its step could start is skipped (the engine writes agent silence, so
-every timeline stays on the clock). The engine is only touched from the worker thread;
-sessions join and leave between steps.
+Tick g's agent chunk is due at deadline(g). Each tick reads pace -> plan -> execute -> deliver.
+Pace (server/pacing/): every call's audio is kept on the clock, and the step waits until every
+call's user audio up to the awaited frame is encoded, and at the latest its budget before the
+deadline. Plan (event loop): who joins, leaves, changes settings, is prompted or is done.
+Execute (a worker thread): tokenize what arrived, engine step, vocode. Deliver (event loop):
+each call's figures, the metrics, the recording, its agent frame, and the rules that cut a call
+off. The frames of the newest user chunk that are in go to the engine as they are; the rest of
+that chunk is estimated. A step that ends late is sent late and counted; a tick whose deadline
+passed before its step could start is skipped (the engine writes agent silence, so every
+timeline stays on the clock). The engine is only touched from the worker thread; sessions join
+and leave between steps.
 """
 
 from __future__ import annotations
@@ -27,17 +30,16 @@ from model.engines.api import Engine, StepRequest, StepResult
 from model.format import Frame
 from model.sampling import SamplingParams
 from server.metrics import Metrics
-from server.pacing import StepPacer
+from server.pacing.clock import TickClock
+from server.pacing.step import StepPacer, StepWait
+from server.recording import CallRecorder
 from server.session import AgentChunk, CallSession, State
 from streaming.agent_output import AgentAudio
-from streaming.clock import TickClock
 from streaming.wire import CloseCode, ErrorCode, ProtocolError, ReadyMessage
 
 log = logging.getLogger("duplex.ticker")
 
-RETRY_LATE_TICKS = 8  # a call that was late is waited for again this often (~1.3 s)
 TOKENIZE_EVERY_S = 0.04  # between waits, audio is encoded within a codec frame (40 ms) of arriving
-REANCHOR_TICKS = 12  # ~2 s off the clock: drift or a lasting delay, not a network stall
 
 
 @dataclass
@@ -111,7 +113,6 @@ class Ticker:
                 ErrorCode.SERVER_FULL,
                 f"all {self.config.max_sessions} call slots are busy; try again later",
             )
-        session.user_in.on_push = self._on_audio
         self.sessions[session.id] = session
         self.metrics.sessions_total.inc()
         self.metrics.sessions_active.set(len(self.sessions))
@@ -135,10 +136,10 @@ class Ticker:
     def free_slots(self) -> int:
         return max(0, self.config.max_sessions - len(self.sessions))
 
-    # -- the loop -----------------------------------------------------------------------------
+    # -- the tokenizer thread -------------------------------------------------------------------
 
-    def _on_audio(self) -> None:
-        """A frame arrived (event loop). Tokenize at once only while a tick waits for audio:
+    def wake_tokenizer(self) -> None:
+        """Audio was pushed (event loop). Tokenize at once only while a tick waits for audio:
         every wake-up of the tokenizer thread contends with the step for the GIL."""
         if self._waiting:
             self._wake.set()
@@ -153,119 +154,91 @@ class Ticker:
             if new and self._waiting and self._loop is not None:
                 self._loop.call_soon_threadsafe(self._audio.set)
 
+    # -- the loop -----------------------------------------------------------------------------
+
     async def run(self) -> None:
-        self._loop = loop = asyncio.get_running_loop()
+        self._loop = asyncio.get_running_loop()
         tick = self.clock.next_tick() + 1
         while True:
             self._keep_on_clock(tick)
-            await self._await_audio(tick)
+            await self._await_audio(self._awaited(tick))
             started = time.monotonic()
-            silent = started >= self.clock.deadline(tick)
-            plan = self._plan(tick, silent)
+            plan = self._plan(tick, silent=started >= self.clock.deadline(tick))
             if plan.sessions or plan.leaves:
-                try:
-                    out = await loop.run_in_executor(self._executor, self._work, plan)
-                except Exception:
-                    log.exception("tick %d failed; ending its calls", tick)
-                    self._fail_all(plan)
-                else:
+                out = await self._execute(plan)
+                if out is not None:
                     self._deliver(plan, out)
                     self.pacer.record(time.monotonic() - started, len(plan.sessions))
             tick += 1
 
+    # -- pace (event loop) ------------------------------------------------------------------
+
     def _keep_on_clock(self, tick: int) -> None:
-        """Clock drift is absorbed within the latency buffer; a call whose
-        audio stays beyond the buffer's reach (rollback_chunks ticks), late or early, for
-        REANCHOR_TICKS ticks is re-anchored: silence is inserted (late) or incoming audio
-        dropped (early) so its audio is on time again, and that is counted. Late audio would
-        otherwise be dropped for the rest of the call (the agent deaf), early audio heard
-        that much later (the agent slow). A stall shorter than that is left alone: its audio
-        arrives in a burst, and only what is beyond the budget is dropped. A drop not made
-        yet is revoked as far as the call trails the clock again (a burst, then a pause)."""
+        """Each call's audio against the clock (server/pacing/anchor.py): the silence a late
+        call's re-anchor inserts goes in here, a call that sent `end` ends no later than its
+        audio may run ahead of the clock, and every re-anchor is counted."""
         now = time.monotonic()
         for s in self.sessions.values():
-            if s.state is not State.LIVE or s.join_tick is None or tick <= s.join_tick:
+            if s.join_tick is None or tick <= s.join_tick:
                 continue
             elapsed = now - self.clock.deadline(s.join_tick)
-            lag = s.lag_s(elapsed)
-            frame_s = s.frame_samples / s.audio.sample_rate
-            if lag > frame_s and s.drop_pending:  # more than a client on time trails by
-                s.revoke_drop(round((lag - frame_s) * s.audio.sample_rate))
-                lag = s.lag_s(elapsed)
-            reach = s.rollback_chunks * self.config.tick_s
-            if abs(lag) <= reach:
-                s.off_clock_ticks = 0
-                s.on_clock_ticks += 1
-                # A stall is over once its audio stays within reach as long as it took to
-                # call it one (right after a re-anchor it is within reach for a few ticks).
-                if s.on_clock_ticks == REANCHOR_TICKS:
-                    if s.stall_re_anchors > 1:
-                        log.info("call %s back on the clock after %d re-anchors", s.id,
-                                 s.stall_re_anchors)  # fmt: skip
-                    s.stall_re_anchors = 0
+            if s.state is State.ENDING and not s.pacing.ended:
+                cut = s.pacing.bound_end(elapsed, s.user_in.samples_in)
+                if cut:
+                    s.end_at(s.user_in.samples_in - cut)
+                    self.metrics.re_anchors.labels("early").inc()
+            if s.state is not State.LIVE:
                 continue
-            s.on_clock_ticks = 0
-            s.off_clock_ticks += 1
-            if s.off_clock_ticks < REANCHOR_TICKS:
+            move = s.pacing.check(elapsed, s.user_in.samples_in)
+            if move is None:
                 continue
-            s.off_clock_ticks = 0
-            shift = lag - frame_s if lag > 0 else lag  # a client on time trails by ~a frame
-            s.re_anchor(round(shift * s.audio.sample_rate))
-            direction = "late" if lag > 0 else "early"
-            self.metrics.re_anchors.labels(direction).inc()
-            s.stall_re_anchors += 1
-            # A client that stops sending without hanging up is re-anchored every
-            # REANCHOR_TICKS until idle_timeout: one info line per stall, the rest at debug.
-            log.log(
-                logging.INFO if s.stall_re_anchors == 1 else logging.DEBUG,
-                "call %s re-anchored: its audio was %.0f ms %s", s.id, abs(lag) * 1000, direction,
-            )  # fmt: skip
+            if move.samples > 0:
+                s.insert_silence(move.samples)
+            self.metrics.re_anchors.labels(move.direction).inc()
 
-    async def _await_audio(self, tick: int) -> None:
+    def _awaited(self, tick: int) -> StepWait:
+        """What the step of `tick` waits for (server/pacing/step.py): the live calls that have
+        user audio by then."""
+        joined = {
+            s.id: s.join_tick
+            for s in self.sessions.values()
+            if s.state is State.LIVE and s.join_tick is not None and tick > s.join_tick
+        }
+        return self.pacer.wait(tick, self.clock.deadline(tick), joined, len(self.sessions))
+
+    async def _await_audio(self, wait: StepWait) -> None:
         """Wait until every waited-for call's audio up to the awaited frame is encoded (and
-        not before that frame's last sample is due), or until the step's latest start. A call
-        whose audio was not in when the previous step started (network delay) is waited for
-        again only every RETRY_LATE_TICKS ticks, so it cannot hold the others up each tick,
-        and one that is on time again is noticed. With no call to wait for, the step starts
-        at its latest."""
-        deadline = self.clock.deadline(tick)
-        p = self.pacer
-        budget = p.budget(len(self.sessions))
-        m = p.frames_to_wait(budget)
-        latest = deadline - budget
-        earliest = deadline - p.tick_s + m * p.frame_s
-        need: dict[str, int] = {}
-        for s in self.sessions.values():
-            if s.state is State.LIVE and s.join_tick is not None and tick > s.join_tick:
-                need[s.id] = (tick - s.join_tick - 1) * p.frames_per_chunk + m
-        retry = tick % RETRY_LATE_TICKS == 0
+        not before that frame's last sample is due), or until the step's latest start; with no
+        call to wait for, the step starts at its latest. Then note whose audio was on time."""
         self._waiting = True  # before reading frames_encoded: no wake-up is lost
         try:
             while True:
                 self._audio.clear()
                 now = time.monotonic()
-                if now >= latest:
+                if now >= wait.latest:
                     break
                 waited = [
-                    s.user_in.frames_encoded >= need[sid]
-                    for sid, s in self.sessions.items()
-                    if sid in need and s.state is State.LIVE and (s.audio_on_time or retry)
+                    s.user_in.frames_encoded >= wait.need[s.id]
+                    for s in self.sessions.values()
+                    if s.state is State.LIVE and wait.waits_for(s.id, s.pacing.audio_on_time)
                 ]
                 missing = not all(waited)
-                if waited and not missing and now >= earliest:
+                if waited and not missing and now >= wait.earliest:
                     break
                 if missing:
                     self._wake.set()  # encode what is queued now, not at the next poll
                 # with no call to wait for (all late, or none), start as late as the step
                 # allows: late audio that came in by then is used
-                until = earliest if waited and not missing else latest
+                until = wait.earliest if waited and not missing else wait.latest
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._audio.wait(), until - now)
         finally:
             self._waiting = False
-        for sid, s in self.sessions.items():
-            if sid in need:
-                s.audio_on_time = s.user_in.frames_encoded >= need[sid]
+        for s in self.sessions.values():
+            if s.id in wait.need:
+                s.pacing.audio_on_time = s.user_in.frames_encoded >= wait.need[s.id]
+
+    # -- plan (event loop) ------------------------------------------------------------------
 
     def _plan(self, tick: int, silent: bool) -> TickPlan:
         plan = TickPlan(tick, silent, leaves=self._leaving)
@@ -296,6 +269,19 @@ class Ticker:
                 s.prompt_chunks -= 1
                 plan.prompts.add(s.id)
         return plan
+
+    # -- execute (worker thread) ------------------------------------------------------------
+
+    async def _execute(self, plan: TickPlan) -> TickOutput | None:
+        """The plan's step on the worker thread; a step that fails ends its calls (None)."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._work, plan
+            )
+        except Exception:
+            log.exception("tick %d failed; ending its calls", plan.tick)
+            self._fail_all(plan)
+            return None
 
     def _work(self, plan: TickPlan) -> TickOutput:
         """Worker thread: the only place the engine runs."""
@@ -337,54 +323,35 @@ class Ticker:
         }
         return TickOutput(results, audio, newest, real, time.perf_counter() - t0)
 
+    # -- deliver (event loop) ---------------------------------------------------------------
+
     def _deliver(self, plan: TickPlan, out: TickOutput) -> None:
-        m, cfg = self.metrics, self.config
+        """Each call's agent chunk into its outbox (chunk 0 with `ready`, at the tick
+        boundary), with its figures, the metrics and its recording; then the rules that cut a
+        call off."""
         deadline = self.clock.deadline(plan.tick)
         now = time.monotonic()
         overrun = now > deadline
-        m.ticks.inc()
-        m.tick_seconds.observe(out.compute_s)
-        if overrun:
-            m.overruns.inc()
+        count_tick_metrics(self.metrics, out.compute_s, overrun)
         for s in plan.sessions:
             if s.state is State.CLOSED or s.id not in self.sessions:
                 continue
             r, a = out.results[s.id], out.audio[s.id]
-            st = s.stats
-            st.ticks += 1
-            st.estimates_made += r.estimated
-            st.estimates_replaced += len(r.replaced)
-            if r.estimated:
-                st.unreplaced.add(r.chunk - 1)
-            st.unreplaced.difference_update(r.replaced)
-            st.late_chunks_dropped += len(r.dropped)
-            st.overruns += overrun
-            st.context_tokens = r.tokens
-            st.max_rollback_tokens = max(st.max_rollback_tokens, r.rollback_tokens)
-            m.estimates.inc(r.estimated)
-            m.replaced.inc(len(r.replaced))
-            m.late_dropped.inc(len(r.dropped))
-            if r.replaced:
-                m.rollback_tokens.observe(r.rollback_tokens)
+            s.stats.count_step(r, overrun)
+            count_call_metrics(self.metrics, r, overrun)
             if s.recorder is not None:
-                s.recorder.agent_audio(a.pcm)
-                s.recorder.tick(plan.tick, r, out.real[s.id])
-            last = s.last_chunk is not None and r.chunk >= s.last_chunk
-            frame = AgentChunk(r.chunk, a.first_sample, a.payload, last)
+                record_step(s.recorder, plan.tick, r, a, out.real[s.id])
+            frame = agent_chunk(r, a, s.last_chunk)
             if r.chunk == 0:
-                asyncio.get_running_loop().create_task(self._open(s, frame, deadline, last))
+                asyncio.get_running_loop().create_task(self._open(s, frame, deadline))
                 continue
             s.send_audio(frame, out.newest_arrival[s.id])
-            if last:
+            if frame.last:
                 s.finish()
-            elif s.queued_audio > cfg.max_backlog_frames:
-                self._cut(s, ErrorCode.SLOW_CONSUMER, "the client is not reading its audio")
-            elif s.state is State.LIVE and now - s.last_activity > cfg.idle_timeout_s:
-                self._cut(s, ErrorCode.IDLE_TIMEOUT, f"no audio for {cfg.idle_timeout_s:g} s")
-            elif (plan.tick - (s.join_tick or 0)) * cfg.tick_s > cfg.max_call_s:
-                self._cut(s, ErrorCode.CALL_TOO_LONG, f"calls last at most {cfg.max_call_s:g} s")
+            elif (cut := cut_off(s, plan.tick, now, self.config)) is not None:
+                self._cut(s, *cut)
 
-    async def _open(self, s: CallSession, frame: AgentChunk, deadline: float, last: bool) -> None:
+    async def _open(self, s: CallSession, frame: AgentChunk, deadline: float) -> None:
         """At the first tick boundary: `ready` (sample 0 of the call), then chunk 0."""
         await asyncio.sleep(max(0.0, deadline - time.monotonic()))
         if s.state is State.CLOSED:
@@ -392,7 +359,7 @@ class Ticker:
         s.send_ready(self.ready_message(s))
         s.opened = True
         s.send_audio(frame, None)
-        if last:
+        if frame.last:
             s.finish()
         elif s.state is State.JOINING:
             s.state = State.LIVE
@@ -411,6 +378,8 @@ class Ticker:
             latency_budget_ms=self.config.latency_budget_s * 1000,
             **s.settings(),
         )
+
+    # -- ending calls -------------------------------------------------------------------------
 
     def _cut(self, s: CallSession, code: ErrorCode, message: str) -> None:
         self.metrics.errors.labels(code.value).inc()
@@ -440,3 +409,58 @@ class Ticker:
         self._stop.set()
         self._wake.set()
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+# -- delivery's jobs --------------------------------------------------------------------------
+
+
+def count_tick_metrics(m: Metrics, compute_s: float, overrun: bool) -> None:
+    """The tick in the metrics: its step's compute time, and whether it ended late."""
+    m.ticks.inc()
+    m.tick_seconds.observe(compute_s)
+    if overrun:
+        m.overrun_ticks.inc()
+        m.tick_overruns_deprecated.inc()
+
+
+def count_call_metrics(m: Metrics, r: StepResult, overrun: bool) -> None:
+    """One call's step result in the metrics (no per-call labels: the call's own figures are
+    its CallStats); `overrun`: its chunk went out late."""
+    if overrun:
+        m.overrun_call_ticks.inc()
+    m.estimates.inc(r.estimated)
+    m.replaced.inc(len(r.replaced))
+    m.late_dropped.inc(len(r.dropped))
+    if r.replaced:
+        m.rollback_tokens.observe(r.rollback_tokens)
+
+
+def record_step(
+    recorder: CallRecorder, tick: int, r: StepResult, a: AgentAudio, real: dict[int, list[Frame]]
+) -> None:
+    """The step in the call's recording: the agent's audio, its units and the user chunks the
+    step received."""
+    recorder.agent_audio(a.pcm)
+    recorder.tick(tick, r, real)
+
+
+def agent_chunk(r: StepResult, a: AgentAudio, last_chunk: int | None) -> AgentChunk:
+    """The step's agent audio as the call's frame: stamped with its chunk and first sample,
+    flagged last when it is the final chunk `end` set."""
+    return AgentChunk(
+        r.chunk, a.first_sample, a.payload, last_chunk is not None and r.chunk >= last_chunk
+    )
+
+
+def cut_off(
+    s: CallSession, tick: int, now: float, cfg: TickerConfig
+) -> tuple[ErrorCode, str] | None:
+    """Why a call that goes on is cut off at this tick, if it is: a client not reading its
+    audio, no audio for the idle timeout, the longest call reached."""
+    if s.queued_audio > cfg.max_backlog_frames:
+        return ErrorCode.SLOW_CONSUMER, "the client is not reading its audio"
+    if s.state is State.LIVE and now - s.last_activity > cfg.idle_timeout_s:
+        return ErrorCode.IDLE_TIMEOUT, f"no audio for {cfg.idle_timeout_s:g} s"
+    if (tick - (s.join_tick or 0)) * cfg.tick_s > cfg.max_call_s:
+        return ErrorCode.CALL_TOO_LONG, f"calls last at most {cfg.max_call_s:g} s"
+    return None

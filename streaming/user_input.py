@@ -11,7 +11,6 @@ that completed it.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,7 +62,6 @@ class UserAudioInput:
         self.next_chunk = 0  # index of the first chunk not yet complete
         self.frames_encoded = 0  # codec frames encoded so far (the tick waits on this)
         self.samples_in = 0  # wire samples in the stream (gaps and re-anchoring included)
-        self.on_push: Callable[[], None] | None = None  # wakes the tokenizer
 
     def push(self, pcm: np.ndarray, arrival: float, *, filler: bool = False) -> None:
         """Append the next wire samples (the caller checked their order). `filler`: silence
@@ -71,8 +69,6 @@ class UserAudioInput:
         with self._lock:
             self._queue.append((pcm, arrival, filler))
             self.samples_in += len(pcm)
-        if self.on_push is not None:
-            self.on_push()
 
     def end(self) -> None:
         """No more audio: the last partial chunk is completed with silence."""

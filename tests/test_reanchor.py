@@ -1,6 +1,7 @@
 """Clock drift against the real server (decisions.md §2): a client whose audio clock runs
 slow (its audio falls ever later) or fast (ever earlier) is re-anchored once its audio stays
-beyond the latency buffer's reach, so the call goes on hearing the caller; one on time is not."""
+beyond the latency buffer's reach, so the call goes on hearing the caller; one on time is not.
+Audio sent ahead of the clock buys no time after `end`."""
 
 from __future__ import annotations
 
@@ -134,3 +135,41 @@ def test_a_burst_then_a_pause_is_not_cut(server: ServerProcess) -> None:
     stats = asyncio.run(call_stats(server.url, burst))
     assert stats.re_anchors == 1  # early, once: no silence inserted after it
     assert abs(stats.re_anchored_samples) <= 0.1 * RATE  # the drop was revoked, not made
+
+
+def test_audio_sent_ahead_buys_no_time_after_end(server: ServerProcess) -> None:
+    """Issue 24 (a): 8 s of audio at 50x real time, 2.2 s more at real time (by then the early
+    re-anchor has planned its drop of audio still to come), then `end`. The call ends within
+    about the buffer's reach (480 ms) of the clock, not when the 7 s still owed would have
+    played out; what was beyond that reach is dropped and counted as an early re-anchor."""
+    before = re_anchors(server)
+
+    async def main() -> tuple[StatsMessage, float]:
+        async with DuplexClient.connect(server.url) as client:
+            got: list[tuple[StatsMessage, float]] = []
+
+            async def read() -> None:
+                async for event in client.events():
+                    if isinstance(event, StatsMessage):
+                        got.append((event, time.monotonic()))
+
+            reader = asyncio.create_task(read())
+            n = client.frame_samples
+            pcm = tone(10.2)
+            t0 = time.monotonic()
+            for i in range(len(pcm) // n):
+                due = i * n / RATE / 50 if i * n < 8 * RATE else i * n / RATE - 7.84
+                await asyncio.sleep(max(0.0, t0 + due - time.monotonic()))
+                await client.send_frame(pcm[i * n : (i + 1) * n])
+            await client.end()
+            t_end = time.monotonic()
+            await asyncio.wait_for(reader, 30)
+            stats, t_stats = got[0]
+            return stats, t_stats - t_end
+
+    stats, after_end = asyncio.run(main())
+    assert after_end < 1.5, after_end  # before: ~7 s more of agent frames
+    assert stats.re_anchors == 2, stats  # the early re-anchor, and the audio `end` left owed
+    assert stats.re_anchored_samples <= -6.5 * RATE, stats
+    after = re_anchors(server)
+    assert after["early"] - before["early"] == stats.re_anchors

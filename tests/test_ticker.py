@@ -3,6 +3,8 @@ server reaches only under an overrun, and which steps a response asked for promp
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -171,5 +173,32 @@ def test_a_caller_who_talks_again_drops_the_responses_prompts(checkpoint: Path) 
         assert plan.prompts == {barging.id, waiting.id}
         ticker._work(plan)
         assert {r.session_id: r.prompt for r in seen} == {barging.id: False, waiting.id: True}
+    finally:
+        runtime.ticker.shutdown()
+
+
+def test_overruns_are_counted_per_tick_and_per_call_tick(checkpoint: Path) -> None:
+    """Issue 24 (b): a tick that ends late with two calls in it is one overrun tick
+    (`duplex_overrun_ticks_total`, and `duplex_tick_overruns_total` under its old name) and
+    two chunks sent late (`duplex_overrun_call_ticks_total`): what the calls' `stats.overruns`
+    add up to. A tick on time counts in neither."""
+    runtime = Runtime(Settings(model=checkpoint, max_sessions=2))
+    try:
+        ticker, registry = runtime.ticker, runtime.metrics.registry
+        calls = [runtime.open_session(StartMessage(type="start")) for _ in range(2)]
+
+        async def two_ticks() -> None:
+            for tick, t0 in ((0, time.monotonic() - 10), (1, time.monotonic() + 10)):
+                ticker.clock.t0 = t0  # tick 0 due long ago, tick 1 not for seconds
+                plan = ticker._plan(tick, False)
+                ticker._deliver(plan, ticker._work(plan))
+                await asyncio.sleep(0)  # chunk 0 and `ready` go out
+
+        asyncio.run(two_ticks())
+        assert registry.get_sample_value("duplex_ticks_total") == 2
+        assert registry.get_sample_value("duplex_overrun_ticks_total") == 1
+        assert registry.get_sample_value("duplex_tick_overruns_total") == 1
+        assert registry.get_sample_value("duplex_overrun_call_ticks_total") == 2
+        assert [s.stats.overruns for s in calls] == [1, 1]
     finally:
         runtime.ticker.shutdown()

@@ -6,8 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
+from model.sampling import SamplingParams
+from server.session import CallSession
 from streaming.codecs import load_codec
 from streaming.user_input import UserAudioInput
+from streaming.wire import AudioFormat
 
 BUILTIN = {"type": "codec2-units", "codebook": "builtin:codec2_units_1024"}
 
@@ -36,12 +39,26 @@ def test_end_completes_the_last_chunk_with_silence() -> None:
     codec = load_codec(BUILTIN, Path("."))
     f = codec.frame_samples
     user = UserAudioInput(codec, codec.sample_rate, frames_per_chunk=4)
-    woke: list[bool] = []
-    user.on_push = lambda: woke.append(True)
     user.push(np.zeros(f, dtype=np.float32), arrival=7.0)
     user.end()
     (chunk,), part = user.drain()
     assert chunk.index == 0 and chunk.arrival == 7.0
     assert (chunk.units == codec.silence_unit).all()
-    assert woke == [True]
     assert len(part.units) == 0
+
+
+def test_a_call_wakes_its_tokenizer_after_each_push() -> None:
+    """The server side wakes the tokenizer (streaming/ never calls back into server/): once
+    for each push of audio into the stream, the silence it inserts included."""
+    codec = load_codec(BUILTIN, Path("."))
+    woke: list[int] = []
+    audio = AudioFormat(sample_rate=codec.sample_rate, frame_ms=40)
+    session = CallSession(
+        "c", audio, SamplingParams(), codec, 4, 0.16, max_gap_s=0.24, rollback_chunks=3,
+        wake=lambda: woke.append(session.user_in.samples_in),
+    )  # fmt: skip
+    f = codec.frame_samples
+    session.on_audio(0, np.zeros(f, dtype=np.float32))
+    session.on_audio(2 * f, np.zeros(f, dtype=np.float32))  # a dropped frame: silence first
+    session.on_end(3 * f + 10)  # a short last frame, padded
+    assert woke == [f, 2 * f, 3 * f, 3 * f + 10]

@@ -24,8 +24,3 @@ class TickClock:
         """The first tick that starts at or after `now`."""
         now = time.monotonic() if now is None else now
         return max(0, math.ceil((now - self.t0) / self.period - 1e-9))
-
-    def current_tick(self, now: float | None = None) -> int:
-        """The tick whose period contains `now`."""
-        now = time.monotonic() if now is None else now
-        return math.floor((now - self.t0) / self.period)

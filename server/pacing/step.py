@@ -22,6 +22,27 @@ SEND_MARGIN_S = 0.005  # from the step's end to the frames being on the socket
 # is late (network, a relay), and then a host hiccup of a few tens of ms should not make it
 # overrun; at one call (~10 ms steps) it still waits for two of the newest chunk's frames.
 MIN_BUDGET_S = 0.04
+# A codec frame is encoded once the wire frame after its last sample arrived (the resampler
+# looks ahead): about one 20 ms wire frame plus delivery.
+FRAME_ARRIVAL_S = 0.025
+RETRY_LATE_TICKS = 8  # a call that was late is waited for again this often (~1.3 s)
+
+
+@dataclass(frozen=True, slots=True)
+class StepWait:
+    """What the step of one tick waits for: each call in `need` to have encoded that many codec
+    frames, but not before `earliest` (the awaited frame's last sample is due) and no later
+    than `latest` (the step's latest start). A call whose audio was late at the previous step
+    is waited for only when `retry` is set, so it cannot hold the others up each tick, and
+    one that is on time again is noticed."""
+
+    earliest: float
+    latest: float
+    need: dict[str, int]
+    retry: bool
+
+    def waits_for(self, call_id: str, on_time: bool) -> bool:
+        return call_id in self.need and (on_time or self.retry)
 
 
 @dataclass
@@ -30,7 +51,7 @@ class StepPacer:
     frame_s: float  # one codec frame
     frames_per_chunk: int
     max_budget_s: float  # the most time a step is given: the configured lead
-    arrival_s: float  # a frame's usual arrival after its last sample is due (wire framing)
+    arrival_s: float = FRAME_ARRIVAL_S  # a frame's usual arrival after its last sample is due
     adaptive: bool = True  # False: every step gets max_budget_s
     _history: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=HISTORY_TICKS))
 
@@ -46,6 +67,19 @@ class StepPacer:
         up to the one before)."""
         room = self.tick_s - self.arrival_s - budget_s
         return max(0, min(self.frames_per_chunk - 1, math.floor(room / self.frame_s + 1e-9)))
+
+    def wait(self, tick: int, deadline: float, joined: dict[str, int], sessions: int) -> StepWait:
+        """What the step of `tick` (due at `deadline`) waits for, with `sessions` calls in it;
+        `joined`: the join tick of each live call that has audio to wait for (tick > its
+        join tick). Call j's awaited frame is the m-th of its chunk tick - join - 1."""
+        budget = self.budget(sessions)
+        m = self.frames_to_wait(budget)
+        return StepWait(
+            earliest=deadline - self.tick_s + m * self.frame_s,
+            latest=deadline - budget,
+            need={c: (tick - join - 1) * self.frames_per_chunk + m for c, join in joined.items()},
+            retry=tick % RETRY_LATE_TICKS == 0,
+        )
 
     def record(self, step_s: float, sessions: int) -> None:
         """A finished step: from its start to its frames handed to the senders."""
