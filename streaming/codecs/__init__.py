@@ -72,16 +72,22 @@ def resolve_asset(ref: str, base_dir: Path) -> Path:
             known = sorted(p.stem for p in ASSETS_DIR.glob("*.npz"))
             raise ValueError(f"unknown builtin codebook {ref!r}; available: {known}")
         return path
-    path = Path(ref).expanduser()
-    path = path if path.is_absolute() else Path(base_dir) / path
+    path = resolve_path(ref, base_dir)
     if not path.is_file():
         raise ValueError(f"codebook file not found: {path} (from {ref!r})")
     return path
 
 
+def resolve_path(ref: str, base_dir: Path) -> Path:
+    """A path from a checkpoint's codec spec: relative ones are taken from ``base_dir``."""
+    path = Path(ref).expanduser()
+    return path if path.is_absolute() else Path(base_dir) / path
+
+
 def load_codec(spec: dict[str, Any], base_dir: Path) -> SpeechCodec:
     """Build a codec from a checkpoint's ``duplex.json`` "codec" entry, e.g.
-    ``{"type": "codec2-units", "codebook": "builtin:codec2_units_1024"}``."""
+    ``{"type": "codec2-units", "codebook": "builtin:codec2_units_1024"}`` or
+    ``{"type": "mimi", "dir": "mimi", "codebooks": 8}`` (a local Hugging Face directory)."""
     if not isinstance(spec, dict):
         raise ValueError(f"codec spec must be a dict, got {type(spec).__name__}")
     kind = spec.get("type")
@@ -95,4 +101,16 @@ def load_codec(spec: dict[str, Any], base_dir: Path) -> SpeechCodec:
                 f"(e.g. 'builtin:codec2_units_1024'), got {ref!r}"
             )
         return Codec2UnitCodec.load(resolve_asset(ref, base_dir))
-    raise ValueError(f"unknown codec type {kind!r} in spec {spec!r}; known types: ['codec2-units']")
+    if kind == "mimi":
+        from streaming.codecs.mimi import DEFAULT_CODEBOOKS, MimiCodec
+
+        ref = spec.get("dir")
+        if not isinstance(ref, str) or not ref:
+            raise ValueError(
+                f"mimi spec needs a 'dir' string (a local Mimi directory), got {ref!r}"
+            )
+        codebooks = spec.get("codebooks", DEFAULT_CODEBOOKS)
+        return MimiCodec.from_pretrained(resolve_path(ref, base_dir), codebooks)
+    raise ValueError(
+        f"unknown codec type {kind!r} in spec {spec!r}; known types: ['codec2-units', 'mimi']"
+    )
