@@ -26,7 +26,7 @@ from transformers import LlamaForCausalLM
 from model.checkpoint import CheckpointError, DuplexConfig, load_checkpoint
 from model.engines.api import StepRequest
 from model.engines.torch.engine import TorchEngine
-from model.format import Frame
+from model.format import ChunkFormat, Frame
 from model.sampling import SamplingParams
 
 ROLLBACK_CHUNKS = 3  # 240 ms budget + lead at 160 ms ticks
@@ -42,10 +42,15 @@ class Row:
     loop_p99_ms: float | None
 
 
-def _user_chunk(rnd: random.Random, frames: int) -> list[Frame]:
-    a: Frame = (rnd.randrange(1024),)
-    b: Frame = (rnd.randrange(1024),)
-    return [a] * 2 + [b] * (frames - 2)
+def _user_chunk(rnd: random.Random, fmt: ChunkFormat) -> list[Frame]:
+    """Two random frames: the first held for two frames, the second for the rest."""
+
+    def frame() -> Frame:
+        return tuple(rnd.randrange(fmt.n_units) for _ in range(fmt.units_per_frame))
+
+    a = frame()
+    b = frame()
+    return [a] * 2 + [b] * (fmt.frames_per_chunk - 2)
 
 
 def _template(config: DuplexConfig, llama: LlamaForCausalLM, context: int) -> TorchEngine:
@@ -53,13 +58,12 @@ def _template(config: DuplexConfig, llama: LlamaForCausalLM, context: int) -> To
     engine = TorchEngine(config, llama, max_sessions=1, max_rollback_chunks=ROLLBACK_CHUNKS)
     engine.add_session("t", SamplingParams(seed=0))
     rnd = random.Random(0)
-    f = engine.frames_per_chunk
     k = 0
     while len(engine.timeline("t").tokens) < context:
-        real = {k - 1: _user_chunk(rnd, f)} if k else {}
+        real = {k - 1: _user_chunk(rnd, engine.fmt)} if k else {}
         engine.step([StepRequest("t", real, silent=True)])
         k += 1
-    engine.step([StepRequest("t", {k - 1: _user_chunk(rnd, f)})])  # prefill the backlog
+    engine.step([StepRequest("t", {k - 1: _user_chunk(rnd, engine.fmt)})])  # prefill the backlog
     return engine
 
 
@@ -86,7 +90,7 @@ def _requests(engines: list[TorchEngine], rnd: random.Random) -> list[list[StepR
         reqs = []
         for sid, s in engine.sessions.items():
             k = len(s.timeline.agent)
-            reqs.append(StepRequest(sid, {k - 2: _user_chunk(rnd, engine.frames_per_chunk)}))
+            reqs.append(StepRequest(sid, {k - 2: _user_chunk(rnd, engine.fmt)}))
         out.append(reqs)
     return out
 

@@ -169,20 +169,28 @@ def init_random_checkpoint(
     sink_tokens: int = 64,
     codebook: str = "builtin:codec2_units_1024",
     n_units: int = 1024,
+    units_per_frame: int = 1,
 ) -> DuplexConfig:
     """Write a small seeded random-weight Llama checkpoint (it babbles: no training).
+
+    Its vocabulary holds `units_per_frame` codebooks of `n_units` units, then [S0], [S1] and
+    [BOS]. The codec entry stays the default's (one unit a frame) whatever `units_per_frame`:
+    a checkpoint with several is for the model's side (format, engine, training) until a
+    codec with as many codebooks is named in its duplex.json.
 
     One KV head (multi-query attention) by default: a batched tick reads every call's KV
     cache once per decode forward, and on CPU those reads dominate (docs/benchmarks.md).
     """
+    units = n_units * units_per_frame
     config = DuplexConfig(
         codec={"type": "codec2-units", "codebook": codebook},
         codec_sample_rate=8000,
         frame_ms=40,
         chunk_ms=160,
+        units_per_frame=units_per_frame,
         n_units=n_units,
         unit_offset=0,
-        special_tokens=SpecialTokens(S0=n_units, S1=n_units + 1, BOS=n_units + 2),
+        special_tokens=SpecialTokens(S0=units, S1=units + 1, BOS=units + 2),
         context_tokens=context_tokens,
         sink_tokens=sink_tokens,
         description=f"random-weight Llama, seed {seed}: untrained, it babbles",

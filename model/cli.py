@@ -29,6 +29,8 @@ def _model_init(args: argparse.Namespace) -> int:
         return _fail(
             "model init", f"--hidden must be a positive multiple of 8 (4 heads), got {args.hidden}"
         )
+    if args.units_per_frame < 1:
+        return _fail("model init", f"--units-per-frame must be >= 1, got {args.units_per_frame}")
     if args.context < 2 or not 0 <= args.sink <= args.context // 2:
         return _fail(
             "model init",
@@ -42,6 +44,7 @@ def _model_init(args: argparse.Namespace) -> int:
             hidden=args.hidden,
             context_tokens=args.context,
             sink_tokens=args.sink,
+            units_per_frame=args.units_per_frame,
         )
     except OSError as exc:
         return _fail("model init", f"cannot write {out}: {exc}", 1)
@@ -125,6 +128,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     init.add_argument("--hidden", type=int, default=256, help="model width")
     init.add_argument("--context", type=int, default=2048, help="KV capacity per session")
     init.add_argument("--sink", type=int, default=64, help="opening positions kept for good")
+    init.add_argument(
+        "--units-per-frame", type=int, default=1,
+        help="codebooks per frame (K): the vocabulary holds K codebooks of units (default 1)",
+    )  # fmt: skip
     init.add_argument("--force", action="store_true", help="replace an existing --out")
     init.set_defaults(func=_model_init)
 

@@ -57,16 +57,24 @@ class ChunkFormat:
             raise ValueError(f"token {token} is not a unit token")
         return rel % self.n_units
 
+    def token_book(self, token: int) -> int:
+        """The codebook of a unit token."""
+        return (token - self.unit_offset) // self.n_units
+
+    def frames(self, units: Sequence[int]) -> list[Frame]:
+        """Units in frame order (codebook 0 first) as whole frames."""
+        k = self.units_per_frame
+        if len(units) % k:
+            raise ValueError(f"{len(units)} units do not make whole {k}-unit frames")
+        return [tuple(units[i : i + k]) for i in range(0, len(units), k)]
+
     def frames_from_tokens(self, tokens: Sequence[int]) -> list[Frame]:
         k = self.units_per_frame
-        if len(tokens) % k:
-            raise ValueError(f"{len(tokens)} unit tokens do not make whole {k}-unit frames")
         for i, tok in enumerate(tokens):
-            book = (tok - self.unit_offset) // self.n_units
+            book = self.token_book(tok)
             if book != i % k:
                 raise ValueError(f"token {tok} at frame position {i % k} is from codebook {book}")
-        units = [self.token_unit(t) for t in tokens]
-        return [tuple(units[i : i + k]) for i in range(0, len(units), k)]
+        return self.frames([self.token_unit(t) for t in tokens])
 
 
 def dedup(frames: Sequence[Frame], prev: Frame) -> list[Frame]:

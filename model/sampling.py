@@ -26,11 +26,12 @@ pause of its own); once the agent makes sound, how long it goes on is the model'
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from model.format import ChunkFormat
+from model.format import ChunkFormat, Frame
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,21 +64,24 @@ class SamplingParams:
 
 
 class TokenMasks:
-    """Boolean masks over the vocabulary for each kind of position in a chunk."""
+    """Boolean masks over the vocabulary for each kind of position in a chunk.
+
+    A speaker's units come frame by frame, codebook 0 first (model/format.py): where a unit
+    sits in its frame decides which codebook it is drawn from, and a speaker tag (the chunk
+    ends) may only come where a frame starts, so every chunk holds whole frames.
+    """
 
     def __init__(self, fmt: ChunkFormat, vocab_size: int) -> None:
-        if fmt.units_per_frame != 1:
-            raise ValueError(
-                f"the engine samples one unit per frame; this checkpoint has "
-                f"{fmt.units_per_frame} units per frame"
-            )
         self.fmt = fmt
-        units = torch.zeros(vocab_size, dtype=torch.bool)
-        units[fmt.unit_offset : fmt.unit_offset + fmt.n_units] = True
-        self.units = units  # which tokens are units (the rest are tags)
+        units = fmt.unit_token_range
+        self.units = self._only(vocab_size, *units)  # which tokens are units (the rest are tags)
+        n = fmt.n_units
+        self.books = [self._only(vocab_size, *units[c * n : (c + 1) * n])
+                      for c in range(fmt.units_per_frame)]  # fmt: skip
         self.user_open = self._only(vocab_size, fmt.s1, fmt.s0)
         self.tags = self._only(vocab_size, fmt.s0, fmt.s1)  # the chunk ends here
-        self.silence = self._only(vocab_size, fmt.unit_offset + fmt.silence_unit)
+        # codebook c's unit of the silence frame
+        self.silence = [self._only(vocab_size, t) for t in fmt.frame_tokens(fmt.silence)]
 
     @staticmethod
     def _only(vocab_size: int, *tokens: int) -> torch.Tensor:
@@ -85,11 +89,16 @@ class TokenMasks:
         mask[list(tokens)] = True
         return mask
 
-    def unit_after(self, last_unit: int, *end_tags: int) -> torch.Tensor:
-        """Any unit but a repeat of `last_unit` (dedup), or one of `end_tags`."""
-        mask = self.units.clone()
-        mask[self.fmt.unit_offset + last_unit] = False
-        if end_tags:
+    def next_unit(self, frame: Sequence[int], prev: Frame, *end_tags: int) -> torch.Tensor:
+        """The next unit of a frame begun with the units `frame`: any unit of codebook
+        len(frame) but the one that would make the frame equal `prev` (dedup: a frame never
+        repeats the one before it); where a frame starts (`frame` empty), also `end_tags`."""
+        fmt = self.fmt
+        book = len(frame)
+        mask = self.books[book].clone()
+        if book == fmt.units_per_frame - 1 and tuple(frame) == prev[:-1]:
+            mask[fmt.frame_tokens(prev)[book]] = False
+        if end_tags and not frame:
             mask[list(end_tags)] = True
         return mask
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from model.barge_in import LOOKBACK_FRAMES, PAUSE_FRAMES, STALE_CHUNKS, barged_in
-from model.checkpoint import load_checkpoint
+from model.checkpoint import init_random_checkpoint, load_checkpoint
 from model.engines.api import StepRequest
 from model.engines.torch.engine import TorchEngine
 from model.format import ChunkFormat, Frame, dedup, format_timeline
@@ -123,16 +124,21 @@ def test_only_real_frames_decide(
     assert barged_in(real, newest, need) == barged_in(other, newest, need)
 
 
+@pytest.mark.parametrize("k", [1, 2, 4], ids=lambda k: f"K{k}")
 def test_the_engine_falls_silent_for_a_barge_in_until_the_caller_pauses(
-    checkpoint: Path,
+    checkpoint: Path, tmp_path: Path, k: int
 ) -> None:
     """The random-weight model babbles on; a caller who talks over it silences it until they
     pause, except for a chunk they ask a response for (a prompt wins). The tokens stay the
-    chunk format's."""
+    chunk format's. At K units a frame, a silenced chunk is the silence frame, unit by unit,
+    and a prompted one starts with a frame of sound."""
+    if k > 1:
+        checkpoint = tmp_path
+        init_random_checkpoint(checkpoint, seed=0, units_per_frame=k, layers=1, hidden=64)
     config, llama = load_checkpoint(checkpoint)
     fmt = config.chunk_format()
     n = fmt.frames_per_chunk
-    quiet, sound = [fmt.silence] * n, [(37,), (512,), (88,), (512,)]
+    quiet, sound = [fmt.silence] * n, [(u,) * k for u in (37, 512, 88, 512)]
     user = [quiet] * 3 + [sound] * 3 + [quiet] * 2
 
     def run(barge_in_frames: int, prompt_at: int = -1) -> list[list[Frame]]:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from model.checkpoint import read_config
+from model.checkpoint import init_random_checkpoint, read_config
 from model.format import format_timeline, parse_timeline
 from model.training.dialogues import BACKCHANNELS, dialogues, parse_script, split
 from model.training.synth import HELDOUT_VOICE, RATE, Timing, load_split, plan, synth
@@ -182,3 +182,11 @@ def test_renditions_vary_the_audio_and_keep_the_split(
                 first = by_id[m["dialogue"]]
                 assert not np.array_equal(by_id[m["id"]], first)  # another voice and timing
     assert json.loads((tmp_path / "synth.json").read_text())["renditions"] == 2
+
+
+def test_synth_refuses_a_codec_with_other_units_per_frame(tmp_path: Path) -> None:
+    """duplex.json says 2 units a frame; its codec (the default) writes 1: refused up front."""
+    config = init_random_checkpoint(tmp_path / "k2", units_per_frame=2, layers=1, hidden=64)
+    with pytest.raises(ValueError, match="2 units per frame; codec .* writes 1"):
+        synth(tmp_path / "out", config, tmp_path / "k2", n_dialogues=2, progress=False)
+    assert not (tmp_path / "out").exists()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.checkpoint import CheckpointError, load_checkpoint, read_config
+from model.checkpoint import CheckpointError, init_random_checkpoint, load_checkpoint, read_config
 from model.engines.api import StepRequest
 from model.engines.torch.decoder import SlotDecoder
 from model.engines.torch.engine import TorchEngine
@@ -21,6 +21,17 @@ from tests.conftest import ROOT
 @pytest.fixture(scope="module")
 def loaded(checkpoint: Path):  # type: ignore[no-untyped-def]
     return load_checkpoint(checkpoint)
+
+
+@pytest.fixture(scope="module", params=[1, 2, 4], ids=lambda k: f"K{k}")
+def loaded_k(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A random-weight model with K units per frame (K codebooks): the default shape at K = 1,
+    one narrow layer above (each frame costs K forwards)."""
+    if request.param == 1:
+        return request.getfixturevalue("loaded")
+    path = tmp_path_factory.mktemp(f"ckpt-k{request.param}")
+    init_random_checkpoint(path, seed=0, units_per_frame=request.param, layers=1, hidden=64)
+    return load_checkpoint(path)
 
 
 def reference_logits(llama, tokens: list[int]) -> torch.Tensor:  # type: ignore[no-untyped-def]
@@ -119,16 +130,22 @@ def assert_cache_holds_timeline(engine: TorchEngine, llama, sid: str) -> None:  
     )
 
 
-def user_chunks(n: int, seed: int) -> list[list[tuple[int, ...]]]:
+def user_chunks(n: int, seed: int, k: int = 1) -> list[list[tuple[int, ...]]]:
+    """n chunks of two random frames of k units, each held for two frames."""
     rnd = random.Random(seed)
-    return [[(rnd.randrange(1024),)] * 2 + [(rnd.randrange(1024),)] * 2 for _ in range(n)]
+
+    def frame() -> tuple[int, ...]:
+        return tuple(rnd.randrange(1024) for _ in range(k))
+
+    return [[frame()] * 2 + [frame()] * 2 for _ in range(n)]
 
 
-def test_engine_estimates_then_replaces_and_cache_matches_timeline(loaded) -> None:  # type: ignore[no-untyped-def]
-    engine = make_engine(loaded)
-    _, llama = loaded
+def test_engine_estimates_then_replaces_and_cache_matches_timeline(loaded_k) -> None:  # type: ignore[no-untyped-def]
+    engine = make_engine(loaded_k)
+    _, llama = loaded_k
+    k_units = engine.fmt.units_per_frame
     delays = {"a": 0, "b": 1, "c": 2}  # chunks of network delay
-    audio = {sid: user_chunks(30, i) for i, sid in enumerate(delays)}
+    audio = {sid: user_chunks(30, i, k_units) for i, sid in enumerate(delays)}
     for i, sid in enumerate(delays):
         engine.add_session(sid, SamplingParams(seed=i))
     replaced = dict.fromkeys(delays, 0)
@@ -153,11 +170,11 @@ def test_engine_estimates_then_replaces_and_cache_matches_timeline(loaded) -> No
         assert_cache_holds_timeline(engine, llama, sid)
 
 
-def test_a_right_estimate_costs_no_rollback(loaded) -> None:  # type: ignore[no-untyped-def]
+def test_a_right_estimate_costs_no_rollback(loaded_k) -> None:  # type: ignore[no-untyped-def]
     """Real audio equal to its estimate (silence, mostly) keeps the KV cache: no rollback, and
     the cache still holds exactly the timeline."""
-    engine = make_engine(loaded)
-    _, llama = loaded
+    engine = make_engine(loaded_k)
+    _, llama = loaded_k
     engine.add_session("s", SamplingParams(seed=3))
     last = engine.step([StepRequest("s")])["s"]
     for _ in range(6):
@@ -171,14 +188,15 @@ def test_a_right_estimate_costs_no_rollback(loaded) -> None:  # type: ignore[no-
     assert_cache_holds_timeline(engine, llama, "s")
 
 
-def test_an_estimate_keeps_the_frames_that_arrived(loaded) -> None:  # type: ignore[no-untyped-def]
+def test_an_estimate_keeps_the_frames_that_arrived(loaded_k) -> None:  # type: ignore[no-untyped-def]
     """The first frames of the newest chunk are written as they are and the last of them is
     held for the rest; when the whole chunk arrives, the cache rolls back no further than the
     held part, and the timeline and cache still agree."""
-    engine = make_engine(loaded)
-    _, llama = loaded
+    engine = make_engine(loaded_k)
+    _, llama = loaded_k
     engine.add_session("s", SamplingParams(temperature=1.0, top_k=0, seed=5))
-    audio = user_chunks(12, 7)
+    k_units = engine.fmt.units_per_frame
+    audio = user_chunks(12, 7, k_units)
     n = engine.frames_per_chunk
     rollbacks = []
     for k in range(12):
@@ -195,18 +213,19 @@ def test_an_estimate_keeps_the_frames_that_arrived(loaded) -> None:  # type: ign
                 assert r.estimate[p:] == [r.estimate[p - 1]] * (n - p)
     tl = engine.timeline("s")
     assert tl.tokens == format_timeline(engine.fmt, tl.agent, tl.user)
-    # with n-1 frames kept, replacing the estimate re-feeds at most the last frame's unit and
+    # with n-1 frames kept, replacing the estimate re-feeds at most the last frame's units and
     # the agent chunk after it, never the kept frames
     for k in range(n - 1, 11, n):
-        assert rollbacks[k + 1] <= 1 + (1 + n), (k, rollbacks)
+        assert rollbacks[k + 1] <= k_units + (1 + n * k_units), (k, rollbacks)
     assert_cache_holds_timeline(engine, llama, "s")
 
 
-def test_estimates_sample_at_most_estimate_units(loaded) -> None:  # type: ignore[no-untyped-def]
-    config, llama = loaded
+def test_estimates_sample_at_most_estimate_units(loaded_k) -> None:  # type: ignore[no-untyped-def]
+    """`estimate_units` counts frames (of K units each)."""
+    config, llama = loaded_k
     engine = TorchEngine(config, llama, max_sessions=2, max_rollback_chunks=3, estimate_units=1)
     engine.add_session("s", SamplingParams(temperature=1.5, top_k=0, seed=2))
-    audio = user_chunks(20, 4)
+    audio = user_chunks(20, 4, config.units_per_frame)
     new_units = []
     for k in range(20):
         r = engine.step([StepRequest("s", {k - 2: audio[k - 2]} if k >= 2 else {})])["s"]
@@ -221,11 +240,11 @@ def test_estimates_sample_at_most_estimate_units(loaded) -> None:  # type: ignor
         TorchEngine(config, llama, max_sessions=1, max_rollback_chunks=3, estimate_units=-1)
 
 
-def test_estimate_units_0_holds_the_last_real_frame(loaded) -> None:  # type: ignore[no-untyped-def]
-    config, llama = loaded
+def test_estimate_units_0_holds_the_last_real_frame(loaded_k) -> None:  # type: ignore[no-untyped-def]
+    config, llama = loaded_k
     engine = TorchEngine(config, llama, max_sessions=1, max_rollback_chunks=3, estimate_units=0)
     engine.add_session("s", SamplingParams(temperature=1.5, top_k=0, seed=2))
-    audio = user_chunks(10, 4)
+    audio = user_chunks(10, 4, config.units_per_frame)
     for k in range(10):
         r = engine.step([StepRequest("s", {k - 2: audio[k - 2]} if k >= 2 else {})])["s"]
         if k >= 2:
@@ -259,12 +278,12 @@ def test_a_partial_chunk_of_another_index_is_ignored(loaded) -> None:  # type: i
     assert r.partial_frames == 0 and r.estimated
 
 
-def test_engine_drops_audio_older_than_the_rollback_reserve(loaded) -> None:  # type: ignore[no-untyped-def]
-    engine = make_engine(loaded, rollback=2)
+def test_engine_drops_audio_older_than_the_rollback_reserve(loaded_k) -> None:  # type: ignore[no-untyped-def]
+    engine = make_engine(loaded_k, rollback=2)
     engine.add_session("s", SamplingParams(seed=0))
     for _ in range(6):
         engine.step([StepRequest("s")])
-    chunk = user_chunks(1, 0)[0]
+    chunk = user_chunks(1, 0, engine.fmt.units_per_frame)[0]
     r = engine.step([StepRequest("s", {1: chunk, 4: chunk})])
     assert r["s"].dropped == [1]
     assert r["s"].replaced == [4]
@@ -358,13 +377,13 @@ def test_sink_and_window_match_transformers_with_virtual_positions(tmp_path: Pat
     torch.testing.assert_close(logits, ref.float(), atol=1e-4, rtol=1e-4)
 
 
-def test_a_long_backlog_is_fed_in_pieces_the_ring_can_hold(loaded) -> None:  # type: ignore[no-untyped-def]
+def test_a_long_backlog_is_fed_in_pieces_the_ring_can_hold(loaded_k) -> None:  # type: ignore[no-untyped-def]
     """Many skipped (silent) ticks leave more pending tokens than one ring write may take."""
-    _, llama = loaded
-    engine = make_engine(loaded, sessions=2)
+    _, llama = loaded_k
+    engine = make_engine(loaded_k, sessions=2)
     engine.add_session("busy", SamplingParams(seed=0))
     engine.add_session("calm", SamplingParams(seed=1))
-    audio = user_chunks(60, 5)
+    audio = user_chunks(60, 5, engine.fmt.units_per_frame)
     for k in range(40):  # real audio, no decode: tokens pile up
         engine.step([StepRequest("busy", {k - 1: audio[k - 1]} if k else {}, silent=True)])
     tl = engine.timeline("busy")
@@ -423,10 +442,11 @@ def test_silent_chunks_counts_the_trailing_silence_of_both_sides(loaded) -> None
 
 
 def test_the_start_bias_reaches_only_a_start_after_the_agents_silence(
-    loaded, monkeypatch: pytest.MonkeyPatch
+    loaded_k, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]
-    """Each step's first agent draw gets the bias when the agent's last frame was silence;
-    a draw that goes on speaking, and every later draw of a chunk, gets none."""
+    """Each step's first agent draw (codebook 0 of its first frame) gets the bias when the
+    agent's last frame was silence; a draw that goes on speaking, and every later draw of a
+    chunk, gets none."""
     import model.engines.torch.engine
 
     biases: list[list[float]] = []
@@ -437,7 +457,7 @@ def test_the_start_bias_reaches_only_a_start_after_the_agents_silence(
         return real_sample(*args, **kwargs)
 
     monkeypatch.setattr(model.engines.torch.engine, "sample", spy)
-    engine = make_engine(loaded)
+    engine = make_engine(loaded_k)
     engine.add_session("b", SamplingParams(temperature=1.0, seed=2, start_bias=1.5))
     tl = engine.timeline("b")
     silence = engine.fmt.silence
@@ -445,8 +465,31 @@ def test_the_start_bias_reaches_only_a_start_after_the_agents_silence(
     for k in range(24):
         was_silent = tl.prev_agent() == silence
         biases.clear()
-        engine.step([StepRequest("b", {k - 1: user_chunks(1, k)[0]} if k else {})])
+        real = {k - 1: user_chunks(1, k, engine.fmt.units_per_frame)[0]} if k else {}
+        engine.step([StepRequest("b", real)])
         assert biases[0] == [1.5 if was_silent else 0.0]
         assert all(b == [0.0] for b in biases[1:])
         seen.add(was_silent)
     assert seen == {True, False}  # both kinds of step were met
+
+
+def test_model_init_writes_k_codebooks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`duplex model init --units-per-frame K`: K codebooks of units, then the three tags, and
+    the default codec entry."""
+    from server.cli import main
+
+    out = tmp_path / "k3"
+    argv = ["model", "init", "--out", str(out), "--layers", "1", "--hidden", "64"]
+    assert main([*argv, "--units-per-frame", "3"]) == 0
+    config, llama = load_checkpoint(out)
+    default = read_config(ROOT / "models" / "default")
+    assert config.units_per_frame == 3 and config.codec == default.codec
+    tags = config.special_tokens
+    assert (tags.S0, tags.S1, tags.BOS) == (3 * 1024, 3 * 1024 + 1, 3 * 1024 + 2)
+    assert llama.config.vocab_size == 3 * 1024 + 3
+    assert main([*argv, "--force"]) == 0  # the default stays one unit a frame
+    assert read_config(out).units_per_frame == 1
+    capsys.readouterr()
+    assert main([*argv, "--out", str(tmp_path / "k0"), "--units-per-frame", "0"]) == 2
+    assert "--units-per-frame must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "k0").exists()

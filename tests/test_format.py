@@ -23,6 +23,11 @@ FMT2 = ChunkFormat(
     n_units=5, units_per_frame=2, unit_offset=3, frames_per_chunk=3, s0=0, s1=1, bos=2,
     silence_unit=0,
 )  # fmt: skip
+FMT4 = ChunkFormat(
+    n_units=3, units_per_frame=4, unit_offset=0, frames_per_chunk=2, s0=12, s1=13, bos=14,
+    silence_unit=1,
+)  # fmt: skip
+FORMATS = pytest.mark.parametrize("fmt", [FMT, FMT2, FMT4], ids=["K1", "K2", "K4"])
 
 
 def chunks(fmt: ChunkFormat, n: int | None = None) -> st.SearchStrategy[list[list[Frame]]]:
@@ -51,7 +56,7 @@ def conversations(draw, fmt: ChunkFormat):  # type: ignore[no-untyped-def]
     return agent, user
 
 
-@pytest.mark.parametrize("fmt", [FMT, FMT2], ids=["1-unit", "2-unit"])
+@FORMATS
 @settings(max_examples=300, deadline=None)
 @given(data=st.data())
 def test_parse_of_format_is_interpolated_dedup(fmt: ChunkFormat, data: st.DataObject) -> None:
@@ -70,20 +75,31 @@ def test_parse_of_format_is_interpolated_dedup(fmt: ChunkFormat, data: st.DataOb
         assert len(chunk) == fmt.frames_per_chunk
 
 
+@FORMATS
 @settings(max_examples=200, deadline=None)
 @given(data=st.data())
-def test_every_chunk_starts_with_s0_and_s1_only_with_new_units(data: st.DataObject) -> None:
-    agent, user = data.draw(conversations(FMT))
-    tokens = format_timeline(FMT, agent, user)
-    assert tokens[0] == FMT.bos
-    assert tokens.count(FMT.s0) == len(agent)
-    assert tokens[1] == FMT.s0
+def test_every_chunk_starts_with_s0_and_s1_only_with_new_units(
+    fmt: ChunkFormat, data: st.DataObject
+) -> None:
+    agent, user = data.draw(conversations(fmt))
+    tokens = format_timeline(fmt, agent, user)
+    assert tokens[0] == fmt.bos
+    assert tokens.count(fmt.s0) == len(agent)
+    assert tokens[1] == fmt.s0
+    k, since_tag = fmt.units_per_frame, 0
     for i, tok in enumerate(tokens):
-        if tok == FMT.s1:  # [S1] is always followed by at least one unit
-            assert i + 1 < len(tokens) and tokens[i + 1] in FMT.unit_token_range
-    # no unit repeats its predecessor of the same speaker (dedup across borders)
-    units = [t for t in tokens if t in FMT.unit_token_range]
-    assert len(units) <= sum(len(c) for c in agent + user)
+        if tok == fmt.s1:  # [S1] is always followed by at least one unit
+            assert i + 1 < len(tokens) and tokens[i + 1] in fmt.unit_token_range
+        if tok in fmt.unit_token_range:  # whole frames, codebook 0 first
+            assert fmt.token_book(tok) == since_tag % k
+            since_tag += 1
+        else:
+            assert since_tag % k == 0
+            since_tag = 0
+    assert since_tag % k == 0
+    # no frame repeats its predecessor of the same speaker (dedup across borders)
+    units = [t for t in tokens if t in fmt.unit_token_range]
+    assert len(units) <= k * sum(len(c) for c in agent + user)
 
 
 def test_paper_example() -> None:
@@ -134,3 +150,21 @@ def test_frame_tokens_check_ranges() -> None:
     with pytest.raises(ValueError, match="units, expected"):
         FMT2.frame_tokens((1,))
     assert FMT2.frame_tokens((1, 4)) == [3 + 1, 3 + 5 + 4]
+    assert FMT4.frame_tokens((0, 1, 2, 0)) == [0, 3 + 1, 6 + 2, 9 + 0]
+
+
+@pytest.mark.parametrize(
+    ("tokens", "message"),
+    [
+        ([3 + 1], "whole 2-unit frames"),  # a frame cut short
+        ([3 + 5 + 1, 3 + 1], "from codebook 1"),  # codebook 1 first
+        ([3 + 1, 3 + 2], "from codebook 0"),  # two of codebook 0
+    ],
+)
+def test_frames_from_tokens_wants_whole_frames_in_codebook_order(
+    tokens: list[int], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        FMT2.frames_from_tokens(tokens)
+    with pytest.raises(ValueError, match=message):  # inside a timeline: [BOS] [S0] ...
+        parse_timeline(FMT2, [FMT2.bos, FMT2.s0, *tokens])

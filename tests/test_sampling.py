@@ -7,7 +7,11 @@ import math
 import pytest
 import torch
 
-from model.sampling import SamplingParams, sample
+from model.checkpoint import init_random_checkpoint, load_checkpoint
+from model.engines.api import StepRequest
+from model.engines.torch.engine import TorchEngine
+from model.format import ChunkFormat, format_timeline
+from model.sampling import SamplingParams, TokenMasks, sample
 
 
 def gens(*seeds: int) -> list[torch.Generator]:
@@ -160,3 +164,73 @@ def test_a_start_bias_moves_the_odds_of_sound() -> None:
     assert unit_share(split, math.log(7 / 3)) == pytest.approx(0.5, abs=0.03)
     with pytest.raises(ValueError, match="start_bias"):
         SamplingParams(start_bias=math.inf)
+
+
+FMT2 = ChunkFormat(
+    n_units=3, units_per_frame=2, unit_offset=0, frames_per_chunk=4, s0=6, s1=7, bos=8,
+    silence_unit=0,
+)  # fmt: skip
+
+
+def test_a_frames_units_come_in_codebook_order_and_never_repeat_the_frame_before() -> None:
+    """K = 2: a frame's first unit is codebook 0's (or, where a frame starts, a tag), its
+    second codebook 1's; the second never completes a copy of the previous frame, even where
+    the logits want nothing else."""
+    masks = TokenMasks(FMT2, vocab_size=9)
+    book0, book1 = {0, 1, 2}, {3, 4, 5}
+
+    def allowed(mask: torch.Tensor) -> set[int]:
+        return set(torch.nonzero(mask).flatten().tolist())
+
+    assert allowed(masks.next_unit([], (1, 2), FMT2.s0, FMT2.s1)) == book0 | {6, 7}
+    assert allowed(masks.next_unit([1], (1, 2), FMT2.s0, FMT2.s1)) == book1 - {3 + 2}
+    assert allowed(masks.next_unit([0], (1, 2))) == book1  # another frame already
+    assert allowed(masks.units) == book0 | book1
+    assert [allowed(m) for m in masks.silence] == [{0}, {3}]
+    logits = torch.full((1, 9), -20.0)
+    logits[0, 3 + 2] = 20.0  # the model all but insists on repeating (1, 2)
+    mask = masks.next_unit([1], (1, 2))[None]
+    g = gens(0)
+    drawn = {sample(logits, mask, [SamplingParams(1.0, 0)], g)[0] for _ in range(50)}
+    assert drawn <= {3, 4} and drawn
+
+
+@pytest.fixture(scope="module", params=[2, 4], ids=lambda k: f"K{k}")
+def k_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A random-weight model with K codebooks of only 2 units: a drawn frame would repeat
+    the one before it often (1 in 2^K) if the masks let it."""
+    path = tmp_path_factory.mktemp(f"k{request.param}")
+    init_random_checkpoint(
+        path, seed=1, n_units=2, units_per_frame=request.param, layers=1, hidden=64
+    )
+    return load_checkpoint(path)
+
+
+def test_drawn_chunks_are_whole_frames_in_codebook_order_that_never_repeat(k_model) -> None:  # type: ignore[no-untyped-def]
+    """Every chunk the engine draws at K > 1, the agent's and the user's estimates: its units
+    parse back to whole frames, each unit from its place's codebook, a tag only where a frame
+    starts, and no frame equal to the same speaker's frame before it."""
+    config, llama = k_model
+    fmt = config.chunk_format()
+    k = fmt.units_per_frame
+    engine = TorchEngine(config, llama, max_sessions=2, max_rollback_chunks=3)
+    for seed in range(2):
+        engine.add_session(f"s{seed}", SamplingParams(temperature=1.5, top_k=0, seed=seed))
+    for _ in range(24):
+        engine.step([StepRequest(sid) for sid in engine.sessions])
+    for sid in engine.sessions:
+        tl = engine.timeline(sid)
+        prev = {fmt.s0: fmt.silence, fmt.s1: fmt.silence}
+        tags = [i for i, t in enumerate(tl.tokens) if t not in fmt.unit_token_range]
+        frames = 0
+        for start, end in zip(tags, tags[1:] + [len(tl.tokens)], strict=True):
+            units = tl.tokens[start + 1 : end]
+            assert len(units) % k == 0, "a tag inside a frame"
+            assert [fmt.token_book(t) for t in units] == [i % k for i in range(len(units))]
+            for frame in fmt.frames_from_tokens(units):
+                assert frame != prev[tl.tokens[start]], "a frame repeats the one before"
+                prev[tl.tokens[start]] = frame
+                frames += 1
+        assert frames >= 25  # it made sound: the checks had something to check
+        assert tl.tokens == format_timeline(fmt, tl.agent, tl.user)
+        assert all(len(f) == k for chunk in tl.agent + tl.user for f in chunk)

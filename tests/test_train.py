@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from model.checkpoint import load_checkpoint, read_config
+from model.checkpoint import init_random_checkpoint, load_checkpoint, read_config
 from model.engines.api import StepRequest
 from model.engines.torch.engine import TorchEngine
-from model.format import ChunkFormat
+from model.format import ChunkFormat, format_timeline
 from model.sampling import SamplingParams
-from model.training.synth import synth
+from model.training.synth import load_split, synth
 from model.training.train import KINDS, STATE, TrainConfig, cut_windows, token_kinds, train
 from server.cli import main
 
@@ -118,3 +118,47 @@ def test_cli_trains_and_refuses_to_overwrite(
     assert load_checkpoint(tmp_path)[0].context_tokens == 512
     assert main([*args, "--steps", "1"]) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+def test_k_codebooks_train_and_serve(data: Path, tmp_path: Path) -> None:
+    """K = 2: the synthesized speech with each unit written in both codebooks (no codec has
+    two yet). Every unit of a frame is a target of its speaker's kind; the model's vocabulary
+    holds both codebooks (uniform loss at init is ln(2 x 1024 + 3)); the output serves
+    two-unit frames."""
+    ckpt, k2 = tmp_path / "k2", tmp_path / "data"
+    config = init_random_checkpoint(ckpt, units_per_frame=2, layers=1, hidden=64)
+    fmt = config.chunk_format()
+    k2.mkdir()
+    for name in ("train", "heldout"):
+        ids, _, frames = load_split(data / f"{name}.npz")
+        tokens, wide = [], []
+        f = fmt.frames_per_chunk
+        for fr in frames:
+            fr2 = np.concatenate([fr, fr], axis=2)  # [n, 2, 2]
+            chunks = [[[tuple(x) for x in fr2[a : a + f, ch].tolist()]
+                       for a in range(0, len(fr2) - f + 1, f)] for ch in (0, 1)]  # fmt: skip
+            tokens.append(np.asarray(format_timeline(fmt, *chunks), np.int32))
+            wide.append(fr2)
+        kinds = np.concatenate([token_kinds(t, fmt) for t in tokens])
+        units = np.concatenate(tokens) < fmt.s0
+        assert set(kinds[units].tolist()) == {0, 1} and set(kinds[~units].tolist()) == {2}
+        np.savez_compressed(
+            k2 / f"{name}.npz", tokens=np.concatenate(tokens),
+            offsets=np.cumsum([0] + [len(t) for t in tokens]),
+            frames=np.concatenate(wide), frame_offsets=np.cumsum([0] + [len(f) for f in wide]),
+            ids=np.asarray(ids),
+        )  # fmt: skip
+    (k2 / "synth.json").write_text(json.dumps({"chunk_format": asdict(fmt)}))
+    out = tmp_path / "out"
+    record = train(replace(TINY, steps=3, eval_every=3), k2, out, checkpoint=ckpt, progress=False)
+    assert _rows(out)[0]["heldout_loss"] == pytest.approx(np.log(2 * 1024 + 3), abs=0.3)
+    assert record["step"] == 3
+    served, llama = load_checkpoint(out)
+    assert served.units_per_frame == 2
+    engine = TorchEngine(served, llama, max_sessions=1, max_rollback_chunks=1)
+    engine.add_session("s", SamplingParams(temperature=1.5, top_k=0, seed=0))
+    for _ in range(4):
+        result = engine.step([StepRequest("s")])["s"]
+        assert all(len(f) == 2 for f in result.frames)
+    with pytest.raises(ValueError, match="another chunk format"):
+        train(TINY, data, tmp_path / "other", checkpoint=ckpt, progress=False)

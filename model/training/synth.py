@@ -382,6 +382,11 @@ def synth(
             f"synthesis speaks at {RATE} Hz with duplex.json's frame_ms {config.frame_ms}; "
             f"codec {codec.name} is {codec.sample_rate} Hz, {codec.frame_ms} ms frames"
         )
+    if codec.units_per_frame != fmt.units_per_frame:
+        raise ValueError(
+            f"duplex.json has {fmt.units_per_frame} units per frame; codec {codec.name} "
+            f"writes {codec.units_per_frame}"
+        )
     train, held = _select(dialogues(seed), n_dialogues)
     out_dir.mkdir(parents=True, exist_ok=True)
     stats = SynthStats()
@@ -404,7 +409,7 @@ def synth(
                 if r.stereo is not None:
                     (out_dir / "wav" / name).mkdir(parents=True, exist_ok=True)
                     sf.write(out_dir / "wav" / name / f"{r.meta['id']}.wav", r.stereo, RATE)
-            _write_split(out_dir, name, done)
+            _write_split(out_dir, name, done, fmt.units_per_frame)
             stats.dialogues[name] = len(done)
             stats.tokens[name] = int(sum(len(r.tokens) for r in done))
     f = np.asarray(ftos)
@@ -424,7 +429,7 @@ def synth(
     return stats
 
 
-def _write_split(out_dir: Path, name: str, done: list[Rendered]) -> None:
+def _write_split(out_dir: Path, name: str, done: list[Rendered], units_per_frame: int) -> None:
     def offsets(lengths: list[int]) -> np.ndarray:
         return np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int64)
 
@@ -433,7 +438,9 @@ def _write_split(out_dir: Path, name: str, done: list[Rendered]) -> None:
             f,
             tokens=np.concatenate([r.tokens for r in done] or [np.zeros(0, np.int32)]),
             offsets=offsets([len(r.tokens) for r in done]),
-            frames=np.concatenate([r.frames for r in done] or [np.zeros((0, 2, 1), np.int32)]),
+            frames=np.concatenate(
+                [r.frames for r in done] or [np.zeros((0, 2, units_per_frame), np.int32)]
+            ),
             frame_offsets=offsets([len(r.frames) for r in done]),
             ids=np.asarray([r.meta["id"] for r in done], dtype=str),
         )

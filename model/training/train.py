@@ -130,7 +130,8 @@ class Windows:
 
 
 def token_kinds(tokens: np.ndarray, fmt: ChunkFormat) -> np.ndarray:
-    """0 for an agent unit, 1 for a user unit, 2 for a tag: units belong to the last tag."""
+    """0 for an agent unit, 1 for a user unit, 2 for a tag: units (of every codebook) belong
+    to the last tag."""
     is_tag = (tokens == fmt.s0) | (tokens == fmt.s1) | (tokens == fmt.bos)
     speaker = np.where(tokens == fmt.s1, 1, 0)
     last_tag = np.maximum.accumulate(np.where(is_tag, np.arange(len(tokens)), 0))
@@ -299,6 +300,9 @@ def _save_weights(
 
 def plot_losses(out: Path) -> None:
     """loss.png from metrics.jsonl: training loss and held-out loss (overall and per kind)."""
+    from streaming.dependencies import require_tools
+
+    require_tools("matplotlib")
     import matplotlib
 
     matplotlib.use("Agg")

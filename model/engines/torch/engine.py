@@ -4,16 +4,19 @@ A step, per session with agent chunk k to produce:
 1. real user chunks that arrived replace their estimates (the timeline truncates, the KV cache
    rolls back to the first replaced chunk) or are appended;
 2. user chunk k-1, if its audio is not complete yet, is estimated: when none of it arrived,
-   the model samples it (at most `estimate_units` units; with 0, the user's last frame is
+   the model samples it (at most `estimate_units` frames; with 0, the user's last frame is
    held); when its first frames did, they are
    written as they are and the last of them is held for the rest (sampling that little
    would cost a forward per unit, the step's latency, for a guess little better than chance);
-3. agent chunk k is generated: a forced `[S0]`, then at most frames_per_chunk units, ending
+3. agent chunk k is generated: a forced `[S0]`, then at most frames_per_chunk frames, ending
    at the next speaker tag. After `speak_up_chunks` chunks of silence on both sides (user
    chunk k-1 as estimated), the chunk's first draw makes sound with probability at least
    `SPEAK_UP_P`. A caller who barged in on the agent and has talked `barge_in_frames` frames
    (model/barge_in.py) gets a silent agent chunk instead, until they pause, unless the
    chunk is a response they asked for (`prompt`).
+A frame is `units_per_frame` units, drawn one per forward, codebook 0 first; a tag may only
+come where a frame starts, and the rules for a chunk's start (speak up, start bias, prompt)
+act at its first draw: codebook 0 of its first frame.
 All sessions' forwards are batched: the first forward prefills every session's pending tokens
 (ragged), each later one feeds one sampled token per session that still decodes.
 The engine knows nothing of sockets or clocks; the server decides what is late.
@@ -67,7 +70,7 @@ class _Job:
     session: _Session
     result: StepResult
     phase: _Phase
-    units: list[int] = field(default_factory=list)
+    units: list[int] = field(default_factory=list)  # drawn in this phase, frame by frame
     partial: list[Frame] = field(default_factory=list)  # real first frames of the estimate
     prompt: bool = False  # the agent chunk starts with sound (StepRequest.prompt)
     hush: bool = False  # the caller barged in: the agent chunk is silence
@@ -106,8 +109,11 @@ class TorchEngine:
         max_rollback_chunks: int,
         estimate_units: int | None = None,
     ) -> None:
-        """`estimate_units`: the most units sampled for an estimated user chunk (None: a whole
-        chunk's worth). Each is one sequential forward of the whole batch."""
+        """`estimate_units`: the most frames sampled for an estimated user chunk (None, or
+        more than a chunk holds: a whole chunk's worth). It counts frames, not units, at any
+        `units_per_frame`: an estimate is whole frames, and the setting stands for the same
+        stretch of audio whatever the codec. Each of a frame's units is one sequential
+        forward of the whole batch."""
         if estimate_units is not None and estimate_units < 0:
             raise ValueError(f"estimate_units must be >= 0, got {estimate_units}")
         self.config = config
@@ -115,9 +121,8 @@ class TorchEngine:
         self.decoder = SlotDecoder(llama)
         self.masks = TokenMasks(self.fmt, self.decoder.vocab_size)
         self.max_rollback_chunks = max_rollback_chunks
-        self.estimate_units = (
-            self.fmt.frames_per_chunk if estimate_units is None else estimate_units
-        )
+        n = self.fmt.frames_per_chunk
+        self.estimate_frames = n if estimate_units is None else min(estimate_units, n)
         chunk_tokens = 2 * (self.fmt.frames_per_chunk * self.fmt.units_per_frame + 1)
         reserve = (max_rollback_chunks + 2) * chunk_tokens
         self.max_forward_tokens = 2 * chunk_tokens  # what the reserve leaves after a rollback
@@ -259,7 +264,7 @@ class TorchEngine:
         heard = barged_in(tl, job.partial, s.params.barge_in_frames)
         s.barged_in = s.barged_in if heard is None else heard
         job.hush = s.barged_in and not req.prompt  # a response asked for after it wins
-        if job.phase is _Phase.USER_TAG and (req.silent or job.partial or not self.estimate_units):
+        if job.phase is _Phase.USER_TAG and (req.silent or job.partial or not self.estimate_frames):
             # nothing sampled: a missed tick, or the frames that arrived with the last held
             result.estimate = self._fill(job, [])
             tl.append_user(result.estimate, real=False)
@@ -342,27 +347,37 @@ class TorchEngine:
         silent = job.session.timeline.prev_agent() == self.fmt.silence
         return job.session.params.start_bias if silent else 0.0
 
+    def _frame_so_far(self, job: _Job, held: Frame) -> tuple[list[int], Frame]:
+        """The units drawn of the frame under way, and the frame before it: the last whole
+        frame drawn in this phase, else `held` (the speaker's last frame)."""
+        k = self.fmt.units_per_frame
+        start = len(job.units) - len(job.units) % k
+        prev = tuple(job.units[start - k : start]) if start else held
+        return job.units[start:], prev
+
     def _allowed(self, job: _Job) -> torch.Tensor:
         """What the chunk format allows next for this job ([vocab] booleans)."""
-        fmt, tl = self.fmt, job.session.timeline
+        fmt, tl, masks = self.fmt, job.session.timeline, self.masks
         if job.phase is _Phase.USER_TAG:
-            return self.masks.user_open
-        if job.phase is _Phase.USER_UNITS:
-            last = job.units[-1] if job.units else tl.prev_user()[0]
-            return self.masks.unit_after(last, *((fmt.s0,) if job.units else ()))
-        if job.hush:  # silence, then the chunk ends
-            silent = job.units or tl.prev_agent() == fmt.silence
-            return self.masks.tags if silent else self.masks.silence
-        last = job.units[-1] if job.units else tl.prev_agent()[0]
-        allowed = self.masks.unit_after(last, fmt.s0, fmt.s1)
+            return masks.user_open
+        if job.phase is _Phase.USER_UNITS:  # [S1] is followed by a frame at least
+            frame, prev = self._frame_so_far(job, tl.prev_user())
+            return masks.next_unit(frame, prev, *((fmt.s0,) if job.units else ()))
+        if job.hush:  # the silence frame, unit by unit, then the chunk ends
+            silent = len(job.units) == fmt.units_per_frame or (
+                not job.units and tl.prev_agent() == fmt.silence
+            )
+            return masks.tags if silent else masks.silence[len(job.units)]
+        frame, prev = self._frame_so_far(job, tl.prev_agent())
+        allowed = masks.next_unit(frame, prev, fmt.s0, fmt.s1)
         if job.prompt and not job.units:  # a response asked for starts with sound, not silence
-            allowed[fmt.unit_offset + fmt.silence_unit] = False
+            allowed &= ~masks.silence[0]
         return allowed
 
     def _advance(self, job: _Job, tok: int) -> None:
         """Take the sampled token: extend the chunk, or close it and move on."""
         fmt, tl = self.fmt, job.session.timeline
-        n = self.frames_per_chunk
+        units = self.frames_per_chunk * fmt.units_per_frame  # a whole chunk's
         if job.phase is _Phase.USER_TAG:
             if tok == fmt.s1:
                 tl.tokens.append(tok)
@@ -377,8 +392,8 @@ class TorchEngine:
             if tok != fmt.s0:
                 tl.tokens.append(tok)
                 job.units.append(fmt.token_unit(tok))
-            if tok == fmt.s0 or len(job.units) == self.estimate_units:
-                job.result.estimate = self._fill(job, [(u,) for u in job.units])
+            if tok == fmt.s0 or len(job.units) == self.estimate_frames * fmt.units_per_frame:
+                job.result.estimate = self._fill(job, fmt.frames(job.units))
                 tl.append_user(job.result.estimate, real=False, tokens_written=1 + len(job.units))
                 tl.tokens.append(fmt.s0)
                 job.units = []
@@ -387,6 +402,6 @@ class TorchEngine:
         if tok not in (fmt.s0, fmt.s1):
             tl.tokens.append(tok)
             job.units.append(fmt.token_unit(tok))
-        if tok in (fmt.s0, fmt.s1) or len(job.units) == n:
-            job.result.frames = tl.append_agent([(u,) for u in job.units], tokens_written=True)
+        if tok in (fmt.s0, fmt.s1) or len(job.units) == units:
+            job.result.frames = tl.append_agent(fmt.frames(job.units), tokens_written=True)
             job.phase = _Phase.DONE
