@@ -10,12 +10,13 @@ ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
 RUN apt-get update && apt-get install -y --no-install-recommends libopus0 && rm -rf /var/lib/apt/lists/*
 RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}"
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY server server
 COPY model model
 COPY streaming streaming
 COPY clients clients
 COPY models/default models/default
+# The serving install: not the `tools` extra (silero-vad, matplotlib) of the measurement tools.
 RUN pip install .
 
 RUN useradd --system --uid 10001 duplex

@@ -23,8 +23,25 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from server.app import CALL_PATHS, create_app
 from server.runtime import Runtime
 from server.settings import Settings
+from streaming.dependencies import untested_version
 
 log = logging.getLogger("duplex.server")
+
+# The uvicorn this module is written against and tested with (pinned in pyproject.toml):
+# AbortingWebSocketProtocol overrides methods of its sans-I/O WebSocket protocol, one of them a
+# modified copy of this version's, and so reads its private attributes.
+UVICORN_TESTED = "0.55.0"
+
+
+def check_uvicorn_version(installed: str | None = None) -> str | None:
+    """One warning line when another uvicorn is installed (streaming/dependencies.py says
+    why a warning); `installed` defaults to the installed version."""
+    return untested_version(
+        "uvicorn",
+        UVICORN_TESTED,
+        "server/uvicorn_server.py overrides its WebSocket protocol's internals",
+        installed,
+    )
 
 
 class DrainingServer(uvicorn.Server):
@@ -85,10 +102,10 @@ class AbortingWebSocketProtocol(WebSocketsSansIOProtocol):
         self.loop.call_later(wait, self._abort_if_stuck)
 
     def send_receive_event_to_app(self) -> None:
-        """As uvicorn's, except that a text message that is not UTF-8 goes to the app too, its
-        bad bytes as lone surrogates, to be refused in the call's own protocol
-        (server/adapters/connection.py `receive`); uvicorn logs a traceback at ERROR for each
-        and closes 1007 with no word of why."""
+        """As uvicorn 0.55.0's (UVICORN_TESTED), except that a text message that is not UTF-8
+        goes to the app too, its bad bytes as lone surrogates, to be refused in the call's own
+        protocol (server/adapters/connection.py `receive`); uvicorn logs a traceback at ERROR
+        for each and closes 1007 with no word of why."""
         data = b"".join(self.frames)
         self.frames = []
         if self.close_sent:  # the app is past `websocket.close`: keep reading for the reply
@@ -119,7 +136,9 @@ class AbortingWebSocketProtocol(WebSocketsSansIOProtocol):
 def check_startup(s: Settings) -> socket.socket:
     """What `duplex serve` can refuse before it loads the model (ValueError, one line): the
     TLS pair, the recording folder, and the listening socket, bound here so that a taken
-    port or an unknown host fails in a second instead of after the warm-up."""
+    port or an unknown host fails in a second instead of after the warm-up. An untested
+    uvicorn is named here too, first thing in the log."""
+    check_uvicorn_version()
     if (s.ssl_certfile is None) != (s.ssl_keyfile is None):
         raise ValueError("--ssl-certfile and --ssl-keyfile go together: give both or neither")
     if s.ssl_certfile is not None:

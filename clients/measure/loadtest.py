@@ -70,6 +70,7 @@ from clients.measure.loadtest_report import (
 from clients.measure.reception import heard_time, receive_figures, simulate_downlink, turn_latencies
 from clients.measure.speech_activity import speech_segments, vad_name
 from clients.measure.twilio_sim import run_twilio_call
+from streaming.dependencies import require_tools
 from streaming.resample import resample_whole
 from streaming.wire import (
     SUPPORTED_RATES,
@@ -318,7 +319,7 @@ def _scrape(url: str, headers: dict[str, str]) -> dict[str, Any]:
     return {
         "tick_sum": values.get("duplex_tick_compute_seconds_sum", 0.0),
         "tick_count": values.get("duplex_tick_compute_seconds_count", 0.0),
-        "overruns": values.get("duplex_tick_overruns_total", 0.0),
+        "overruns": values.get("duplex_overrun_ticks_total", 0.0),  # late ticks, not calls
         "sessions_active": values.get("duplex_sessions_active", 0.0),
         "latency_buckets": buckets,
     }
@@ -596,6 +597,9 @@ def _config(args: argparse.Namespace) -> LoadtestConfig:
 
 def run(args: argparse.Namespace) -> int:
     """Run `duplex loadtest`: report on stdout; problems are one line on stderr."""
+    require_tools("silero_vad")  # the analysis needs them: say so now, not after the run
+    if args.plots_dir:
+        require_tools("matplotlib")
     try:
         report = asyncio.run(run_loadtest(_config(args)))
         if args.json_out:

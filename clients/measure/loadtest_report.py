@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from streaming.dependencies import require_tools
+
 
 @dataclass(slots=True)
 class CallerReport:
@@ -161,6 +163,7 @@ def metrics_summary(samples: Sequence[dict[str, Any]], errors: Sequence[str]) ->
 
 def write_plots(report: LoadtestReport, directory: Path) -> list[Path]:
     """latency_cdf.png (server-added and turn latency) and, with metrics, tick_time.png."""
+    require_tools("matplotlib")
     import matplotlib
 
     matplotlib.use("Agg")

@@ -481,6 +481,9 @@ def write_plots(
     means_vs_delay.png: the target measures' means against delay, with the 0 ms +-20 % band
     and the training data's mean. `stats` maps labels ("0 ms", ..., "training data") in order.
     """
+    from streaming.dependencies import require_tools
+
+    require_tools("matplotlib")
     import matplotlib
 
     matplotlib.use("Agg")

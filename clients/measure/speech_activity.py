@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from streaming.dependencies import require_tools
 from streaming.resample import resample_whole
 
 # silero-vad runs at 8 kHz on 256-sample (32 ms) windows; every wire rate is a multiple of it.
@@ -33,6 +34,7 @@ def speech_segments(streams: Sequence[np.ndarray], rate: int) -> list[list[Segme
     batch = np.zeros((len(x), windows * VAD_WINDOW), dtype=np.float32)
     for row, s in zip(batch, x, strict=True):
         row[: len(s)] = s
+    require_tools("silero_vad")
     import torch
 
     threads = torch.get_num_threads()  # importing silero_vad sets 1 thread process-wide

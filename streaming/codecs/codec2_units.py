@@ -33,6 +33,8 @@ import numpy as np
 import pycodec2  # noqa: F401  (loads the libcodec2 it ships, which we call)
 from scipy.fft import dct
 
+from streaming.dependencies import untested_version
+
 SAMPLE_RATE = 8000
 FRAME_SAMPLES = 320
 CODEC2_MODE = 700
@@ -48,6 +50,9 @@ _RAND_SEED = 1  # codec2_rand's own initial state
 _LCG_MUL = 1103515245
 _LCG_ADD = 12345
 _PCM_SCALE = 32768.0
+# The pycodec2 whose bundled libcodec2 this module is written against (pinned in
+# pyproject.toml): its tables are read and its RNG state is found by matching machine code.
+PYCODEC2_TESTED = "4.1.1"
 
 
 class _LspCodebook(ctypes.Structure):
@@ -65,6 +70,7 @@ class _LspCodebook(ctypes.Structure):
 def _libcodec2() -> ctypes.CDLL:
     """The libcodec2 that pycodec2 itself loaded (same handle: same tables, same RNG), with
     the prototypes of the functions called here declared once."""
+    check_pycodec2_version()
     lib = _find_libcodec2()
     lib.codec2_create.restype = ctypes.c_void_p
     lib.codec2_create.argtypes = [ctypes.c_int]
@@ -75,6 +81,18 @@ def _libcodec2() -> ctypes.CDLL:
     lib.codec2_decode.restype = None
     lib.codec2_rand.restype = ctypes.c_int
     return lib
+
+
+def check_pycodec2_version(installed: str | None = None) -> str | None:
+    """One warning line when another pycodec2 is installed; `installed` defaults to the
+    installed version. Another build is used as far as it checks out (codebook shapes, the RNG
+    located and verified by a call; else decoding is not reproducible), hence no refusal."""
+    return untested_version(
+        "pycodec2",
+        PYCODEC2_TESTED,
+        "streaming/codecs/codec2_units.py reads its libcodec2's tables and patches its RNG state",
+        installed,
+    )
 
 
 def _find_libcodec2() -> ctypes.CDLL:
