@@ -83,7 +83,9 @@ def _train(args: argparse.Namespace) -> int:
 
     from model.checkpoint import CheckpointError
     from model.training.train import PRESETS, STATE, describe, train
+    from streaming.dependencies import require_tools
 
+    require_tools("matplotlib")  # its loss plots: fail now, not at the first checkpoint
     data, out = Path(args.data), Path(args.out)
     if not data.is_dir():
         return _fail("train", f"no data directory {data}: run `duplex data synth --out {data}`")

@@ -40,16 +40,37 @@ from streaming.wire import SamplingParams as SamplingRequest
 log = logging.getLogger("duplex.runtime")
 
 
+def check_codec_fits(config: DuplexConfig, codec: SpeechCodec) -> None:
+    """Refuse, with the mismatch named, a checkpoint whose codec does not speak its format:
+    another rate or frame length, another number of units per frame, or more units per
+    codebook than its vocabulary holds."""
+    file = "duplex.json"
+    if codec.sample_rate != config.codec_sample_rate:
+        raise ValueError(
+            f"the codec runs at {codec.sample_rate} Hz but {file} says codec_sample_rate "
+            f"{config.codec_sample_rate}"
+        )
+    if abs(codec.frame_ms - config.frame_ms) > 1e-9:
+        raise ValueError(f"the codec's frames are {codec.frame_ms:g} ms but {file} says "
+                         f"frame_ms {config.frame_ms:g}")  # fmt: skip
+    if codec.units_per_frame != config.units_per_frame:
+        raise ValueError(
+            f"the codec writes {codec.units_per_frame} units per frame but {file} says "
+            f"units_per_frame {config.units_per_frame}"
+        )
+    if codec.vocab_size > config.n_units:
+        raise ValueError(
+            f"the codec has {codec.vocab_size} units per codebook but {file} says n_units "
+            f"{config.n_units}"
+        )
+
+
 class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.config: DuplexConfig = read_config(settings.model)
         self.codec: SpeechCodec = load_codec(self.config.codec, settings.model)
-        if self.codec.sample_rate != self.config.codec_sample_rate:
-            raise ValueError(
-                f"codec rate {self.codec.sample_rate} != duplex.json codec_sample_rate "
-                f"{self.config.codec_sample_rate}"
-            )
+        check_codec_fits(self.config, self.codec)
         self.tick_s = self.config.chunk_ms / 1000
         self.metrics = Metrics()
         self.lead_s = lead_s(self.tick_s, settings.lead_ms)

@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     estimate_units: int = Field(
         default=0,
         ge=0,
-        description="most units the model samples to estimate a user chunk none of which arrived "
+        description="most frames the model samples to estimate a user chunk none of which arrived "
         "(0: hold the user's last frame)",
     )
     temperature: float = Field(

@@ -86,7 +86,7 @@ UNFLUSHED_ABORT_S = 2.0
 class AbortingWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's WebSocket protocol, except that a connection is dropped, not left open, when
     the client has stopped reading, and that what a hostile client sends ends its call as
-    bad input does, without a traceback in the log (see the two methods below).
+    bad input does, without a traceback in the log (see the methods below).
 
     uvicorn closes a socket by flushing what it still has to send first, which never ends
     for a client that reads nothing (a `slow_consumer`, or any call closed while its audio

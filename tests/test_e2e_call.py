@@ -460,7 +460,7 @@ def test_three_concurrent_calls(server: ServerProcess, voice: Voice) -> None:
 
 METRIC_NAMES = [
     "duplex_sessions_active", "duplex_ticks_total", "duplex_tick_compute_seconds_bucket",
-    "duplex_tick_overruns_total", "duplex_estimates_total", "duplex_estimates_replaced_total",
+    "duplex_overrun_ticks_total", "duplex_estimates_total", "duplex_estimates_replaced_total",
     "duplex_frames_in_total", "duplex_frames_out_total", "duplex_frames_gated_total",
     "duplex_call_noise_floor_dbfs_count",
 ]  # fmt: skip
@@ -500,7 +500,7 @@ def test_healthz_and_metrics_move_with_a_call(server: ServerProcess, voice: Voic
         after['duplex_tick_compute_seconds_bucket{le="+Inf"}']
         == after["duplex_tick_compute_seconds_count"]
     )
-    assert after["duplex_tick_overruns_total"] >= before["duplex_tick_overruns_total"]
+    assert after["duplex_overrun_ticks_total"] >= before["duplex_overrun_ticks_total"]
     deadline = time.monotonic() + 2
     while healthz(server)["sessions"] and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -105,6 +105,21 @@ def test_model_init_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
     assert again.returncode == 2 and "already holds a checkpoint" in again.stderr
 
 
+def test_serve_refuses_a_checkpoint_its_codec_does_not_fit(tmp_path: Path) -> None:
+    """A checkpoint of 2-unit frames with the 1-unit default codec: one line naming the field."""
+    out = tmp_path / "k2"
+    made = duplex("model", "init", "--out", str(out), "--layers", "1", "--hidden", "64",
+                  "--units-per-frame", "2")  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    result = duplex("serve", "--model", str(out), "--port", "0")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0] == (
+        "duplex serve: error: the codec writes 1 units per frame but duplex.json says "
+        "units_per_frame 2"
+    )
+
+
 @pytest.mark.slow
 def test_codec_build_command(tmp_path: Path) -> None:
     out = tmp_path / "cb.npz"
@@ -129,6 +144,7 @@ def test_codec_build_refuses_bad_arguments(tmp_path: Path) -> None:
         (["model", "init", "--layers", "0"], "--layers must be >= 1"),
         (["model", "init", "--hidden", "100"], "--hidden must be a positive multiple of 8"),
         (["model", "init", "--sink", "5000"], "0 <= --sink <= context/2"),
+        (["model", "init", "--units-per-frame", "0"], "--units-per-frame must be >= 1"),
         (
             ["train", "--data", "tests", "--out", "TMP", "--minutes", "0"],
             "--minutes must be > 0",

@@ -26,7 +26,7 @@ class EngineOptions:
 
     max_sessions: int  # calls served at once: the engine reserves a slot for each
     max_rollback_chunks: int  # how many user chunks may be estimated at once (the latency buffer)
-    estimate_units: int | None = None  # most units sampled per estimated user chunk (None: a chunk)
+    estimate_units: int | None = None  # most frames sampled per estimated chunk (None: a chunk)
     device: str = "cpu"
     dtype: str = "float32"
     threads: int | None = None  # CPU threads for the model (None: the engine's own choice)

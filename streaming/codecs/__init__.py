@@ -7,8 +7,9 @@ frame and another rate) implements these protocols, so the server and the model 
 
 from __future__ import annotations
 
+from importlib import import_module
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 
@@ -84,6 +85,29 @@ def resolve_path(ref: str, base_dir: Path) -> Path:
     return path if path.is_absolute() else Path(base_dir) / path
 
 
+# codec type in duplex.json -> "module:factory"; a factory takes the "codec" entry and the
+# checkpoint directory (relative paths are taken from it) and returns a SpeechCodec. Adding a
+# codec is one module with such a factory and one line here; modules load when chosen.
+CODECS: dict[str, str] = {
+    "codec2-units": "streaming.codecs.codec2_units:from_spec",
+    "mimi": "streaming.codecs.mimi:from_spec",
+}
+
+
+class CodecFactory(Protocol):
+    def __call__(self, spec: dict[str, Any], base_dir: Path) -> SpeechCodec: ...
+
+
+def spec_string(spec: dict[str, Any], key: str, example: str) -> str:
+    """A non-empty string field of a codec spec, or a ValueError that names it."""
+    value = spec.get(key)
+    if not isinstance(value, str) or not value:
+        raise ValueError(
+            f"{spec.get('type')} spec needs a {key!r} string ({example}), got {value!r}"
+        )
+    return value
+
+
 def load_codec(spec: dict[str, Any], base_dir: Path) -> SpeechCodec:
     """Build a codec from a checkpoint's ``duplex.json`` "codec" entry, e.g.
     ``{"type": "codec2-units", "codebook": "builtin:codec2_units_1024"}`` or
@@ -91,26 +115,9 @@ def load_codec(spec: dict[str, Any], base_dir: Path) -> SpeechCodec:
     if not isinstance(spec, dict):
         raise ValueError(f"codec spec must be a dict, got {type(spec).__name__}")
     kind = spec.get("type")
-    if kind == "codec2-units":
-        from streaming.codecs.codec2_units import Codec2UnitCodec
-
-        ref = spec.get("codebook")
-        if not isinstance(ref, str) or not ref:
-            raise ValueError(
-                "codec2-units spec needs a 'codebook' string "
-                f"(e.g. 'builtin:codec2_units_1024'), got {ref!r}"
-            )
-        return Codec2UnitCodec.load(resolve_asset(ref, base_dir))
-    if kind == "mimi":
-        from streaming.codecs.mimi import DEFAULT_CODEBOOKS, MimiCodec
-
-        ref = spec.get("dir")
-        if not isinstance(ref, str) or not ref:
-            raise ValueError(
-                f"mimi spec needs a 'dir' string (a local Mimi directory), got {ref!r}"
-            )
-        codebooks = spec.get("codebooks", DEFAULT_CODEBOOKS)
-        return MimiCodec.from_pretrained(resolve_path(ref, base_dir), codebooks)
-    raise ValueError(
-        f"unknown codec type {kind!r} in spec {spec!r}; known types: ['codec2-units', 'mimi']"
-    )
+    if not isinstance(kind, str) or kind not in CODECS:
+        raise ValueError(
+            f"unknown codec type {kind!r} in spec {spec!r}; known types: {sorted(CODECS)}"
+        )
+    module, factory = CODECS[kind].split(":")
+    return cast(CodecFactory, getattr(import_module(module), factory))(spec, base_dir)

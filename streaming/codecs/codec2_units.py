@@ -33,6 +33,7 @@ import numpy as np
 import pycodec2  # noqa: F401  (loads the libcodec2 it ships, which we call)
 from scipy.fft import dct
 
+from streaming.codecs import resolve_asset, spec_string
 from streaming.dependencies import untested_version
 
 SAMPLE_RATE = 8000
@@ -417,3 +418,10 @@ class Codec2UnitDecoder:
             if cell is not None:
                 self._rand = cell.value
         return out.reshape(-1).astype(np.float32) * np.float32(1.0 / _PCM_SCALE)
+
+
+def from_spec(spec: dict[str, Any], base_dir: Path) -> Codec2UnitCodec:
+    """The registry's factory (streaming/codecs/__init__.py):
+    ``{"type": "codec2-units", "codebook": "builtin:codec2_units_1024"}`` or a codebook path."""
+    ref = spec_string(spec, "codebook", "e.g. 'builtin:codec2_units_1024'")
+    return Codec2UnitCodec.load(resolve_asset(ref, base_dir))

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import numpy as np
 import torch
@@ -36,6 +36,8 @@ from transformers.models.mimi.modeling_mimi import (
     MimiResnetBlock,
     MimiTransformerModel,
 )
+
+from streaming.codecs import resolve_path, spec_string
 
 DEFAULT_CODEBOOKS = 8
 # Frames of one call in one forward: a KV ring holds the window plus this many frames' tokens.
@@ -567,3 +569,12 @@ class MimiBatch:
         if call_id not in self._framers:
             raise KeyError(f"call {call_id!r} is not in the batch")
         return self._framers[call_id]
+
+
+def from_spec(spec: dict[str, Any], base_dir: Path) -> MimiCodec:
+    """The registry's factory (streaming/codecs/__init__.py):
+    ``{"type": "mimi", "dir": "<local Mimi directory>", "codebooks": 8}``."""
+    ref = spec_string(spec, "dir", "a local Mimi directory in Hugging Face format")
+    return MimiCodec.from_pretrained(
+        resolve_path(ref, base_dir), spec.get("codebooks", DEFAULT_CODEBOOKS)
+    )
