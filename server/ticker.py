@@ -176,7 +176,8 @@ class Ticker:
     def _keep_on_clock(self, tick: int) -> None:
         """Each call's audio against the clock (server/pacing/anchor.py): the silence a late
         call's re-anchor inserts goes in here, a call that sent `end` ends no later than its
-        audio may run ahead of the clock, and every re-anchor is counted."""
+        audio may run ahead of the clock, every re-anchor is counted, and a call whose clock
+        runs off by more than re-anchoring follows is cut off (`clock_drift`)."""
         now = time.monotonic()
         for s in self.sessions.values():
             if s.join_tick is None or tick <= s.join_tick:
@@ -188,6 +189,9 @@ class Ticker:
                     s.end_at(s.user_in.samples_in - cut)
                     self.metrics.re_anchors.labels("early").inc()
             if s.state is not State.LIVE:
+                continue
+            if (why := s.pacing.refusal(elapsed, s.expected_sample)) is not None:
+                self._cut(s, ErrorCode.CLOCK_DRIFT, why)
                 continue
             move = s.pacing.check(elapsed, s.user_in.samples_in)
             if move is None:

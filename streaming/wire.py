@@ -65,6 +65,7 @@ class ErrorCode(StrEnum):
     START_TIMEOUT = "start_timeout"
     IDLE_TIMEOUT = "idle_timeout"
     CALL_TOO_LONG = "call_too_long"
+    CLOCK_DRIFT = "clock_drift"
     SLOW_CONSUMER = "slow_consumer"
     SERVER_FULL = "server_full"
     SERVER_SHUTDOWN = "server_shutdown"
@@ -99,6 +100,7 @@ CLOSE_CODES: dict[ErrorCode, CloseCode] = {
     ErrorCode.START_TIMEOUT: CloseCode.POLICY_VIOLATION,
     ErrorCode.IDLE_TIMEOUT: CloseCode.POLICY_VIOLATION,
     ErrorCode.CALL_TOO_LONG: CloseCode.POLICY_VIOLATION,
+    ErrorCode.CLOCK_DRIFT: CloseCode.POLICY_VIOLATION,
     ErrorCode.SLOW_CONSUMER: CloseCode.POLICY_VIOLATION,
     ErrorCode.SERVER_FULL: CloseCode.TRY_AGAIN_LATER,
     ErrorCode.SERVER_SHUTDOWN: CloseCode.SERVICE_RESTART,

@@ -4,11 +4,13 @@ server: the re-anchor rules that tests/test_reanchor.py checks on the real one."
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 
-from server.pacing.anchor import REANCHOR_TICKS, CallPacing, ReAnchor
+from server.pacing.anchor import DRIFT_WINDOWS, MAX_DRIFT, REANCHOR_TICKS, CallPacing, ReAnchor
 
 RATE = 16000
 FRAME = 320  # 20 ms client frames
@@ -128,3 +130,54 @@ def test_end_leaves_owed_at_most_the_buffers_reach() -> None:
     assert p.drop_pending == 0
     assert cut == samples_in - round((elapsed + REACH_S) * RATE)
     assert p.re_anchors == 2 and p.re_anchored_samples == -(len(more) + cut)
+
+
+def refused_at(
+    p: CallPacing, sent: Callable[[float], float], seconds: float
+) -> tuple[float, str] | None:
+    """Look at the call's clock once a tick for `seconds`, the client having sent `sent(t)`
+    seconds of audio (its own numbering, in 20 ms frames) `t` s after sample 0; when it is
+    refused and why, if it is."""
+    for k in range(1, round(seconds / TICK_S)):
+        t = k * TICK_S
+        if (why := p.refusal(t, int(sent(t) * RATE) // FRAME * FRAME)) is not None:
+            return t, why
+    return None
+
+
+@pytest.mark.parametrize(("speed", "way"), [(0.7, "slow"), (1.3, "fast"), (1.02, "fast")])
+def test_a_clock_off_beyond_max_drift_is_refused(speed: float, way: str) -> None:
+    """Issue 24: a clock 30 % off (or 2 % fast) is refused once DRIFT_WINDOWS windows after
+    the first (which only sets where the lag started) have drifted the same way, with a
+    reason that says by how much and which way."""
+    refused = refused_at(pacing(), lambda t: speed * t, 60.0)
+    assert refused is not None
+    at, why = refused
+    assert abs(at - (DRIFT_WINDOWS + 1) * REANCHOR_TICKS * TICK_S) < 1e-6, at
+    found = re.search(r"clock runs (\d+\.\d) % (slow|fast) against", why)
+    assert found is not None and found[2] == way, why
+    assert abs(float(found[1]) - abs(1 - speed) * 100) <= 0.3, why  # a frame in 7.7 s
+
+
+def test_what_a_real_line_does_is_never_refused() -> None:
+    """Half MAX_DRIFT (5x a real line's) for 10 minutes with up to 100 ms of jitter on every
+    look, a network delay of 300 ms that comes and goes, and a client that starts 3 s late:
+    none is refused."""
+    rng = np.random.default_rng(0)
+    for speed in (1 - MAX_DRIFT / 2, 1 + MAX_DRIFT / 2):
+        sent = lambda t, s=speed: s * t - rng.uniform(0, 0.1)  # noqa: E731
+        assert refused_at(pacing(), sent, 600.0) is None
+    assert refused_at(pacing(), lambda t: t - 0.3 * (t % 7 < 3), 120.0) is None
+    assert refused_at(pacing(), lambda t: max(0.0, t - 3.0), 120.0) is None
+
+
+def test_stalls_and_bursts_are_not_drift() -> None:
+    """A client that stops sending (re-anchored, and the idle timeout's business); one that
+    stalls 2.6 s, sends a frame, stalls 2.6 s more, then sends in real time (as in
+    tests/test_reanchor.py); a network that holds 1 s of audio back every 2 s, then delivers
+    it at once; a burst 3 s ahead, then real time: none is refused."""
+    assert refused_at(pacing(), lambda t: min(t, 1.0), 60.0) is None
+    stall = lambda t: min(t, 0.3) + 0.02 * (t > 2.9) + max(0.0, t - 5.5)  # noqa: E731
+    assert refused_at(pacing(), stall, 60.0) is None
+    assert refused_at(pacing(), lambda t: t - max(0.0, t % 2 - 1), 60.0) is None
+    assert refused_at(pacing(), lambda t: 3.0 + t, 60.0) is None

@@ -6,5 +6,5 @@
 - `step.py`: per tick, the time the coming step needs (recent steps) and the awaited frame:
   what each call must have encoded before the step starts.
 - `anchor.py`: per call, its audio against the clock: re-anchoring (drift, lasting delay, audio
-  sent ahead), and how much audio `end` may leave owed.
+  sent ahead), a clock too far off to follow refused, and how much audio `end` may leave owed.
 """

@@ -8,6 +8,13 @@ deaf), early audio heard that much later (the agent slow). A stall shorter than 
 alone: its audio arrives in a burst, and only what is beyond the budget is dropped. A drop not
 made yet is revoked as far as the call trails the clock again (a burst, then a pause).
 
+A clock off by more than re-anchoring can follow is refused: re-anchoring in ~2 s steps keeps
+up with a real line's drift (well under 0.1 %: one re-anchor in many minutes), but a client
+whose clock runs 30 % slow spends most of each step beyond the buffer's reach and kept 6 % of
+its audio. `DriftMeter` measures the drift from the client's own sample numbering; one beyond
+MAX_DRIFT over DRIFT_WINDOWS windows of REANCHOR_TICKS ticks in a row (~8 s) ends the call with
+`clock_drift`, which names the drift, so a broken client is found, not silently deafened.
+
 Audio sent ahead of the clock buys no server time: when `end` comes, audio more than the
 buffer's reach ahead of the clock is dropped and counted as an early re-anchor, so the call
 ends within about that reach of the clock (docs/protocol.md, `end`).
@@ -19,13 +26,17 @@ samples it has streamed; it holds no reference to the call, so it runs without a
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import numpy as np
 
 log = logging.getLogger("duplex.pacing")
 
 REANCHOR_TICKS = 12  # ~2 s off the clock: drift or a lasting delay, not a network stall
+MAX_DRIFT = 0.01  # the most a client clock may run off (slow or fast): 10x a real line's
+DRIFT_WINDOWS = 4  # windows of REANCHOR_TICKS in a row drifting the same way that may refuse it
+MIN_FLOW = 0.25  # a window with less audio than this share of its time is a stall, not drift
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +49,56 @@ class ReAnchor:
     @property
     def direction(self) -> str:
         return "late" if self.lag_s > 0 else "early"
+
+
+@dataclass
+class DriftMeter:
+    """How fast a call's audio clock runs against the server's, window by window of
+    REANCHOR_TICKS ticks, from the client's own sample numbering (which re-anchoring does not
+    move). A window's lag is the lowest it saw: network delay only ever adds to it, so jitter
+    does not read as drift. A window with less than MIN_FLOW of its time in audio is a stall
+    (a client that paused, or started late: re-anchored, and the idle timeout's business), not
+    a clock: it breaks a run and the next window starts afresh."""
+
+    rate: int  # wire samples per second
+    _ticks: int = 0  # looks in the window so far
+    _mark: tuple[float, int] | None = None  # where the window started: elapsed, samples
+    _low: float = math.inf  # the window's lowest lag
+    _last: tuple[float, float] | None = None  # the previous flowing window's end and lag
+    _run: tuple[float, float] | None = None  # where the run of drifting windows started
+    _run_slow: bool = False  # the run's way: its audio falls behind (slow) or runs ahead
+    _run_windows: int = 0  # windows in the run, each beyond half MAX_DRIFT the same way
+
+    def update(self, elapsed_s: float, client_samples: int) -> float | None:
+        """One tick's look (`client_samples` in the client's numbering). Returns the drift
+        (seconds of lag gained a second: > 0 slow, < 0 fast) once DRIFT_WINDOWS windows in a
+        row have each drifted the same way by more than half MAX_DRIFT (so one stall that
+        is never made up is not a run) and the run as a whole by more than MAX_DRIFT (where
+        the jitter of its ends weighs DRIFT_WINDOWS times less), else None."""
+        if self._mark is None:
+            self._mark = (elapsed_s, client_samples)
+        self._low = min(self._low, elapsed_s - client_samples / self.rate)
+        self._ticks += 1
+        if self._ticks < REANCHOR_TICKS:
+            return None
+        (t0, n0), low, last = self._mark, self._low, self._last
+        flowing = client_samples - n0 >= MIN_FLOW * (elapsed_s - t0) * self.rate
+        self._ticks, self._mark, self._low = 0, (elapsed_s, client_samples), math.inf
+        self._last = (elapsed_s, low) if flowing else None
+        if (
+            not flowing
+            or last is None
+            or abs(step := (low - last[1]) / (elapsed_s - last[0])) <= MAX_DRIFT / 2
+        ):
+            self._run, self._run_windows = None, 0
+            return None
+        if self._run is None or self._run_slow != (step > 0):
+            self._run, self._run_slow, self._run_windows = last, step > 0, 0
+        self._run_windows += 1
+        if self._run_windows < DRIFT_WINDOWS:
+            return None
+        drift = (low - self._run[1]) / (elapsed_s - self._run[0])
+        return drift if abs(drift) > MAX_DRIFT else None
 
 
 @dataclass
@@ -56,6 +117,27 @@ class CallPacing:
     ended: bool = False  # `end` came and what it left owed is bounded
     re_anchors: int = 0
     re_anchored_samples: int = 0  # net: silence inserted (+), audio dropped (-)
+    drift: DriftMeter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.drift = DriftMeter(self.rate)
+
+    def refusal(self, elapsed_s: float, client_samples: int) -> str | None:
+        """One tick's look at the call's clock (`client_samples`: the samples it has sent, in
+        its own numbering): why the call is refused, if its clock runs off by more than
+        re-anchoring can follow (`clock_drift`)."""
+        drift = self.drift.update(elapsed_s, client_samples)
+        if drift is None:
+            return None
+        log.warning("call %s refused: its audio clock runs %.1f %% %s", self.call_id,
+                    abs(drift) * 100, "slow" if drift > 0 else "fast")  # fmt: skip
+        return (
+            f"the client's audio clock runs {abs(drift) * 100:.1f} % "
+            f"{'slow' if drift > 0 else 'fast'} against the server's (its audio "
+            f"{'falls behind' if drift > 0 else 'runs ahead'} {abs(drift) * 1000:.0f} ms a "
+            f"second); at most {MAX_DRIFT * 100:g} % is followed: send {self.rate} samples a "
+            "second, in real time"
+        )
 
     def after_drop(self, pcm: np.ndarray) -> np.ndarray:
         """What is left of incoming samples once the audio still to drop (re-anchoring
