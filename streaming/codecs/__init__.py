@@ -63,6 +63,27 @@ class SpeechCodec(Protocol):
         ...
 
 
+def describe(x: object) -> str:
+    """What a codec was given instead of what it takes, for its error message."""
+    if isinstance(x, np.ndarray):
+        return f"ndarray dtype={x.dtype} shape={x.shape}"
+    return type(x).__name__
+
+
+def check_pcm(pcm: object) -> np.ndarray:
+    """What every codec takes: float mono PCM [n] of finite samples; anything else is refused
+    with what it was."""
+    if (
+        not isinstance(pcm, np.ndarray)
+        or pcm.ndim != 1
+        or not np.issubdtype(pcm.dtype, np.floating)
+    ):
+        raise ValueError(f"expected float32 mono PCM of shape [n], got {describe(pcm)}")
+    if not np.isfinite(pcm).all():
+        raise ValueError("expected finite PCM samples, got NaN or inf")
+    return pcm
+
+
 def resolve_asset(ref: str, base_dir: Path) -> Path:
     """Resolve ``builtin:NAME`` to the packaged asset ``NAME.npz``; other refs are paths,
     relative ones taken from ``base_dir`` (the checkpoint directory)."""

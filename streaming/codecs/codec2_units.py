@@ -33,7 +33,7 @@ import numpy as np
 import pycodec2  # noqa: F401  (loads the libcodec2 it ships, which we call)
 from scipy.fft import dct
 
-from streaming.codecs import resolve_asset, spec_string
+from streaming.codecs import check_pcm, describe, resolve_asset, spec_string
 from streaming.dependencies import untested_version
 
 SAMPLE_RATE = 8000
@@ -244,22 +244,9 @@ def deterministic_decoding() -> bool:
         return _rand_cell() is not None
 
 
-def _describe(x: object) -> str:
-    if isinstance(x, np.ndarray):
-        return f"ndarray dtype={x.dtype} shape={x.shape}"
-    return type(x).__name__
-
-
 def pcm_to_int16(pcm: np.ndarray) -> np.ndarray:
     """Validate float PCM [n] in [-1, 1] and convert to int16 (clipping)."""
-    if (
-        not isinstance(pcm, np.ndarray)
-        or pcm.ndim != 1
-        or not np.issubdtype(pcm.dtype, np.floating)
-    ):
-        raise ValueError(f"expected float32 mono PCM of shape [n], got {_describe(pcm)}")
-    if not np.isfinite(pcm).all():
-        raise ValueError("expected finite PCM samples, got NaN or inf")
+    pcm = check_pcm(pcm)
     return np.clip(np.rint(pcm * _PCM_SCALE), -32768, 32767).astype(np.int16)
 
 
@@ -286,7 +273,7 @@ class Codec2UnitCodec:
         n_feat = len(FEATURE_NAMES)
         k = unit_bits.shape[0]
         if unit_bits.shape != (k, FRAME_BYTES) or unit_bits.dtype != np.uint8 or k < 2:
-            raise ValueError(f"unit_bits must be uint8 [K>=2, 4], got {_describe(unit_bits)}")
+            raise ValueError(f"unit_bits must be uint8 [K>=2, 4], got {describe(unit_bits)}")
         if centroids.shape != (k - 1, n_feat):
             raise ValueError(f"centroids must be [{k - 1}, {n_feat}], got {centroids.shape}")
         if feat_mean.shape != (n_feat,) or feat_std.shape != (n_feat,):
@@ -400,7 +387,7 @@ class Codec2UnitDecoder:
             or units.shape[1] != 1
             or not np.issubdtype(units.dtype, np.integer)
         ):
-            raise ValueError(f"expected integer units of shape [n, 1], got {_describe(units)}")
+            raise ValueError(f"expected integer units of shape [n, 1], got {describe(units)}")
         ids = units[:, 0].astype(np.int64)
         if ids.size and (ids.min() < 0 or ids.max() >= self._vocab):
             raise ValueError(

@@ -37,7 +37,7 @@ from transformers.models.mimi.modeling_mimi import (
     MimiTransformerModel,
 )
 
-from streaming.codecs import resolve_path, spec_string
+from streaming.codecs import check_pcm, describe, resolve_path, spec_string
 
 DEFAULT_CODEBOOKS = 8
 # Frames of one call in one forward: a KV ring holds the window plus this many frames' tokens.
@@ -342,23 +342,9 @@ class _Rows:
         return y
 
 
-def _describe(x: object) -> str:
-    if isinstance(x, np.ndarray):
-        return f"ndarray dtype={x.dtype} shape={x.shape}"
-    return type(x).__name__
-
-
 def _check_pcm(pcm: np.ndarray) -> np.ndarray:
     """Validate float mono PCM [n] -> float32."""
-    if (
-        not isinstance(pcm, np.ndarray)
-        or pcm.ndim != 1
-        or not np.issubdtype(pcm.dtype, np.floating)
-    ):
-        raise ValueError(f"expected float32 mono PCM of shape [n], got {_describe(pcm)}")
-    if not np.isfinite(pcm).all():
-        raise ValueError("expected finite PCM samples, got NaN or inf")
-    return pcm.astype(np.float32, copy=False)
+    return check_pcm(pcm).astype(np.float32, copy=False)
 
 
 class _Framer:
@@ -466,7 +452,7 @@ class MimiCodec:
         ):
             raise ValueError(
                 f"expected integer units of shape [n, {self.units_per_frame}], "
-                f"got {_describe(units)}"
+                f"got {describe(units)}"
             )
         if units.size and (units.min() < 0 or units.max() >= self.vocab_size):
             raise ValueError(
