@@ -1,4 +1,4 @@
-"""The client commands: `duplex call`, `loadtest`, `eval`, `selfplay`.
+"""The client commands: `duplex call`, `loadtest`, `soak`, `fuzz`, `eval`, `selfplay`.
 
 Registered with the `duplex` command through the `duplex.commands` entry points; none of them
 loads torch.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from clients import call
-from clients.measure import evaluation, loadtest, selfplay
+from clients.measure import evaluation, fuzz, loadtest, selfplay, soak
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,6 +25,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     lt = sub.add_parser("loadtest", help="many simulated callers; latency, jitter, SLO gate")
     loadtest.add_arguments(lt)
     lt.set_defaults(func=loadtest.run)
+    sk = sub.add_parser("soak", help="hold capacity for minutes, calls churning; fail on growth")
+    soak.add_arguments(sk)
+    sk.set_defaults(func=soak.run)
+    fz = sub.add_parser("fuzz", help="hostile messages on every endpoint; the server must hold")
+    fuzz.add_arguments(fz)
+    fz.set_defaults(func=fuzz.run)
     ev = sub.add_parser("eval", help="full-duplex behaviour: turn-taking, pauses, interruptions")
     evaluation.add_arguments(ev)
     ev.set_defaults(func=evaluation.run)

@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import json
 import random
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +19,10 @@ from clients.call import load_input
 from clients.measure.loadtest import (
     LoadtestConfig,
     _config,
-    _metrics_url,
     add_arguments,
     caller_audio,
     main,
+    metrics_url,
     run_loadtest,
 )
 from clients.measure.loadtest_report import metrics_summary
@@ -32,6 +33,8 @@ from clients.measure.reception import (
     simulate_downlink,
     turn_latencies,
 )
+from clients.measure.soak import Sample, SoakConfig, judge, run_soak, summary
+from clients.measure.soak import main as soak_main
 from clients.measure.speech_activity import speech_segments
 from streaming.resample import resample_whole
 from tests.conftest import ServerProcess, speak, start_server, stop_server
@@ -198,7 +201,7 @@ def test_tick_time_per_second_from_metrics_differences() -> None:
     assert [p["tick_mean_ms"] for p in m["series"]] == [pytest.approx(50.0), None]
     assert [p["overruns"] for p in m["series"]] == [1, 0]
     assert m["tick_mean_ms"] == pytest.approx(50.0)
-    assert _metrics_url("wss://h:9/v1/duplex?token=x") == "https://h:9/metrics"
+    assert metrics_url("wss://h:9/v1/duplex?token=x") == "https://h:9/metrics"
 
 
 def test_callers_loop_the_clips_with_pauses_from_their_own_start() -> None:
@@ -283,3 +286,112 @@ def test_callers_beyond_capacity_are_connect_failures(checkpoint: Path, tmp_path
     assert o["completed"] == 2 and o["errors"] == {}
     refused = [c for c in report.callers if c.status == "server_full"]
     assert all(not c.connected and c.frames_received == 0 for c in refused)
+
+
+# --- `duplex soak`: the judgement on known series, then a short real churn ----------------------
+
+
+def _series(
+    rss_mb_per_min: float = 0.0,
+    fds_after: int = 40,
+    overrun_pct_late: float = 0.8,
+    minutes: int = 10,
+) -> list[Sample]:
+    """A sample a minute at 16 calls: 375 ticks a minute, 0.8 % of them overrun until the last
+    third, then `overrun_pct_late` %; RSS from 500 MB, growing as asked after 2 minutes."""
+    out = [Sample(0.0, "before", 400.0, 40, 0, 0, 0.0, 0, 0, 1.0)]
+    overruns = 0.0
+    for m in range(1, minutes + 1):
+        overruns += 375 * (overrun_pct_late if m > 2 * minutes // 3 else 0.8) / 100
+        rss = 500.0 + rss_mb_per_min * max(0, m - 2) + (0.8 if m % 2 else -0.8)  # noise
+        out.append(Sample(60.0 * m, "load", rss, 60, 16, 375 * m, 9.0 * m, round(overruns), m, 2.0))
+    out.append(Sample(60.0 * minutes + 5, "after", 510.0, fds_after, 0, 0, 0.0, 0, 0, 1.5))
+    return out
+
+
+SOAK = SoakConfig(warmup_s=120.0)
+
+
+def test_a_flat_soak_passes() -> None:
+    figures, failures = judge(_series(), SOAK, {})
+    assert failures == []
+    assert abs(figures["rss_growth_mb_per_10min"]) < 2
+    assert figures["sessions_mean"] == 16 and figures["fds_after"] == 40
+
+
+def test_memory_growing_after_the_warm_up_fails() -> None:
+    figures, failures = judge(_series(rss_mb_per_min=3.0), SOAK, {})  # 30 MB per 10 min
+    assert figures["rss_growth_mb_per_10min"] == pytest.approx(30.0, abs=1.0)
+    assert len(failures) == 1 and failures[0].startswith("RSS grows "), failures
+    assert judge(_series(rss_mb_per_min=1.5), SOAK, {})[1] == []  # 15 MB: under the limit
+
+
+def test_descriptors_left_open_fail() -> None:
+    assert judge(_series(fds_after=48), SOAK, {})[1] == []  # within the slack of 8
+    failures = judge(_series(fds_after=49), SOAK, {})[1]
+    assert failures == ["open FDs 49 after the run, 40 before (slack 8)"]
+
+
+def test_overruns_growing_fail_and_failed_calls_fail() -> None:
+    assert judge(_series(overrun_pct_late=1.6), SOAK, {})[1] == []  # + 0.8 points: allowed
+    figures, failures = judge(_series(overrun_pct_late=4.0), SOAK, {})
+    assert (figures["overrun_pct_first_third"], figures["overrun_pct_last_third"]) == (0.8, 4.0)
+    assert failures == ["overruns grew from 0.8 % to 4 % of ticks (limit +1 points)"]
+    assert judge(_series(), SOAK, {"server_full": 2})[1] == ["calls failed: server_full x2"]
+
+
+def test_too_short_a_soak_cannot_judge_memory() -> None:
+    failures = judge(_series(minutes=3), SOAK, {})[1]
+    assert failures == ["only 2 memory samples after the warm-up: need 3"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--call-s", "30", "--duration", "10"], "--call-s 30 is longer than --duration 10"),
+        (["--warmup", "590"], "--warmup must be in [0, --duration - --call-s)"),
+        (["--server-pid", "999999999"], "--server-pid 999999999: no such process"),
+        (["--callers", "0"], "--callers must be positive"),
+    ],
+)
+def test_soak_usage_errors_are_one_line_exit_2(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert soak_main(["--url", "ws://127.0.0.1:9/v1/duplex", *argv]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("duplex soak: error: "), lines
+    assert message in lines[0]
+
+
+def test_a_short_churn_holds_capacity_and_lets_go(checkpoint: Path, tmp_path: Path) -> None:
+    """4 callers placing 4 s calls back to back for 20 s against 4 slots. 20 s cannot tell a
+    slow leak (the first minutes' allocations dominate; the tests above judge known series)
+    nor overrun growth on a shared machine: here the limits only catch gross growth."""
+    srv = start_server(checkpoint, tmp_path / "server.log", "--max-sessions", "4")
+    cfg = SoakConfig(
+        url=srv.url,
+        callers=4,
+        duration_s=20.0,
+        call_s=4.0,
+        sample_s=1.0,
+        warmup_s=6.0,
+        server_pid=srv.proc.pid,
+        seed=0,
+        max_rss_growth_mb=2000.0,  # 3.3 MB a second
+        overrun_growth_pct=100.0,
+    )
+    try:
+        report = asyncio.run(run_soak(cfg))
+    finally:
+        stop_server(srv)
+    assert report.failures == [], summary(report)
+    assert report.calls >= 3 * 4 and report.completed == report.calls and report.errors == {}
+    f = report.figures
+    assert f["sessions_mean"] >= 3.0  # calls end and start, the slots stay taken
+    assert f["rss_mb_before"] > 50 and f["fds_before"] > 5
+    assert f["fds_after"] <= f["fds_before"] + cfg.fd_slack
+    phases = Counter(s.phase for s in report.samples)
+    assert phases["before"] == 1 and phases["after"] == 1
+    assert phases["load"] >= 14 and phases["drain"] >= 2
+    assert f["samples_after_warmup"] >= 8 and f["rss_growth_mb_per_10min"] is not None
+    assert [s.calls_done for s in report.samples] == sorted(s.calls_done for s in report.samples)

@@ -80,7 +80,18 @@ from streaming.wire import (
     StatsMessage,
 )
 
-__all__ = ["LoadtestConfig", "add_arguments", "main", "run", "run_loadtest"]
+__all__ = [
+    "CallerRun",
+    "LoadtestConfig",
+    "Live",
+    "add_arguments",
+    "main",
+    "metrics_url",
+    "place_call",
+    "run",
+    "run_loadtest",
+    "scrape_metrics",
+]
 
 PROG = "duplex loadtest"
 DEFAULT_URL = "ws://127.0.0.1:8000/v1/duplex"
@@ -165,7 +176,7 @@ def caller_audio(
 
 
 @dataclass(slots=True)
-class _Live:
+class Live:
     """Counters the progress line shows while callers run."""
 
     connected: int = 0
@@ -176,7 +187,10 @@ class _Live:
 
 
 @dataclass(slots=True)
-class _CallerRun:
+class CallerRun:
+    """One call of one caller: its audio, what came back, and its report (`duplex soak`
+    places many of them back to back)."""
+
     report: CallerReport
     audio: np.ndarray
     frames: list[ReceivedFrame] = field(default_factory=list)
@@ -192,8 +206,8 @@ def _rng(seed: int | None, caller: int, stream: str) -> random.Random:
     return random.Random(None if seed is None else f"{seed}:{caller}:{stream}")
 
 
-async def _call(
-    run: _CallerRun, cfg: LoadtestConfig, t0: float, start_at: float, live: _Live
+async def place_call(
+    run: CallerRun, cfg: LoadtestConfig, t0: float, start_at: float, live: Live
 ) -> None:
     """One caller: connect at `start_at`, stream its audio, collect the agent's frames.
 
@@ -258,7 +272,7 @@ async def _call(
         live.errors += rep.status != "ok"
 
 
-async def _twilio_call(run: _CallerRun, cfg: LoadtestConfig, t0: float, live: _Live) -> None:
+async def _twilio_call(run: CallerRun, cfg: LoadtestConfig, t0: float, live: Live) -> None:
     """One caller as a simulated Twilio stream; its agent media become one frame per tick.
 
     Twilio's messages carry no sample positions and no session clock: ticks (the media between
@@ -297,13 +311,13 @@ async def _twilio_call(run: _CallerRun, cfg: LoadtestConfig, t0: float, live: _L
     run.finished = True
 
 
-def _metrics_url(ws_url: str) -> str:
+def metrics_url(ws_url: str) -> str:
     parts = urlsplit(ws_url)
     scheme = "https" if parts.scheme == "wss" else "http"
     return urlunsplit((scheme, parts.netloc, "/metrics", "", ""))
 
 
-def _scrape(url: str, headers: dict[str, str]) -> dict[str, Any]:
+def scrape_metrics(url: str, headers: dict[str, str]) -> dict[str, Any]:
     """The few figures the report needs from one /metrics page."""
     req = urllib.request.Request(url, headers=headers)
     with urllib.request.urlopen(req, timeout=2.0) as resp:
@@ -322,6 +336,9 @@ def _scrape(url: str, headers: dict[str, str]) -> dict[str, Any]:
         "overruns": values.get("duplex_overrun_ticks_total", 0.0),  # late ticks, not calls
         "sessions_active": values.get("duplex_sessions_active", 0.0),
         "latency_buckets": buckets,
+        # prometheus_client's process collector, where the server registers it (Linux)
+        "rss_bytes": values.get("process_resident_memory_bytes"),
+        "open_fds": values.get("process_open_fds"),
     }
 
 
@@ -331,7 +348,7 @@ async def _watch_metrics(
     """Scrape /metrics every second until cancelled; the first failure stops it (noted)."""
     while True:
         try:
-            page = await asyncio.to_thread(_scrape, url, headers)
+            page = await asyncio.to_thread(scrape_metrics, url, headers)
         except (URLError, OSError, ValueError) as exc:
             errors.append(f"{url}: {exc}")
             return
@@ -339,7 +356,7 @@ async def _watch_metrics(
         await asyncio.sleep(METRICS_PERIOD_S)
 
 
-async def _progress(live: _Live, total: int) -> None:
+async def _progress(live: Live, total: int) -> None:
     """One updating line on stderr until cancelled."""
     from tqdm import tqdm
 
@@ -367,10 +384,10 @@ async def run_loadtest(config: LoadtestConfig) -> LoadtestReport:
         paths = list(config.inputs) or [str(p) for p in default_inputs(Path(tmp))]
         clips = [resample_whole(*load_input(p), rate) for p in paths]
     runs = [
-        _CallerRun(CallerReport(caller=i), caller_audio(clips, rate, config.duration_s, i))
+        CallerRun(CallerReport(caller=i), caller_audio(clips, rate, config.duration_s, i))
         for i in range(config.callers)
     ]
-    live = _Live()
+    live = Live()
     headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
     samples: list[dict[str, Any]] = []
     metric_errors: list[str] = []
@@ -378,14 +395,14 @@ async def run_loadtest(config: LoadtestConfig) -> LoadtestReport:
     spread = config.ramp_up_s / max(1, config.callers - 1)
     helpers = [
         asyncio.create_task(
-            _watch_metrics(_metrics_url(config.url), headers, t0, samples, metric_errors)
+            _watch_metrics(metrics_url(config.url), headers, t0, samples, metric_errors)
         )
     ]
     if config.progress:
         helpers.append(asyncio.create_task(_progress(live, config.callers)))
     try:
         await asyncio.gather(
-            *(_call(r, config, t0, t0 + i * spread, live) for i, r in enumerate(runs))
+            *(place_call(r, config, t0, t0 + i * spread, live) for i, r in enumerate(runs))
         )
     finally:
         for task in helpers:
@@ -393,7 +410,7 @@ async def run_loadtest(config: LoadtestConfig) -> LoadtestReport:
         await asyncio.gather(*helpers, return_exceptions=True)
     if not metric_errors:  # one last page, so the run's final ticks are counted
         try:
-            page = await asyncio.to_thread(_scrape, _metrics_url(config.url), headers)
+            page = await asyncio.to_thread(scrape_metrics, metrics_url(config.url), headers)
             samples.append({"t": time.monotonic() - t0, **page})
         except (URLError, OSError, ValueError) as exc:
             metric_errors.append(str(exc))
@@ -417,7 +434,7 @@ async def run_loadtest(config: LoadtestConfig) -> LoadtestReport:
     )
 
 
-def _analyse(runs: Sequence[_CallerRun], cfg: LoadtestConfig) -> None:
+def _analyse(runs: Sequence[CallerRun], cfg: LoadtestConfig) -> None:
     """Fill in each completed caller's stats, receive figures and turn latencies."""
     done = [r for r in runs if r.finished]
     rate = cfg.wire_rate
