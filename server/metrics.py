@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from streaming.wire import ErrorCode
 
@@ -14,6 +14,8 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # process_resident_memory_bytes, process_open_fds, ...: what a soak watches for growth
+        ProcessCollector(registry=r)
         self.sessions_active = Gauge("duplex_sessions_active", "calls in progress", registry=r)
         self.sessions_total = Counter("duplex_sessions", "calls admitted", registry=r)
         self.sessions_rejected = Counter(

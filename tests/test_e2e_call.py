@@ -462,7 +462,7 @@ METRIC_NAMES = [
     "duplex_sessions_active", "duplex_ticks_total", "duplex_tick_compute_seconds_bucket",
     "duplex_overrun_ticks_total", "duplex_estimates_total", "duplex_estimates_replaced_total",
     "duplex_frames_in_total", "duplex_frames_out_total", "duplex_frames_gated_total",
-    "duplex_call_noise_floor_dbfs_count",
+    "duplex_call_noise_floor_dbfs_count", "process_resident_memory_bytes", "process_open_fds",
 ]  # fmt: skip
 
 
