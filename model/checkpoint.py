@@ -17,6 +17,7 @@ from transformers.utils import logging as hf_logging
 
 from model.device import torch_device
 from model.format import ChunkFormat
+from streaming.codecs import load_codec
 
 DUPLEX_JSON = "duplex.json"
 hf_logging.disable_progress_bar()  # a server log is no terminal
@@ -41,6 +42,11 @@ class DuplexConfig(BaseModel):
     units_per_frame: int = Field(default=1, ge=1)
     n_units: int = Field(gt=0)
     silence_unit: int = Field(default=0, ge=0)
+    silence_frame: list[int] | None = Field(
+        default=None,
+        description="what digital silence encodes to, one unit per codebook (default: "
+        "silence_unit in every codebook)",
+    )
     unit_offset: int = Field(ge=0)
     special_tokens: SpecialTokens
     context_tokens: int = Field(gt=0, description="KV capacity per session: sink + ring")
@@ -62,6 +68,14 @@ class DuplexConfig(BaseModel):
             )
         if self.silence_unit >= self.n_units:
             raise ValueError(f"silence_unit {self.silence_unit} >= n_units {self.n_units}")
+        frame = self.silence_frame
+        if frame is not None and (
+            len(frame) != self.units_per_frame or not all(0 <= u < self.n_units for u in frame)
+        ):
+            raise ValueError(
+                f"silence_frame {frame} must hold units_per_frame {self.units_per_frame} "
+                f"units in [0, n_units {self.n_units})"
+            )
         units = range(self.unit_offset, self.unit_offset + self.n_units * self.units_per_frame)
         specials = self.special_tokens.model_dump()
         if len(set(specials.values())) != len(specials):
@@ -86,7 +100,13 @@ class DuplexConfig(BaseModel):
             s1=s.S1,
             bos=s.BOS,
             silence_unit=self.silence_unit,
+            silence_frame=None if self.silence_frame is None else tuple(self.silence_frame),
         )
+
+    @property
+    def silence(self) -> tuple[int, ...]:
+        """The silence frame the model speaks (its codec must encode silence to it)."""
+        return self.chunk_format().silence
 
 
 class CheckpointError(Exception):
@@ -157,6 +177,13 @@ def new_llama(
     return LlamaForCausalLM(config)
 
 
+def codec_dir_ref(codec_dir: Path, out: Path) -> str:
+    """How duplex.json names a codec's directory: relative to the checkpoint when it lies
+    inside it (the two move together), else absolute."""
+    target, home = codec_dir.expanduser().resolve(), out.expanduser().resolve()
+    return str(target.relative_to(home)) if target.is_relative_to(home) else str(target)
+
+
 def init_random_checkpoint(
     out: Path,
     *,
@@ -170,6 +197,7 @@ def init_random_checkpoint(
     codebook: str = "builtin:codec2_units_1024",
     n_units: int = 1024,
     units_per_frame: int = 1,
+    codec_spec: dict[str, Any] | None = None,
 ) -> DuplexConfig:
     """Write a small seeded random-weight Llama checkpoint (it babbles: no training).
 
@@ -178,23 +206,39 @@ def init_random_checkpoint(
     a checkpoint with several is for the model's side (format, engine, training) until a
     codec with as many codebooks is named in its duplex.json.
 
+    `codec_spec` (a duplex.json codec entry, relative paths taken from `out`) names another
+    codec, e.g. ``{"type": "mimi", "dir": "mimi", "codebooks": 8}``: the codec is loaded
+    (never downloaded) and its rate, frame length, codebooks, units per codebook and silence
+    frame make the checkpoint's (`codebook`, `n_units` and `units_per_frame` are then unused);
+    a chunk stays 160 ms.
+
     One KV head (multi-query attention) by default: a batched tick reads every call's KV
     cache once per decode forward, and on CPU those reads dominate (docs/benchmarks.md).
     """
-    units = n_units * units_per_frame
-    config = DuplexConfig(
-        codec={"type": "codec2-units", "codebook": codebook},
-        codec_sample_rate=8000,
-        frame_ms=40,
-        chunk_ms=160,
-        units_per_frame=units_per_frame,
-        n_units=n_units,
-        unit_offset=0,
-        special_tokens=SpecialTokens(S0=units, S1=units + 1, BOS=units + 2),
-        context_tokens=context_tokens,
-        sink_tokens=sink_tokens,
-        description=f"random-weight Llama, seed {seed}: untrained, it babbles",
-    )
+    description = f"random-weight Llama, seed {seed}: untrained, it babbles"
+    if codec_spec is None:
+        config = _duplex_config(
+            {"type": "codec2-units", "codebook": codebook},
+            rate=8000,
+            frame_ms=40,
+            n_units=n_units,
+            silence=(0,) * units_per_frame,
+            context_tokens=context_tokens,
+            sink_tokens=sink_tokens,
+            description=description,
+        )
+    else:
+        codec = load_codec(codec_spec, out)
+        config = _duplex_config(
+            codec_spec,
+            rate=codec.sample_rate,
+            frame_ms=codec.frame_ms,
+            n_units=codec.vocab_size,
+            silence=tuple(codec.silence_frame),
+            context_tokens=context_tokens,
+            sink_tokens=sink_tokens,
+            description=f"{description} in {codec.name} units",
+        )
     llama = new_llama(
         config,
         seed=seed,
@@ -207,5 +251,42 @@ def init_random_checkpoint(
     )
     out.mkdir(parents=True, exist_ok=True)
     llama.save_pretrained(out)
-    (out / DUPLEX_JSON).write_text(json.dumps(config.model_dump(), indent=2) + "\n")
+    write_config(out, config)
     return config
+
+
+def write_config(out: Path, config: DuplexConfig) -> None:
+    """duplex.json (fields left unset, such as a default silence frame, are left out)."""
+    text = json.dumps(config.model_dump(exclude_none=True), indent=2)
+    (out / DUPLEX_JSON).write_text(text + "\n")
+
+
+def _duplex_config(
+    codec: dict[str, Any],
+    *,
+    rate: int,
+    frame_ms: float,
+    n_units: int,
+    silence: tuple[int, ...],
+    context_tokens: int,
+    sink_tokens: int,
+    description: str,
+) -> DuplexConfig:
+    """A 160 ms chunk of the codec's frames; units from offset 0, then [S0], [S1], [BOS]."""
+    k = len(silence)
+    units = n_units * k
+    return DuplexConfig(
+        codec=codec,
+        codec_sample_rate=rate,
+        frame_ms=frame_ms,
+        chunk_ms=160,
+        units_per_frame=k,
+        n_units=n_units,
+        silence_unit=silence[0],
+        silence_frame=None if silence == (silence[0],) * k else list(silence),
+        unit_offset=0,
+        special_tokens=SpecialTokens(S0=units, S1=units + 1, BOS=units + 2),
+        context_tokens=context_tokens,
+        sink_tokens=sink_tokens,
+        description=description,
+    )

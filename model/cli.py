@@ -18,7 +18,7 @@ def _fail(command: str, message: str, code: int = 2) -> int:
 
 
 def _model_init(args: argparse.Namespace) -> int:
-    from model.checkpoint import init_random_checkpoint
+    from model.checkpoint import codec_dir_ref, init_random_checkpoint
 
     out = Path(args.out)
     if (out / "duplex.json").exists() and not args.force:
@@ -31,6 +31,18 @@ def _model_init(args: argparse.Namespace) -> int:
         )
     if args.units_per_frame < 1:
         return _fail("model init", f"--units-per-frame must be >= 1, got {args.units_per_frame}")
+    spec = None
+    if args.codec == "mimi":
+        if args.codec_dir is None:
+            return _fail("model init", "--codec mimi needs --codec-dir (a local Mimi directory)")
+        if args.units_per_frame != 1:
+            return _fail("model init", "with --codec mimi, --codebooks sets the units per frame")
+        from streaming.codecs.mimi import DEFAULT_CODEBOOKS
+
+        books = DEFAULT_CODEBOOKS if args.codebooks is None else args.codebooks
+        spec = {"type": "mimi", "dir": codec_dir_ref(Path(args.codec_dir), out), "codebooks": books}
+    elif args.codec_dir is not None or args.codebooks is not None:
+        return _fail("model init", "--codec-dir and --codebooks are for --codec mimi")
     if args.context < 2 or not 0 <= args.sink <= args.context // 2:
         return _fail(
             "model init",
@@ -45,7 +57,10 @@ def _model_init(args: argparse.Namespace) -> int:
             context_tokens=args.context,
             sink_tokens=args.sink,
             units_per_frame=args.units_per_frame,
+            codec_spec=spec,
         )
+    except ValueError as exc:  # the codec named cannot be loaded
+        return _fail("model init", str(exc), 1)
     except OSError as exc:
         return _fail("model init", f"cannot write {out}: {exc}", 1)
     print(f"wrote {out}: {config.description}")
@@ -57,12 +72,14 @@ def _data_synth(args: argparse.Namespace) -> int:
     from subprocess import SubprocessError
 
     from model.checkpoint import CheckpointError, read_config
+    from model.device import torch_device
     from model.training.synth import synth
 
     if args.dialogues is not None and args.dialogues < 2:
         return _fail("data synth", f"--dialogues must be >= 2, got {args.dialogues}")
     checkpoint = Path(args.checkpoint)
     try:
+        torch_device(args.device)  # one line now for a GPU that is not there
         stats = synth(
             Path(args.out),
             read_config(checkpoint),
@@ -71,6 +88,7 @@ def _data_synth(args: argparse.Namespace) -> int:
             seed=args.seed,
             wav=args.wav,
             renditions=args.renditions,
+            device=args.device,
         )
     except (CheckpointError, OSError, ValueError, RuntimeError, SubprocessError) as exc:
         return _fail("data synth", str(exc), 1)
@@ -134,6 +152,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--units-per-frame", type=int, default=1,
         help="codebooks per frame (K): the vocabulary holds K codebooks of units (default 1)",
     )  # fmt: skip
+    init.add_argument(
+        "--codec", choices=["codec2-units", "mimi"], default="codec2-units",
+        help="the codec it speaks (default: the offline Codec2 units; docs/models.md)",
+    )  # fmt: skip
+    init.add_argument(
+        "--codec-dir",
+        help="--codec mimi: a local Mimi directory in Hugging Face format (never downloaded)",
+    )
+    init.add_argument(
+        "--codebooks", type=int,
+        help="--codec mimi: how many of its codebooks a frame holds (default 8)",
+    )  # fmt: skip
     init.add_argument("--force", action="store_true", help="replace an existing --out")
     init.set_defaults(func=_model_init)
 
@@ -152,6 +182,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--checkpoint", default="models/default", help="its duplex.json: codec, chunk format"
     )
     synth.add_argument("--wav", action="store_true", help="also write stereo wavs")
+    synth.add_argument(
+        "--device", default="cpu", help="where a neural codec (Mimi) encodes: cpu, cuda, cuda:1"
+    )
     synth.set_defaults(func=_data_synth)
 
     tr = sub.add_parser("train", help="train a Llama decoder on `data synth` output")

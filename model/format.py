@@ -5,7 +5,8 @@ covers `frames_per_chunk` codec frames per speaker. Runs of identical frames are
 speaker, also across chunk borders; `[S0]` is always written, `[S1]` only when the user adds a
 new frame. Timing comes back by interpolation: a chunk's new frames are repeated evenly to fill
 it (remainder spread from the front), an empty chunk repeats the speaker's previous frame.
-Both speakers start from the silence frame, so a silent opening costs no unit tokens.
+Both speakers start from the silence frame (what digital silence encodes to, per codebook), so
+a silent opening costs no unit tokens.
 
 Frames are tuples of `units_per_frame` unit ids (one for the default codec); a frame's tokens
 are `unit_offset + codebook * n_units + unit`. Deduplication applies to whole frames.
@@ -31,9 +32,19 @@ class ChunkFormat:
     s1: int
     bos: int
     silence_unit: int
+    # What digital silence encodes to, one unit per codebook (a neural codec's differs per
+    # codebook); None: `silence_unit` in every codebook.
+    silence_frame: Frame | None = None
+
+    def __post_init__(self) -> None:
+        if self.silence_frame is not None:
+            self.frame_tokens(self.silence_frame)  # K units, each in range, or ValueError
 
     @property
     def silence(self) -> Frame:
+        """The frame both speakers start from, and the one a quiet speaker holds."""
+        if self.silence_frame is not None:
+            return self.silence_frame
         return (self.silence_unit,) * self.units_per_frame
 
     @property

@@ -25,8 +25,10 @@ from server.recording import CallRecorder
 from server.session import CallSession
 from server.settings import Settings
 from server.ticker import Ticker, TickerConfig
-from streaming.codecs import SpeechCodec, load_codec
+from streaming.agent_output import DecoderRows
+from streaming.codecs import SpeechCodec, decoder_batch, encoder_batch, load_codec
 from streaming.opus import opus_available
+from streaming.user_input import EncoderRows
 from streaming.wire import (
     OPUS_FRAME_MS,
     PROTOCOL_VERSION,
@@ -42,8 +44,8 @@ log = logging.getLogger("duplex.runtime")
 
 def check_codec_fits(config: DuplexConfig, codec: SpeechCodec) -> None:
     """Refuse, with the mismatch named, a checkpoint whose codec does not speak its format:
-    another rate or frame length, another number of units per frame, or more units per
-    codebook than its vocabulary holds."""
+    another rate or frame length, another number of units per frame, more units per codebook
+    than its vocabulary holds, or another silence frame (what digital silence encodes to)."""
     file = "duplex.json"
     if codec.sample_rate != config.codec_sample_rate:
         raise ValueError(
@@ -63,14 +65,20 @@ def check_codec_fits(config: DuplexConfig, codec: SpeechCodec) -> None:
             f"the codec has {codec.vocab_size} units per codebook but {file} says n_units "
             f"{config.n_units}"
         )
+    if tuple(codec.silence_frame) != config.silence:
+        raise ValueError(
+            f"the codec encodes silence as {list(codec.silence_frame)} but {file} says "
+            f"silence_frame {list(config.silence)}"
+        )
 
 
 class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.config: DuplexConfig = read_config(settings.model)
-        self.codec: SpeechCodec = load_codec(self.config.codec, settings.model)
+        self.codec: SpeechCodec = load_codec(self.config.codec, settings.model, settings.device)
         check_codec_fits(self.config, self.codec)
+        self.rows = _codec_rows(self.codec, self.config.frames_per_chunk)
         self.tick_s = self.config.chunk_ms / 1000
         self.metrics = Metrics()
         self.lead_s = lead_s(self.tick_s, settings.lead_ms)
@@ -183,6 +191,7 @@ class Runtime:
             rollback_chunks=self.engine.info.max_rollback_chunks,
             wake=self.ticker.wake_tokenizer,
             noise_gate_db=self._gate(start.noise_gate_db),
+            rows=self.rows,
         )
         session.asked = (start.sampling, start.noise_gate_db)
         self.ticker.admit(session)
@@ -219,6 +228,23 @@ class Runtime:
 
     def _gate(self, noise_gate_db: float | None) -> float:
         return self.settings.noise_gate_db if noise_gate_db is None else noise_gate_db
+
+
+def _codec_rows(codec: SpeechCodec, frames: int) -> tuple[EncoderRows, DecoderRows] | None:
+    """Batches every call's encoder and decoder are rows of, when the codec has a batched
+    path: a tick's audio of all calls is then encoded, and its frames decoded, in one pass
+    each. Each is warmed up with a chunk of `frames` frames, so that the first tick does not
+    pay for what the codec sets up on its first pass."""
+    enc, dec = encoder_batch(codec), decoder_batch(codec)
+    if enc is None or dec is None:
+        return None
+    enc.add("warm-up")
+    enc.encode({"warm-up": np.zeros(frames * codec.frame_samples, dtype=np.float32)})
+    enc.remove("warm-up")
+    dec.add("warm-up")
+    dec.decode({"warm-up": np.tile(np.asarray(codec.silence_frame), (frames, 1))})
+    dec.remove("warm-up")
+    return EncoderRows(enc), DecoderRows(dec)
 
 
 def _seed(seed: int | None) -> int:

@@ -25,9 +25,9 @@ from model.format import Frame
 from model.sampling import SamplingParams
 from server.pacing.anchor import CallPacing
 from server.recording import CallRecorder
-from streaming.agent_output import AgentAudioOutput
+from streaming.agent_output import AgentAudioOutput, DecoderRows
 from streaming.codecs import SpeechCodec
-from streaming.user_input import UserAudioInput
+from streaming.user_input import EncoderRows, UserAudioInput
 from streaming.wire import (
     AudioFormat,
     ErrorCode,
@@ -108,6 +108,8 @@ class CallStats:
     context_tokens: int = 0
     max_rollback_tokens: int = 0
     latencies_ms: list[float] = field(default_factory=list)
+    unplayed_acks: int = 0  # interruptions a client acknowledged (`agent_unplayed`)
+    unplayed_samples: int = 0  # agent audio sent that those say was never played
 
     def count_step(self, r: StepResult, overrun: bool) -> None:
         """One step's result for the call; `overrun`: its chunk went out late."""
@@ -136,8 +138,11 @@ class CallSession:
         rollback_chunks: int,
         wake: Callable[[], None],
         noise_gate_db: float = 0.0,
+        rows: tuple[EncoderRows, DecoderRows] | None = None,
     ) -> None:
-        """`wake`: called (on the event loop) after each push of audio, to have it encoded."""
+        """`wake`: called (on the event loop) after each push of audio, to have it encoded.
+        `rows`: the batches the call's encoder and decoder are rows of, when the codec has a
+        batched path (from `join_rows` on)."""
         self.id = session_id
         self.audio = audio
         self.sampling = sampling
@@ -152,9 +157,12 @@ class CallSession:
         self.chunk_samples = round(audio.sample_rate * tick_s)
         self.max_gap_samples = round(audio.sample_rate * max_gap_s)
         self.rollback_chunks = rollback_chunks
-        self.user_in = UserAudioInput(codec, audio.sample_rate, frames_per_chunk, noise_gate_db)
+        enc_rows, dec_rows = (None, None) if rows is None else rows
+        self.user_in = UserAudioInput(
+            codec, audio.sample_rate, frames_per_chunk, noise_gate_db, enc_rows
+        )
         self._wake = wake
-        self.agent_out = AgentAudioOutput(codec, audio.sample_rate, audio.encoding)
+        self.agent_out = AgentAudioOutput(codec, audio.sample_rate, audio.encoding, dec_rows)
         self.outbox: asyncio.Queue[Outgoing] = asyncio.Queue()
         self.stats = CallStats()
         self.join_tick: int | None = None
@@ -173,6 +181,19 @@ class CallSession:
         self.done = asyncio.Event()
         self.queued_audio = 0  # audio frames in outbox, to detect a client not reading
         self.recorder: CallRecorder | None = None
+
+    # -- its codec state (the tick worker) ----------------------------------------------------
+
+    def join_rows(self) -> None:
+        """At the call's first tick, its encoder and decoder take their rows in the codec's
+        batches (no-op for a codec without a batched path); its audio is encoded from then."""
+        self.user_in.join()
+        self.agent_out.join()
+
+    def leave_rows(self) -> None:
+        """When the call leaves the engine, its rows are freed."""
+        self.user_in.leave()
+        self.agent_out.leave()
 
     # -- from the client --------------------------------------------------------------------
 
@@ -253,6 +274,14 @@ class CallSession:
                     else:
                         self._quiet_frames = 0
                 self._heard = (index, max(len(frames), seen if index == seen_index else 0))
+
+    def agent_unplayed(self, start: int, end: int) -> None:
+        """A playback acknowledgement at an interruption: the client played the agent's audio
+        up to wire sample `start` and never played what was sent of [start, end). Counted for
+        now; the engine step that makes that audio silence in the model's context (issue 23,
+        part 1) is to start here."""
+        self.stats.unplayed_acks += 1
+        self.stats.unplayed_samples += max(0, end - start)
 
     def on_end(self, total_samples: int) -> None:
         if self.state not in (State.JOINING, State.LIVE):

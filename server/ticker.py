@@ -34,7 +34,8 @@ from server.pacing.clock import TickClock
 from server.pacing.step import StepPacer, StepWait
 from server.recording import CallRecorder
 from server.session import AgentChunk, CallSession, State
-from streaming.agent_output import AgentAudio
+from streaming.agent_output import AgentAudio, render_all
+from streaming.user_input import tokenize_all
 from streaming.wire import CloseCode, ErrorCode, ProtocolError, ReadyMessage
 
 log = logging.getLogger("duplex.ticker")
@@ -85,6 +86,7 @@ class Ticker:
         self.pacer = pacer
         self.sessions: dict[str, CallSession] = {}
         self._in_engine: set[str] = set()
+        self._joined: dict[str, CallSession] = {}  # in the engine (the worker's own view)
         self._leaving: list[str] = []
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duplex-tick")
         self._stop = threading.Event()
@@ -150,7 +152,7 @@ class Ticker:
         while not self._stop.is_set():
             self._wake.wait(TOKENIZE_EVERY_S)
             self._wake.clear()
-            new = sum(s.user_in.tokenize() for s in list(self.sessions.values()))
+            new = tokenize_all([s.user_in for s in list(self.sessions.values())])
             if new and self._waiting and self._loop is not None:
                 self._loop.call_soon_threadsafe(self._audio.set)
 
@@ -291,14 +293,19 @@ class Ticker:
         """Worker thread: the only place the engine runs."""
         for sid in plan.leaves:
             self.engine.remove_session(sid)
+            if (gone := self._joined.pop(sid, None)) is not None:
+                gone.leave_rows()
         for s in plan.joins:
             self.engine.add_session(s.id, s.sampling)
+            s.join_rows()
+            self._joined[s.id] = s
         for sid, params in plan.retunes.items():
             self.engine.retune(sid, params)
         t0 = time.perf_counter()
         requests = []
         arrivals: dict[str, tuple[list[float], list[float]]] = {}  # whole chunks, partial frames
         real: dict[str, dict[int, list[Frame]]] = {}
+        tokenize_all([s.user_in for s in plan.sessions])  # all calls at once, where batched
         for s in plan.sessions:
             chunks, part = s.user_in.drain()
             real[s.id] = {c.index: [tuple(f) for f in c.units.tolist()] for c in chunks}
@@ -321,10 +328,10 @@ class Ticker:
         for sid, (whole, frames) in arrivals.items():
             used = whole + frames[: results[sid].partial_frames]
             newest[sid] = max(used, default=None)
-        audio = {
-            s.id: s.agent_out.render(np.asarray(results[s.id].frames, dtype=np.int64))
-            for s in plan.sessions
-        }
+        rendered = render_all(
+            {s.agent_out: np.asarray(results[s.id].frames, dtype=np.int64) for s in plan.sessions}
+        )
+        audio = {s.id: rendered[s.agent_out] for s in plan.sessions}
         return TickOutput(results, audio, newest, real, time.perf_counter() - t0)
 
     # -- deliver (event loop) ---------------------------------------------------------------

@@ -15,6 +15,7 @@ from model.format import format_timeline, parse_timeline
 from model.training.dialogues import BACKCHANNELS, dialogues, parse_script, split
 from model.training.synth import HELDOUT_VOICE, RATE, Timing, load_split, plan, synth
 from server.cli import main
+from tests.test_mimi import K, init_mimi_checkpoint
 
 TOPICS = {"greeting", "smalltalk", "time", "weather", "plans", "numbers", "names", "requests",
           "confirmations"}  # fmt: skip
@@ -190,3 +191,29 @@ def test_synth_refuses_a_codec_with_other_units_per_frame(tmp_path: Path) -> Non
     with pytest.raises(ValueError, match="2 units per frame; codec .* writes 1"):
         synth(tmp_path / "out", config, tmp_path / "k2", n_dialogues=2, progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_synth_speaks_mimi(tmp_path: Path) -> None:
+    """A Mimi checkpoint (24 kHz, 80 ms frames of K codes): the 8 kHz dialogues are encoded at
+    the codec's rate, two frames a chunk; the tokens parse back to the frames, and a channel
+    holds the silence frame wherever it is silent for long."""
+    config = init_mimi_checkpoint(tmp_path / "ckpt")
+    fmt = config.chunk_format()
+    argv = ["data", "synth", "--out", str(tmp_path / "data"), "--dialogues", "2",
+            "--checkpoint", str(tmp_path / "ckpt")]  # fmt: skip
+    assert main([*argv, "--device", "cuda:7"]) == 1  # refused before any work
+    assert not (tmp_path / "data").exists()
+    assert main([*argv, "--device", "cpu"]) == 0
+    written = json.loads((tmp_path / "data" / "synth.json").read_text())
+    assert written["chunk_format"]["silence_frame"] == list(fmt.silence)
+    for name in ("train", "heldout"):
+        _, tokens, frames = load_split(tmp_path / "data" / f"{name}.npz")
+        meta = _meta(tmp_path / "data" / f"{name}.jsonl")
+        for tok, fr, m in zip(tokens, frames, meta, strict=True):
+            assert fr.shape == (m["n_chunks"] * 2, 2, K)
+            assert m["n_chunks"] == round(m["duration_s"] / 0.16)
+            chunks = [[[tuple(f) for f in fr[k : k + 2, ch].tolist()] for k in range(0, len(fr), 2)]
+                      for ch in (0, 1)]  # fmt: skip
+            assert format_timeline(fmt, *chunks) == tok.tolist()
+            quiet = [tuple(f) == fmt.silence for f in fr[:, 1].tolist()]
+            assert any(quiet) and not all(quiet)

@@ -27,7 +27,14 @@ FMT4 = ChunkFormat(
     n_units=3, units_per_frame=4, unit_offset=0, frames_per_chunk=2, s0=12, s1=13, bos=14,
     silence_unit=1,
 )  # fmt: skip
-FORMATS = pytest.mark.parametrize("fmt", [FMT, FMT2, FMT4], ids=["K1", "K2", "K4"])
+# a neural codec's silence: another unit in each codebook (Mimi's digital silence)
+FMT4S = ChunkFormat(
+    n_units=3, units_per_frame=4, unit_offset=0, frames_per_chunk=2, s0=12, s1=13, bos=14,
+    silence_unit=2, silence_frame=(2, 0, 1, 2),
+)  # fmt: skip
+FORMATS = pytest.mark.parametrize(
+    "fmt", [FMT, FMT2, FMT4, FMT4S], ids=["K1", "K2", "K4", "K4-silence-frame"]
+)
 
 
 def chunks(fmt: ChunkFormat, n: int | None = None) -> st.SearchStrategy[list[list[Frame]]]:
@@ -168,3 +175,17 @@ def test_frames_from_tokens_wants_whole_frames_in_codebook_order(
         FMT2.frames_from_tokens(tokens)
     with pytest.raises(ValueError, match=message):  # inside a timeline: [BOS] [S0] ...
         parse_timeline(FMT2, [FMT2.bos, FMT2.s0, *tokens])
+
+
+def test_the_silence_frame_is_one_unit_per_codebook() -> None:
+    """Both speakers start from the silence frame: a silent opening costs no unit token, and
+    a frame of the default silence unit in every codebook is sound like any other."""
+    assert FMT4.silence == (1, 1, 1, 1) and FMT4S.silence == (2, 0, 1, 2)
+    quiet = [[FMT4S.silence] * 2] * 3
+    assert format_timeline(FMT4S, quiet, quiet) == [FMT4S.bos] + [FMT4S.s0] * 3
+    other = [[(2, 2, 2, 2)] * 2]
+    assert format_timeline(FMT4S, other, []) == [FMT4S.bos, FMT4S.s0, 2, 3 + 2, 6 + 2, 9 + 2]
+    with pytest.raises(ValueError, match="units, expected 4"):
+        ChunkFormat(3, 4, 0, 2, s0=12, s1=13, bos=14, silence_unit=0, silence_frame=(0, 1))
+    with pytest.raises(ValueError, match="out of range"):
+        ChunkFormat(3, 4, 0, 2, s0=12, s1=13, bos=14, silence_unit=0, silence_frame=(0, 1, 2, 3))

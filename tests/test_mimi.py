@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from transformers import MimiConfig, MimiModel
 from transformers.models.mimi.modeling_mimi import MimiAttention, MimiEuclideanCodebook
 
+from model.checkpoint import DuplexConfig, init_random_checkpoint
 from streaming.codecs import SpeechCodec, load_codec
 from streaming.codecs.mimi import MAX_STEP_FRAMES, SILENCE_PROBE_FRAMES, MimiCodec
 
@@ -54,9 +55,8 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A checkpoint directory holding the Mimi model in a subdirectory ``mimi``."""
+def save_tiny_mimi(path: Path) -> None:
+    """A seeded tiny random Mimi, written as ``MimiModel.save_pretrained`` writes real ones."""
     torch.manual_seed(0)
     model = MimiModel(tiny_config())
     with torch.no_grad():
@@ -66,8 +66,21 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
             if isinstance(module, MimiAttention):  # sharper attention, so that positions matter
                 module.q_proj.weight.mul_(20)
                 module.k_proj.weight.mul_(20)
+    model.save_pretrained(path)
+
+
+def init_mimi_checkpoint(root: Path) -> DuplexConfig:
+    """A random-weight tiny Llama speaking K codebooks of a tiny Mimi kept in ``root/mimi``."""
+    save_tiny_mimi(root / "mimi")
+    spec = {"type": "mimi", "dir": "mimi", "codebooks": K}
+    return init_random_checkpoint(root, codec_spec=spec, layers=1, hidden=64)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint directory holding the Mimi model in a subdirectory ``mimi``."""
     root = tmp_path_factory.mktemp("ckpt")
-    model.save_pretrained(root / "mimi")
+    save_tiny_mimi(root / "mimi")
     return root
 
 
@@ -203,39 +216,45 @@ def test_silence_frame_is_the_settled_code_of_digital_silence(codec: MimiCodec) 
     units = codec.new_encoder().encode(np.zeros(4 * SILENCE_PROBE_FRAMES * FRAME, np.float32))
     settled = units[SILENCE_PROBE_FRAMES - 1 :]
     np.testing.assert_array_equal(settled, np.broadcast_to(codec.silence_frame, settled.shape))
+    assert isinstance(codec.silence_frame, tuple) and len(codec.silence_frame) == K
     assert codec.silence_unit == codec.silence_frame[0]
+    assert len(set(codec.silence_frame)) > 1  # not one unit in every codebook
 
 
 def test_batch_equals_each_call_alone(codec: MimiCodec) -> None:
     """Calls join and leave between ticks and bring different amounts of audio and frames
     (none, partial frames, more than one forward's worth); each gets what it gets alone."""
     rng = np.random.default_rng(3)
-    batch = codec.new_batch()
+    enc_batch, dec_batch = codec.new_encoder_batch(), codec.new_decoder_batch()
     alone: dict[str, tuple] = {}
     pcm_lengths = [2 * FRAME, 2 * FRAME, 0, 700, FRAME + 1300, (MAX_STEP_FRAMES + 2) * FRAME]
     frame_counts = [2, 2, 0, 1, 3, MAX_STEP_FRAMES + 1]
     for tick in range(14):
         if tick in (0, 1, 4, 5, 9):
-            batch.add(f"call{tick}")
+            enc_batch.add(f"call{tick}")
+            dec_batch.add(f"call{tick}")
             alone[f"call{tick}"] = (codec.new_encoder(), codec.new_decoder())
         if tick in (6, 10):
             gone = sorted(alone)[1 if tick == 6 else 0]
-            batch.remove(gone)
+            enc_batch.remove(gone)
+            dec_batch.remove(gone)
             del alone[gone]
-        assert len(batch) == len(alone) and all(c in batch for c in alone)
+        for batch in (enc_batch, dec_batch):
+            assert len(batch) == len(alone) and all(c in batch for c in alone)
         pcm = {c: noise(int(rng.choice(pcm_lengths)), tick) for c in alone}
         units = {c: codes(int(rng.choice(frame_counts)), tick) for c in alone}
-        got_units, got_pcm = batch.encode(pcm), batch.decode(units)
+        got_units, got_pcm = enc_batch.encode(pcm), dec_batch.decode(units)
         for c, (enc, dec) in alone.items():
             np.testing.assert_array_equal(got_units[c], enc.encode(pcm[c]))
             assert_pcm_close(got_pcm[c], dec.decode(units[c]))
-    flushed = batch.flush(list(alone))
+    flushed = enc_batch.flush(list(alone))
     for c, (enc, _) in alone.items():
         np.testing.assert_array_equal(flushed[c], enc.flush())
 
 
 def test_clear_errors(codec: MimiCodec) -> None:
-    enc, dec, batch = codec.new_encoder(), codec.new_decoder(), codec.new_batch()
+    enc, dec = codec.new_encoder(), codec.new_decoder()
+    enc_batch, dec_batch = codec.new_encoder_batch(), codec.new_decoder_batch()
     for bad in (np.zeros(10, np.int16), np.zeros((2, 10), np.float32), np.array([np.nan])):
         with pytest.raises(ValueError, match="PCM"):
             enc.encode(bad)
@@ -243,12 +262,15 @@ def test_clear_errors(codec: MimiCodec) -> None:
         dec.decode(np.zeros((2, 4), np.int64))
     with pytest.raises(ValueError, match=r"in \[0, 64\)"):
         dec.decode(np.full((1, K), VOCAB))
-    batch.add("a")
-    with pytest.raises(ValueError, match="already in the batch"):
+    for batch in (enc_batch, dec_batch):
         batch.add("a")
+        with pytest.raises(ValueError, match="already in the batch"):
+            batch.add("a")
+        with pytest.raises(KeyError, match="not in the batch"):
+            batch.remove("b")
     with pytest.raises(KeyError, match="not in the batch"):
-        batch.encode({"b": noise(10, 0)})
+        enc_batch.encode({"b": noise(10, 0)})
     with pytest.raises(KeyError, match="not in the batch"):
-        batch.decode({"b": codes(1, 0)})
+        enc_batch.flush(["b"])
     with pytest.raises(KeyError, match="not in the batch"):
-        batch.remove("b")
+        dec_batch.decode({"b": codes(1, 0)})

@@ -18,6 +18,9 @@ from model.sampling import SamplingParams
 from model.training.synth import load_split, synth
 from model.training.train import KINDS, STATE, TrainConfig, cut_windows, token_kinds, train
 from server.cli import main
+from server.runtime import check_codec_fits
+from streaming.codecs import load_codec
+from tests.test_mimi import VOCAB, K, init_mimi_checkpoint
 
 TINY = TrainConfig(
     layers=1, hidden=64, heads=2, intermediate=128, context=128, batch_tokens=512, lr=3e-3,
@@ -162,3 +165,26 @@ def test_k_codebooks_train_and_serve(data: Path, tmp_path: Path) -> None:
         assert all(len(f) == 2 for f in result.frames)
     with pytest.raises(ValueError, match="another chunk format"):
         train(TINY, data, tmp_path / "other", checkpoint=ckpt, progress=False)
+
+
+def test_a_mimi_model_trains_and_serves(tmp_path: Path) -> None:
+    """`data synth` and `train` on a Mimi checkpoint: the trained model names the same codec
+    (its directory made absolute: the model is written elsewhere), speaks K-code frames and
+    starts from Mimi's silence frame."""
+    ckpt, data, out = tmp_path / "ckpt", tmp_path / "data", tmp_path / "out"
+    config = init_mimi_checkpoint(ckpt)
+    synth(data, config, ckpt, n_dialogues=2, progress=False)
+    # a window of 256: a chunk of K = 8 takes up to 34 tokens, and serving keeps room to roll
+    # back over a few of them
+    cfg = replace(TINY, context=256, steps=3, eval_every=3)
+    record = train(cfg, data, out, checkpoint=ckpt, progress=False)
+    assert record["step"] == 3
+    assert _rows(out)[0]["heldout_loss"] == pytest.approx(np.log(K * VOCAB + 3), abs=0.3)
+    served, llama = load_checkpoint(out)
+    assert served.codec == {**config.codec, "dir": str((ckpt / "mimi").resolve())}
+    assert served.silence == config.silence and served.units_per_frame == K
+    check_codec_fits(served, load_codec(served.codec, out))
+    engine = TorchEngine(served, llama, max_sessions=1, max_rollback_chunks=1)
+    engine.add_session("s", SamplingParams(temperature=1.5, top_k=0, seed=0))
+    for _ in range(3):
+        assert all(len(f) == K for f in engine.step([StepRequest("s")])["s"].frames)

@@ -33,6 +33,7 @@ from model.format import ChunkFormat, format_timeline
 from model.training.dialogues import BACKCHANNELS, Dialogue, Speaker, dialogues, split
 from streaming.codecs import SpeechCodec, load_codec
 from streaming.espeak import PITCH_RANGE, VOICES, WPM_RANGE, synthesize
+from streaming.resample import resample_whole
 
 if TYPE_CHECKING:  # the checkpoint module loads torch; `duplex eval` needs none of it
     from model.checkpoint import DuplexConfig
@@ -246,7 +247,7 @@ def render(
             audio[spk, text] = trim_silence(synthesize(text, v.voice, v.wpm, v.pitch))
         return len(audio[spk, text])
 
-    chunk_samples = codec.frame_samples * fmt.frames_per_chunk
+    chunk_samples = codec.frame_samples * fmt.frames_per_chunk * RATE // codec.sample_rate
     layout = plan(dialogue, length, rng, timing, chunk_samples)
     channels = {s: np.zeros(layout.n_samples, np.float32) for s in ("A", "B")}
     for c in layout.clips:
@@ -256,7 +257,9 @@ def render(
         channels[c.speaker][c.start : c.start + c.length] += pcm
     user: Speaker = "B" if agent == "A" else "A"
     order = (channels[agent], channels[user])
-    units = [codec.new_encoder().encode(np.clip(ch, -1.0, 1.0)) for ch in order]
+    units = [
+        codec.new_encoder().encode(at_codec_rate(np.clip(ch, -1.0, 1.0), codec)) for ch in order
+    ]
     frames = np.stack(units, axis=1).astype(np.int32)  # [n_frames, 2, units_per_frame]
     fpc = fmt.frames_per_chunk
     n_chunks = len(frames) // fpc
@@ -271,6 +274,14 @@ def render(
     meta = _meta(dialogue, agent, voices, layout, n_chunks, len(tokens), rendition)
     stereo = np.stack(order, axis=1) if keep_audio else None
     return Rendered(tokens, frames, meta, stereo)
+
+
+def at_codec_rate(pcm: np.ndarray, codec: SpeechCodec) -> np.ndarray:
+    """A channel (8 kHz, whole chunks) at the codec's rate: as it is for the default codec,
+    resampled for another (Mimi's 24 kHz: 3 samples each, so whole chunks stay whole)."""
+    if codec.sample_rate == RATE:
+        return pcm
+    return resample_whole(pcm, RATE, codec.sample_rate)
 
 
 def _s(samples: int) -> float:
@@ -368,18 +379,21 @@ def synth(
     workers: int = 2,
     timing: Timing = Timing(),
     renditions: int = 1,
+    device: str = "cpu",
 ) -> SynthStats:
     """Render the corpus (or `n_dialogues` of it) `renditions` times into `out_dir`: per split
     an .npz (tokens, frames, offsets, ids) and a .jsonl of per-dialogue meta, plus synth.json;
-    `wav` adds the stereo wavs (left = agent, right = user)."""
+    `wav` adds the stereo wavs (left = agent, right = user). `device`: where a neural codec
+    encodes (a GPU makes Mimi's encoding of a large corpus fast)."""
     if renditions < 1:
         raise ValueError(f"--renditions must be at least 1, got {renditions}")
     start = time.perf_counter()
-    codec = load_codec(config.codec, base_dir)
+    codec = load_codec(config.codec, base_dir, device)
     fmt = config.chunk_format()
-    if codec.sample_rate != RATE or abs(codec.frame_ms - config.frame_ms) > 1e-9:
+    frame_at_rate = codec.frame_samples * RATE / codec.sample_rate
+    if frame_at_rate != int(frame_at_rate) or abs(codec.frame_ms - config.frame_ms) > 1e-9:
         raise ValueError(
-            f"synthesis speaks at {RATE} Hz with duplex.json's frame_ms {config.frame_ms}; "
+            f"synthesis speaks at {RATE} Hz in duplex.json's frames of {config.frame_ms} ms; "
             f"codec {codec.name} is {codec.sample_rate} Hz, {codec.frame_ms} ms frames"
         )
     if codec.units_per_frame != fmt.units_per_frame:

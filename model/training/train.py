@@ -29,10 +29,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from transformers import LlamaForCausalLM
 
-from model.checkpoint import DUPLEX_JSON, DuplexConfig, new_llama, read_config
+from model.checkpoint import DuplexConfig, new_llama, read_config, write_config
 from model.device import torch_device
 from model.format import ChunkFormat
 from model.training.synth import load_split
+from streaming.codecs import absolute_spec
 
 STATE = "train_state.pt"
 METRICS = "metrics.jsonl"
@@ -256,13 +257,16 @@ def heldout_windows(dialogues: list[np.ndarray], fmt: ChunkFormat, context: int)
 def load_data(
     data: Path, checkpoint: Path
 ) -> tuple[DuplexConfig, list[np.ndarray], list[np.ndarray]]:
-    """The duplex.json the data was written with (checked against synth.json) and both splits."""
+    """The duplex.json the data was written with (checked against synth.json), its codec's
+    paths made absolute (the trained model is written elsewhere), and both splits."""
     for name in ("train.npz", "heldout.npz", "synth.json"):
         if not (data / name).is_file():
             raise FileNotFoundError(f"{data} holds no {name}: run `duplex data synth --out {data}`")
     duplex = read_config(checkpoint)
+    duplex = duplex.model_copy(update={"codec": absolute_spec(duplex.codec, checkpoint)})
     written = json.loads((data / "synth.json").read_text())["chunk_format"]
-    if written != asdict(duplex.chunk_format()):
+    written.setdefault("silence_frame", None)  # data written before it was a field: the default
+    if written != json.loads(json.dumps(asdict(duplex.chunk_format()))):  # tuples as lists
         raise ValueError(
             f"{data} was written in another chunk format than {checkpoint}'s duplex.json"
         )
@@ -295,7 +299,7 @@ def _save_weights(
             ),
         }
     )
-    (out / DUPLEX_JSON).write_text(json.dumps(described.model_dump(), indent=2) + "\n")
+    write_config(out, described)
 
 
 def plot_losses(out: Path) -> None:

@@ -7,14 +7,19 @@ frame and another rate) implements these protocols, so the server and the model 
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Iterable, Mapping
 from importlib import import_module
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import numpy as np
 
 BUILTIN_PREFIX = "builtin:"
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+# Codec spec fields that name a file or directory (relative ones are taken from the checkpoint).
+PATH_FIELDS = ("codebook", "dir")
+
+C = TypeVar("C", bound=Hashable)  # a batch's call ids, as its user types them
 
 
 class StreamEncoder(Protocol):
@@ -48,6 +53,10 @@ class SpeechCodec(Protocol):
     units_per_frame: int
     vocab_size: int
     silence_unit: int
+    # What digital silence encodes to, one unit per codebook (a checkpoint's silence frame
+    # must be this one): (silence_unit,) for the default codec, another code per codebook for
+    # a neural codec.
+    silence_frame: tuple[int, ...]
 
     @property
     def frame_ms(self) -> float:
@@ -61,6 +70,59 @@ class SpeechCodec(Protocol):
     def new_decoder(self) -> StreamDecoder:
         """Fresh per-session decoder state."""
         ...
+
+
+class EncoderBatch(Protocol):
+    """The optional batched path of a codec (``new_encoder_batch()``): many calls' encoders as
+    rows of one batch, so a tick's audio of every call is encoded in one pass. Calls join and
+    leave between calls to ``encode``; each gets what its own ``StreamEncoder`` would give."""
+
+    def __contains__(self, call_id: object) -> bool: ...
+
+    def add(self, call_id: Hashable) -> None:
+        """A call joins with a fresh encoder state."""
+        ...
+
+    def remove(self, call_id: Hashable) -> None:
+        """A call leaves; its row is free."""
+        ...
+
+    def encode(self, pcm: Mapping[C, np.ndarray]) -> dict[C, np.ndarray]:
+        """Per call, new PCM (any length) -> units ``[completed frames, units_per_frame]``."""
+        ...
+
+    def flush(self, calls: Iterable[C]) -> dict[C, np.ndarray]:
+        """Per call, its pending partial frame zero-padded -> its units (maybe none)."""
+        ...
+
+
+class DecoderBatch(Protocol):
+    """The decoding half of a codec's batched path (``new_decoder_batch()``): one pass decodes
+    every call's new frames. Apart from the encoder batch, so that the two may run on two
+    threads (the tokenizer's, the tick worker's)."""
+
+    def __contains__(self, call_id: object) -> bool: ...
+
+    def add(self, call_id: Hashable) -> None: ...
+
+    def remove(self, call_id: Hashable) -> None: ...
+
+    def decode(self, units: Mapping[C, np.ndarray]) -> dict[C, np.ndarray]:
+        """Per call, units ``[n, units_per_frame]`` -> PCM of exactly ``n * frame_samples``."""
+        ...
+
+
+def encoder_batch(codec: SpeechCodec) -> EncoderBatch | None:
+    """A fresh batch of the codec's encoders when it offers one, else None (its calls encode
+    one by one)."""
+    new = getattr(codec, "new_encoder_batch", None)
+    return None if new is None else cast(EncoderBatch, new())
+
+
+def decoder_batch(codec: SpeechCodec) -> DecoderBatch | None:
+    """A fresh batch of the codec's decoders when it offers one, else None."""
+    new = getattr(codec, "new_decoder_batch", None)
+    return None if new is None else cast(DecoderBatch, new())
 
 
 def describe(x: object) -> str:
@@ -106,9 +168,21 @@ def resolve_path(ref: str, base_dir: Path) -> Path:
     return path if path.is_absolute() else Path(base_dir) / path
 
 
-# codec type in duplex.json -> "module:factory"; a factory takes the "codec" entry and the
-# checkpoint directory (relative paths are taken from it) and returns a SpeechCodec. Adding a
-# codec is one module with such a factory and one line here; modules load when chosen.
+def absolute_spec(spec: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    """The spec with its relative paths made absolute (from ``base_dir``), for a checkpoint
+    written elsewhere (a trained model) that speaks the same codec."""
+    out = dict(spec)
+    for key in PATH_FIELDS:
+        ref = out.get(key)
+        if isinstance(ref, str) and ref and not ref.startswith(BUILTIN_PREFIX):
+            out[key] = str(resolve_path(ref, base_dir).resolve())
+    return out
+
+
+# codec type in duplex.json -> "module:factory"; a factory takes the "codec" entry, the
+# checkpoint directory (relative paths are taken from it) and a torch device (where a neural
+# codec runs) and returns a SpeechCodec. Adding a codec is one module with such a factory and
+# one line here; modules load when chosen.
 CODECS: dict[str, str] = {
     "codec2-units": "streaming.codecs.codec2_units:from_spec",
     "mimi": "streaming.codecs.mimi:from_spec",
@@ -116,7 +190,7 @@ CODECS: dict[str, str] = {
 
 
 class CodecFactory(Protocol):
-    def __call__(self, spec: dict[str, Any], base_dir: Path) -> SpeechCodec: ...
+    def __call__(self, spec: dict[str, Any], base_dir: Path, device: str) -> SpeechCodec: ...
 
 
 def spec_string(spec: dict[str, Any], key: str, example: str) -> str:
@@ -129,10 +203,11 @@ def spec_string(spec: dict[str, Any], key: str, example: str) -> str:
     return value
 
 
-def load_codec(spec: dict[str, Any], base_dir: Path) -> SpeechCodec:
+def load_codec(spec: dict[str, Any], base_dir: Path, device: str = "cpu") -> SpeechCodec:
     """Build a codec from a checkpoint's ``duplex.json`` "codec" entry, e.g.
     ``{"type": "codec2-units", "codebook": "builtin:codec2_units_1024"}`` or
-    ``{"type": "mimi", "dir": "mimi", "codebooks": 8}`` (a local Hugging Face directory)."""
+    ``{"type": "mimi", "dir": "mimi", "codebooks": 8}`` (a local Hugging Face directory).
+    `device` (cpu, cuda, cuda:N) is where a neural codec runs; the default codec is CPU code."""
     if not isinstance(spec, dict):
         raise ValueError(f"codec spec must be a dict, got {type(spec).__name__}")
     kind = spec.get("type")
@@ -141,4 +216,4 @@ def load_codec(spec: dict[str, Any], base_dir: Path) -> SpeechCodec:
             f"unknown codec type {kind!r} in spec {spec!r}; known types: {sorted(CODECS)}"
         )
     module, factory = CODECS[kind].split(":")
-    return cast(CodecFactory, getattr(import_module(module), factory))(spec, base_dir)
+    return cast(CodecFactory, getattr(import_module(module), factory))(spec, base_dir, device)

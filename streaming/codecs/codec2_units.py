@@ -258,6 +258,7 @@ class Codec2UnitCodec:
     frame_samples: int = FRAME_SAMPLES
     units_per_frame: int = 1
     silence_unit: int = SILENCE_UNIT
+    silence_frame: tuple[int, ...] = (SILENCE_UNIT,)
 
     def __init__(
         self,
@@ -407,8 +408,9 @@ class Codec2UnitDecoder:
         return out.reshape(-1).astype(np.float32) * np.float32(1.0 / _PCM_SCALE)
 
 
-def from_spec(spec: dict[str, Any], base_dir: Path) -> Codec2UnitCodec:
+def from_spec(spec: dict[str, Any], base_dir: Path, device: str = "cpu") -> Codec2UnitCodec:
     """The registry's factory (streaming/codecs/__init__.py):
-    ``{"type": "codec2-units", "codebook": "builtin:codec2_units_1024"}`` or a codebook path."""
+    ``{"type": "codec2-units", "codebook": "builtin:codec2_units_1024"}`` or a codebook path.
+    Codec2 runs on the CPU whatever `device` the server's model uses."""
     ref = spec_string(spec, "codebook", "e.g. 'builtin:codec2_units_1024'")
     return Codec2UnitCodec.load(resolve_asset(ref, base_dir))

@@ -292,6 +292,8 @@ class _Rows:
         self.fresh.add(call_id)
 
     def remove(self, call_id: CallId) -> None:
+        if call_id not in self.index:
+            raise KeyError(f"call {call_id!r} is not in the batch")
         row = self.index.pop(call_id)
         last = self.ids.pop()
         if last != call_id:
@@ -373,7 +375,7 @@ class _Framer:
 
 class MimiCodec:
     """Mimi with K codebooks; immutable and shared: calls get their own state (an encoder,
-    a decoder, or rows of a ``MimiBatch``).
+    a decoder, or rows of a ``MimiEncoderBatch`` / ``MimiDecoderBatch``).
 
     ``silence_frame`` is what digital silence encodes to once the encoder has settled (the
     last of ``SILENCE_PROBE_FRAMES`` frames from a fresh encoder): one code per codebook.
@@ -385,6 +387,7 @@ class MimiCodec:
     units_per_frame: int
     vocab_size: int
     silence_unit: int
+    silence_frame: tuple[int, ...]
 
     def __init__(self, model: MimiModel, codebooks: int = DEFAULT_CODEBOOKS) -> None:
         config = model.config
@@ -406,8 +409,8 @@ class MimiCodec:
         self._encoder = _EncoderHalf(model, codebooks)
         self._decoder = _DecoderHalf(model, self.frame_samples)
         probe = np.zeros(SILENCE_PROBE_FRAMES * self.frame_samples, dtype=np.float32)
-        self.silence_frame = self.new_encoder().encode(probe)[-1]
-        self.silence_unit = int(self.silence_frame[0])
+        self.silence_frame = tuple(int(u) for u in self.new_encoder().encode(probe)[-1])
+        self.silence_unit = self.silence_frame[0]
 
     @classmethod
     def from_pretrained(
@@ -439,8 +442,11 @@ class MimiCodec:
     def new_decoder(self) -> MimiStreamDecoder:
         return MimiStreamDecoder(self)
 
-    def new_batch(self) -> MimiBatch:
-        return MimiBatch(self)
+    def new_encoder_batch(self) -> MimiEncoderBatch:
+        return MimiEncoderBatch(self)
+
+    def new_decoder_batch(self) -> MimiDecoderBatch:
+        return MimiDecoderBatch(self)
 
     def check_units(self, units: np.ndarray) -> np.ndarray:
         """Validate codes [n, K] in [0, vocab_size) -> int64."""
@@ -480,43 +486,41 @@ class MimiStreamEncoder:
     """One call's streaming encoder: PCM at 24 kHz in any chunks -> codes [frames, K]."""
 
     def __init__(self, codec: MimiCodec) -> None:
-        self._rows = _Rows(codec._encoder, codec.device)
-        self._rows.add(0)
-        self._framer = _Framer(codec.frame_samples)
+        self._batch = MimiEncoderBatch(codec)
+        self._batch.add(0)
 
     def encode(self, pcm: np.ndarray) -> np.ndarray:
-        return self._rows.step({0: self._framer.push(_check_pcm(pcm))})[0]
+        return self._batch.encode({0: pcm})[0]
 
     def flush(self) -> np.ndarray:
-        return self._rows.step({0: self._framer.flush()})[0]
+        return self._batch.flush([0])[0]
 
 
 class MimiStreamDecoder:
     """One call's streaming decoder: codes [frames, K] in any chunks -> PCM, 1920 a frame."""
 
     def __init__(self, codec: MimiCodec) -> None:
-        self._codec = codec
-        self._rows = _Rows(codec._decoder, codec.device)
-        self._rows.add(0)
+        self._batch = MimiDecoderBatch(codec)
+        self._batch.add(0)
 
     def decode(self, units: np.ndarray) -> np.ndarray:
-        return self._rows.step({0: self._codec.check_units(units)})[0].reshape(-1)
+        return self._batch.decode({0: units})[0]
 
 
-class MimiBatch:
-    """Many calls' encoders and decoders, each side one batched forward per tick.
+class MimiEncoderBatch:
+    """Many calls' encoders, one batched forward per ``encode`` (the codec interface's
+    ``EncoderBatch``).
 
-    Calls join (``add``) and leave (``remove``) between ticks. ``encode`` takes each call's new
+    Calls join (``add``) and leave (``remove``) between calls. ``encode`` takes each call's new
     PCM (any length: partial frames wait, per call, for the rest) and codes every completed
-    frame of every call together; ``decode`` vocodes each call's new frames together. A call's
-    results equal what its own ``MimiStreamEncoder`` / ``MimiStreamDecoder`` would give, to
-    float rounding. Not thread-safe: one thread drives a batch.
+    frame of every call together. A call's codes equal what it gets coded alone, to float
+    rounding. Not thread-safe: one thread at a time drives a batch (the encoder and decoder
+    batches are apart, so that the two may run on two threads).
     """
 
     def __init__(self, codec: MimiCodec) -> None:
-        self._codec = codec
-        self._enc = _Rows(codec._encoder, codec.device)
-        self._dec = _Rows(codec._decoder, codec.device)
+        self._frame_samples = codec.frame_samples
+        self._rows = _Rows(codec._encoder, codec.device)
         self._framers: dict[CallId, _Framer] = {}
 
     def __len__(self) -> int:
@@ -526,30 +530,21 @@ class MimiBatch:
         return call_id in self._framers
 
     def add(self, call_id: CallId) -> None:
-        self._enc.add(call_id)
-        self._dec.add(call_id)
-        self._framers[call_id] = _Framer(self._codec.frame_samples)
+        self._rows.add(call_id)
+        self._framers[call_id] = _Framer(self._frame_samples)
 
     def remove(self, call_id: CallId) -> None:
-        if call_id not in self._framers:
-            raise KeyError(f"call {call_id!r} is not in the batch")
-        self._enc.remove(call_id)
-        self._dec.remove(call_id)
+        self._rows.remove(call_id)
         del self._framers[call_id]
 
     def encode(self, pcm: Mapping[C, np.ndarray]) -> dict[C, np.ndarray]:
         """Per call, new float32 PCM -> codes int64 [completed frames, K]."""
         checked = {c: (self._framer(c), _check_pcm(x)) for c, x in pcm.items()}
-        return self._enc.step({c: framer.push(x) for c, (framer, x) in checked.items()})
+        return self._rows.step({c: framer.push(x) for c, (framer, x) in checked.items()})
 
     def flush(self, calls: Iterable[C]) -> dict[C, np.ndarray]:
         """Per call, its pending partial frame zero-padded -> its codes ([0, K] if none)."""
-        return self._enc.step({c: self._framer(c).flush() for c in calls})
-
-    def decode(self, units: Mapping[C, np.ndarray]) -> dict[C, np.ndarray]:
-        """Per call, codes [n, K] -> float32 PCM [n * 1920]."""
-        checked = {c: self._codec.check_units(u) for c, u in units.items()}
-        return {c: pcm.reshape(-1) for c, pcm in self._dec.step(checked).items()}
+        return self._rows.step({c: self._framer(c).flush() for c in calls})
 
     def _framer(self, call_id: CallId) -> _Framer:
         if call_id not in self._framers:
@@ -557,10 +552,37 @@ class MimiBatch:
         return self._framers[call_id]
 
 
-def from_spec(spec: dict[str, Any], base_dir: Path) -> MimiCodec:
+class MimiDecoderBatch:
+    """Many calls' decoders, one batched forward per ``decode`` (the codec interface's
+    ``DecoderBatch``): each call's new frames vocoded together, each as it would be alone (to
+    float rounding). Not thread-safe: one thread drives a batch."""
+
+    def __init__(self, codec: MimiCodec) -> None:
+        self._codec = codec
+        self._rows = _Rows(codec._decoder, codec.device)
+
+    def __len__(self) -> int:
+        return len(self._rows.ids)
+
+    def __contains__(self, call_id: object) -> bool:
+        return call_id in self._rows.index
+
+    def add(self, call_id: CallId) -> None:
+        self._rows.add(call_id)
+
+    def remove(self, call_id: CallId) -> None:
+        self._rows.remove(call_id)
+
+    def decode(self, units: Mapping[C, np.ndarray]) -> dict[C, np.ndarray]:
+        """Per call, codes [n, K] -> float32 PCM [n * 1920]."""
+        checked = {c: self._codec.check_units(u) for c, u in units.items()}
+        return {c: pcm.reshape(-1) for c, pcm in self._rows.step(checked).items()}
+
+
+def from_spec(spec: dict[str, Any], base_dir: Path, device: str = "cpu") -> MimiCodec:
     """The registry's factory (streaming/codecs/__init__.py):
-    ``{"type": "mimi", "dir": "<local Mimi directory>", "codebooks": 8}``."""
+    ``{"type": "mimi", "dir": "<local Mimi directory>", "codebooks": 8}``, run on `device`."""
     ref = spec_string(spec, "dir", "a local Mimi directory in Hugging Face format")
     return MimiCodec.from_pretrained(
-        resolve_path(ref, base_dir), spec.get("codebooks", DEFAULT_CODEBOOKS)
+        resolve_path(ref, base_dir), spec.get("codebooks", DEFAULT_CODEBOOKS), device
     )
