@@ -106,7 +106,10 @@ class Settings(BaseSettings):
     )
     start_timeout_s: float = Field(default=10.0, gt=0, description="time to send `start`")
     idle_timeout_s: float = Field(
-        default=30.0, gt=0, description="close a call whose client sends nothing this long"
+        default=30.0,
+        gt=0,
+        description="close a native or Twilio call whose client sends nothing this long (a "
+        "Realtime session stays open: its missing audio is silence)",
     )
     max_call_s: float = Field(default=3600.0, gt=0, description="maximum call length")
     ping_interval_s: float = Field(default=20.0, gt=0, description="WebSocket ping interval")

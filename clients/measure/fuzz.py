@@ -403,7 +403,9 @@ def _rt_attack(rng: random.Random, kind: str) -> str | bytes:
     if kind == "unknown_type":
         return _j({"type": rng.choice(["hello", "response.creat", "", "session.created"])})
     if kind == "unsupported_event":
-        return _j({"type": rng.choice(["conversation.item.create", "output_audio_buffer.clear"])})
+        return _j(
+            {"type": rng.choice(["output_audio_buffer.clear", "transcription_session.update"])}
+        )
     if kind == "audio_not_a_string":
         return _j({"type": "input_audio_buffer.append", "audio": rng.choice([1, None, [], {}])})
     if kind == "audio_not_base64":
