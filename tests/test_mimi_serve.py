@@ -231,7 +231,8 @@ def test_twilio_call(mimi_server: ServerProcess, voice: tuple[np.ndarray, int]) 
     n_wire = wire_length(len(pcm), rate, 8000)
     assert len(result.output) == n_wire
     ticks = math.ceil(result.frames_sent / 8)
-    assert len(result.marks) in (ticks, ticks + 1)
+    # a K = 8 step is slower, so `end` may come a tick later than with the default (as above)
+    assert ticks <= len(result.marks) <= ticks + 2, (len(result.marks), ticks)
     assert all(len(m.pcm) == 160 for m in result.media)
     # 24 kHz -> 8 kHz delays by 3 ms, compensated: the first tick's 1256 samples make 7 whole
     # media (the rest goes with the next tick's), then 8 a tick
