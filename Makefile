@@ -55,3 +55,25 @@ apt-test:
 
 clean:
 	rm -rf $(VENV)
+
+# Frameworks that speak the OpenAI Realtime protocol, pointed at the server by
+# tests/test_frameworks*.py: an environment of their own (pyproject.toml's `frameworks` extra),
+# because the openai-agents SDK pins websockets below the 17 the server is tested with.
+FW_VENV ?= .venv-frameworks
+FW_PY := $(FW_VENV)/bin/python
+FW_STAMP := $(FW_VENV)/.installed
+
+.PHONY: test-frameworks
+
+test-frameworks: apt-test $(FW_STAMP)
+	$(FW_PY) -m pytest -q tests/test_frameworks*.py
+
+$(FW_STAMP): pyproject.toml
+	python3 -m venv $(FW_VENV)
+	echo '*' > $(FW_VENV)/.gitignore
+	$(FW_PY) -m pip install -q --upgrade pip
+	$(FW_PY) -m pip install -q torch==$(TORCH_VERSION)
+	$(FW_PY) -m pip install -q -e '.[dev,frameworks]'
+	$(FW_PY) -m pip check
+	$(FW_PY) -c "import agents.realtime, pipecat.services.openai.realtime.llm, livekit.plugins.openai"
+	touch $@
