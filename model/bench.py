@@ -7,6 +7,10 @@ a replaced estimate (rollback + prefill), a new estimate and an agent chunk per 
 A setup "sustains" N sessions when its p99 tick time stays under the tick (160 ms). The
 contexts of one session count take turns tick by tick, so a host whose speed drifts slows them
 alike and the cost-vs-context ratio is a fair one.
+
+`--engine torch,vllm` also times the vLLM engine (model/engines/vllm/) on the same sessions:
+the same conversations (their timelines; vLLM computes their KV at the first tick, which is
+not timed), one vLLM engine for the whole run, its contexts one after the other.
 """
 
 from __future__ import annotations
@@ -17,17 +21,24 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from transformers import LlamaForCausalLM
 
 from model.checkpoint import CheckpointError, DuplexConfig, load_checkpoint
-from model.engines.api import StepRequest
-from model.engines.torch.engine import TorchEngine
+from model.engines import ENGINES, build_engine
+from model.engines.api import EngineOptions, StepRequest
+from model.engines.stepper import Stepper
+from model.engines.torch.engine import DTYPES, TorchEngine
 from model.format import ChunkFormat, Frame
 from model.sampling import SamplingParams
+
+if TYPE_CHECKING:  # the vLLM engine's module is imported only when it is timed
+    from model.engines.vllm.engine import VllmEngine
 
 ROLLBACK_CHUNKS = 3  # 240 ms budget + lead at 160 ms ticks
 
@@ -40,6 +51,8 @@ class Row:
     batched_p99_ms: float
     loop_p50_ms: float | None
     loop_p99_ms: float | None
+    vllm_p50_ms: float | None = None
+    vllm_p99_ms: float | None = None
 
 
 def _user_chunk(rnd: random.Random, fmt: ChunkFormat) -> list[Frame]:
@@ -82,7 +95,7 @@ def _clone_into(template: TorchEngine, engine: TorchEngine, session_id: str, see
     b.sink_shift[dst.row] = a.sink_shift[src.row]
 
 
-def _requests(engines: list[TorchEngine], rnd: random.Random) -> list[list[StepRequest]]:
+def _requests(engines: list[Stepper[Any]], rnd: random.Random) -> list[list[StepRequest]]:
     """Per engine, one request per session at agent chunk k: user chunk k-2, estimated last
     tick, is now real (rollback + prefill); chunk k-1 is estimated; chunk k is generated."""
     out = []
@@ -96,7 +109,7 @@ def _requests(engines: list[TorchEngine], rnd: random.Random) -> list[list[StepR
 
 
 def _time_ticks(
-    groups: dict[int, list[TorchEngine]], ticks: int, rnd: random.Random
+    groups: dict[int, list[Stepper[Any]]], ticks: int, rnd: random.Random
 ) -> dict[int, list[float]]:
     """Tick times per context. The contexts take turns tick by tick, so the host's speed
     (which drifts over minutes here) weighs on every context alike and their ratio holds."""
@@ -134,6 +147,23 @@ def _p(times: list[float], q: float) -> float:
     return 1000 * ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def _vllm_ticks(
+    engine: Stepper[Any], templates: dict[int, TorchEngine], n: int, ticks: int, rnd: random.Random
+) -> dict[int, list[float]]:
+    """Tick times of `n` sessions on `engine` per context, each session a copy of the
+    template's conversation (the untimed first ticks compute its KV)."""
+    times: dict[int, list[float]] = {}
+    ids = [f"s{i}" for i in range(n)]
+    for context, template in templates.items():
+        for i, sid in enumerate(ids):
+            engine.add_session(sid, SamplingParams(seed=i))
+            engine.sessions[sid].timeline = copy.deepcopy(template.timeline("t"))
+        times.update(_time_ticks({context: [engine]}, ticks, rnd))
+        for sid in ids:
+            engine.remove_session(sid)
+    return times
+
+
 def run_bench(
     config: DuplexConfig,
     llama: LlamaForCausalLM,
@@ -142,22 +172,25 @@ def run_bench(
     ticks: int,
     loop_limit_s: float,
     estimate_units: int | None = None,
+    vllm: Callable[[], VllmEngine] | None = None,
 ) -> list[Row]:
     """Rows for every (sessions, context) with a loaded model; the per-session loop stops
-    growing once its median tick exceeds `loop_limit_s`."""
+    growing once its median tick exceeds `loop_limit_s`. With `vllm` (it starts an engine
+    with room for the most sessions), its ticks too, once the torch engine's are done: vLLM's
+    processes busy-wait a second after each request, which would slow the torch engine's."""
     templates = {context: _template(config, llama, context) for context in contexts}
     rows = []
     loop_too_slow = False
     for n in sessions:
         rnd = random.Random(n)
-        batched = {
+        batched: dict[int, list[Stepper[Any]]] = {
             c: [_engine(config, llama, t, range(n), estimate_units)] for c, t in templates.items()
         }
         bt = _time_ticks(batched, ticks, rnd)
         del batched
         lt: dict[int, list[float]] = {}
         if not loop_too_slow:
-            loops = {
+            loops: dict[int, list[Stepper[Any]]] = {
                 c: [_engine(config, llama, t, range(i, i + 1), estimate_units) for i in range(n)]
                 for c, t in templates.items()
             }
@@ -165,10 +198,23 @@ def run_bench(
             del loops
             loop_too_slow = any(statistics.median(t) > loop_limit_s for t in lt.values())
         for context in contexts:
-            loop = lt.get(context)
-            lp50, lp99 = (_p(loop, 0.5), _p(loop, 0.99)) if loop else (None, None)
-            rows.append(Row(n, context, _p(bt[context], 0.5), _p(bt[context], 0.99), lp50, lp99))
-            print(_format_row(rows[-1]), flush=True)
+            row = Row(n, context, _p(bt[context], 0.5), _p(bt[context], 0.99), None, None)
+            if context in lt:
+                row.loop_p50_ms, row.loop_p99_ms = _p(lt[context], 0.5), _p(lt[context], 0.99)
+            rows.append(row)
+            print(_format_row(row), flush=True)
+    if vllm:
+        engine = vllm()
+        print(" ".join(f"{h:>8}" for h in ("sessions", "context", "vllm50", "vllm99")))
+        try:
+            for n in sessions:
+                vt = _vllm_ticks(engine, templates, n, ticks, random.Random(n))
+                for row in (r for r in rows if r.sessions == n):
+                    times = vt[row.context]
+                    row.vllm_p50_ms, row.vllm_p99_ms = _p(times, 0.5), _p(times, 0.99)
+                    print(f"{n:8d} {row.context:8d} {row.vllm_p50_ms:8.1f} {row.vllm_p99_ms:8.1f}")
+        finally:
+            engine.close()
     return sorted(rows, key=lambda r: (r.context, r.sessions))
 
 
@@ -179,11 +225,15 @@ def _format_row(r: Row) -> str:
     )
 
 
-def sustained(rows: list[Row], context: int, tick_ms: float, loop: bool) -> int:
-    """Most sessions whose p99 tick stays under the tick at this context."""
+SETUPS = {"batched": "batched", "loop": "per-session loop", "vllm": "vllm"}
+
+
+def sustained(rows: list[Row], context: int, tick_ms: float, setup: str) -> int:
+    """Most sessions whose p99 tick stays under the tick at this context, on `setup` (a key
+    of SETUPS)."""
     best = 0
     for r in rows:
-        p99 = r.loop_p99_ms if loop else r.batched_p99_ms
+        p99 = getattr(r, f"{setup}_p99_ms")
         if r.context == context and p99 is not None and p99 < tick_ms:
             best = max(best, r.sessions)
     return best
@@ -207,29 +257,54 @@ def run(args: argparse.Namespace) -> int:
         return _fail("--estimate-units must be >= 0")
     if args.markdown and not Path(args.markdown).parent.is_dir():
         return _fail(f"cannot write {args.markdown}: no such directory")
+    # the torch engine and its per-session loop are always timed: the reference
+    engines = set(getattr(args, "engine", "torch").split(","))
+    if not engines <= set(ENGINES):
+        return _fail(f"--engine takes names of {', '.join(ENGINES)}, comma-separated")
     if args.threads:
         torch.set_num_threads(args.threads)
+    dtype = getattr(args, "dtype", "float32")
+    if dtype not in DTYPES:
+        return _fail(f"--dtype takes one of {', '.join(DTYPES)}")
     try:
-        config, llama = load_checkpoint(Path(args.model), device=args.device)
+        config, llama = load_checkpoint(Path(args.model), device=args.device, dtype=DTYPES[dtype])
     except (CheckpointError, ValueError) as exc:
         return _fail(str(exc))
+    options = EngineOptions(
+        max_sessions=max(sessions), max_rollback_chunks=ROLLBACK_CHUNKS,
+        estimate_units=args.estimate_units, device=args.device, dtype=dtype,
+    )  # fmt: skip
+
+    def start_vllm() -> VllmEngine:
+        return cast("VllmEngine", build_engine("vllm", Path(args.model), options))
+
+    vllm = start_vllm if "vllm" in engines else None
+    setups = ["batched", "loop"] + (["vllm"] if vllm else [])
     heads = ("sessions", "context", "batch50", "batch99", "  loop50", "loop99")
     print(" ".join(f"{h:>8}" for h in heads))
-    rows = run_bench(
-        config, llama, sessions, contexts, args.ticks, args.loop_limit_s, args.estimate_units
-    )
+    try:
+        rows = run_bench(
+            config, llama, sessions, contexts, args.ticks, args.loop_limit_s, args.estimate_units,
+            vllm,
+        )  # fmt: skip
+    except ValueError as exc:  # vLLM missing, or too small a KV cache for the sessions
+        return _fail(str(exc))
     tick_ms = 160.0
     for context in contexts:
-        b, lp = sustained(rows, context, tick_ms, False), sustained(rows, context, tick_ms, True)
+        held = {setup: sustained(rows, context, tick_ms, setup) for setup in setups}
+        b, lp = held["batched"], held["loop"]
         times = f"{b / lp:.1f}x" if lp else "inf"
-        print(f"context {context}: batched sustains {b}, per-session loop {lp} ({times})")
+        line = f"context {context}: batched sustains {b}, per-session loop {lp} ({times})"
+        print(line + (f", vllm {held['vllm']}" if vllm else ""))
     for n in sessions:
-        by_ctx = {r.context: r.batched_p50_ms for r in rows if r.sessions == n}
-        if 8000 in by_ctx and 1000 in by_ctx:
-            ratio = by_ctx[8000] / by_ctx[1000]
-            print(f"flat cost at {n} session(s): 8000 vs 1000 tokens {ratio:.2f}x")
+        for setup in setups:
+            by_ctx = {r.context: getattr(r, f"{setup}_p50_ms") for r in rows if r.sessions == n}
+            if by_ctx.get(8000) and by_ctx.get(1000):
+                ratio = by_ctx[8000] / by_ctx[1000]
+                print(f"flat cost at {n} session(s), {SETUPS[setup]}: 8000 vs 1000 tokens "
+                      f"{ratio:.2f}x")  # fmt: skip
     if args.markdown:
-        _write_markdown(Path(args.markdown), rows, contexts, tick_ms, llama.device)
+        _write_markdown(Path(args.markdown), rows, contexts, setups, tick_ms, llama.device)
     return 0
 
 
@@ -238,31 +313,36 @@ def _device_name(device: torch.device) -> str:
 
 
 def _write_markdown(
-    path: Path, rows: list[Row], contexts: list[int], tick_ms: float, device: torch.device
+    path: Path,
+    rows: list[Row],
+    contexts: list[int],
+    setups: list[str],
+    tick_ms: float,
+    device: torch.device,
 ) -> None:
     """Append this run's table, with the command that made it, to a markdown file."""
     command = "duplex bench " + " ".join(sys.argv[2:])
+    heads = "".join(f" {SETUPS[s]} p50 | {SETUPS[s]} p99 |" for s in setups)
+    heads = heads.replace("per-session loop", "loop")
     lines = [
         f"\n### `{command}`\n",
         f"torch {torch.__version__} on {_device_name(device)}, "
         f"{torch.get_num_threads()} thread(s), "
         f"{time.strftime('%Y-%m-%d')}; milliseconds per tick (p50 / p99)\n",
-        "| sessions | context | batched p50 | batched p99 | loop p50 | loop p99 |",
-        "|---:|---:|---:|---:|---:|---:|",
+        f"| sessions | context |{heads}",
+        "|---:|---:|" + "---:|---:|" * len(setups),
     ]
     for r in rows:
-        loop = (
-            ("-", "-")
-            if r.loop_p50_ms is None
-            else (f"{r.loop_p50_ms:.1f}", f"{r.loop_p99_ms:.1f}")
-        )
-        lines.append(
-            f"| {r.sessions} | {r.context} | {r.batched_p50_ms:.1f} | {r.batched_p99_ms:.1f} | "
-            f"{loop[0]} | {loop[1]} |"
-        )
+        cells = [f"{r.sessions}", f"{r.context}"]
+        for setup in setups:
+            for q in ("p50", "p99"):
+                value = getattr(r, f"{setup}_{q}_ms")
+                cells.append("-" if value is None else f"{value:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     for context in contexts:
-        b, lp = sustained(rows, context, tick_ms, False), sustained(rows, context, tick_ms, True)
-        lines.append(f"- context {context}: batched sustains {b} sessions, per-session loop {lp}")
+        held = ", ".join(f"{SETUPS[s]} {sustained(rows, context, tick_ms, s)}" for s in setups[1:])
+        b = sustained(rows, context, tick_ms, "batched")
+        lines.append(f"- context {context}: batched sustains {b} sessions, {held}")
     with path.open("a") as f:
         f.write("\n".join(lines) + "\n")

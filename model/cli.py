@@ -214,12 +214,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--threads", type=int, default=1, help="torch threads")
     bench.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     bench.add_argument(
+        "--engine", default="torch",
+        help="comma-separated engines to time besides the per-session loop: torch, vllm",
+    )  # fmt: skip
+    bench.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+        help="weights and KV cache dtype",
+    )  # fmt: skip
+    bench.add_argument(
         "--loop-limit-s", type=float, default=1.0,
         help="stop growing the per-session loop once its median tick exceeds this",
     )  # fmt: skip
     bench.add_argument(
         "--estimate-units", type=int, default=0,
-        help="most units sampled per estimated user chunk (the server's setting; default 0)",
+        help="most frames sampled per estimated user chunk (the server's setting; default 0)",
     )  # fmt: skip
     bench.add_argument("--markdown", help="append the table and the command to this file")
     bench.set_defaults(func=_bench)

@@ -94,6 +94,7 @@ class Runtime:
                 device=settings.device,
                 dtype=settings.dtype,
                 threads=settings.threads,
+                tensor_parallel_size=settings.tensor_parallel_size,
             ),
         )
         self.warmup_step_s = self.engine.warm_up()

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
         default="float32", description="weights and KV cache dtype"
     )
     threads: int = Field(default=1, ge=0, description="torch CPU threads (0 = torch default)")
+    tensor_parallel_size: int = Field(
+        default=1, ge=1, description="GPUs one model is split over (--engine vllm; docs/gpu.md)"
+    )
     max_sessions: int = Field(
         default=16,
         ge=1,

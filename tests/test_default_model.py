@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import model.engines.torch.engine as engine_module
+import model.engines.stepper as engine_module
 from model.checkpoint import load_checkpoint, read_config
 from model.engines.api import StepRequest
 from model.engines.torch.engine import TorchEngine

@@ -447,16 +447,16 @@ def test_the_start_bias_reaches_only_a_start_after_the_agents_silence(
     """Each step's first agent draw (codebook 0 of its first frame) gets the bias when the
     agent's last frame was silence; a draw that goes on speaking, and every later draw of a
     chunk, gets none."""
-    import model.engines.torch.engine
+    import model.engines.stepper
 
     biases: list[list[float]] = []
-    real_sample = model.engines.torch.engine.sample
+    real_sample = model.engines.stepper.sample
 
     def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
         biases.append(list(args[6]))
         return real_sample(*args, **kwargs)
 
-    monkeypatch.setattr(model.engines.torch.engine, "sample", spy)
+    monkeypatch.setattr(model.engines.stepper, "sample", spy)
     engine = make_engine(loaded_k)
     engine.add_session("b", SamplingParams(temperature=1.0, seed=2, start_bias=1.5))
     tl = engine.timeline("b")

@@ -17,6 +17,7 @@ from model.engines.api import Engine, EngineFactory, EngineOptions
 # name -> "module:factory"
 ENGINES: dict[str, str] = {
     "torch": "model.engines.torch.engine:load_engine",
+    "vllm": "model.engines.vllm.engine:load_engine",
 }
 
 

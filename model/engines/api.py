@@ -30,6 +30,7 @@ class EngineOptions:
     device: str = "cpu"
     dtype: str = "float32"
     threads: int | None = None  # CPU threads for the model (None: the engine's own choice)
+    tensor_parallel_size: int = 1  # GPUs one engine's model is split over (vllm)
 
 
 @dataclass(frozen=True, slots=True)
