@@ -35,6 +35,7 @@ from streaming.wire import (
     EndMessage,
     ErrorCode,
     ErrorMessage,
+    PlayedMessage,
     ProtocolError,
     ReadyMessage,
     RespondMessage,
@@ -201,6 +202,13 @@ class DuplexClient:
     async def respond(self) -> None:
         """Ask the agent to speak now: its next chunks start with sound (`respond`)."""
         await self._send(RespondMessage(type="respond").model_dump_json())
+
+    async def played(self, sample: int, *, flushed: bool = False) -> None:
+        """Say the agent's audio up to wire `sample` (its frames' first_sample numbering) has
+        been played (`played`); `flushed`: and what was held after it was dropped (the caller
+        interrupted), so the server makes that audio silence in the model's context."""
+        message = PlayedMessage(type="played", sample=sample, flushed=flushed)
+        await self._send(message.model_dump_json(exclude_defaults=True))
 
     async def update(
         self,

@@ -2,8 +2,9 @@
 
 The token list is always `format_timeline(agent, user)` plus any tokens of a chunk being
 generated. Replacing an estimated user chunk truncates the tokens at that chunk and re-formats
-what follows from the stored frames: agent frames never change (audio already sent), later
-user chunks keep their real audio or earlier estimates. `cached` tracks how much of the token
+what follows from the stored frames: agent frames stay as they were sent, except audio the
+caller never heard, which becomes silence (a playback acknowledgement); later user chunks keep
+their real audio or earlier estimates. `cached` tracks how much of the token
 list the KV cache holds, so the runner knows what to roll back and what to prefill.
 """
 
@@ -84,21 +85,51 @@ class Timeline:
         rollback and no prefill."""
         if not 0 <= j < len(self.user):
             raise ValueError(f"no user chunk {j} to replace (have {len(self.user)})")
+        later = list(zip(self.user[j:], self.user_real[j:], strict=True))
+        later[0] = (frames, True)
+        return self._rewrite(j, self.agent[j + 1 :], later, from_agent=False)
+
+    def silence_agent(self, first: int, end: int) -> int:
+        """Make agent frames [first, end) (counted over the whole call) silence: audio the
+        caller never heard, so that the model's history is what they heard. Frames not
+        generated yet are left alone. Returns the rollback point, as `replace_user`."""
+        n = self.fmt.frames_per_chunk
+        end = min(end, len(self.agent) * n)
+        if not 0 <= first < end:
+            return len(self.tokens)
+        j = first // n
+        agent = [list(chunk) for chunk in self.agent[j:]]
+        for f in range(first, end):
+            agent[f // n - j][f % n] = self.fmt.silence
+        later = list(zip(self.user[j:], self.user_real[j:], strict=True))
+        return self._rewrite(j, agent, later, from_agent=True)
+
+    def _rewrite(
+        self,
+        j: int,
+        agent: list[list[Frame]],
+        user: list[tuple[list[Frame], bool]],
+        *,
+        from_agent: bool,
+    ) -> int:
+        """Re-format the timeline from agent chunk j (`from_agent`) or user chunk j on, with
+        these chunks in place of the old ones (chunks of each speaker alternate: agent j, user
+        j, agent j+1, ...); returns where the tokens first differ, and moves `cached` there."""
         if len(self.agent) != len(self.user) + 1:
-            raise ValueError("replace_user needs a closed timeline (no chunk in progress)")
-        cut = self.user_start[j]
+            raise ValueError("a rewrite needs a closed timeline (no chunk in progress)")
+        cut = self.agent_start[j] if from_agent else self.user_start[j]
         old = self.tokens[cut:]
-        later_agent = self.agent[j + 1 :]
-        later_user = list(zip(self.user[j + 1 :], self.user_real[j + 1 :], strict=True))
+        keep = j if from_agent else j + 1
         del self.tokens[cut:]
-        del self.agent[j + 1 :], self.agent_start[j + 1 :]
+        del self.agent[keep:], self.agent_start[keep:]
         del self.user[j:], self.user_real[j:], self.user_start[j:]
-        self.append_user(frames, real=True)
-        for i, a_frames in enumerate(later_agent):
+        if not from_agent:
+            self.append_user(user[0][0], real=user[0][1])
+            user = user[1:]
+        for i, a_frames in enumerate(agent):
             self.append_agent(dedup(a_frames, self.prev_agent()))
-            if i < len(later_user):
-                u_frames, real = later_user[i]
-                self.append_user(u_frames, real=real)
+            if i < len(user):
+                self.append_user(user[i][0], real=user[i][1])
         same = next(
             (i for i, (a, b) in enumerate(zip(old, self.tokens[cut:], strict=False)) if a != b),
             min(len(old), len(self.tokens) - cut),

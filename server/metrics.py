@@ -60,6 +60,15 @@ class Metrics:
             "user chunks that arrived beyond the latency budget",
             registry=r,
         )
+        self.agent_unheard = Counter(
+            "duplex_agent_unheard_frames",
+            "agent codec frames that never reached the caller (playback acknowledgements): "
+            "made silence in the model's context, or beyond the rollback reach",
+            ["fate"],
+            registry=r,
+        )
+        for fate in ("silenced", "beyond_reach"):
+            self.agent_unheard.labels(fate)
         self.re_anchors = Counter(
             "duplex_re_anchors",
             "calls' audio moved back onto the server's clock (drift or lasting delay)",

@@ -72,6 +72,7 @@ class AgentChunk:
     first_sample: int  # at the wire rate
     payload: bytes
     last: bool
+    samples: int = 0  # its length at the wire rate
 
 
 @dataclass
@@ -108,8 +109,9 @@ class CallStats:
     context_tokens: int = 0
     max_rollback_tokens: int = 0
     latencies_ms: list[float] = field(default_factory=list)
-    unplayed_acks: int = 0  # interruptions a client acknowledged (`agent_unplayed`)
-    unplayed_samples: int = 0  # agent audio sent that those say was never played
+    unplayed_samples: int = 0  # agent audio that never reached the caller (`agent_unplayed`)
+    unheard_silenced: int = 0  # agent frames of it made silence in the model's context
+    unheard_beyond_reach: int = 0  # ... and those too old to change
 
     def count_step(self, r: StepResult, overrun: bool) -> None:
         """One step's result for the call; `overrun`: its chunk went out late."""
@@ -123,6 +125,8 @@ class CallStats:
         self.overruns += overrun
         self.context_tokens = r.tokens
         self.max_rollback_tokens = max(self.max_rollback_tokens, r.rollback_tokens)
+        self.unheard_silenced += r.unheard_silenced
+        self.unheard_beyond_reach += r.unheard_beyond_reach
 
 
 class CallSession:
@@ -176,6 +180,10 @@ class CallSession:
         self._quiet_frames = 0  # the caller's quiet frames in a row since a response was asked
         self._heard = (-1, 0)  # the caller's chunk and frames `hear` has taken, to not repeat
         self._response_lock = threading.Lock()  # `request_response` (loop) vs `hear` (worker)
+        self.played_sample = 0  # the client's last playback acknowledgement (`played`)
+        self.samples_sent = 0  # agent audio queued for the client, at the wire rate
+        self._unheard: list[tuple[int, int]] = []  # agent frames, for the next step
+        self._unheard_lock = threading.Lock()  # `agent_unplayed` (loop) vs the tick worker
         self.expected_sample = 0  # in the client's sample numbering
         self.last_activity = time.monotonic()
         self.done = asyncio.Event()
@@ -275,13 +283,47 @@ class CallSession:
                         self._quiet_frames = 0
                 self._heard = (index, max(len(frames), seen if index == seen_index else 0))
 
+    def on_played(self, sample: int, flushed: bool) -> None:
+        """A playback acknowledgement (the native `played`): the client has played the
+        agent's audio up to wire sample `sample`; `flushed`: and dropped what it held after
+        it (the caller interrupted), which it will never play."""
+        sent = self.samples_sent
+        if sample > sent:
+            raise ProtocolError(
+                ErrorCode.INVALID_MESSAGE,
+                f"`played` says sample {sample} but only {sent} agent samples were sent",
+            )
+        if sample < self.played_sample:
+            raise ProtocolError(
+                ErrorCode.INVALID_MESSAGE,
+                f"`played` says sample {sample} after {self.played_sample}: it may not go back",
+            )
+        self.played_sample = sample
+        if flushed:
+            self.agent_unplayed(sample, sent)
+
     def agent_unplayed(self, start: int, end: int) -> None:
-        """A playback acknowledgement at an interruption: the client played the agent's audio
-        up to wire sample `start` and never played what was sent of [start, end). Counted for
-        now; the engine step that makes that audio silence in the model's context (issue 23,
-        part 1) is to start here."""
-        self.stats.unplayed_acks += 1
-        self.stats.unplayed_samples += max(0, end - start)
+        """The agent's audio in wire samples [start, end) never reached the caller (a
+        playback acknowledgement at an interruption, or audio the transport withheld): the
+        next step makes its frames silence in the model's context, so that the model's
+        history is what the caller heard. A frame partly played stays as it was."""
+        if end <= start:
+            return
+        frame = self.chunk_samples / self.user_in.frames_per_chunk  # an agent frame, wire rate
+        first, last = math.ceil(start / frame), math.ceil(end / frame)
+        with self._unheard_lock:
+            if self._unheard and first <= self._unheard[-1][1]:  # joins the one before
+                a, b = self._unheard[-1]
+                self._unheard[-1] = (min(a, first), max(b, last))
+            else:
+                self._unheard.append((first, last))
+        self.stats.unplayed_samples += end - start
+
+    def take_unheard(self) -> list[tuple[int, int]]:
+        """The agent frames found unheard since the last step (the tick worker)."""
+        with self._unheard_lock:
+            taken, self._unheard = self._unheard, []
+        return taken
 
     def on_end(self, total_samples: int) -> None:
         if self.state not in (State.JOINING, State.LIVE):
@@ -350,6 +392,7 @@ class CallSession:
 
     def send_audio(self, audio: AgentChunk, newest_arrival: float | None) -> None:
         self.queued_audio += 1
+        self.samples_sent = audio.first_sample + audio.samples
         self.outbox.put_nowait(Outgoing(audio=audio, newest_arrival=newest_arrival))
 
     def send_end_marker(self, chunk: int) -> None:
@@ -390,6 +433,7 @@ class CallSession:
         # (chunk j can be replaced up to step j + 1 + rollback_chunks; the last step is ticks-1)
         missing = sum(1 for j in s.unreplaced if j + 1 + self.rollback_chunks <= s.ticks - 1)
         gated, floor_db = self.user_in.gate.figures
+        frame = self.chunk_samples / self.user_in.frames_per_chunk
         return StatsMessage(
             session_id=self.id,
             ticks=s.ticks,
@@ -407,6 +451,10 @@ class CallSession:
             re_anchored_samples=self.pacing.re_anchored_samples,
             frames_gated=gated,
             noise_floor_db=round(floor_db, 1),
+            played_samples=self.played_sample,
+            unplayed_samples=s.unplayed_samples,
+            unheard_silenced_samples=round(s.unheard_silenced * frame),
+            unheard_beyond_reach_samples=round(s.unheard_beyond_reach * frame),
             latency_ms_p50=pct(50),
             latency_ms_p95=pct(95),
             latency_ms_p99=pct(99),

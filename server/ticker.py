@@ -321,6 +321,7 @@ class Ticker:
                     silent=plan.silent,
                     partial_user=partial,
                     prompt=prompt and not s.barged_in,
+                    unheard=s.take_unheard(),
                 )
             )
         results = self.engine.step(requests)
@@ -444,6 +445,8 @@ def count_call_metrics(m: Metrics, r: StepResult, overrun: bool) -> None:
     m.late_dropped.inc(len(r.dropped))
     if r.replaced:
         m.rollback_tokens.observe(r.rollback_tokens)
+    m.agent_unheard.labels("silenced").inc(r.unheard_silenced)
+    m.agent_unheard.labels("beyond_reach").inc(r.unheard_beyond_reach)
 
 
 def record_step(
@@ -458,9 +461,8 @@ def record_step(
 def agent_chunk(r: StepResult, a: AgentAudio, last_chunk: int | None) -> AgentChunk:
     """The step's agent audio as the call's frame: stamped with its chunk and first sample,
     flagged last when it is the final chunk `end` set."""
-    return AgentChunk(
-        r.chunk, a.first_sample, a.payload, last_chunk is not None and r.chunk >= last_chunk
-    )
+    last = last_chunk is not None and r.chunk >= last_chunk
+    return AgentChunk(r.chunk, a.first_sample, a.payload, last, len(a.pcm))
 
 
 def cut_off(

@@ -206,7 +206,18 @@ class RespondMessage(_Message):
     type: Literal["respond"]
 
 
-AnyClientMessage = StartMessage | EndMessage | RespondMessage | UpdateMessage
+class PlayedMessage(_Message):
+    """A playback acknowledgement: the client has played the agent's audio up to wire sample
+    `sample` (numbered as the agent frames' first_sample). `flushed`: it dropped what it held
+    after that (the caller interrupted) and will never play it; the server makes that audio
+    silence in the model's context, so the model's history is what the caller heard."""
+
+    type: Literal["played"]
+    sample: int = Field(ge=0)
+    flushed: bool = False
+
+
+AnyClientMessage = StartMessage | EndMessage | RespondMessage | UpdateMessage | PlayedMessage
 ClientMessage = Annotated[AnyClientMessage, Field(discriminator="type")]
 _CLIENT_MESSAGE: TypeAdapter[AnyClientMessage] = TypeAdapter(ClientMessage)
 
@@ -301,6 +312,18 @@ class StatsMessage(_ServerMessage):
     )
     noise_floor_db: float = Field(
         default=-120.0, description="the line's noise floor at the end, dBFS (-120: digital zero)"
+    )
+    played_samples: int = Field(
+        default=0, description="agent audio the client last said it played (`played`)"
+    )
+    unplayed_samples: int = Field(
+        default=0, description="agent audio that never reached the caller (flushed, truncated)"
+    )
+    unheard_silenced_samples: int = Field(
+        default=0, description="of it, made silence in the model's context (whole codec frames)"
+    )
+    unheard_beyond_reach_samples: int = Field(
+        default=0, description="of it, too old to change (beyond the rollback reach)"
     )
     latency_ms_p50: float | None
     latency_ms_p95: float | None

@@ -243,6 +243,12 @@ AFTER_READY: list[tuple[str, list[str | bytes], str, int]] = [
     ("update_gate_too_high", ['{"type": "update", "noise_gate_db": 41}'], "invalid_message", 1007),
     ("update_audio", ['{"type": "update", "audio": {"encoding": "mulaw"}}'], "invalid_message",
      1007),
+    ("played_beyond_sent", ['{"type": "played", "sample": 1000000}'], "invalid_message", 1007),
+    ("played_going_back", ['{"type": "played", "sample": 100}', '{"type": "played", "sample": 99}'],
+     "invalid_message", 1007),
+    ("played_negative", ['{"type": "played", "sample": -1}'], "invalid_message", 1007),
+    ("played_flushed_not_bool", ['{"type": "played", "sample": 0, "flushed": 1}'],
+     "invalid_message", 1007),
 ]  # fmt: skip
 
 

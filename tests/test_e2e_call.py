@@ -281,6 +281,55 @@ def test_respond_mid_call(server: ServerProcess, voice: Voice) -> None:
     assert stats is not None and stats.frames_in == len(pcm) // 320
 
 
+def test_playback_acks_make_the_unheard_agent_audio_silence(
+    server: ServerProcess, voice: Voice
+) -> None:
+    """`played` every 10 frames says how far the client played; one with `flushed` (the
+    caller interrupted; the client dropped the 2 chunks it held) makes that audio silence in
+    the model's context: counted in `stats` and /metrics (what it does to the context:
+    tests/test_engine.py)."""
+    rate, chunk = 16000, 2560
+    pcm = resample_whole(voice.seconds(3.0), voice.rate, rate)
+    metric = 'duplex_agent_unheard_frames_total{fate="silenced"}'
+    before = metrics(server).get(metric, 0.0)
+
+    async def main() -> tuple[DuplexClient, int, int]:
+        async with DuplexClient.connect(server.url, audio=AudioFormat(sample_rate=rate)) as c:
+            received, acked, flushed_at = 0, 0, 0
+
+            async def read() -> None:
+                nonlocal received
+                async for ev in c.events():
+                    if isinstance(ev, ReceivedFrame):
+                        received = max(received, ev.first_sample + len(ev.pcm))
+
+            reader = asyncio.create_task(read())
+            fs = c.frame_samples
+            for n in range(len(pcm) // fs):
+                await asyncio.sleep(max(0.0, c.t_ready + n * fs / rate - time.monotonic()))
+                await c.send_frame(pcm[n * fs : (n + 1) * fs])
+                if n % 10 == 0 and received - chunk > acked:
+                    acked = received - chunk  # a chunk in the playback buffer
+                    if n == 60:
+                        flushed_at = acked - chunk  # ... and one more, dropped at once
+                        acked = flushed_at
+                    await c.played(acked, flushed=n == 60)
+            await c.end()
+            await reader
+            return c, acked, flushed_at
+
+    c, acked, flushed_at = asyncio.run(main())
+    s = c.stats
+    assert s is not None and flushed_at > 0
+    assert s.played_samples == acked
+    # everything sent after the flushed position, as the server counted it when it came
+    assert 2 * chunk <= s.unplayed_samples <= 4 * chunk, s
+    frame = chunk // 4
+    assert s.unheard_beyond_reach_samples == 0, s
+    assert s.unplayed_samples <= s.unheard_silenced_samples < s.unplayed_samples + frame, s
+    assert metrics(server)[metric] - before == s.unheard_silenced_samples // frame
+
+
 def test_update_changes_a_running_call(server: ServerProcess) -> None:
     """`update` mid-call: `updated` answers with the call's new settings (the fields named
     change, the rest stay, null is the server's default), and they reach the call: a noise

@@ -493,3 +493,25 @@ def test_model_init_writes_k_codebooks(tmp_path: Path, capsys: pytest.CaptureFix
     assert main([*argv, "--out", str(tmp_path / "k0"), "--units-per-frame", "0"]) == 2
     assert "--units-per-frame must be >= 1" in capsys.readouterr().err
     assert not (tmp_path / "k0").exists()
+
+
+def test_unheard_agent_audio_becomes_silence_within_reach(loaded_k) -> None:  # type: ignore[no-untyped-def]
+    """A playback acknowledgement at an interruption: the agent frames the caller never
+    heard are silence in the context (and the KV cache) as far back as a rollback reaches;
+    older ones are counted, not changed."""
+    engine = make_engine(loaded_k, rollback=2)
+    _, llama = loaded_k
+    n = engine.frames_per_chunk
+    engine.add_session("s", SamplingParams(seed=0, temperature=1.5))
+    audio = user_chunks(12, 1, engine.fmt.units_per_frame)
+    for k in range(10):
+        engine.step([StepRequest("s", {k - 1: audio[k - 1]} if k else {})])
+    tl = engine.timeline("s")
+    old_agent = [list(a) for a in tl.agent]  # chunks 0..9; user chunks 0..8
+    # unheard from the middle of agent chunk 4 on: chunks 7.. are within reach (user 9 - 2)
+    r = engine.step([StepRequest("s", {9: audio[9]}, unheard=[(4 * n + 1, 10 * n)])])["s"]
+    assert r.unheard_beyond_reach == 3 * n - 1 and r.unheard_silenced == 3 * n
+    assert tl.agent[:7] == old_agent[:7]
+    assert all(frame == engine.fmt.silence for chunk in tl.agent[7:10] for frame in chunk)
+    assert tl.tokens == format_timeline(engine.fmt, tl.agent, tl.user)
+    assert_cache_holds_timeline(engine, llama, "s")

@@ -101,6 +101,23 @@ def test_barge_in_sends_one_clear_per_onset(barge_in_call: Any) -> None:
     assert all(b - a > 0.2 for a, b in zip(clears, clears[1:], strict=False))
 
 
+def test_a_clear_makes_what_twilio_had_not_played_silence(
+    barge_in_call: Any, server: ServerProcess
+) -> None:
+    """Twilio echoes a mark once it played up to it; at a `clear` the audio sent after the
+    last echoed mark was never heard: the call's figures count it, made silence in the
+    model's context (the marks Twilio echoes for the clear are not taken as played)."""
+    r, _, _ = barge_in_call
+    assert r.clears and r.media_discarded > 0
+    line = re.search(rf"twilio stream {SID}: played up to .*", server.log_text())
+    assert line is not None
+    figures = {k: int(v) for k, v in re.findall(r"'(un\w+_samples)': (\d+)", line.group(0))}
+    # at least what the simulated Twilio dropped from its queue at each clear
+    assert figures["unplayed_samples"] >= r.media_discarded * 160, figures
+    assert figures["unheard_silenced_samples"] > 0, figures
+    assert figures["unheard_beyond_reach_samples"] == 0, figures
+
+
 Message = dict[str, Any] | str | bytes  # bytes: a text message as they are, UTF-8 or not
 
 

@@ -59,6 +59,9 @@ class StepRequest:
     # is the chunk this step estimates (k-1): the estimate starts with them.
     partial_user: tuple[int, list[Frame]] | None = None
     prompt: bool = False  # the caller asked for a response: this agent chunk starts with sound
+    # Ranges of agent frames [a, b) (numbered over the call) that the caller never heard (a playback
+    # acknowledgement at an interruption): silence in the model's context from this step on.
+    unheard: list[tuple[int, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -74,6 +77,8 @@ class StepResult:
     estimate: list[Frame] = field(default_factory=list)  # user chunk k-1 as estimated here
     partial_frames: int = 0  # real frames the estimate starts with
     tokens: int = 0  # length of the conversation in tokens after this step
+    unheard_silenced: int = 0  # of `StepRequest.unheard`, the frames made silence
+    unheard_beyond_reach: int = 0  # ... and those too old to change (beyond the rollback reserve)
 
     @property
     def estimated(self) -> bool:

@@ -2,7 +2,8 @@
 
 A step, per session with agent chunk k to produce:
 1. real user chunks that arrived replace their estimates (the timeline truncates, the engine
-   forgets what it held past the first replaced chunk) or are appended;
+   forgets what it held past the first replaced chunk) or are appended; agent frames the
+   caller never heard (`StepRequest.unheard`) become silence the same way;
 2. user chunk k-1, if its audio is not complete yet, is estimated: when none of it arrived,
    the model samples it (at most `estimate_units` frames; with 0, the user's last frame is
    held); when its first frames did, they are
@@ -248,6 +249,8 @@ class Stepper(ABC, Generic[C]):
                 continue
             tl.replace_user(j, frames)
             result.replaced.append(j)
+        for first, end in req.unheard:
+            self._unheard(tl, result, first, end)
         result.rollback_tokens = self._roll_back(s)
         if k > 0 and (k - 1) in s.pending:
             tl.append_user(s.pending.pop(k - 1), real=True)
@@ -278,6 +281,19 @@ class Stepper(ABC, Generic[C]):
             self._roll_back(s)
         result.prefill_tokens = len(tl.tokens) - tl.cached
         return job
+
+    def _unheard(self, tl: Timeline, result: StepResult, first: int, end: int) -> None:
+        """Agent frames [first, end) the caller never heard become silence, as far back as a
+        rollback reaches (the agent chunks beside the user chunks a replacement may reach);
+        older ones stay as they are and are counted."""
+        n = self.frames_per_chunk
+        end = min(end, len(tl.agent) * n)
+        reach = max(0, len(tl.user) - self.max_rollback_chunks) * n
+        start = max(first, reach)
+        result.unheard_beyond_reach += max(0, min(end, reach) - first)
+        result.unheard_silenced += max(0, end - start)
+        if end > start:
+            tl.silence_agent(start, end)
 
     def _fill(self, job: _Job[C], sampled: list[Frame]) -> list[Frame]:
         """The estimated chunk's frames: those that arrived, then the sampled ones spread over

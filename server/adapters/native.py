@@ -20,6 +20,7 @@ from streaming.wire import (
     EndMessage,
     ErrorCode,
     ErrorMessage,
+    PlayedMessage,
     ProtocolError,
     RespondMessage,
     StartMessage,
@@ -67,6 +68,8 @@ class NativeTransport:
                 session.on_end(message.total_samples)
             elif isinstance(message, RespondMessage):
                 session.request_response()
+            elif isinstance(message, PlayedMessage):
+                session.on_played(message.sample, message.flushed)
             elif isinstance(message, UpdateMessage):
                 assert self._runtime is not None  # set by `open`, which gave us the session
                 self._runtime.retune(session, *message.applied(*session.asked))

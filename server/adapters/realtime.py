@@ -644,7 +644,8 @@ class RealtimeTransport:
             if self._response is not None:
                 await self._close_response(ws, "completed")
             return
-        if self._suppressed or self._cut:
+        if self._suppressed or self._cut:  # withheld: the caller never hears it
+            session.agent_unplayed(chunk.first_sample, chunk.first_sample + len(pcm))
             return
         if self._response is None:
             await self._open_response(ws, session, chunk.first_sample)

@@ -10,7 +10,10 @@ is the session's sample 0. The TwiML's `<Parameter>`s may set the call's setting
 Inbound audio is placed by the media `timestamp` (Twilio's clock), so lost packets become
 silence instead of shifting everything after them. `clear` is sent when the caller barges in:
 a simple energy VAD on the inbound frames starts (see `BargeInDetector`) while the agent's
-audio sent in the last `AGENT_RECENT_S` had speech energy.
+audio sent in the last `AGENT_RECENT_S` had speech energy. A `mark` follows each agent
+chunk and Twilio echoes it once that audio has played: at a `clear`, what was sent after the
+last echoed mark was never heard, and becomes silence in the model's context
+(`CallSession.agent_unplayed`).
 """
 
 from __future__ import annotations
@@ -182,6 +185,9 @@ class TwilioTransport:
         self._agent_speech_at = float("-inf")  # monotonic send time of the last loud frame
         self.last_mark_played: str | None = None  # Twilio echoes a mark once it played up to it
         self.clears = 0
+        self._sent = 0  # agent samples sent in media messages
+        self._played = 0  # ... and played, as the last mark echoed says
+        self._marks: dict[str, int] = {}  # marks sent and not echoed: where each one is
 
     async def open(self, ws: WebSocket, runtime: Runtime) -> CallSession:
         timeout_s = runtime.settings.start_timeout_s
@@ -229,7 +235,7 @@ class TwilioTransport:
             if isinstance(event, MediaEvent):
                 self._on_media(session, event.media)
             elif isinstance(event, MarkEvent):
-                self.last_mark_played = event.mark.name
+                self._on_mark(event.mark.name)
             elif isinstance(event, DtmfEvent):
                 log.debug("stream %s: dtmf (digit not logged)", self.stream_sid)
             elif isinstance(event, StopEvent):
@@ -237,6 +243,12 @@ class TwilioTransport:
                 return
             else:
                 raise ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, "`start` sent twice")
+
+    def _on_mark(self, name: str) -> None:
+        """Twilio played the agent's audio up to this mark. (The marks it echoes for a
+        `clear` were forgotten when it was sent: that audio was never played.)"""
+        if (at := self._marks.pop(name, None)) is not None:
+            self.last_mark_played, self._played = name, at
 
     def _check(self, event: _Event) -> None:
         """Every message names this stream; sequence numbers grow (gaps are lost messages)."""
@@ -287,6 +299,8 @@ class TwilioTransport:
         if item.barge_in:
             self.clears += 1
             await self._send(ws, "clear")
+            session.agent_unplayed(self._played, self._sent)  # Twilio drops what it holds
+            self._marks.clear()
         elif item.audio is not None:
             a = item.audio
             self._out += a.payload
@@ -298,9 +312,11 @@ class TwilioTransport:
                 if dbfs(decode_audio(frame, "mulaw")) >= AGENT_SPEECH_DBFS:
                     self._agent_speech_at = time.monotonic()
                 await self._send(ws, "media", media={"payload": base64.b64encode(frame).decode()})
+                self._sent += FRAME_SAMPLES
                 sent = True
             if sent or a.payload:  # not for an end marker that had nothing left to flush
-                await self._send(ws, "mark", mark={"name": f"chunk-{a.chunk}"})
+                self._marks[name := f"chunk-{a.chunk}"] = self._sent
+                await self._send(ws, "mark", mark={"name": name})
         elif item.stats:
             log.info(
                 "twilio stream %s: played up to %s, %d clears, %s",
