@@ -2,7 +2,8 @@
 
 The output file is time-aligned with the input (sample i of the output is what the agent said
 while sample i of the input was spoken) and exactly as long, so the two can be mixed or compared
-directly. `run_call` is the reusable core for tests and the load test.
+directly. On a terminal one line on stderr shows how far the call is (`ProgressLine`).
+`run_call` is the reusable core for tests and the load test.
 """
 
 from __future__ import annotations
@@ -10,13 +11,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import random
 import sys
 import time
-from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TextIO, get_args
 
 import numpy as np
 import soundfile as sf
@@ -40,6 +42,7 @@ from streaming.wire import (
 
 __all__ = [
     "CallResult",
+    "ProgressLine",
     "add_arguments",
     "fit_length",
     "check_url",
@@ -62,6 +65,7 @@ FINISH_TIMEOUT_S = 10.0
 DEFAULT_TAIL_S = 3.0  # the default agent answers ~0.8 s after a turn ends and speaks ~1 s
 MAX_TAIL_S = 600.0
 MIN_FRAME_MS, MAX_FRAME_MS = 10, 160
+PROGRESS_PERIOD_S = 0.25  # the progress line is redrawn at most this often
 
 
 class InputError(Exception):
@@ -186,6 +190,46 @@ def load_input(path: str) -> tuple[np.ndarray, int]:
     return data.mean(axis=1, dtype=np.float32), int(rate)
 
 
+# Told what a call has done so far: user samples sent, agent samples received (wire rate).
+Progress = Callable[[int, int], None]
+
+
+class ProgressLine:
+    """One line on `stream` (stderr), rewritten in place: seconds of the input sent of the
+    total, and seconds of agent audio received; `finish` leaves it as the final line. It is
+    redrawn at most every `period_s`, with a carriage return and spaces over the longer line
+    before (no terminal escapes), so stdout stays the output's alone."""
+
+    def __init__(
+        self, stream: TextIO, total_s: float, rate: int, period_s: float = PROGRESS_PERIOD_S
+    ) -> None:
+        self._stream, self._total_s, self._rate, self._period_s = stream, total_s, rate, period_s
+        self._sent = self._received = 0
+        self._drawn_at = -math.inf
+        self._width = 0
+
+    def __call__(self, sent: int, received: int) -> None:
+        self._sent, self._received = sent, received
+        if time.monotonic() - self._drawn_at >= self._period_s:
+            self._draw()
+
+    def finish(self, outcome: str) -> None:
+        """The final line: the figures reached and how the call ended."""
+        self._draw(outcome)
+
+    def _draw(self, outcome: str | None = None) -> None:
+        text = (
+            f"{PROG}: {self._sent / self._rate:.1f} / {self._total_s:.1f} s sent, "
+            f"{self._received / self._rate:.1f} s of agent audio received"
+        )
+        if outcome is not None:
+            text += f": {outcome}"
+        pad = " " * max(0, self._width - len(text))  # over what is left of the line before
+        self._stream.write(f"\r{text}{pad}" + ("" if outcome is None else "\n"))
+        self._stream.flush()
+        self._width, self._drawn_at = len(text), time.monotonic()
+
+
 async def run_call(
     url: str,
     pcm: np.ndarray,
@@ -201,11 +245,13 @@ async def run_call(
     realtime: bool = True,
     headers: Mapping[str, str] | None = None,
     jitter_seed: int | None = None,
+    progress: Progress | None = None,
 ) -> CallResult:
     """Play mono `pcm` (at `sample_rate`) as one call and collect the agent's answer.
 
     `wire_rate` defaults to the encoding's natural rate (16 kHz pcm16 and opus, 8 kHz mulaw). With
     `realtime=False` frames go out as fast as the socket takes them (delay/jitter ignored).
+    `progress` is told the samples sent and received after every frame either way.
     Raises DuplexError for connection and server failures, ValueError for empty audio.
     """
     rate = wire_rate or DEFAULT_RATES[encoding]
@@ -215,6 +261,7 @@ async def run_call(
     audio = AudioFormat(encoding=encoding, sample_rate=rate, frame_ms=frame_ms)
     frames: list[ReceivedFrame] = []
     send_times: list[float] = []
+    received = 0  # agent samples
 
     async with DuplexClient.connect(
         url, audio=audio, sampling=sampling, noise_gate_db=noise_gate_db, headers=headers
@@ -237,12 +284,18 @@ async def run_call(
                     await asyncio.sleep(max(0.0, due[n] - time.monotonic()))
                 await c.send_frame(wire[n * fs : (n + 1) * fs], last=n == n_frames - 1)
                 send_times.append(time.monotonic())
+                if progress is not None:
+                    progress(min(c.samples_sent, len(wire)), received)
             await c.end(len(wire))
 
         async def receive() -> None:
+            nonlocal received
             async for event in c.events():
                 if isinstance(event, ReceivedFrame):
                     frames.append(event)
+                    received += len(event.pcm)
+                    if progress is not None:
+                        progress(min(c.samples_sent, len(wire)), received)
 
         await run_both(send(), receive(), due[-1] - t_start + FINISH_TIMEOUT_S)
         duration = time.monotonic() - t_start
@@ -378,6 +431,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="override: the noise gate's margin over the line's noise floor (0 = off)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        help="one line on stderr that shows how far the call is (default: when stderr is a "
+        "terminal)",
+    )
     parser.add_argument("--api-key", help="sent as 'Authorization: Bearer KEY'")
 
 
@@ -420,26 +479,37 @@ def _check_args(args: argparse.Namespace) -> tuple[int, SamplingParams]:
 
 def run(args: argparse.Namespace) -> int:
     """Run `duplex call`; errors become one line on stderr and an exit code, never a traceback."""
+    progress: ProgressLine | None = None
     try:
         rate, sampling = _check_args(args)
         pcm, in_rate = load_input(args.input)
         pcm = np.concatenate([pcm, np.zeros(round(args.tail_s * in_rate), dtype=np.float32)])
         headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else None
-        result = asyncio.run(
-            run_call(
-                args.url,
-                pcm,
-                in_rate,
-                encoding=args.encoding,
-                wire_rate=rate,
-                frame_ms=args.frame_ms,
-                sampling=sampling,
-                noise_gate_db=args.noise_gate_db,
-                delay_ms=args.delay_ms,
-                jitter_ms=args.jitter_ms,
-                headers=headers,
+        if sys.stderr.isatty() if args.progress is None else args.progress:
+            progress = ProgressLine(sys.stderr, len(pcm) / in_rate, rate)
+        try:
+            result = asyncio.run(
+                run_call(
+                    args.url,
+                    pcm,
+                    in_rate,
+                    encoding=args.encoding,
+                    wire_rate=rate,
+                    frame_ms=args.frame_ms,
+                    sampling=sampling,
+                    noise_gate_db=args.noise_gate_db,
+                    delay_ms=args.delay_ms,
+                    jitter_ms=args.jitter_ms,
+                    headers=headers,
+                    progress=progress,
+                )
             )
-        )
+        except BaseException:
+            if progress is not None:
+                progress.finish("failed")  # the error's line comes below it
+            raise
+        if progress is not None:
+            progress.finish("done")
         if args.output:
             out = fit_length(resample_whole(result.output, rate, in_rate), len(pcm))
             try:

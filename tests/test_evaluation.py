@@ -15,7 +15,9 @@ from clients.measure.evaluation import (
     LEAD_IN_S,
     WIRE_RATE,
     CaseResult,
+    EvalReport,
     build_cases,
+    check_targets,
     main,
     median_ci95,
     rate_ci95,
@@ -24,6 +26,7 @@ from clients.measure.evaluation import (
     score_pause,
     score_turn_taking,
     summarize,
+    write_plots,
 )
 from model.training.dialogues import is_heldout
 from model.training.synth import RATE, segments
@@ -142,13 +145,41 @@ def test_median_interval_is_from_order_statistics() -> None:
     assert row["latency_median_s"] == 1.05 and row["latency_median_s_ci95"] == [lo, hi]
 
 
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_plots_of_the_figures_and_of_a_run_that_measured_little(tmp_path: Path) -> None:
+    results = []
+    for i, x in enumerate(np.linspace(0.1, 0.9, 9)):
+        results += [
+            CaseResult(f"t{i}", "turn_taking", "", outcome={"takeover": True, "latency_s": x,
+                                                            "overlap": False}),
+            CaseResult(f"i{i}", "interruption", "", outcome={"barged_in": True, "talking": True,
+                                                             "stop_s": x, "stopped": x <= 0.5}),
+        ]  # fmt: skip
+    summary = summarize(results)
+    report = EvalReport(
+        "ws://x", 0, None, None, "vad", results, summary, check_targets(summary), 1.0
+    )
+    written = write_plots(report, tmp_path / "plots")
+    assert [p.name for p in written] == ["targets.png", "latency.png"]
+    assert all(p.read_bytes()[:8] == PNG for p in written)
+    # one category only, and every case failed: the targets not measured are left empty
+    failed = [CaseResult("p0", "pause", "", error="connect_failed: refused")]
+    summary = summarize(failed)
+    empty = EvalReport("ws://x", 0, None, None, "vad", failed, summary, check_targets(summary), 1.0)
+    assert all(p.read_bytes()[:8] == PNG for p in write_plots(empty, tmp_path / "empty"))
+
+
 def test_eval_runs_every_category_through_the_real_server(
     server: ServerProcess, tmp_path: Path
 ) -> None:
     out = tmp_path / "report.json"
     wavs = tmp_path / "wav"
+    plots = tmp_path / "plots"
     argv = ["--url", server.url, "--cases", "1", "--seed", "2", "--json-out", str(out)]
-    assert main([*argv, "--out", str(wavs)]) == 0
+    assert main([*argv, "--out", str(wavs), "--plots-dir", str(plots)]) == 0
+    assert sorted(p.name for p in plots.iterdir()) == ["latency.png", "targets.png"]
     report = json.loads(out.read_text())
     assert [c["category"] for c in report["cases"]] == list(CATEGORIES)
     assert all(c["error"] is None for c in report["cases"])

@@ -24,6 +24,7 @@ from clients.measure.loadtest import (
     main,
     metrics_url,
     run_loadtest,
+    tick_slots,
 )
 from clients.measure.loadtest_report import metrics_summary
 from clients.measure.reception import (
@@ -36,6 +37,7 @@ from clients.measure.reception import (
 from clients.measure.soak import Sample, SoakConfig, judge, run_soak, summary
 from clients.measure.soak import main as soak_main
 from clients.measure.speech_activity import speech_segments
+from clients.realtime_client import Playback
 from streaming.resample import resample_whole
 from tests.conftest import ServerProcess, speak, start_server, stop_server
 
@@ -204,6 +206,35 @@ def test_tick_time_per_second_from_metrics_differences() -> None:
     assert metrics_url("wss://h:9/v1/duplex?token=x") == "https://h:9/metrics"
 
 
+def test_realtime_deltas_are_placed_on_ticks_by_response_and_arrival() -> None:
+    """A response's deltas are consecutive ticks whatever their arrival; a new response's
+    first delta is placed by its arrival against the least late delta before it."""
+    tick = 0.16
+    items = ["a", "a", "a", "b", "b", "c"]
+    # "a" at ticks 0-2 (the second one 0.1 s late), silence at 3-4, "b" at 5-6, "c" at 9
+    arrivals = [10.0, 10.26, 10.32, 10.8 + 0.05, 10.96, 11.44 + 0.07]
+    assert tick_slots(items, arrivals, tick) == [0, 1, 2, 5, 6, 9]
+    # a response that follows at once is never placed on a tick already taken
+    assert tick_slots(["a", "b"], [10.0, 10.05], tick) == [0, 1]
+    assert tick_slots([], [], tick) == []
+
+
+def test_the_realtime_player_plays_in_order_and_flushes_what_it_did_not_play() -> None:
+    rate, t0 = 1000, 100.0
+    p = Playback(t0, rate)
+    chunk = np.ones(160, np.float32)
+    p.play("a", chunk, t0 + 0.0)
+    p.play("a", chunk, t0 + 0.1)  # early: queued after the first
+    assert p.playing(t0 + 0.3) and not p.playing(t0 + 0.4)
+    p.play("b", chunk, t0 + 0.5)  # after a silence: plays as it arrives
+    assert [x.position for x in p.played] == [0, 160, 500]
+    assert p.played_ms("a", t0 + 0.2) == 200 and p.played_ms("b", t0 + 0.2) == 0
+    assert p.flush(t0 + 0.55) == 110  # the rest of "b"
+    assert not p.playing(t0 + 0.56) and p.dropped == 110
+    assert [len(x.pcm) for x in p.played] == [160, 160, 50]
+    assert p.played_ms("b", t0 + 9) == 50
+
+
 def test_callers_loop_the_clips_with_pauses_from_their_own_start() -> None:
     clips = [np.full(10, 1.0, np.float32), np.full(10, 2.0, np.float32)]
     x = caller_audio(clips, 10, duration_s=7.0, first=1)  # PAUSE_S = 2 s = 20 samples
@@ -217,6 +248,7 @@ def test_callers_loop_the_clips_with_pauses_from_their_own_start() -> None:
     [
         (["--protocol", "twilio", "--encoding", "pcm16"], "always streams mu-law at 8000 Hz"),
         (["--protocol", "twilio", "--rate", "16000"], "always streams mu-law at 8000 Hz"),
+        (["--protocol", "realtime", "--encoding", "opus"], "no Opus in Realtime"),
         (["--encoding", "mulaw", "--rate", "16000"], "--rate 16000 is not supported with mulaw"),
         (["--callers", "0"], "--callers must be positive, got 0"),
         (["--slo-p99-ms", "-1"], "--slo-p99-ms must be > 0"),
@@ -238,6 +270,19 @@ def test_twilio_accepts_its_own_encoding_named() -> None:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     cfg = _config(parser.parse_args(["--protocol", "twilio", "--encoding", "mulaw"]))
+    assert (cfg.encoding, cfg.wire_rate) == ("mulaw", 8000)
+
+
+def test_realtime_defaults_to_its_endpoint_and_24_khz() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    cfg = _config(parser.parse_args(["--protocol", "realtime"]))
+    assert (cfg.url, cfg.encoding, cfg.wire_rate) == (
+        "ws://127.0.0.1:8000/v1/realtime",
+        "pcm16",
+        24000,
+    )
+    cfg = _config(parser.parse_args(["--protocol", "realtime", "--encoding", "mulaw"]))
     assert (cfg.encoding, cfg.wire_rate) == ("mulaw", 8000)
 
 
@@ -275,10 +320,49 @@ def test_real_run_reports_writes_files_and_gates_on_slo(
         assert (plots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_realtime_callers_barge_in_truncate_and_get_the_same_report(
+    server: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Three OpenAI Realtime callers say a short sentence every 2.6 s; the random-weight
+    model babbles, so the second sentence starts over the agent: the caller stops playing and
+    truncates the agent's item, and the server answers every truncate, with no error event."""
+    clip = speak("Hello there.", tmp_path / "hello.wav")
+    out = tmp_path / "report.json"
+    url = server.url.replace("/v1/duplex", "/v1/realtime")
+    rc = main(
+        [
+            "--url", url, "--protocol", "realtime", "--callers", "3", "--duration", "5",
+            "--input", str(clip), "--seed", "0", "--json-out", str(out),
+        ]
+    )  # fmt: skip
+    table = capsys.readouterr().out
+    assert rc == 0, table
+    report = json.loads(out.read_text())
+    assert report["config"]["wire_rate"] == 24000
+    o = report["overall"]
+    assert (o["completed"], o["connect_failures"], o["errors"]) == (3, {}, {})
+    assert o["error_events"] == 0 and o["responses"] >= 3
+    assert o["frames_sent"] == 3 * 250  # 5 s of 20 ms appends each
+    assert o["frames_received"] >= 3 * 5  # 160 ms deltas of agent speech
+    assert o["barge_ins"] >= 3 and o["truncated"] == o["barge_ins"]
+    assert o["unplayed_ms"] >= 0 and o["recv_jitter_ms"] is not None
+    assert o["turns"] >= 3  # each sentence's end, placed on the caller's own clock
+    assert o["latency_ms_p99"] is None  # no `stats` over Realtime: the server's view is /metrics
+    assert report["server_metrics"]["available"]
+    for c in report["callers"]:
+        assert c["status"] == "ok" and c["session_id"].startswith("sess_")
+    assert "realtime: " in table and " barge-ins truncated (" in table
+
+
 def test_callers_beyond_capacity_are_connect_failures(checkpoint: Path, tmp_path: Path) -> None:
+    """Natively and over Realtime (refused at its first append)."""
     srv = start_server(checkpoint, tmp_path / "server.log", "--max-sessions", "2")
     try:
         report = asyncio.run(run_loadtest(LoadtestConfig(url=srv.url, callers=6, duration_s=1.5)))
+        url = srv.url.replace("/v1/duplex", "/v1/realtime")
+        realtime = asyncio.run(
+            run_loadtest(LoadtestConfig(url=url, callers=3, duration_s=1.5, protocol="realtime"))
+        )
     finally:
         stop_server(srv)
     o = report.overall
@@ -286,6 +370,8 @@ def test_callers_beyond_capacity_are_connect_failures(checkpoint: Path, tmp_path
     assert o["completed"] == 2 and o["errors"] == {}
     refused = [c for c in report.callers if c.status == "server_full"]
     assert all(not c.connected and c.frames_received == 0 for c in refused)
+    o = realtime.overall
+    assert (o["connect_failures"], o["completed"], o["errors"]) == ({"server_full": 1}, 2, {})
 
 
 # --- `duplex soak`: the judgement on known series, then a short real churn ----------------------

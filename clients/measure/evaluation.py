@@ -43,6 +43,7 @@ from clients.call import (
     sampling_overrides,
 )
 from clients.client import DuplexClient, DuplexError, ReceivedFrame
+from clients.measure.plots import plot_ecdf, pyplot
 from clients.measure.speech_activity import Segment, speech_segments, vad_name
 from model.training.dialogues import Dialogue, Turn, dialogues, split
 from model.training.synth import (
@@ -53,6 +54,7 @@ from model.training.synth import (
     segments,
     trim_silence,
 )
+from streaming.dependencies import require_tools
 from streaming.espeak import PITCH_RANGE, WPM_RANGE, synthesize
 from streaming.resample import resample_whole
 from streaming.vad import EnergyVad
@@ -545,6 +547,73 @@ def summary_table(report: EvalReport) -> str:
     return "\n".join(lines)
 
 
+def write_plots(report: EvalReport, directory: Path) -> list[Path]:
+    """targets.png: each target's figure with its 95 % interval against the target (green
+    where it is met); latency.png: the CDFs of turn-taking latency and of the time the agent
+    took to stop at a barge-in, with their targets, and every rate of the summary by category.
+    """
+    plt = pyplot()
+    directory.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, len(report.targets), figsize=(3.2 * len(report.targets), 3.6))
+    for ax, (key, t) in zip(axes, report.targets.items(), strict=True):
+        op, bound = TARGETS[key]
+        top = 1.0 if key.endswith("rate") else max(1.0, 2 * bound, t["value"] or 0.0)
+        ok = (bound, top) if op == ">=" else (0.0, bound)
+        ax.axhspan(*ok, color="green", alpha=0.12, label=f"target {op} {bound:g}")
+        if t["value"] is not None:
+            low, high = t["ci95"] or (t["value"], t["value"])
+            err = [[t["value"] - low], [high - t["value"]]]
+            color = "green" if t["met"] else "red"
+            ax.errorbar([0], [t["value"]], yerr=err, fmt="o", color=color, capsize=6)
+        ax.set(title=key.replace(".", "\n"), xticks=[], ylim=(0, top * 1.02))
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(loc="lower right" if op == ">=" else "upper right", fontsize=8)
+    fig.suptitle(f"duplex eval: {len(report.cases)} cases, seed {report.seed} (95 % intervals)")
+    fig.tight_layout()
+    written = [directory / "targets.png"]
+    fig.savefig(written[-1], dpi=100)
+    plt.close(fig)
+
+    fig, (lat, stop, rates) = plt.subplots(1, 3, figsize=(14, 4.2))
+    for ax, cat, key, target, title in (
+        (
+            lat,
+            "turn_taking",
+            "latency_s",
+            TARGETS["turn_taking.latency_median_s"][1],
+            "turn-taking latency (takeovers)",
+        ),
+        (stop, "interruption", "stop_s", STOP_WITHIN_S, "stop after a barge-in (agent talking)"),
+    ):
+        xs = [
+            r.outcome[key]
+            for r in report.cases
+            if r.category == cat and r.outcome.get(key) is not None
+        ]
+        plot_ecdf(ax, xs)
+        ax.axvline(target, color="black", ls="--", lw=0.8, label=f"{target:g} s")
+        ax.set(title=f"{title}, {len(xs)} cases", xlabel="s", ylabel="fraction <= x")
+        ax.set(ylim=(0, 1.02))
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+    bars = [
+        (f"{cat}\n{name.removesuffix('_rate')}", value)
+        for cat, row in report.summary.items()
+        for name, value in row.items()
+        if name.endswith("_rate") and value is not None
+    ]
+    if bars:
+        rates.barh([b[0] for b in bars], [b[1] for b in bars])
+    rates.set(title="rates by category", xlim=(0, 1))
+    rates.tick_params(axis="y", labelsize=7)
+    rates.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    written.append(directory / "latency.png")
+    fig.savefig(written[-1], dpi=100)
+    plt.close(fig)
+    return written
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", default=DEFAULT_URL, help=f"server endpoint ({DEFAULT_URL})")
     parser.add_argument("--cases", type=int, default=20, help="cases per category (default 20)")
@@ -572,6 +641,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", help="sent as 'Authorization: Bearer KEY'")
     parser.add_argument("--out", help="write each case's stereo wav (user, agent) here")
     parser.add_argument("--json-out", help="write the full report (every case) as JSON here")
+    parser.add_argument("--plots-dir", help="write targets.png and latency.png here")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
 
 
@@ -601,11 +671,14 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"cannot write {args.json_out}: no such directory", EXIT_USAGE)
     if args.json_out and Path(args.json_out).is_dir():
         return _fail(f"cannot write {args.json_out}: it is a directory", EXIT_USAGE)
-    if args.out:
-        try:
-            Path(args.out).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            return _fail(f"cannot write the case wavs into {args.out}: {exc}", EXIT_USAGE)
+    for flag, directory in (("the case wavs", args.out), ("the plots", args.plots_dir)):
+        if directory:
+            try:
+                Path(directory).mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                return _fail(f"cannot write {flag} into {directory}: {exc}", EXIT_USAGE)
+    if args.plots_dir:
+        require_tools("matplotlib")  # say so now, not after the run
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else None
     try:
         cases = build_cases(args.cases, args.seed, cats)
@@ -624,6 +697,8 @@ def run(args: argparse.Namespace) -> int:
         )
         if args.json_out:
             Path(args.json_out).write_text(json.dumps(report.to_dict(), indent=1) + "\n")
+        if args.plots_dir:
+            write_plots(report, Path(args.plots_dir))
     except OSError as exc:
         return _fail(str(exc), EXIT_USAGE)
     except KeyboardInterrupt:

@@ -9,6 +9,12 @@ delay and jitter. Afterwards the run is measured three ways:
 - the network's view: when agent frames arrived against when they were due;
 - the caller's view: turn latency, from voice activity detection (silero-vad) on both streams.
 
+Callers speak the native protocol (`/v1/duplex`), or as a Twilio Media Stream
+(clients/measure/twilio_sim.py), or as an OpenAI Realtime app (clients/realtime_client.py: it
+plays the agent's deltas as they come and, when the caller talks over them, truncates the
+agent's item at what it played). Pacing, counting and the analysis are the same for all three;
+only how a call is placed and where its agent audio lies on the caller's timeline differ.
+
 The measures are pure functions in clients/measure/reception.py; the report, its table and plots are
 in clients/measure/loadtest_report.py. `run_loadtest(config)` is the coroutine API (tests use it);
 `run(args)` is the CLI.
@@ -19,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import random
 import shutil
 import subprocess
@@ -27,10 +34,10 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from urllib.error import URLError
 from urllib.parse import urlsplit, urlunsplit
 
@@ -70,6 +77,7 @@ from clients.measure.loadtest_report import (
 from clients.measure.reception import heard_time, receive_figures, simulate_downlink, turn_latencies
 from clients.measure.speech_activity import speech_segments, vad_name
 from clients.measure.twilio_sim import run_twilio_call
+from clients.realtime_client import REFUSALS, Playback, RealtimeClient, RealtimeEncoding
 from streaming.dependencies import require_tools
 from streaming.resample import resample_whole
 from streaming.wire import (
@@ -91,10 +99,20 @@ __all__ = [
     "run",
     "run_loadtest",
     "scrape_metrics",
+    "tick_slots",
 ]
 
 PROG = "duplex loadtest"
 DEFAULT_URL = "ws://127.0.0.1:8000/v1/duplex"
+Protocol = Literal["native", "twilio", "realtime"]
+ENDPOINTS: dict[str, str] = {  # the default --url's path per protocol
+    "native": "/v1/duplex",
+    "twilio": "/v1/telephony/twilio",
+    "realtime": "/v1/realtime",
+}
+# A Realtime call ends when the client closes: after its last append it waits this long for
+# the agent's last chunks (the session clock starts up to a tick after the first append).
+REALTIME_DRAIN_S = 0.5
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
 
@@ -127,13 +145,14 @@ class LoadtestConfig:
     seed: int | None = None
     api_key: str | None = None
     progress: bool = False
-    protocol: Literal["native", "twilio"] = (
-        "native"  # twilio: clients/measure/twilio_sim.py, mu-law 8k
-    )
+    # twilio: clients/measure/twilio_sim.py, mu-law 8k; realtime: clients/realtime_client.py
+    protocol: Protocol = "native"
 
     @property
     def wire_rate(self) -> int:
-        return self.rate or DEFAULT_RATES[self.encoding]
+        if self.rate:
+            return self.rate
+        return 24000 if self.protocol == "realtime" else DEFAULT_RATES[self.encoding]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,10 +215,16 @@ class CallerRun:
     frames: list[ReceivedFrame] = field(default_factory=list)
     ready: ReadyMessage | None = None
     t_ready: float = 0.0
-    stats: StatsMessage | None = None  # never over Twilio: its protocol carries no stats
+    stats: StatsMessage | None = None  # never over Twilio or Realtime: they carry no stats
     chunk_samples: int = 0
     tick_s: float = 0.0
     finished: bool = False
+    # Realtime deltas carry no position, and only the agent's speech: `frames` are then placed
+    # on their estimated ticks, due from `t_due` (for the receive figures), and `heard` where
+    # the caller's player played them, from `t_ready` (the caller's sample 0); a hole between
+    # frames is silence, not a loss.
+    heard: list[ReceivedFrame] | None = None
+    t_due: float | None = None
 
 
 def _rng(seed: int | None, caller: int, stream: str) -> random.Random:
@@ -217,10 +242,13 @@ async def place_call(
     rep, rate, wire = run.report, cfg.wire_rate, run.audio
     audio = AudioFormat(encoding=cfg.encoding, sample_rate=rate, frame_ms=cfg.frame_ms)
     seed = None if cfg.seed is None else cfg.seed + rep.caller
-    headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else None
+    headers = _headers(cfg)
     try:
         if cfg.protocol == "twilio":
             await _twilio_call(run, cfg, t0, live)
+            return
+        if cfg.protocol == "realtime":
+            await _realtime_call(run, cfg, t0, live)
             return
         async with DuplexClient.connect(
             cfg.url, audio=audio, sampling=SamplingParams(seed=seed), headers=headers
@@ -231,22 +259,16 @@ async def place_call(
             run.chunk_samples, run.tick_s = c.ready.chunk_samples, c.ready.tick_ms / 1e3
             live.connected += 1
             fs = c.frame_samples
-            n_frames = -(-len(wire) // fs)
-            due = send_schedule(
-                n_frames,
-                fs / rate,
-                c.t_ready,
-                cfg.delay_ms / 1e3,
-                cfg.jitter_ms / 1e3,
-                _rng(cfg.seed, rep.caller, "up"),
-            )
+            due = _schedule(cfg, rep.caller, len(wire), fs, c.t_ready)
 
             async def send() -> None:
-                for n in range(n_frames):
-                    await asyncio.sleep(max(0.0, due[n] - time.monotonic()))
-                    await c.send_frame(wire[n * fs : (n + 1) * fs], last=n == n_frames - 1)
-                    rep.frames_sent += 1
-                    live.sent += 1
+                last = len(due) - 1
+                await _paced(
+                    due,
+                    lambda n: c.send_frame(wire[n * fs : (n + 1) * fs], last=n == last),
+                    rep,
+                    live,
+                )
                 await c.end(len(wire))
 
             async def receive() -> None:
@@ -272,6 +294,36 @@ async def place_call(
         live.errors += rep.status != "ok"
 
 
+def _headers(cfg: LoadtestConfig) -> dict[str, str] | None:
+    return {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else None
+
+
+def _schedule(
+    cfg: LoadtestConfig, caller: int, samples: int, frame_samples: int, t_start: float
+) -> list[float]:
+    """When each of the caller's frames leaves: real time from `t_start`, behind the
+    simulated uplink delay and jitter."""
+    return send_schedule(
+        -(-samples // frame_samples),
+        frame_samples / cfg.wire_rate,
+        t_start,
+        cfg.delay_ms / 1e3,
+        cfg.jitter_ms / 1e3,
+        _rng(cfg.seed, caller, "up"),
+    )
+
+
+async def _paced(
+    due: Sequence[float], send: Callable[[int], Awaitable[None]], rep: CallerReport, live: Live
+) -> None:
+    """Send frame n (`send(n)`) at `due[n]`, counting it."""
+    for n, t in enumerate(due):
+        await asyncio.sleep(max(0.0, t - time.monotonic()))
+        await send(n)
+        rep.frames_sent += 1
+        live.sent += 1
+
+
 async def _twilio_call(run: CallerRun, cfg: LoadtestConfig, t0: float, live: Live) -> None:
     """One caller as a simulated Twilio stream; its agent media become one frame per tick.
 
@@ -280,10 +332,9 @@ async def _twilio_call(run: CallerRun, cfg: LoadtestConfig, t0: float, live: Liv
     tick is least late, so receive figures measure jitter, not the unknown start offset.
     """
     rep = run.report
-    headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else None
     live.connected += 1
     try:
-        r = await run_twilio_call(cfg.url, run.audio, cfg.wire_rate, headers=headers)
+        r = await run_twilio_call(cfg.url, run.audio, cfg.wire_rate, headers=_headers(cfg))
     except DuplexError as exc:
         rep.connected = exc.code != CONNECT_FAILED
         raise
@@ -303,12 +354,125 @@ async def _twilio_call(run: CallerRun, cfg: LoadtestConfig, t0: float, live: Liv
         run.frames.append(ReceivedFrame(k, first, pcm, False, arrivals[k]))
         first += len(pcm)
     live.received += len(run.frames)
-    sizes = Counter(len(f.pcm) for f in run.frames)
-    run.chunk_samples = sizes.most_common(1)[0][0] if sizes else 1
-    run.tick_s = run.chunk_samples / cfg.wire_rate
+    _set_tick(run, cfg.wire_rate)
     rate = cfg.wire_rate
     run.t_ready = min((f.arrival - f.first_sample / rate for f in run.frames), default=r.t_start)
     run.finished = True
+
+
+def _set_tick(run: CallerRun, rate: int) -> None:
+    """A protocol that does not say its tick: the commonest frame is one tick's audio."""
+    sizes = Counter(len(f.pcm) for f in run.frames)
+    run.chunk_samples = sizes.most_common(1)[0][0] if sizes else 1
+    run.tick_s = run.chunk_samples / rate
+
+
+async def _realtime_call(run: CallerRun, cfg: LoadtestConfig, t0: float, live: Live) -> None:
+    """One caller as an OpenAI Realtime app: it streams its audio in real time as appends,
+    plays the agent's deltas as they come (`Playback`), and when the server says the caller
+    started speaking (`input_audio_buffer.speech_started`) while agent audio is playing or its
+    response is open, it stops playing and truncates the agent's item at what it played, as
+    the openai-agents SDK, pipecat and LiveKit do. The call ends when it closes the socket.
+
+    A refusal at admission (the first append: `server_full`, `server_shutdown`) is a connect
+    failure; any other `error` event is the caller's error, and its call goes on.
+    """
+    rep, rate, wire = run.report, cfg.wire_rate, run.audio
+    encoding: RealtimeEncoding = "mulaw" if cfg.encoding == "mulaw" else "pcm16"
+    deltas: list[tuple[str, np.ndarray, float]] = []  # item, audio, arrival
+    seen: Counter[str] = Counter()  # the report's Realtime counts
+    async with RealtimeClient.connect(
+        cfg.url, encoding=encoding, rate=rate, headers=_headers(cfg)
+    ) as c:
+        rep.connected, rep.session_id = True, str(c.session.get("id"))
+        run.t_ready = time.monotonic()  # the caller's sample 0
+        rep.start_s = round(run.t_ready - t0, 3)
+        player = Playback(run.t_ready, rate)
+        live.connected += 1
+        fs = round(rate * cfg.frame_ms / 1000)
+        due = _schedule(cfg, rep.caller, len(wire), fs, run.t_ready)
+        open_item: str | None = None  # the open response's item
+
+        async def send() -> None:
+            await _paced(due, lambda n: c.append(wire[n * fs : (n + 1) * fs]), rep, live)
+            await asyncio.sleep(REALTIME_DRAIN_S)
+            await c.close()
+
+        async def barge_in(t: float) -> None:
+            """The caller talks over the agent: stop playing, truncate at what was played."""
+            item = open_item or (deltas[-1][0] if player.playing(t) else None)
+            if item is None:
+                return
+            played = player.played_ms(item, t)
+            seen["unplayed_samples"] += player.flush(t)
+            seen["barge_ins"] += 1
+            await c.truncate(item, played)
+
+        async def receive() -> None:
+            nonlocal open_item
+            async for ev in c.events():
+                if ev.pcm is not None:
+                    item = str(ev.data.get("item_id"))
+                    deltas.append((item, ev.pcm, ev.arrival))
+                    player.play(item, ev.pcm, ev.arrival)
+                    live.received += 1
+                elif ev.type == "response.output_item.added":
+                    open_item = str(ev.data["item"]["id"])
+                elif ev.type == "response.done":
+                    open_item = None
+                    seen["responses"] += 1
+                elif ev.type == "input_audio_buffer.speech_started":
+                    await barge_in(ev.arrival)
+                elif ev.type == "conversation.item.truncated":
+                    seen["truncated"] += 1
+                elif ev.error is not None:
+                    seen["error_events"] += 1
+                    if rep.status == "ok":  # the call goes on; the caller has an error
+                        rep.status, rep.message = ev.error
+
+        try:
+            await run_both(send(), receive(), due[-1] - run.t_ready + FINISH_TIMEOUT_S)
+        except DuplexError as exc:
+            if exc.code in REFUSALS and not deltas:
+                rep.connected = False
+            raise
+        finally:
+            live.connected -= 1
+            rep.responses, rep.barge_ins = seen["responses"], seen["barge_ins"]
+            rep.truncated, rep.error_events = seen["truncated"], seen["error_events"]
+            rep.unplayed_ms = round(seen["unplayed_samples"] / rate * 1e3, 1)
+    run.heard = [
+        ReceivedFrame(i, p.position, p.pcm, False, p.arrival) for i, p in enumerate(player.played)
+    ]
+    run.frames = [ReceivedFrame(i, 0, pcm, False, t) for i, (_, pcm, t) in enumerate(deltas)]
+    _set_tick(run, rate)
+    slots = tick_slots([d[0] for d in deltas], [d[2] for d in deltas], run.tick_s)
+    run.frames = [
+        replace(f, first_sample=k * run.chunk_samples)
+        for f, k in zip(run.frames, slots, strict=True)
+    ]
+    run.t_due = min(
+        (f.arrival - k * run.tick_s for f, k in zip(run.frames, slots, strict=True)), default=None
+    )
+    run.finished = True
+
+
+def tick_slots(items: Sequence[str], arrivals: Sequence[float], tick_s: float) -> list[int]:
+    """The tick of each Realtime delta (given its item and arrival), counted from the first
+    one's. A response's deltas are consecutive chunks (its first silent chunk ends it); a new
+    response's first delta is placed by its arrival, against the least late delta before it."""
+    slots: list[int] = []
+    anchor = math.inf  # tick 0's time, from the least late delta so far
+    for i, (item, t) in enumerate(zip(items, arrivals, strict=True)):
+        if not slots:
+            k = 0
+        elif item == items[i - 1]:
+            k = slots[-1] + 1
+        else:
+            k = max(slots[-1] + 1, round((t - anchor) / tick_s))
+        slots.append(k)
+        anchor = min(anchor, t - k * tick_s)
+    return slots
 
 
 def metrics_url(ws_url: str) -> str:
@@ -440,7 +604,7 @@ def _analyse(runs: Sequence[CallerRun], cfg: LoadtestConfig) -> None:
     rate = cfg.wire_rate
     streams: list[np.ndarray] = []
     for r in done:
-        streams += [r.audio, place_frames(r.frames, len(r.audio))]
+        streams += [r.audio, place_frames(_heard(r), len(r.audio))]
     segments = speech_segments(streams, rate)
     for k, r in enumerate(done):
         rep, s, chunk = r.report, r.stats, r.chunk_samples
@@ -457,25 +621,27 @@ def _analyse(runs: Sequence[CallerRun], cfg: LoadtestConfig) -> None:
             _rng(cfg.seed, rep.caller, "down"),
         )
         order = sorted(range(len(r.frames)), key=lambda i: r.frames[i].first_sample)
-        firsts = [r.frames[i].first_sample for i in order]
-        arrivals = [arrived[i] for i in order]
         recv = receive_figures(
-            firsts,
+            [r.frames[i].first_sample for i in order],
             [len(r.frames[i].pcm) for i in order],
-            arrivals,
-            t_ready=r.t_ready,
+            [arrived[i] for i in order],
+            t_ready=r.t_ready if r.t_due is None else r.t_due,
             rate=rate,
             total_samples=len(r.audio),
             chunk_samples=chunk,
             tick_s=r.tick_s,
             base_delay_s=cfg.delay_ms / 1e3,
         )
-        rep.recv_jitter_ms, rep.recv_late_ms_p99, rep.recv_gaps = (
+        rep.recv_jitter_ms, rep.recv_late_ms_p99 = (
             rounded(recv.jitter_ms),
             rounded(recv.late_ms_p99),
-            recv.gaps,
         )
-        rel = [a - r.t_ready for a in arrivals]
+        # where only speech is sent (Realtime), a hole is silence: only late frames are gaps
+        rep.recv_gaps = recv.gaps if r.heard is None else recv.late_frames
+        heard = _heard(r)
+        order = sorted(range(len(heard)), key=lambda i: heard[i].first_sample)
+        firsts = [heard[i].first_sample for i in order]
+        rel = [arrived[i] - r.t_ready for i in order]
         onsets = [
             heard_time(round(start * rate), firsts, rel, rate) for start, _ in segments[2 * k + 1]
         ]
@@ -484,6 +650,11 @@ def _analyse(runs: Sequence[CallerRun], cfg: LoadtestConfig) -> None:
         rep.turn_latencies_ms = [round(x * 1e3, 1) for x in turns.latencies_s]
         rep.turn_latency_ms_p50 = percentile(rep.turn_latencies_ms, 50)
         rep.turn_latency_ms_p95 = percentile(rep.turn_latencies_ms, 95)
+
+
+def _heard(run: CallerRun) -> list[ReceivedFrame]:
+    """The agent's frames where the caller heard them (in arrival order, as `frames`)."""
+    return run.frames if run.heard is None else run.heard
 
 
 # ---------------------------------------------------------------------------------------------
@@ -552,11 +723,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", help="sent as 'Authorization: Bearer KEY'")
     parser.add_argument(
         "--protocol",
-        choices=("native", "twilio"),
+        choices=get_args(Protocol),
         default="native",
         help="native: /v1/duplex; twilio: each caller is a simulated Twilio Media Stream "
         "(mu-law 8 kHz; the default --url becomes /v1/telephony/twilio; no server-side stats "
-        "per caller, and --delay-ms/--jitter-ms apply to the downlink analysis only)",
+        "per caller, and --delay-ms/--jitter-ms apply to the downlink analysis only); "
+        "realtime: each caller is an OpenAI Realtime app on /v1/realtime (pcm16 at 24 kHz "
+        "unless --encoding/--rate say otherwise) that truncates the agent's item when it "
+        "talks over it; no server-side stats per caller",
     )
 
 
@@ -566,8 +740,15 @@ def _config(args: argparse.Namespace) -> LoadtestConfig:
     if args.slo_p99_ms is not None and not args.slo_p99_ms > 0:
         raise InputError(f"--slo-p99-ms must be > 0, got {args.slo_p99_ms:g}")
     url = args.url
+    if url == DEFAULT_URL:
+        url = DEFAULT_URL.replace(ENDPOINTS["native"], ENDPOINTS[args.protocol])
     encoding: WireEncoding = args.encoding or "pcm16"
     rate = DEFAULT_RATES[encoding] if args.rate is None else args.rate
+    if args.protocol == "realtime":
+        if encoding == "opus":
+            raise InputError("--protocol realtime streams pcm16 or mulaw (no Opus in Realtime)")
+        if args.rate is None and encoding == "pcm16":
+            rate = 24000  # the Realtime API's own rate
     if args.protocol == "twilio":
         if args.encoding not in (None, "mulaw") or args.rate not in (None, 8000):
             raise InputError(
@@ -575,8 +756,6 @@ def _config(args: argparse.Namespace) -> LoadtestConfig:
                 "leave out --encoding and --rate"
             )
         encoding, rate = "mulaw", 8000
-        if url == DEFAULT_URL:
-            url = DEFAULT_URL.replace("/v1/duplex", "/v1/telephony/twilio")
     if rate not in SUPPORTED_RATES[encoding]:
         raise InputError(
             f"--rate {rate} is not supported with {encoding}; use one of "

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from streaming.dependencies import require_tools
+from clients.measure.plots import plot_ecdf, pyplot
 
 
 @dataclass(slots=True)
@@ -47,6 +47,15 @@ class CallerReport:
     turn_latency_ms_p50: float | None = None
     turn_latency_ms_p95: float | None = None
     turn_latencies_ms: list[float] = field(default_factory=list)
+    # Realtime only (None otherwise): responses done; barge-ins (the server's speech_started
+    # while the caller's player held agent audio or a response was open: each sends a
+    # truncate) and the truncates answered; agent audio dropped unplayed at them; error
+    # events (a clean call gets none)
+    responses: int | None = None
+    barge_ins: int | None = None
+    truncated: int | None = None
+    unplayed_ms: float | None = None
+    error_events: int | None = None
 
 
 @dataclass(slots=True)
@@ -110,6 +119,13 @@ def overall(callers: Sequence[CallerReport]) -> dict[str, Any]:
         "recv_jitter_ms": worst("recv_jitter_ms"),
         "recv_late_ms_p99": worst("recv_late_ms_p99"),
         "recv_gaps": total("recv_gaps"),
+        "responses": total("responses"),
+        "barge_ins": total("barge_ins"),
+        "truncated": total("truncated"),
+        "unplayed_ms": total("unplayed_ms"),
+        "error_events": sum(c.error_events or 0 for c in callers)
+        if any(c.error_events is not None for c in callers)
+        else None,
         "turns": n_turns,
         "turns_answered": len(turns),
         "response_rate": round(len(turns) / n_turns, 3) if n_turns else None,
@@ -163,12 +179,7 @@ def metrics_summary(samples: Sequence[dict[str, Any]], errors: Sequence[str]) ->
 
 def write_plots(report: LoadtestReport, directory: Path) -> list[Path]:
     """latency_cdf.png (server-added and turn latency) and, with metrics, tick_time.png."""
-    require_tools("matplotlib")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     directory.mkdir(parents=True, exist_ok=True)
     written = []
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -194,11 +205,8 @@ def write_plots(report: LoadtestReport, directory: Path) -> list[Path]:
     if total > 0 or marked:
         ax1.legend(loc="lower right", fontsize=8)
     ax1.grid(alpha=0.3)
-    turns = sorted(x for c in report.callers for x in c.turn_latencies_ms)
-    if turns:
-        ax2.step(
-            [turns[0], *turns], [0.0, *(np.arange(1, len(turns) + 1) / len(turns))], where="post"
-        )
+    turns = [x for c in report.callers for x in c.turn_latencies_ms]
+    plot_ecdf(ax2, turns)
     ax2.set(
         title=f"turn latency ({len(turns)} answered turns)",
         xlabel="ms (end of user speech -> agent onset)",
@@ -295,6 +303,13 @@ def summary_table(report: LoadtestReport) -> str:
         else f"server metrics unavailable: {m['error']}",
         f"wall time {report.wall_s:.1f} s",
     ]
+    if o["error_events"] is not None:  # Realtime callers
+        out.insert(
+            -2,
+            f"realtime: {fmt(o['responses'])} responses, {fmt(o['barge_ins'])} barge-ins "
+            f"truncated ({fmt(o['truncated'])} answered), {fmt(o['unplayed_ms'])} ms of agent "
+            f"audio dropped unplayed, {fmt(o['error_events'])} error events",
+        )
     return "\n".join(out)
 
 
