@@ -1,8 +1,9 @@
 """The browser client (clients/web) for real: Debian's chromium, headless, driven by playwright.
 
 A speech wav is the fake microphone. The page must send the user's audio (the server counts the
-frames), play the agent's audio (samples played, a non-zero output level), show a latency, and
-explain a full server in words. Playwright never downloads a browser here: it launches
+frames), play the agent's audio (samples played, a non-zero output level), acknowledge what it
+played (`played`), show a latency and the conversation's timeline, and explain a full server
+in words. Playwright never downloads a browser here: it launches
 /usr/bin/chromium (`make apt` installs it).
 """
 
@@ -118,6 +119,36 @@ def page_stats(page: Any) -> dict[str, Any]:
     return dict(page.evaluate("() => ({...window.duplexStats})"))
 
 
+# Where each of the timeline's colours (the CSS custom properties that timeline.js draws with)
+# lies on a canvas: its opaque pixels' count and bounding box, in canvas pixels.
+COLOUR_BOXES_JS = """(selector) => {
+  const canvas = document.querySelector(selector);
+  const style = getComputedStyle(canvas);
+  const names = ["caller", "agent", "overlap", "barge-in", "truncated"];
+  const rgb = names.map((n) => parseInt(style.getPropertyValue(`--${n}`).trim().slice(1), 16));
+  const boxes = Object.fromEntries(names.map((n) => [n, {count: 0, top: Infinity,
+    bottom: -1, left: Infinity, right: -1}]));
+  const { width, height } = canvas;
+  const data = canvas.getContext("2d").getImageData(0, 0, width, height).data;
+  for (let i = 0; i < data.length; i += 4) {
+    if (data[i + 3] !== 255) continue;
+    const k = rgb.indexOf((data[i] << 16) | (data[i + 1] << 8) | data[i + 2]);
+    if (k < 0) continue;
+    const box = boxes[names[k]], x = (i / 4) % width, y = Math.floor(i / 4 / width);
+    box.count++;
+    box.top = Math.min(box.top, y);
+    box.bottom = Math.max(box.bottom, y);
+    box.left = Math.min(box.left, x);
+    box.right = Math.max(box.right, x);
+  }
+  return boxes;
+}"""
+
+
+def colour_boxes(page: Any, selector: str) -> dict[str, dict[str, float]]:
+    return dict(page.evaluate(COLOUR_BOXES_JS, selector))
+
+
 def test_page_is_served_next_to_the_api(server: ServerProcess) -> None:
     root = httpx.get(f"{server.http}/", timeout=5)
     assert root.status_code == 200 and "app.js" in root.text
@@ -147,6 +178,7 @@ def test_browser_call_sends_and_plays_audio(
         page.click("#respond")
     page.wait_for_timeout(CALL_S * 1000)
     live = page_stats(page)
+    drawn = colour_boxes(page, "#timeline")
     latency_text = page.inner_text("#latency")
     page.screenshot(path="/tmp/duplex-page.png")
     page.click("#call")  # hang up: `end`, the rest of the agent audio, `stats`, close
@@ -194,6 +226,104 @@ def test_browser_call_sends_and_plays_audio(
     # moment are cut (20 ms framing) and sent.
     assert re.fullmatch(r"-?\d+ ms", latency_text), latency_text
     assert live["latencyMs"] is not None and -200 < live["latencyMs"] < 2000, live
+    # Playback acknowledgements: `played` about every 250 ms from the play head, never ahead
+    # of what was played; the server's `stats` carry the latest it got. Nothing was flushed.
+    assert final["playedAcks"] >= CALL_S * 2, final
+    assert 0 < live["playedAcked"] <= server_stats["played_samples"], (live, server_stats)
+    assert server_stats["played_samples"] <= final["playedAcked"] <= final["samplesPlayed"]
+    assert server_stats["unplayed_samples"] == 0
+    # The conversation timeline, drawn live: the caller's lane (the fake mic talks throughout)
+    # above the agent's, where its voice played alone or over the caller's.
+    t = final["timeline"]
+    print("timeline:", t, "drawn:", drawn)
+    assert live["timelineDraws"] > CALL_S * 10, live  # requestAnimationFrame kept drawing
+    assert t["callerS"] > 1 and t["agentS"] > 0, t
+    assert t["overlapS"] <= min(t["callerS"], t["agentS"]), t
+    assert drawn["caller"]["count"] > 0, drawn
+    agent_lane = max(drawn["agent"]["bottom"], drawn["overlap"]["bottom"])
+    assert agent_lane > drawn["caller"]["bottom"], drawn
+    assert page.inner_text("#conversation").startswith(f"you {t['callerS']:.1f} s, agent ")
+    assert page_factory.errors == []
+
+
+def test_agent_audio_dropped_unplayed_is_marked_truncated(
+    server: ServerProcess, page_factory: Any
+) -> None:
+    """A page too busy for a second (its main thread blocked): the agent's frames queue up
+    behind it and arrive at once, more than the jitter buffer may hold, so it drops the oldest
+    (a trim). That audio was received and never played: the timeline counts and draws it as
+    truncated, and the `played` acknowledgements jump over it without an error."""
+    page = page_factory(f"{server.http}/?codec=pcm16")
+    page.click("#call")
+    page.wait_for_function("() => window.duplexStats.samplesPlayed > 16000", timeout=30_000)
+    page.evaluate("() => { const t = performance.now(); while (performance.now() - t < 1200); }")
+    page.wait_for_function("() => window.duplexStats.timeline.truncatedS > 0", timeout=5_000)
+    page.wait_for_timeout(500)
+    drawn = colour_boxes(page, "#timeline")
+    page.click("#call")
+    page.wait_for_function("() => window.duplexStats.state === 'idle'", timeout=20_000)
+    final = page_stats(page)
+    print("final:", final, "\ndrawn:", drawn)
+    assert final["lastError"] is None, final["lastError"]
+    assert final["overflows"] >= 1, final
+    # About the 1.2 s of frames that came at once, less the target + one frame the buffer
+    # keeps (a loaded machine may stall the page a little longer).
+    assert 0.1 < final["timeline"]["truncatedS"] < 2.5, final["timeline"]
+    assert drawn["truncated"]["count"] > 0, drawn
+    assert final["serverStats"]["played_samples"] > 0
+    assert final["serverStats"]["unplayed_samples"] == 0
+    assert page_factory.errors == []
+
+
+def test_timeline_marks_overlaps_barge_ins_and_truncation(
+    server: ServerProcess, page_factory: Any
+) -> None:
+    """The page's timeline module in chromium, fed a scripted conversation in 20 ms frames:
+    speech runs (short pauses bridged, quiet frames not speech), the overlap, one barge-in
+    where the caller starts over the agent, truncated audio, and where each is drawn."""
+    page = page_factory(f"{server.http}/")
+    result = page.evaluate(
+        """async () => {
+          const { Timeline } = await import("./timeline.js");
+          const t = new Timeline();
+          const talk = (lane, from, to, level = 0.1) => {
+            for (let i = Math.round(from * 50); i < Math.round(to * 50); i++) {
+              t.add(lane, i / 50, (i + 1) / 50, level);
+            }
+          };
+          talk("agent", 10, 14);
+          talk("caller", 8, 9); // before the agent: no overlap
+          talk("caller", 9, 9.5, 0.002); // -54 dBFS: not speech
+          talk("caller", 12, 12.5); // over the agent: a barge-in
+          talk("caller", 12.6, 13); // a 0.1 s pause: the same run, no second barge-in
+          talk("caller", 15, 16); // after the agent
+          t.truncate(14, 0.3);
+          const canvas = document.createElement("canvas");
+          canvas.id = "scripted";
+          canvas.style.cssText = "display: block; width: 600px; height: 100px";
+          document.querySelector(".timeline").append(canvas);
+          t.draw(canvas, 20);
+          return { figures: t.figures(), caller: t.caller, agent: t.agent };
+        }"""
+    )
+    assert result["caller"] == [[8, 9], [12, 13], [15, 16]]
+    assert result["agent"] == [[10, 14]]
+    f = result["figures"]
+    assert f["callerS"] == pytest.approx(3) and f["agentS"] == pytest.approx(4)
+    assert f["overlapS"] == pytest.approx(1) and f["bargeIns"] == 1
+    assert f["truncatedS"] == pytest.approx(0.3)
+    boxes = colour_boxes(page, "#scripted")
+    caller, agent, both = boxes["caller"], boxes["agent"], boxes["overlap"]
+    barge_in, truncated = boxes["barge-in"], boxes["truncated"]
+    assert min(caller["count"], agent["count"], both["count"], barge_in["count"]) > 0, boxes
+    assert caller["bottom"] < agent["top"]  # two lanes, the caller's on top
+    assert both["top"] <= caller["top"] and both["bottom"] >= agent["bottom"] - 1  # both lanes
+    # A line (under a small triangle) where the caller started over the agent.
+    assert abs((barge_in["left"] + barge_in["right"]) / 2 - both["left"]) <= 2, boxes
+    assert barge_in["top"] <= caller["top"] and barge_in["bottom"] >= agent["bottom"]
+    # The truncated audio: a strip at the foot of the agent's lane, from where it was dropped.
+    assert truncated["count"] > 0 and agent["top"] < truncated["top"] <= agent["bottom"]
+    assert abs(truncated["left"] - agent["right"]) <= 2
     assert page_factory.errors == []
 
 

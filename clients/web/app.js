@@ -7,6 +7,7 @@
 // otherwise the worklets resample (see capture-worklet.js).
 
 import { OpusDownlink, OpusUplink, opusSupported } from "./opus.js";
+import { Timeline } from "./timeline.js";
 
 const WIRE_RATE = 16000;
 const FRAME_MS = 20;
@@ -15,6 +16,9 @@ const HEADER_BYTES = 16;
 // If the socket has more than this much unsent, drop mic frames (a gap is silence to the
 // server) rather than let the user's audio fall ever further behind.
 const MAX_BUFFERED_BYTES = 64 * 1024;
+// Playback acknowledgements (`played`, docs/protocol.md): how often the page tells the server
+// up to which agent sample it has played, so that the model's history is what the caller heard.
+const PLAYED_EVERY_S = 0.25;
 // Answers to an Opus `start` from a server that lacks it: call again with PCM16.
 const NO_OPUS_CODES = new Set(["invalid_message", "unsupported_audio"]);
 
@@ -68,11 +72,17 @@ const freshStats = () => ({
   codec: null, // "opus" or "pcm16": what the call uses on the wire
   bytesSent: 0, // WebSocket binary bytes (headers included), for the bandwidth figures
   bytesReceived: 0,
+  // The conversation timeline's figures over the call (timeline.js), in seconds.
+  timeline: { callerS: 0, agentS: 0, overlapS: 0, bargeIns: 0, truncatedS: 0 },
+  timelineDraws: 0, // canvas frames drawn (requestAnimationFrame)
+  playedAcks: 0, // `played` messages sent
+  playedAcked: 0, // the agent sample the latest one acknowledged
 });
 const stats = freshStats();
 window.duplexStats = stats;
 
 let call = null; // the live call's resources, null when idle
+const timeline = new Timeline(); // the current (or last) call's conversation
 
 function setState(state) {
   stats.state = state;
@@ -92,9 +102,11 @@ function setState(state) {
   $("respond").disabled = state !== "live";
 }
 
-// Send a control message on the live call's socket (nothing when there is none).
+// Send a control message on the call's socket, from `ready` until it closes (the agent's
+// last audio plays out after `end`, and `played` goes on saying so); false when there is none.
 function sendControl(message) {
-  if (stats.state !== "live" || !call || !call.ws || call.ws.readyState !== WebSocket.OPEN) return false;
+  const inCall = stats.state === "live" || stats.state === "ending";
+  if (!inCall || !call || !call.ws || call.ws.readyState !== WebSocket.OPEN) return false;
   call.ws.send(JSON.stringify(message));
   return true;
 }
@@ -242,7 +254,11 @@ async function startCall() {
   resetStats();
   setState("starting");
   const c = { ws: null, mic: null, audio: null, seq: 0, nextSample: 0, wireEnd: 0, ended: false };
+  c.startAt = null; // sample 0 of the call on the audio clock (set at `ready`)
+  c.dropped = 0; // agent samples the jitter buffer dropped unplayed, as last reported
+  c.ackedAt = -Infinity; // audio-clock time of the latest `played`
   call = c;
+  timeline.reset();
   let codec;
   try {
     c.mic = await openMic();
@@ -317,7 +333,8 @@ function onMessage(c, data, timeStamp) {
     stats.ready = msg;
     $("session").textContent = msg.session_id;
     const waited = Math.max(0, performance.now() - timeStamp) / 1000;
-    c.audio.capture.port.postMessage({ type: "start", at: c.audio.ctx.currentTime - waited });
+    c.startAt = c.audio.ctx.currentTime - waited;
+    c.audio.capture.port.postMessage({ type: "start", at: c.startAt });
     setState("live");
   } else if (msg.type === "updated") {
     stats.updated = msg;
@@ -341,6 +358,10 @@ function onMicFrame(c, m) {
   stats.micLevel = m.level;
   stats.maxMicLevel = Math.max(stats.maxMicLevel, m.level);
   const first = c.nextSample;
+  // Frame n holds the mic audio of [n, n+1) frames after sample 0 (the capture worklet sees
+  // to it), so it goes on the timeline there.
+  const at = c.startAt + first / WIRE_RATE;
+  timeline.add("caller", at, at + FRAME_MS / 1000, m.level);
   c.nextSample += FRAME_SAMPLES; // a dropped frame leaves a gap: the server hears silence
   if (c.uplink) c.uplink.encode(first, m.pcm, FRAME_SAMPLES);
   else sendAudio(c, first, m.pcm);
@@ -369,6 +390,18 @@ function onPlaybackReport(c, m) {
   stats.overflows = m.overflows;
   stats.agentLevel = m.level;
   stats.maxAgentLevel = Math.max(stats.maxAgentLevel, m.level);
+  timeline.add("agent", m.from, m.to, m.level);
+  if (m.dropped > c.dropped) {
+    timeline.truncate(m.from, (m.dropped - c.dropped) / WIRE_RATE);
+    c.dropped = m.dropped;
+  }
+  if (m.played > stats.playedAcked && m.to - c.ackedAt >= PLAYED_EVERY_S) {
+    if (sendControl({ type: "played", sample: m.played })) {
+      c.ackedAt = m.to;
+      stats.playedAcked = m.played;
+      stats.playedAcks++;
+    }
+  }
   if (stats.state === "live") {
     // Audio sent minus audio played: how far the agent's voice trails the user's, end to end.
     stats.latencyMs = ((c.nextSample - m.played) / WIRE_RATE) * 1000;
@@ -456,6 +489,29 @@ function render() {
   $("played").textContent = `${(stats.samplesPlayed / WIRE_RATE).toFixed(1)} s`;
   $("glitches").textContent = `${stats.underruns} underruns, ${stats.overflows} trims`;
   $("bandwidth").textContent = `${kbits(stats.bytesSent)} up / ${kbits(stats.bytesReceived)} down`;
+  const t = timeline.figures();
+  stats.timeline = t;
+  const seconds = (x) => `${x.toFixed(1)} s`;
+  $("conversation").textContent =
+    `you ${seconds(t.callerS)}, agent ${seconds(t.agentS)}, both ${seconds(t.overlapS)}, ` +
+    `${t.bargeIns} barge-in${t.bargeIns === 1 ? "" : "s"}, ` +
+    `${Math.round(t.truncatedS * 1000)} ms truncated`;
+}
+
+// The timeline follows the audio clock during a call and stays on the last call's end after it
+// (drawn again only when that moves, or the canvas's size changes).
+let drawnAt = null;
+function drawTimeline() {
+  const canvas = $("timeline");
+  const live = call && call.audio && call.startAt !== null;
+  const now = live ? call.audio.ctx.currentTime : timeline.now;
+  const key = `${now} ${canvas.clientWidth}x${canvas.clientHeight}`;
+  if (key !== drawnAt) {
+    timeline.draw(canvas, now);
+    drawnAt = key;
+    stats.timelineDraws++;
+  }
+  requestAnimationFrame(drawTimeline);
 }
 
 // Average kbit/s over the call so far (both directions count from the call's sample 0).
@@ -477,3 +533,4 @@ $("respond").addEventListener("click", () => {
 setState("idle");
 // A timer, not requestAnimationFrame: the figures keep updating in a background tab.
 setInterval(render, 100);
+requestAnimationFrame(drawTimeline);

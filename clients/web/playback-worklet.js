@@ -17,7 +17,8 @@
 //   target + one frame is left, which brings the latency back down.
 //
 // The page hears back every ~50 ms: samples played (the play head), buffered and target ms,
-// underruns, overflows, and the output level.
+// underruns, overflows, the agent audio dropped unplayed so far (trimmed or late), and the
+// output level over [from, to) on the audio clock (the page's conversation timeline).
 
 const START_MS = 80;
 const GROW_MS = 20;
@@ -51,9 +52,11 @@ class PlaybackProcessor extends AudioWorkletProcessor {
     this.underruns = 0;
     this.overflows = 0;
     this.droppedLate = 0;
+    this.trimmed = 0; // samples the overflow rule skipped: received, never played
     this.sumSq = 0;
     this.count = 0;
     this.lastReport = 0;
+    this.reportFrom = currentTime;
   }
 
   write(first, pcm) {
@@ -77,7 +80,9 @@ class PlaybackProcessor extends AudioWorkletProcessor {
     // Overflow: trim the oldest audio so target + one frame is left.
     const limit = this.target + this.frameLen + SLACK_MS * this.ms;
     if (this.end - this.head > limit) {
-      this.head = this.end - (this.target + this.frameLen);
+      const head = this.end - (this.target + this.frameLen);
+      this.trimmed += Math.floor(head) - Math.floor(this.head);
+      this.head = head;
       this.overflows++;
     }
   }
@@ -113,6 +118,7 @@ class PlaybackProcessor extends AudioWorkletProcessor {
     for (let c = 1; c < outputs[0].length; c++) outputs[0][c].set(out);
     if (currentTime - this.lastReport >= 0.05) {
       this.lastReport = currentTime;
+      const to = currentTime + out.length / sampleRate; // this block's end
       this.port.postMessage({
         type: "report",
         played: Math.floor(this.head),
@@ -121,9 +127,12 @@ class PlaybackProcessor extends AudioWorkletProcessor {
         playing: this.playing,
         underruns: this.underruns,
         overflows: this.overflows,
-        droppedLate: this.droppedLate,
+        dropped: this.droppedLate + this.trimmed,
         level: this.count ? Math.sqrt(this.sumSq / this.count) : 0,
+        from: this.reportFrom,
+        to,
       });
+      this.reportFrom = to;
       this.sumSq = 0;
       this.count = 0;
     }
