@@ -7,7 +7,7 @@ TORCH_VERSION := 2.13.0
 # Debian packages: serving needs libopus0 (Opus on the wire); the tests also synthesize speech
 # (espeak-ng, sox) and drive a real browser (chromium).
 APT_SERVE := libopus0
-APT_TEST := $(APT_SERVE) espeak-ng sox chromium
+APT_TEST := $(APT_SERVE) espeak-ng sox chromium haproxy
 STAMP := $(VENV)/.installed
 
 .PHONY: serve test test-all lint setup apt-serve apt-test clean

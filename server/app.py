@@ -55,15 +55,19 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     @app.get("/v1/capacity")
     async def capacity() -> JSONResponse:
-        """For load balancers: route new calls where `free` > 0."""
+        """For load balancers: route new calls where `free` > 0. The status says it too (503
+        when full or draining), for checks that read only a status: HAProxy's `http-check`,
+        a Kubernetes readiness probe (docs/deploy.md)."""
         ticker = runtime.ticker
+        free = 0 if ticker.draining else ticker.free_slots
         return JSONResponse(
             {
                 "max_sessions": ticker.config.max_sessions,
                 "live": len(ticker.sessions),
-                "free": 0 if ticker.draining else ticker.free_slots,
+                "free": free,
                 "draining": ticker.draining,
-            }
+            },
+            status_code=200 if free else 503,
         )
 
     @app.get("/metrics")
