@@ -8,6 +8,11 @@ A setup "sustains" N sessions when its p99 tick time stays under the tick (160 m
 contexts of one session count take turns tick by tick, so a host whose speed drifts slows them
 alike and the cost-vs-context ratio is a fair one.
 
+`--model a,b,...` times several checkpoints in one run, one table each (what each extra
+codebook costs: the same Llama shape over K = 1, 2, 4, 8 codebooks). `--codec` times the
+checkpoint's codec instead of its model: per tick, every call's new audio encoded and every
+agent's frames decoded, in one batched call each and one call at a time.
+
 `--engine torch,vllm` also times the vLLM engine (model/engines/vllm/) on the same sessions:
 the same conversations (their timelines; vLLM computes their KV at the first tick, which is
 not timed), one vLLM engine for the whole run, its contexts one after the other.
@@ -26,16 +31,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+import numpy as np
 import torch
 from transformers import LlamaForCausalLM
 
-from model.checkpoint import CheckpointError, DuplexConfig, load_checkpoint
+from model.checkpoint import CheckpointError, DuplexConfig, load_checkpoint, read_config
 from model.engines import ENGINES, build_engine
 from model.engines.api import EngineOptions, StepRequest
 from model.engines.stepper import Stepper
 from model.engines.torch.engine import DTYPES, TorchEngine
 from model.format import ChunkFormat, Frame
 from model.sampling import SamplingParams
+from streaming.codecs import SpeechCodec, decoder_batch, encoder_batch, load_codec
 
 if TYPE_CHECKING:  # the vLLM engine's module is imported only when it is timed
     from model.engines.vllm.engine import VllmEngine
@@ -177,10 +184,11 @@ def run_bench(
     """Rows for every (sessions, context) with a loaded model; the per-session loop stops
     growing once its median tick exceeds `loop_limit_s`. With `vllm` (it starts an engine
     with room for the most sessions), its ticks too, once the torch engine's are done: vLLM's
-    processes busy-wait a second after each request, which would slow the torch engine's."""
+    processes busy-wait a second after each request, which would slow the torch engine's.
+    A `loop_limit_s` of 0 times no loop."""
     templates = {context: _template(config, llama, context) for context in contexts}
     rows = []
-    loop_too_slow = False
+    loop_too_slow = loop_limit_s <= 0
     for n in sessions:
         rnd = random.Random(n)
         batched: dict[int, list[Stepper[Any]]] = {
@@ -261,37 +269,67 @@ def run(args: argparse.Namespace) -> int:
     engines = set(getattr(args, "engine", "torch").split(","))
     if not engines <= set(ENGINES):
         return _fail(f"--engine takes names of {', '.join(ENGINES)}, comma-separated")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     dtype = getattr(args, "dtype", "float32")
     if dtype not in DTYPES:
         return _fail(f"--dtype takes one of {', '.join(DTYPES)}")
-    try:
-        config, llama = load_checkpoint(Path(args.model), device=args.device, dtype=DTYPES[dtype])
-    except (CheckpointError, ValueError) as exc:
+    models = [Path(m) for m in args.model.split(",")]
+    try:  # every duplex.json before the first (long) run
+        configs = [read_config(m) for m in models]
+    except CheckpointError as exc:
         return _fail(str(exc))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tables: list[tuple[str, list[Any]]] = []
+    for model, config in zip(models, configs, strict=True):
+        try:
+            if getattr(args, "codec", False):
+                tables.append(_codec_table(args, model, config, sessions))
+            else:
+                tables.append(_model_table(args, model, sessions, contexts, dtype, engines))
+        except (CheckpointError, ValueError) as exc:  # vLLM missing, a KV cache too small, ...
+            return _fail(str(exc))
+    if args.markdown:
+        _write_markdown(Path(args.markdown), tables, contexts, _setups(engines), args.device)
+    return 0
+
+
+TICK_MS = 160.0
+
+
+def _setups(engines: set[str]) -> list[str]:
+    return ["batched", "loop"] + (["vllm"] if "vllm" in engines else [])
+
+
+def _model_table(
+    args: argparse.Namespace,
+    model: Path,
+    sessions: list[int],
+    contexts: list[int],
+    dtype: str,
+    engines: set[str],
+) -> tuple[str, list[Row]]:
+    """One checkpoint's rows (printed as they come, with its summary)."""
+    config, llama = load_checkpoint(model, device=args.device, dtype=DTYPES[dtype])
+    label = _label(model, config, llama, dtype)
+    print(label)
     options = EngineOptions(
         max_sessions=max(sessions), max_rollback_chunks=ROLLBACK_CHUNKS,
         estimate_units=args.estimate_units, device=args.device, dtype=dtype,
     )  # fmt: skip
 
     def start_vllm() -> VllmEngine:
-        return cast("VllmEngine", build_engine("vllm", Path(args.model), options))
+        return cast("VllmEngine", build_engine("vllm", model, options))
 
     vllm = start_vllm if "vllm" in engines else None
-    setups = ["batched", "loop"] + (["vllm"] if vllm else [])
+    setups = _setups(engines)
     heads = ("sessions", "context", "batch50", "batch99", "  loop50", "loop99")
     print(" ".join(f"{h:>8}" for h in heads))
-    try:
-        rows = run_bench(
-            config, llama, sessions, contexts, args.ticks, args.loop_limit_s, args.estimate_units,
-            vllm,
-        )  # fmt: skip
-    except ValueError as exc:  # vLLM missing, or too small a KV cache for the sessions
-        return _fail(str(exc))
-    tick_ms = 160.0
+    rows = run_bench(
+        config, llama, sessions, contexts, args.ticks, args.loop_limit_s, args.estimate_units,
+        vllm,
+    )  # fmt: skip
     for context in contexts:
-        held = {setup: sustained(rows, context, tick_ms, setup) for setup in setups}
+        held = {setup: sustained(rows, context, TICK_MS, setup) for setup in setups}
         b, lp = held["batched"], held["loop"]
         times = f"{b / lp:.1f}x" if lp else "inf"
         line = f"context {context}: batched sustains {b}, per-session loop {lp} ({times})"
@@ -303,35 +341,153 @@ def run(args: argparse.Namespace) -> int:
                 ratio = by_ctx[8000] / by_ctx[1000]
                 print(f"flat cost at {n} session(s), {SETUPS[setup]}: 8000 vs 1000 tokens "
                       f"{ratio:.2f}x")  # fmt: skip
-    if args.markdown:
-        _write_markdown(Path(args.markdown), rows, contexts, setups, tick_ms, llama.device)
-    return 0
+    return label, rows
 
 
-def _device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+def _label(model: Path, config: DuplexConfig, llama: LlamaForCausalLM, dtype: str) -> str:
+    """What a table was measured on: the checkpoint, its Llama shape, its codebooks."""
+    c = llama.config
+    params = sum(p.numel() for p in llama.parameters())
+    return (
+        f"{model}: {params / 1e6:.0f}M-parameter Llama ({c.num_hidden_layers} layers x "
+        f"{c.hidden_size}, {c.num_attention_heads} heads, {c.num_key_value_heads} KV), "
+        f"window {config.context_tokens}, K = {config.units_per_frame} codebook(s) of "
+        f"{config.n_units}, {dtype}"
+    )
+
+
+@dataclass
+class CodecRow:
+    """Milliseconds per tick for `sessions` calls: encode p50, decode p50, both p99; batched
+    is None for a codec without a batch path."""
+
+    sessions: int
+    batched: tuple[float, float, float] | None
+    alone: tuple[float, float, float]
+
+
+_Coder = Callable[[dict[int, np.ndarray]], object]  # every call's input -> its output
+
+
+def _each(coders: list[Callable[[np.ndarray], object]]) -> _Coder:
+    """One call at a time, each call with its own coder."""
+    return lambda inputs: [coders[c](x) for c, x in inputs.items()]
+
+
+def run_codec_bench(
+    codec: SpeechCodec, chunk_frames: int, sessions: list[int], ticks: int
+) -> list[CodecRow]:
+    """Per tick and call, a chunk of noise encoded and a chunk of random codes decoded: every
+    call's in one batched call (when the codec has a batch path), then one call at a time,
+    each call with its own streaming state (as the server keeps them). The first tick (fresh
+    state, another path) is not timed."""
+    rng = np.random.default_rng(0)
+    samples = chunk_frames * codec.frame_samples
+    shape = (chunk_frames, codec.units_per_frame)
+
+    def timed(n: int, encode: _Coder, decode: _Coder) -> tuple[float, float, float]:
+        enc: list[float] = []
+        dec: list[float] = []
+        for _ in range(ticks + 1):
+            pcm = {c: rng.normal(0, 0.1, samples).astype(np.float32) for c in range(n)}
+            units = {c: rng.integers(0, codec.vocab_size, shape) for c in range(n)}
+            t0 = time.perf_counter()
+            encode(pcm)
+            t1 = time.perf_counter()
+            decode(units)
+            enc.append(t1 - t0)
+            dec.append(time.perf_counter() - t1)
+        both = [a + b for a, b in zip(enc[1:], dec[1:], strict=True)]
+        return _p(enc[1:], 0.5), _p(dec[1:], 0.5), _p(both, 0.99)
+
+    rows = []
+    for n in sessions:
+        encoders, decoders = encoder_batch(codec), decoder_batch(codec)
+        batched = None
+        if encoders is not None and decoders is not None:
+            for c in range(n):
+                encoders.add(c)
+                decoders.add(c)
+            batched = timed(n, encoders.encode, decoders.decode)
+        alone = timed(
+            n,
+            _each([codec.new_encoder().encode for _ in range(n)]),
+            _each([codec.new_decoder().decode for _ in range(n)]),
+        )
+        rows.append(CodecRow(n, batched, alone))
+        print(_format_codec_row(rows[-1]), flush=True)
+    return rows
+
+
+def _codec_table(
+    args: argparse.Namespace, model: Path, config: DuplexConfig, sessions: list[int]
+) -> tuple[str, list[CodecRow]]:
+    codec = load_codec(config.codec, model, args.device)
+    label = (
+        f"{model}: codec {codec.name}, {config.chunk_ms:g} ms ticks "
+        f"({config.chunk_format().frames_per_chunk} frames)"
+    )
+    print(label)
+    heads = ("sessions", "b-enc50", "b-dec50", "b-both99", "enc50", "dec50", "both99")
+    print(" ".join(f"{h:>8}" for h in heads))
+    rows = run_codec_bench(codec, config.chunk_format().frames_per_chunk, sessions, args.ticks)
+    for r in rows:
+        if r.batched:
+            alone, batched = r.alone[0] + r.alone[1], r.batched[0] + r.batched[1]
+            print(f"{r.sessions} call(s): encode + decode {batched:.1f} ms a tick batched, "
+                  f"{alone:.1f} ms one call at a time ({alone / batched:.1f}x)")  # fmt: skip
+    return label, rows
+
+
+def _codec_cells(r: CodecRow) -> list[str]:
+    batched = ["-"] * 3 if r.batched is None else [f"{v:.1f}" for v in r.batched]
+    return [str(r.sessions), *batched, *(f"{v:.1f}" for v in r.alone)]
+
+
+def _format_codec_row(r: CodecRow) -> str:
+    return " ".join(f"{c:>8}" for c in _codec_cells(r))
+
+
+def _device_name(device: str) -> str:
+    return torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"
 
 
 def _write_markdown(
     path: Path,
-    rows: list[Row],
+    tables: list[tuple[str, list[Any]]],
     contexts: list[int],
     setups: list[str],
-    tick_ms: float,
-    device: torch.device,
+    device: str,
 ) -> None:
-    """Append this run's table, with the command that made it, to a markdown file."""
+    """Append this run's tables (one per checkpoint), with the command that made them."""
     command = "duplex bench " + " ".join(sys.argv[2:])
-    heads = "".join(f" {SETUPS[s]} p50 | {SETUPS[s]} p99 |" for s in setups)
-    heads = heads.replace("per-session loop", "loop")
     lines = [
         f"\n### `{command}`\n",
         f"torch {torch.__version__} on {_device_name(device)}, "
         f"{torch.get_num_threads()} thread(s), "
         f"{time.strftime('%Y-%m-%d')}; milliseconds per tick (p50 / p99)\n",
-        f"| sessions | context |{heads}",
-        "|---:|---:|" + "---:|---:|" * len(setups),
     ]
+    for label, rows in tables:
+        if len(tables) > 1:
+            lines.append(f"{label}\n")
+        if rows and isinstance(rows[0], CodecRow):
+            lines += [
+                "| calls | batched encode p50 | batched decode p50 | batched both p99 "
+                "| alone encode p50 | alone decode p50 | alone both p99 |",
+                "|---:|---:|---:|---:|---:|---:|---:|",
+                *("| " + " | ".join(_codec_cells(r)) + " |" for r in rows),
+                "",
+            ]
+        else:
+            lines += _model_markdown(rows, contexts, setups)
+    with path.open("a") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def _model_markdown(rows: list[Row], contexts: list[int], setups: list[str]) -> list[str]:
+    heads = "".join(f" {SETUPS[s]} p50 | {SETUPS[s]} p99 |" for s in setups)
+    heads = heads.replace("per-session loop", "loop")
+    lines = [f"| sessions | context |{heads}", "|---:|---:|" + "---:|---:|" * len(setups)]
     for r in rows:
         cells = [f"{r.sessions}", f"{r.context}"]
         for setup in setups:
@@ -341,8 +497,8 @@ def _write_markdown(
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     for context in contexts:
-        held = ", ".join(f"{SETUPS[s]} {sustained(rows, context, tick_ms, s)}" for s in setups[1:])
-        b = sustained(rows, context, tick_ms, "batched")
+        held = ", ".join(f"{SETUPS[s]} {sustained(rows, context, TICK_MS, s)}" for s in setups[1:])
+        b = sustained(rows, context, TICK_MS, "batched")
         lines.append(f"- context {context}: batched sustains {b} sessions, {held}")
-    with path.open("a") as f:
-        f.write("\n".join(lines) + "\n")
+    lines.append("")
+    return lines

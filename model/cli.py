@@ -25,9 +25,18 @@ def _model_init(args: argparse.Namespace) -> int:
         return _fail("model init", f"{out} already holds a checkpoint (use --force to replace)")
     if args.layers < 1:
         return _fail("model init", f"--layers must be >= 1, got {args.layers}")
-    if args.hidden < 8 or args.hidden % 8:
+    if args.heads < 1 or args.kv_heads < 1 or args.heads % args.kv_heads:
         return _fail(
-            "model init", f"--hidden must be a positive multiple of 8 (4 heads), got {args.hidden}"
+            "model init",
+            f"--heads must be a positive multiple of --kv-heads, got {args.heads} and "
+            f"{args.kv_heads}",
+        )
+    step = 2 * args.heads  # every head's width even (rotary positions pair its dimensions)
+    if args.hidden < step or args.hidden % step:
+        return _fail(
+            "model init",
+            f"--hidden must be a positive multiple of {step} ({args.heads} heads), "
+            f"got {args.hidden}",
         )
     if args.units_per_frame < 1:
         return _fail("model init", f"--units-per-frame must be >= 1, got {args.units_per_frame}")
@@ -54,6 +63,8 @@ def _model_init(args: argparse.Namespace) -> int:
             seed=args.seed,
             layers=args.layers,
             hidden=args.hidden,
+            heads=args.heads,
+            kv_heads=args.kv_heads,
             context_tokens=args.context,
             sink_tokens=args.sink,
             units_per_frame=args.units_per_frame,
@@ -145,7 +156,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     init.add_argument("--out", default="models/default", help="checkpoint directory to write")
     init.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
     init.add_argument("--layers", type=int, default=4, help="decoder layers")
-    init.add_argument("--hidden", type=int, default=256, help="model width")
+    init.add_argument("--hidden", type=int, default=256, help="model width (the MLP's is 3x)")
+    init.add_argument("--heads", type=int, default=4, help="attention heads")
+    init.add_argument(
+        "--kv-heads", type=int, default=1,
+        help="key/value heads (default 1: multi-query, the cheapest KV reads on a CPU)",
+    )  # fmt: skip
     init.add_argument("--context", type=int, default=2048, help="KV capacity per session")
     init.add_argument("--sink", type=int, default=64, help="opening positions kept for good")
     init.add_argument(
@@ -207,7 +223,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     tr.set_defaults(func=_train)
 
     bench = sub.add_parser("bench", help="tick cost: batched engine vs per-session loop")
-    bench.add_argument("--model", default="models/default", help="checkpoint directory")
+    bench.add_argument(
+        "--model", default="models/default",
+        help="checkpoint directory, or several comma-separated: one table each",
+    )  # fmt: skip
+    bench.add_argument(
+        "--codec", action="store_true",
+        help="time the checkpoint's codec instead (per tick: batched vs one call at a time)",
+    )  # fmt: skip
     bench.add_argument("--sessions", default="1,4,8,16,32,64", help="comma-separated")
     bench.add_argument("--contexts", default="500,1000,2000,4000,8000", help="tokens")
     bench.add_argument("--ticks", type=int, default=8, help="measured ticks per cell")
@@ -223,7 +246,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     bench.add_argument(
         "--loop-limit-s", type=float, default=1.0,
-        help="stop growing the per-session loop once its median tick exceeds this",
+        help="stop growing the per-session loop once its median tick exceeds this (0: no loop)",
     )  # fmt: skip
     bench.add_argument(
         "--estimate-units", type=int, default=0,
