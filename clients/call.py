@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from websockets.exceptions import InvalidURI
 from websockets.uri import parse_uri
 
-from clients.client import DuplexClient, DuplexError, ReceivedFrame
+from clients.client import DuplexClient, DuplexError, PlaybackAcks, ReceivedFrame
 from streaming.opus import opus_available
 from streaming.resample import resample_whole
 from streaming.wire import (
@@ -290,10 +290,12 @@ async def run_call(
 
         async def receive() -> None:
             nonlocal received
+            acks = PlaybackAcks(c)  # what is written counts as played
             async for event in c.events():
                 if isinstance(event, ReceivedFrame):
                     frames.append(event)
                     received += len(event.pcm)
+                    await acks.received(event)
                     if progress is not None:
                         progress(min(c.samples_sent, len(wire)), received)
 

@@ -39,6 +39,7 @@ from streaming.wire import (
     ProtocolError,
     ReadyMessage,
     RespondMessage,
+    ResumeRequest,
     SamplingParams,
     StartMessage,
     StatsMessage,
@@ -47,7 +48,7 @@ from streaming.wire import (
     parse_server_message,
 )
 
-__all__ = ["DuplexClient", "DuplexError", "ReceivedFrame"]
+__all__ = ["DuplexClient", "DuplexError", "PlaybackAcks", "ReceivedFrame"]
 
 # Client-side error codes, next to the server's ErrorCode values a DuplexError may carry.
 CONNECT_FAILED = "connect_failed"
@@ -122,14 +123,21 @@ class DuplexClient:
         headers: Mapping[str, str] | None = None,
         open_timeout: float = 10.0,
         ready_timeout: float = 30.0,
+        resume: ResumeRequest | None = None,
     ) -> AsyncIterator[DuplexClient]:
-        """Open the socket, send `start`, wait for `ready`; close with 1000 on exit."""
+        """Open the socket, send `start`, wait for `ready`; close with 1000 on exit.
+
+        `resume`: take up a call whose connection dropped (the token of its last `ready`;
+        `audio` must be the call's). The client then goes on from the server's
+        `resume_sample`: `samples_sent`, the frame count and `t_ready` (sample 0, moved back
+        by that much) continue the call's own numbering and clock."""
         audio = audio or AudioFormat()
         start = StartMessage(
             type="start",
             audio=audio,
             sampling=sampling or SamplingParams(),
             noise_gate_db=noise_gate_db,
+            resume=resume,
         )
         try:
             ws = await ws_connect(
@@ -162,7 +170,12 @@ class DuplexClient:
                     message = f"{error.message}; {WRONG_ENDPOINT}"
                     error = DuplexError(error.code, message, error.close_code)
                 raise error from exc
-            yield cls(ws, audio, ready, t_ready)
+            client = cls(ws, audio, ready, t_ready)
+            if ready.resumed:
+                client.samples_sent = ready.resume_sample
+                client.frames_sent = -(-ready.resume_sample // ready.frame_samples)
+                client.t_ready = t_ready - ready.resume_sample / audio.sample_rate
+            yield client
         finally:
             await ws.close()
 
@@ -280,6 +293,27 @@ class DuplexClient:
             await self._ws.send(data)
         except ConnectionClosed as exc:
             raise _closed_error(self._ws, "while sending") from exc
+
+
+class PlaybackAcks:
+    """`played` acknowledgements for a client that keeps the agent's audio rather than
+    playing it (`duplex call` writes it to a file, the load test measures it): a frame counts
+    as played once received, acknowledged at most every `every_s`. An acknowledgement is
+    advisory: one the closing connection no longer takes is dropped."""
+
+    def __init__(self, client: DuplexClient, every_s: float = 0.2) -> None:
+        self.client = client
+        self.every_s = every_s
+        self.acked = 0
+        self._last = float("-inf")
+
+    async def received(self, frame: ReceivedFrame) -> None:
+        end = frame.first_sample + len(frame.pcm)
+        if end <= self.acked or frame.arrival - self._last < self.every_s:
+            return
+        self.acked, self._last = end, frame.arrival
+        with suppress(DuplexError):
+            await self.client.played(end)
 
 
 async def _await_ready(ws: ClientConnection, audio: AudioFormat) -> tuple[ReadyMessage, float]:

@@ -6,10 +6,15 @@ what follows from the stored frames: agent frames stay as they were sent, except
 caller never heard, which becomes silence (a playback acknowledgement); later user chunks keep
 their real audio or earlier estimates. `cached` tracks how much of the token
 list the KV cache holds, so the runner knows what to roll back and what to prefill.
+
+A call may open with a voice prompt (`open`): whole chunks of the agent's speech over user
+silence before the call's own chunk 0. They are chunks 0..opening-1 here; the engine numbers
+the call's chunks after them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from model.format import ChunkFormat, Frame, agent_tokens, dedup, interpolate, user_tokens
@@ -25,10 +30,24 @@ class Timeline:
     agent_start: list[int] = field(default_factory=list)  # token index of each [S0]
     user_start: list[int] = field(default_factory=list)  # token index where user chunk j begins
     cached: int = 0  # tokens[:cached] are in the KV cache
+    opening: int = 0  # chunks of a voice prompt before the call's chunk 0
 
     def __post_init__(self) -> None:
         if not self.tokens:
             self.tokens = [self.fmt.bos]
+
+    def open(self, frames: Sequence[Frame]) -> None:
+        """Write a voice prompt as the agent's speech, user silence beside it, in whole chunks
+        (the last one filled with silence) before anything else of the call."""
+        if self.agent:
+            raise ValueError("a voice prompt opens a timeline, before its first chunk")
+        n = self.fmt.frames_per_chunk
+        padded = list(frames) + [self.fmt.silence] * (-len(frames) % n)
+        quiet = [self.fmt.silence] * n
+        for i in range(0, len(padded), n):
+            self.append_agent(dedup(padded[i : i + n], self.prev_agent()))
+            self.append_user(quiet, real=True)
+        self.opening = len(padded) // n
 
     def prev_agent(self) -> Frame:
         return self.agent[-1][-1] if self.agent else self.fmt.silence
@@ -136,3 +155,9 @@ class Timeline:
         )
         self.cached = min(self.cached, cut + same)
         return cut + same
+
+
+def opening_tokens(fmt: ChunkFormat, chunks: int) -> int:
+    """The most tokens a timeline opened with `chunks` chunks of voice prompt holds: BOS, then
+    per chunk `[S0]` and every frame new (user silence adds none: it starts silent)."""
+    return 1 + chunks * (1 + fmt.frames_per_chunk * fmt.units_per_frame)

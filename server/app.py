@@ -70,6 +70,12 @@ def create_app(runtime: Runtime) -> FastAPI:
             status_code=200 if free else 503,
         )
 
+    @app.get("/v1/prompts")
+    async def prompts() -> JSONResponse:
+        """The voice prompts a call may open with, and what an uploaded one may be
+        (docs/prompts.md)."""
+        return JSONResponse(runtime.prompts.listing())
+
     @app.get("/metrics")
     async def metrics() -> Response:
         return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -60,6 +60,15 @@ class Metrics:
             "user chunks that arrived beyond the latency budget",
             registry=r,
         )
+        self.calls_lost = Counter(
+            "duplex_calls_lost",
+            "calls whose connection dropped without a close frame, by what became of them "
+            "(waiting: kept for a resume; resumed; ended: resuming off or not possible)",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in ("waiting", "resumed", "ended"):
+            self.calls_lost.labels(outcome)
         self.agent_unheard = Counter(
             "duplex_agent_unheard_frames",
             "agent codec frames that never reached the caller (playback acknowledgements): "

@@ -21,8 +21,10 @@ from server.call_sampling import periods, resolve
 from server.metrics import Metrics
 from server.pacing.lead import lead_s, rollback_chunks
 from server.pacing.step import StepPacer
+from server.prompts import PromptLibrary
 from server.recording import CallRecorder
-from server.session import CallSession
+from server.resume import ResumeBook
+from server.session import CallSession, State
 from server.settings import Settings
 from server.ticker import Ticker, TickerConfig
 from streaming.agent_output import DecoderRows
@@ -81,6 +83,7 @@ class Runtime:
         self.rows = _codec_rows(self.codec, self.config.frames_per_chunk)
         self.tick_s = self.config.chunk_ms / 1000
         self.metrics = Metrics()
+        self.resume = ResumeBook(settings.resume_window_s)
         self.lead_s = lead_s(self.tick_s, settings.lead_ms)
         self.engine: Engine = build_engine(
             settings.engine,
@@ -95,7 +98,11 @@ class Runtime:
                 dtype=settings.dtype,
                 threads=settings.threads,
                 tensor_parallel_size=settings.tensor_parallel_size,
+                opening_frames=_frames(settings.prompt_max_s, self.codec),
             ),
+        )
+        self.prompts = PromptLibrary(
+            self.codec, self.engine.info.max_opening_frames, settings.prompts_dir
         )
         self.warmup_step_s = self.engine.warm_up()
         if settings.lead_ms is None and 1.5 * self.warmup_step_s > self.lead_s:
@@ -121,6 +128,7 @@ class Runtime:
                 idle_timeout_s=settings.idle_timeout_s,
                 max_call_s=settings.max_call_s,
                 max_backlog_frames=max(2, math.ceil(settings.send_queue_s / self.tick_s)),
+                resume_window_s=settings.resume_window_s,
             ),
             StepPacer(
                 tick_s=self.tick_s,
@@ -180,6 +188,7 @@ class Runtime:
                 f"frame_ms {audio.frame_ms} is not an Opus packet length; use one of "
                 f"{list(OPUS_FRAME_MS)} that divides the tick",
             )
+        opening = [] if start.prompt is None else self.prompts.frames(start.prompt)
         s = self.settings
         session = CallSession(
             uuid.uuid4().hex,
@@ -193,8 +202,15 @@ class Runtime:
             wake=self.ticker.wake_tokenizer,
             noise_gate_db=self._gate(start.noise_gate_db),
             rows=self.rows,
+            replay_chunks=math.ceil(s.resume_replay_s / self.tick_s),
         )
         session.asked = (start.sampling, start.noise_gate_db)
+        session.opening = opening
+        if start.prompt is not None:
+            name = start.prompt.name or "uploaded"
+            log.info(
+                "call %s opens with voice prompt %s (%d frames)", session.id, name, len(opening)
+            )
         self.ticker.admit(session)
         if s.record_dir is not None:  # a debugging aid: a call it cannot record goes on
             try:
@@ -204,6 +220,54 @@ class Runtime:
             except (OSError, RuntimeError) as exc:  # soundfile's errors are RuntimeErrors
                 log.error("call %s is not recorded: %s", session.id, exc)
         return session
+
+    def resume_session(self, start: StartMessage, key: str | None) -> CallSession:
+        """Take up the dropped call `start.resume` names (raises ProtocolError saying why
+        not): `ready` again, with a new token and where the client's audio goes on, then
+        the agent chunks it asked to have again."""
+        assert start.resume is not None
+        session = self.resume.claim(start.resume.token, key)
+        if "audio" in start.model_fields_set and start.audio != session.audio:
+            self.resume.issue(session, key)  # the call still waits: the client may retry
+            raise ProtocolError(
+                ErrorCode.INVALID_MESSAGE,
+                "a resumed call keeps its audio format: leave `audio` out or repeat it",
+            )
+        self.ticker.fill_gap(session)  # the client's audio goes on from now
+        again = session.attach(start.resume.from_chunk)
+        self.resume.issue(session, key)
+        ready = self.ticker.ready_message(session).model_copy(
+            update={
+                "resumed": True,
+                "resume_sample": session.expected_sample,
+                "replay_from": again[0].chunk if again else None,
+            }
+        )
+        session.send_ready(ready)
+        session.resend(again)
+        self.metrics.calls_lost.labels("resumed").inc()
+        log.info(
+            "call %s resumed (%d), %d chunks sent again", session.id, session.resumes, len(again)
+        )
+        return session
+
+    def park(self, session: CallSession) -> bool:
+        """The call's connection dropped: keep it for a resume if it can have one (it has a
+        token, it is live, the server is not draining); whether it was kept."""
+        if (
+            session.resume_token is None
+            or session.state is not State.LIVE
+            or not session.opened
+            or self.ticker.draining
+        ):
+            return False
+        session.detach()
+        log.info(
+            "call %s lost its connection; it waits %g s for a resume",
+            session.id,
+            self.settings.resume_window_s,
+        )
+        return True
 
     def retune(
         self, session: CallSession, asked: SamplingRequest, noise_gate_db: float | None
@@ -246,6 +310,13 @@ def _codec_rows(codec: SpeechCodec, frames: int) -> tuple[EncoderRows, DecoderRo
     dec.decode({"warm-up": np.tile(np.asarray(codec.silence_frame), (frames, 1))})
     dec.remove("warm-up")
     return EncoderRows(enc), DecoderRows(dec)
+
+
+def _frames(seconds: float | None, codec: SpeechCodec) -> int | None:
+    """The codec frames `seconds` of audio make (None stays None)."""
+    if seconds is None:
+        return None
+    return math.ceil(round(seconds * codec.sample_rate) / codec.frame_samples)
 
 
 def _seed(seed: int | None) -> int:

@@ -13,6 +13,7 @@ import enum
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypedDict
@@ -143,6 +144,7 @@ class CallSession:
         wake: Callable[[], None],
         noise_gate_db: float = 0.0,
         rows: tuple[EncoderRows, DecoderRows] | None = None,
+        replay_chunks: int = 0,
     ) -> None:
         """`wake`: called (on the event loop) after each push of audio, to have it encoded.
         `rows`: the batches the call's encoder and decoder are rows of, when the codec has a
@@ -154,6 +156,7 @@ class CallSession:
         self.updates_owed = 0  # answers to `update` still to send (by the ticker)
         # what the caller asked for (its `start`, as changed since): what an `update` changes
         self.asked: tuple[SamplingRequest, float | None] = (SamplingRequest(), None)
+        self.opening: list[Frame] = []  # a voice prompt's frames, before chunk 0 (prompts.py)
         self.tick_s = tick_s
         self.codec_frame_s = tick_s / frames_per_chunk
         self.state = State.JOINING
@@ -189,6 +192,11 @@ class CallSession:
         self.done = asyncio.Event()
         self.queued_audio = 0  # audio frames in outbox, to detect a client not reading
         self.recorder: CallRecorder | None = None
+        # resume (server/resume.py): the agent's recent chunks, to send again after a drop
+        self.resume_token: str | None = None
+        self.detached_at: float | None = None  # monotonic time its connection dropped
+        self.resumes = 0
+        self.recent: deque[AgentChunk] = deque(maxlen=replay_chunks)
 
     # -- its codec state (the tick worker) ----------------------------------------------------
 
@@ -391,8 +399,11 @@ class CallSession:
         self.updates_owed = 0
 
     def send_audio(self, audio: AgentChunk, newest_arrival: float | None) -> None:
-        self.queued_audio += 1
         self.samples_sent = audio.first_sample + audio.samples
+        self.recent.append(audio)
+        if self.detached_at is not None:  # kept in `recent` for a resume, if one comes
+            return
+        self.queued_audio += 1
         self.outbox.put_nowait(Outgoing(audio=audio, newest_arrival=newest_arrival))
 
     def send_end_marker(self, chunk: int) -> None:
@@ -402,6 +413,40 @@ class CallSession:
         self.queued_audio += 1
         marker = AgentChunk(chunk, self.agent_out.samples_out, b"", last=True)
         self.outbox.put_nowait(Outgoing(audio=marker, end_marker=True))
+
+    # -- a dropped connection (server/resume.py) ------------------------------------------
+
+    def detach(self) -> None:
+        """The connection dropped: the call goes on without it (the caller's side silence,
+        `fill_gap`), its agent audio kept in `recent` only, until a resume or the window's
+        end."""
+        self.detached_at = time.monotonic()
+        self.outbox = asyncio.Queue()  # what the old connection never sent is not sent
+        self.queued_audio = 0
+
+    def fill_gap(self, samples: int) -> None:
+        """While detached: `samples` of silence for the caller, on the clock, in the client's
+        own numbering (a resumed client goes on from `expected_sample`)."""
+        if samples > 0:
+            self.expected_sample += samples
+            self._push(np.zeros(samples, dtype=np.float32), time.monotonic(), filler=True)
+
+    def attach(self, from_chunk: int | None) -> list[AgentChunk]:
+        """A resumed connection takes the call up; returns the agent chunks still held from
+        `from_chunk` on (all held, if it is older than the oldest), for `resend` after
+        `ready` (none for None)."""
+        self.detached_at = None
+        self.resumes += 1
+        self.last_activity = time.monotonic()
+        if from_chunk is None:
+            return []
+        return [c for c in self.recent if c.chunk >= from_chunk]
+
+    def resend(self, chunks: list[AgentChunk]) -> None:
+        """Agent chunks sent again after a resume, before the live ones."""
+        for chunk in chunks:
+            self.queued_audio += 1
+            self.outbox.put_nowait(Outgoing(audio=chunk))
 
     def send_barge_in(self) -> None:
         """Queued behind the audio already on its way, so the client drops that too."""
@@ -451,6 +496,7 @@ class CallSession:
             re_anchored_samples=self.pacing.re_anchored_samples,
             frames_gated=gated,
             noise_floor_db=round(floor_db, 1),
+            resumes=self.resumes,
             played_samples=self.played_sample,
             unplayed_samples=s.unplayed_samples,
             unheard_silenced_samples=round(s.unheard_silenced * frame),

@@ -115,6 +115,18 @@ class Settings(BaseSettings):
         "Realtime session stays open: its missing audio is silence)",
     )
     max_call_s: float = Field(default=3600.0, gt=0, description="maximum call length")
+    resume_window_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="a native call whose connection drops waits this long to be resumed with "
+        "its token, its slot and KV cache kept (0: no resume; the call ends at the drop)",
+    )
+    resume_replay_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="agent audio kept per call to send again on resume (from the chunk the "
+        "client names)",
+    )
     ping_interval_s: float = Field(default=20.0, gt=0, description="WebSocket ping interval")
     send_queue_s: float = Field(
         default=2.0, gt=0, description="cut off a client that falls this far behind reading"
@@ -130,6 +142,19 @@ class Settings(BaseSettings):
     allowed_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="browser Origins allowed to connect, comma-separated (none = any)",
+    )
+    prompts_dir: Path | None = Field(
+        default=None,
+        description="voice prompts calls may open with, one audio file each (NAME.wav or "
+        "NAME.flac), listed at GET /v1/prompts (docs/prompts.md)",
+    )
+    prompt_max_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=30,
+        description="longest voice prompt, named or uploaded, in seconds (none: what the "
+        "checkpoint's attention sink holds; longer grows the sink and shortens the attention "
+        "window by as much)",
     )
     record_dir: Path | None = Field(
         default=None,

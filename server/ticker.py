@@ -73,6 +73,7 @@ class TickerConfig:
     idle_timeout_s: float
     max_call_s: float
     max_backlog_frames: int
+    resume_window_s: float = 0.0  # a call whose connection dropped waits this long
 
 
 class Ticker:
@@ -133,6 +134,8 @@ class Ticker:
             self._in_engine.discard(session.id)
             self._leaving.append(session.id)
         self.metrics.sessions_active.set(len(self.sessions))
+        if session.recorder is not None:
+            session.recorder.close()
 
     @property
     def free_slots(self) -> int:
@@ -192,6 +195,9 @@ class Ticker:
                     self.metrics.re_anchors.labels("early").inc()
             if s.state is not State.LIVE:
                 continue
+            if s.detached_at is not None:  # its connection dropped: silence on the clock
+                self.fill_gap(s)
+                continue
             if (why := s.pacing.refusal(elapsed, s.expected_sample)) is not None:
                 self._cut(s, ErrorCode.CLOCK_DRIFT, why)
                 continue
@@ -201,6 +207,12 @@ class Ticker:
             if move.samples > 0:
                 s.insert_silence(move.samples)
             self.metrics.re_anchors.labels(move.direction).inc()
+
+    def fill_gap(self, s: CallSession) -> None:
+        """A call whose connection dropped: silence for the caller up to now."""
+        if s.join_tick is not None:
+            elapsed = time.monotonic() - self.clock.deadline(s.join_tick)
+            s.fill_gap(round(s.pacing.lag_s(elapsed, s.user_in.samples_in) * s.audio.sample_rate))
 
     def _awaited(self, tick: int) -> StepWait:
         """What the step of `tick` waits for (server/pacing/step.py): the live calls that have
@@ -296,7 +308,7 @@ class Ticker:
             if (gone := self._joined.pop(sid, None)) is not None:
                 gone.leave_rows()
         for s in plan.joins:
-            self.engine.add_session(s.id, s.sampling)
+            self.engine.add_session(s.id, s.sampling, s.opening)
             s.join_rows()
             self._joined[s.id] = s
         for sid, params in plan.retunes.items():
@@ -362,6 +374,8 @@ class Ticker:
                 s.finish()
             elif (cut := cut_off(s, plan.tick, now, self.config)) is not None:
                 self._cut(s, *cut)
+            if s.detached_at is not None and s.state is State.CLOSED:
+                self.discard(s)  # no connection left to close it
 
     async def _open(self, s: CallSession, frame: AgentChunk, deadline: float) -> None:
         """At the first tick boundary: `ready` (sample 0 of the call), then chunk 0."""
@@ -388,6 +402,8 @@ class Ticker:
             codec_sample_rate=codec_rate,
             lead_ms=round(self.pacer.max_budget_s * 1000, 3),
             latency_budget_ms=self.config.latency_budget_s * 1000,
+            resume_token=s.resume_token,
+            resume_window_s=self.config.resume_window_s if s.resume_token else 0.0,
             **s.settings(),
         )
 
@@ -469,10 +485,14 @@ def cut_off(
     s: CallSession, tick: int, now: float, cfg: TickerConfig
 ) -> tuple[ErrorCode, str] | None:
     """Why a call that goes on is cut off at this tick, if it is: a client not reading its
-    audio, no audio for the idle timeout, the longest call reached."""
+    audio, no audio for the idle timeout, a dropped connection not resumed in time, the
+    longest call reached."""
     if s.queued_audio > cfg.max_backlog_frames:
         return ErrorCode.SLOW_CONSUMER, "the client is not reading its audio"
-    if s.state is State.LIVE and now - s.last_activity > cfg.idle_timeout_s:
+    if s.detached_at is not None:
+        if now - s.detached_at > cfg.resume_window_s:
+            return ErrorCode.RESUME_FAILED, f"not resumed within {cfg.resume_window_s:g} s"
+    elif s.state is State.LIVE and now - s.last_activity > cfg.idle_timeout_s:
         return ErrorCode.IDLE_TIMEOUT, f"no audio for {cfg.idle_timeout_s:g} s"
     if (tick - (s.join_tick or 0)) * cfg.tick_s > cfg.max_call_s:
         return ErrorCode.CALL_TOO_LONG, f"calls last at most {cfg.max_call_s:g} s"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 PROTOCOL_VERSION = 1
 
@@ -69,6 +69,7 @@ class ErrorCode(StrEnum):
     SLOW_CONSUMER = "slow_consumer"
     SERVER_FULL = "server_full"
     SERVER_SHUTDOWN = "server_shutdown"
+    RESUME_FAILED = "resume_failed"
     INTERNAL_ERROR = "internal_error"
 
 
@@ -104,6 +105,7 @@ CLOSE_CODES: dict[ErrorCode, CloseCode] = {
     ErrorCode.SLOW_CONSUMER: CloseCode.POLICY_VIOLATION,
     ErrorCode.SERVER_FULL: CloseCode.TRY_AGAIN_LATER,
     ErrorCode.SERVER_SHUTDOWN: CloseCode.SERVICE_RESTART,
+    ErrorCode.RESUME_FAILED: CloseCode.POLICY_VIOLATION,
     ErrorCode.INTERNAL_ERROR: CloseCode.INTERNAL_ERROR,
 }
 
@@ -168,12 +170,47 @@ NoiseGateDb = Annotated[
 ]
 
 
+class ResumeRequest(_Message):
+    """Take up a call whose connection dropped (its `ready`'s `resume_token`)."""
+
+    token: str = Field(min_length=1, max_length=256)
+    from_chunk: int | None = Field(
+        default=None,
+        ge=0,
+        description="replay the agent's chunks from this index (those still held); "
+        "null: none, the call goes on from now",
+    )
+
+
+class PromptRequest(_Message):
+    """A voice prompt the call opens with (docs/prompts.md): one of the server's, by `name`
+    (`GET /v1/prompts`), or the caller's own: base64 PCM16 mono `audio` at `sample_rate`."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=128)
+    audio: str | None = Field(default=None, min_length=1, description="base64 PCM16 mono")
+    sample_rate: int | None = Field(default=None, description="of `audio`")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PromptRequest:
+        if (self.name is None) == (self.audio is None):
+            raise ValueError("a prompt is either a `name` or `audio` (with its `sample_rate`)")
+        if (self.audio is None) != (self.sample_rate is None):
+            raise ValueError("`audio` and `sample_rate` go together")
+        return self
+
+
 class StartMessage(_Message):
     type: Literal["start"]
     version: int = PROTOCOL_VERSION
     audio: AudioFormat = AudioFormat()
     sampling: SamplingParams = SamplingParams()
     noise_gate_db: NoiseGateDb = None
+    resume: ResumeRequest | None = Field(
+        default=None, description="resume a dropped call (its audio format and settings stay)"
+    )
+    prompt: PromptRequest | None = Field(
+        default=None, description="open the call with a voice prompt (docs/prompts.md)"
+    )
 
 
 class UpdateMessage(_Message):
@@ -271,6 +308,19 @@ class ReadyMessage(_CallSettings):
     codec_sample_rate: int
     lead_ms: float
     latency_budget_ms: float
+    resume_token: str | None = Field(
+        default=None,
+        description="reconnect with this (`start.resume`) to take the call up again if the "
+        "connection drops; single-use; null when the server does not resume calls",
+    )
+    resume_window_s: float = Field(default=0.0, description="how long a dropped call waits")
+    resumed: bool = Field(default=False, description="this `ready` takes up a dropped call")
+    resume_sample: int = Field(
+        default=0, description="resumed: the client's audio goes on from this sample"
+    )
+    replay_from: int | None = Field(
+        default=None, description="resumed: the first agent chunk sent again (null: none)"
+    )
 
 
 class UpdatedMessage(_CallSettings):
@@ -313,6 +363,7 @@ class StatsMessage(_ServerMessage):
     noise_floor_db: float = Field(
         default=-120.0, description="the line's noise floor at the end, dBFS (-120: digital zero)"
     )
+    resumes: int = Field(default=0, description="times the call was taken up after a drop")
     played_samples: int = Field(
         default=0, description="agent audio the client last said it played (`played`)"
     )

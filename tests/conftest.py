@@ -116,9 +116,12 @@ def stop_server(server: ServerProcess) -> None:
 
 @pytest.fixture(scope="session")
 def server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One real server shared by the end-to-end tests (4 call slots)."""
+    """One real server shared by the end-to-end tests (4 call slots; a call whose connection
+    drops waits 2 s for a resume, so the tests that drop calls do not hold slots long)."""
     log = tmp_path_factory.mktemp("server") / "server.log"
-    srv = start_server(checkpoint, log, "--max-sessions", "4", "--idle-timeout-s", "5")
+    srv = start_server(
+        checkpoint, log, "--max-sessions", "4", "--idle-timeout-s", "5", "--resume-window-s", "2"
+    )
     yield srv
     stop_server(srv)
 

@@ -390,7 +390,12 @@ def test_errors_are_counted(server: ServerProcess) -> None:
 # -- clients that go away or fall silent ----------------------------------------------------------
 
 
-def test_abrupt_disconnect_frees_the_slot(server: ServerProcess) -> None:
+@pytest.mark.parametrize("how", ["close_frame", "lost"])
+def test_a_disconnect_frees_the_slot(server: ServerProcess, how: str) -> None:
+    """A client that hangs up (a close frame, no `end`) frees its slot at once; a connection
+    lost (a TCP reset, no close frame) keeps the call and its slot for the resume window
+    (2 s on this server: tests/test_resume.py), then frees it."""
+
     async def main() -> None:
         ws = await open_ws(server)
         await ws.send(start_msg())
@@ -398,13 +403,19 @@ def test_abrupt_disconnect_frees_the_slot(server: ServerProcess) -> None:
         for n in range(10):
             await ws.send(frame(n, n * FRAME))
         assert healthz(server)["sessions"] == 1
-        ws.transport.abort()  # no close frame, TCP reset
+        if how == "lost":
+            ws.transport.abort()  # no close frame, TCP reset
+        else:
+            await ws.close()
         with contextlib.suppress(ConnectionClosed):
             await ws.wait_closed()
 
     run(main())
-    took = wait_sessions(server, 0, within_s=2.0)
-    assert took < 2 * TICK_S + 0.3, f"slot freed only after {took:.2f} s"
+    took = wait_sessions(server, 0, within_s=4.0)
+    if how == "lost":
+        assert 2.0 <= took < 2.0 + 2 * TICK_S + 0.3, f"slot freed after {took:.2f} s"
+    else:
+        assert took < 2 * TICK_S + 0.3, f"slot freed only after {took:.2f} s"
 
 
 @pytest.fixture(scope="module")

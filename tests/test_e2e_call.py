@@ -106,6 +106,9 @@ def check_stats(stats: StatsMessage, result: CallResult | None = None) -> None:
         assert result.frames_received == stats.ticks
         duration = result.samples_sent / result.ready.sample_rate
         assert abs(stats.ticks - math.ceil(duration / TICK_S)) <= 1
+        # `duplex call` acknowledges what it received (it writes, never drops): `played`
+        assert 0 < stats.played_samples <= stats.ticks * result.ready.chunk_samples
+        assert stats.unplayed_samples == stats.unheard_silenced_samples == 0
 
 
 # -- audio ----------------------------------------------------------------------------------------

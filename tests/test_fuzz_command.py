@@ -21,7 +21,9 @@ def fuzz_server(
     checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
     log = tmp_path_factory.mktemp("fuzz") / "server.log"
-    srv = start_server(checkpoint, log, "--max-sessions", "8", "--idle-timeout-s", "5")
+    srv = start_server(  # the native calls it drops wait 1 s for a resume
+        checkpoint, log, "--max-sessions", "8", "--idle-timeout-s", "5", "--resume-window-s", "1"
+    )
     yield srv
     stop_server(srv)
 

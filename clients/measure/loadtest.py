@@ -60,6 +60,7 @@ from clients.client import (
     PROTOCOL_VIOLATION,
     DuplexClient,
     DuplexError,
+    PlaybackAcks,
     ReceivedFrame,
 )
 from clients.measure.loadtest_report import (
@@ -272,10 +273,12 @@ async def place_call(
                 await c.end(len(wire))
 
             async def receive() -> None:
+                acks = PlaybackAcks(c)  # a caller hears each frame as it comes
                 async for event in c.events():
                     if isinstance(event, ReceivedFrame):
                         run.frames.append(event)
                         live.received += 1
+                        await acks.received(event)
 
             try:
                 await run_both(send(), receive(), due[-1] - c.t_ready + FINISH_TIMEOUT_S)

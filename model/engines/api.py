@@ -9,6 +9,7 @@ their sampling, only between steps, on the one thread that runs steps.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -31,6 +32,10 @@ class EngineOptions:
     dtype: str = "float32"
     threads: int | None = None  # CPU threads for the model (None: the engine's own choice)
     tensor_parallel_size: int = 1  # GPUs one engine's model is split over (vllm)
+    # The longest opening (voice prompt, in codec frames) a call may bring; the attention sink
+    # grows past the checkpoint's to hold it, whatever its content (None: what the
+    # checkpoint's sink holds).
+    opening_frames: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +47,8 @@ class EngineInfo:
     fmt: ChunkFormat  # the chunk format; frames are `fmt.units_per_frame`-tuples
     max_sessions: int
     max_rollback_chunks: int
+    sink_tokens: int = 0  # the attention sink: a call's first tokens, kept for good
+    max_opening_frames: int = 0  # the longest opening `add_session` takes (it fits the sink)
 
     @property
     def frames_per_chunk(self) -> int:
@@ -90,8 +97,14 @@ class Engine(Protocol):
 
     info: EngineInfo
 
-    def add_session(self, session_id: str, params: SamplingParams) -> None:
-        """A call joins (its conversation starts empty); raises when no slot is free."""
+    def add_session(
+        self, session_id: str, params: SamplingParams, opening: Sequence[Frame] = ()
+    ) -> None:
+        """A call joins; raises RuntimeError when no slot is free. `opening` (a voice prompt:
+        at most `info.max_opening_frames` codec frames, else ValueError) is written as whole
+        chunks of the agent's speech over user silence before the call's chunk 0 and stays
+        in the attention sink for the whole call; the call's chunks (`StepRequest`,
+        `StepResult`) are numbered from after it, as without one."""
         ...
 
     def remove_session(self, session_id: str) -> None:

@@ -15,6 +15,8 @@ A step, per session with agent chunk k to produce:
    `SPEAK_UP_P`. A caller who barged in on the agent and has talked `barge_in_frames` frames
    (model/barge_in.py) gets a silent agent chunk instead, until they pause, unless the
    chunk is a response they asked for (`prompt`).
+A call's opening (a voice prompt, `add_session`) is the timeline's first chunks; requests and
+results number the call's own chunks and frames from after it, so the server never sees it.
 A frame is `units_per_frame` units, drawn one per forward, codebook 0 first; a tag may only
 come where a frame starts, and the rules for a chunk's start (speak up, start bias, prompt)
 act at its first draw: codebook 0 of its first frame.
@@ -32,6 +34,7 @@ from __future__ import annotations
 import enum
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -43,7 +46,7 @@ from model.checkpoint import DuplexConfig
 from model.engines.api import EngineInfo, StepRequest, StepResult
 from model.format import Frame, interpolate
 from model.sampling import SamplingParams, TokenMasks, sample
-from model.timeline import Timeline
+from model.timeline import Timeline, opening_tokens
 
 # A dead conversation's agent starts a chunk with at least this chance: ~0.5 s to speak up on
 # average, and two such agents (self-play) both start in a given chunk with chance 1/16.
@@ -98,12 +101,13 @@ class Stepper(ABC, Generic[C]):
         max_sessions: int,
         max_rollback_chunks: int,
         estimate_units: int | None = None,
+        opening_frames: int | None = None,
     ) -> None:
         """`estimate_units`: the most frames sampled for an estimated user chunk (None, or
         more than a chunk holds: a whole chunk's worth). It counts frames, not units, at any
         `units_per_frame`: an estimate is whole frames, and the setting stands for the same
         stretch of audio whatever the codec. Each of a frame's units is one sequential
-        forward of the whole batch."""
+        forward of the whole batch. `opening_frames`: as `EngineOptions`'."""
         if estimate_units is not None and estimate_units < 0:
             raise ValueError(f"estimate_units must be >= 0, got {estimate_units}")
         self.config = config
@@ -115,14 +119,35 @@ class Stepper(ABC, Generic[C]):
         self.chunk_tokens = 2 * (n * self.fmt.units_per_frame + 1)  # a step's most, both sides
         # the positions a rollback may reach back: never attended, so never forgotten early
         self.reserve = (max_rollback_chunks + 2) * self.chunk_tokens
-        ring = config.context_tokens - config.sink_tokens
+        self.sink_tokens, self.max_opening_frames = self._sink(opening_frames)
+        ring = config.context_tokens - self.sink_tokens
         if self.reserve * 2 > ring:
             raise ValueError(
-                f"context_tokens {config.context_tokens} (sink {config.sink_tokens}) is too "
+                f"context_tokens {config.context_tokens} (sink {self.sink_tokens}) is too "
                 f"small for a rollback of {max_rollback_chunks} chunks"
             )
         self.sessions: dict[str, C] = {}
-        self.info = EngineInfo(name, config, self.fmt, max_sessions, max_rollback_chunks)
+        self.info = EngineInfo(
+            name, config, self.fmt, max_sessions, max_rollback_chunks,
+            self.sink_tokens, self.max_opening_frames,
+        )  # fmt: skip
+
+    def _sink(self, opening_frames: int | None) -> tuple[int, int]:
+        """The attention sink's size and the longest opening it holds, in frames: the
+        checkpoint's sink and the whole chunks that fit it, or a sink grown (never shrunk)
+        to hold `opening_frames` at its most tokens. The context stays the checkpoint's, so a
+        larger sink leaves a shorter window and no attention distance the model was not
+        trained on."""
+        n, sink = self.frames_per_chunk, self.config.sink_tokens
+        if opening_frames is None:
+            fits = 0
+            while opening_tokens(self.fmt, fits + 1) <= sink:
+                fits += 1
+            return sink, fits * n
+        if opening_frames < 0:
+            raise ValueError(f"opening_frames must be >= 0, got {opening_frames}")
+        chunks = -(-opening_frames // n)
+        return max(sink, opening_tokens(self.fmt, chunks) if chunks else 0), opening_frames
 
     @property
     def frames_per_chunk(self) -> int:
@@ -151,11 +176,20 @@ class Stepper(ABC, Generic[C]):
 
     # -- the seam (model/engines/api.py) --------------------------------------------------
 
-    def add_session(self, session_id: str, params: SamplingParams) -> None:
+    def add_session(
+        self, session_id: str, params: SamplingParams, opening: Sequence[Frame] = ()
+    ) -> None:
         if session_id in self.sessions:
             raise ValueError(f"session {session_id!r} already exists")
+        if len(opening) > self.max_opening_frames:
+            raise ValueError(
+                f"an opening of {len(opening)} frames does not fit the attention sink "
+                f"({self.sink_tokens} tokens: {self.max_opening_frames} frames at most)"
+            )
+        timeline = Timeline(self.fmt)
+        timeline.open(opening)
         gen = torch.Generator().manual_seed(params.seed)
-        self.sessions[session_id] = self._new_call(Timeline(self.fmt), params, gen)
+        self.sessions[session_id] = self._new_call(timeline, params, gen)
 
     def retune(self, session_id: str, params: SamplingParams) -> None:
         """Sample a session's next steps with `params` (a caller's mid-call change); its
@@ -235,9 +269,10 @@ class Stepper(ABC, Generic[C]):
     def _prepare(self, req: StepRequest) -> _Job[C]:
         s = self.sessions[req.session_id]
         tl = s.timeline
-        k = len(tl.agent)
-        result = StepResult(k, [], [], [], 0, 0)
-        s.pending.update(req.real_user)
+        k = len(tl.agent)  # the timeline's chunk; the call's is k - o, after its opening
+        o, n = tl.opening, self.frames_per_chunk
+        result = StepResult(k - o, [], [], [], 0, 0)
+        s.pending.update({j + o: frames for j, frames in req.real_user.items()})
         for j in sorted(s.pending):
             if j >= len(tl.user):
                 continue
@@ -245,19 +280,18 @@ class Stepper(ABC, Generic[C]):
             if tl.user_real[j]:
                 continue  # a duplicate of audio already in place
             if j < len(tl.user) - self.max_rollback_chunks:
-                result.dropped.append(j)
+                result.dropped.append(j - o)
                 continue
             tl.replace_user(j, frames)
-            result.replaced.append(j)
+            result.replaced.append(j - o)
         for first, end in req.unheard:
-            self._unheard(tl, result, first, end)
+            self._unheard(tl, result, first + o * n, end + o * n)
         result.rollback_tokens = self._roll_back(s)
         if k > 0 and (k - 1) in s.pending:
             tl.append_user(s.pending.pop(k - 1), real=True)
         job: _Job[C] = _Job(s, result, _Phase.USER_TAG if len(tl.user) < k else _Phase.AGENT_UNITS)
         job.prompt = req.prompt
-        n = self.frames_per_chunk
-        if job.phase is _Phase.USER_TAG and req.partial_user and req.partial_user[0] == k - 1:
+        if job.phase is _Phase.USER_TAG and req.partial_user and req.partial_user[0] + o == k - 1:
             job.partial = req.partial_user[1][: n - 1]
             result.partial_frames = len(job.partial)
         heard = barged_in(tl, job.partial, s.params.barge_in_frames)

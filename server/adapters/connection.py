@@ -30,7 +30,17 @@ CLOSE_TIMEOUT_S = 2.0
 
 
 class Disconnected(Exception):
-    """The client went away."""
+    """The client went away; `code`: its close code (`LOST`: no close frame came)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+# The connection ended without the client's close frame (a network drop: uvicorn says 1005
+# once the handshake is done, 1006 before): such a call may resume. A client that hangs up
+# sends a close frame with its code.
+LOST = (1005, 1006)
 
 
 class CallTransport(Protocol):
@@ -55,8 +65,9 @@ async def serve_call(ws: WebSocket, runtime: Runtime, transport: CallTransport) 
     await ws.accept()
     session: CallSession | None = None
     sender: asyncio.Task[None] | None = None
+    parked = False  # the connection dropped and the call waits for a resume
     try:
-        check_access(ws, runtime.settings)
+        ws.state.api_key = check_access(ws, runtime.settings)
         session = await _unless_draining(transport.open(ws, runtime), runtime.ticker.drain_started)
         sender = asyncio.create_task(_send_loop(ws, session, runtime, transport))
         await _converse(ws, session, transport)
@@ -69,7 +80,12 @@ async def serve_call(ws: WebSocket, runtime: Runtime, transport: CallTransport) 
                 await asyncio.wait_for(asyncio.shield(sender), CLOSE_TIMEOUT_S)
         else:
             await close_with_error(ws, transport, exc)
-    except (Disconnected, WebSocketDisconnect, TimeoutError):
+    except (Disconnected, WebSocketDisconnect) as exc:
+        # a client that hangs up sends a close frame; a lost connection may be resumed
+        if exc.code in LOST and session is not None:
+            parked = runtime.park(session)
+            runtime.metrics.calls_lost.labels("waiting" if parked else "ended").inc()
+    except TimeoutError:
         pass
     except Exception:
         log.exception("call %s failed", session.id if session else "-")
@@ -78,21 +94,19 @@ async def serve_call(ws: WebSocket, runtime: Runtime, transport: CallTransport) 
             ws, transport, ProtocolError(ErrorCode.INTERNAL_ERROR, "internal server error")
         )
     finally:
-        if session is not None:
+        if session is not None and not parked:
             runtime.ticker.discard(session)
-            if session.recorder is not None:
-                session.recorder.close()
         if sender is not None:
             sender.cancel()
 
 
-def check_access(ws: WebSocket, settings: Settings) -> None:
-    """API key and Origin checks (both off unless configured)."""
+def check_access(ws: WebSocket, settings: Settings) -> str | None:
+    """API key and Origin checks (both off unless configured); the key the client gave."""
     origin = ws.headers.get("origin")
     if settings.allowed_origins and origin is not None and origin not in settings.allowed_origins:
         raise ProtocolError(ErrorCode.FORBIDDEN_ORIGIN, f"origin {origin!r} is not allowed")
     if not settings.api_keys:
-        return
+        return None
     auth = ws.headers.get("authorization", "")
     key = auth[7:].strip() if auth.lower().startswith("bearer ") else ws.query_params.get("token")
     if not key:
@@ -102,6 +116,7 @@ def check_access(ws: WebSocket, settings: Settings) -> None:
         )
     if not any(hmac.compare_digest(key, k) for k in settings.api_keys):
         raise ProtocolError(ErrorCode.UNAUTHORIZED, "the API key is not valid")
+    return key
 
 
 async def receive(ws: WebSocket) -> str | bytes:
@@ -110,7 +125,7 @@ async def receive(ws: WebSocket) -> str | bytes:
     and 1007 is what RFC 6455 (section 8.1) closes such a connection with."""
     message = await ws.receive()
     if message["type"] == "websocket.disconnect":
-        raise Disconnected
+        raise Disconnected(int(message.get("code", 1006)))
     if message.get("text") is not None:
         text = str(message["text"])
         if not text.isascii():

@@ -52,7 +52,12 @@ class NativeTransport:
             )
         self._frames_in = runtime.metrics.frames_in
         self._runtime = runtime
-        session = runtime.open_session(message)
+        key = ws.state.api_key
+        if message.resume is not None:
+            session = runtime.resume_session(message, key)
+        else:
+            session = runtime.open_session(message)
+            runtime.resume.issue(session, key)
         if session.audio.encoding == "opus":
             self._opus = OpusDecoderStream(session.audio.sample_rate)
         return session

@@ -219,7 +219,7 @@ class RealtimeTransport:
             audio = await self._on_message(ws, None, data)
             if audio is None:
                 continue
-            session = runtime.open_session(self._options.start(self._server))
+            session = runtime.open_session(self._options.start(self._server, runtime.prompts))
             self._admitted = True
             self._vad = EnergyVad(self._rate, self._options.vad_params())
             self._units_per_chunk = session.user_in.frames_per_chunk * (
@@ -364,7 +364,7 @@ class RealtimeTransport:
         if not isinstance(update, dict):
             raise ClientError("invalid_type", "`session` must be an object", "session")
         beta = self._beta or ("type" not in update and bool(BETA_KEYS & update.keys()))
-        options = self._options.updated(update, self._server)
+        options = self._options.updated(update, self._server, opened=self._admitted)
         if self._admitted and options.format != self._options.format:
             raise ClientError(
                 "session_format_locked",
@@ -763,7 +763,7 @@ class RealtimeTransport:
                 "model": None,  # the beta session's `model` may only name one of OpenAI's
                 "modalities": ["audio"],
                 "instructions": "",
-                "voice": DEFAULT_MODEL,
+                "voice": o.voice or DEFAULT_MODEL,
                 "input_audio_format": o.format.beta(),
                 "output_audio_format": o.format.beta(),
                 "input_audio_transcription": None,
@@ -789,7 +789,7 @@ class RealtimeTransport:
                     "noise_reduction": noise,
                     "turn_detection": turn,
                 },
-                "output": {"format": fmt, "voice": DEFAULT_MODEL},
+                "output": {"format": fmt, "voice": o.voice or DEFAULT_MODEL},
             },
         }
 

@@ -12,7 +12,10 @@ the others change the running call from its next step:
   is whether a caller who talks over the agent silences it (`barge_in_ms`); `null` turns the
   events and that off;
 - `noise_reduction`: the server's noise gate (`null` turns it off, `strength` scales it);
-- `temperature` (beta sessions).
+- `temperature` (beta sessions);
+- `voice` (beta) / `audio.output.voice` (GA): the voice prompt the call opens with, when this
+  server has one of that name (server/prompts.py); any other name (OpenAI's "alloy", which
+  clients send by default) is the model's own voice. It is read once, when the call opens.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, cast, get_args
 
 from server.call_sampling import resolve
+from server.prompts import PromptLibrary
 from server.settings import Settings
 from streaming.vad import FRAME_MS, VadParams
 from streaming.wire import (
@@ -240,6 +244,15 @@ def parse_turn_detection(value: Any, param: str) -> TurnDetection | None:
     return out
 
 
+def parse_voice(value: Any, param: str) -> str | None:
+    """A voice's name: a string, a custom voice `{"id": ...}`, or null (the model's own)."""
+    if isinstance(value, dict) and set(value) == {"id"}:
+        value = value["id"]
+    if value is not None and not (isinstance(value, str) and value):
+        raise ClientError("invalid_value", f"voice {value!r}: use a name or {{'id': name}}", param)
+    return value
+
+
 def _interrupt(value: dict[str, Any], param: str) -> bool:
     """`interrupt_response`: true when left out or null, as OpenAI's default."""
     interrupt = value.get("interrupt_response")
@@ -290,6 +303,7 @@ _FIELDS: dict[str, tuple[tuple[str, ...], str]] = {
     "turn_detection": (("audio", "input", "turn_detection"), "turn_detection"),
     "noise_reduction": (("audio", "input", "noise_reduction"), "input_audio_noise_reduction"),
     "temperature": (("temperature",), "temperature"),
+    "voice": (("audio", "output", "voice"), "voice"),
 }
 # Keys only a beta session has: a `session.update` with one of them (and no GA `type`) is beta.
 BETA_KEYS = frozenset(
@@ -328,9 +342,13 @@ class RealtimeOptions:
     noise_strength: float | None = None  # None: the server's gate as it is; 0: none
     noise_reduction: NoiseReduction = "near_field"  # the type the client named, echoed
     temperature: float | None = None  # None: the eagerness's or the server's
+    voice: str | None = None  # as the client named it; a prompt of that name opens the call
 
-    def updated(self, session: dict[str, Any], server: Settings) -> RealtimeOptions:
-        """These options with a `session.update`'s fields applied (GA or beta shape)."""
+    def updated(
+        self, session: dict[str, Any], server: Settings, opened: bool = False
+    ) -> RealtimeOptions:
+        """These options with a `session.update`'s fields applied (GA or beta shape); once
+        the call has `opened`, its voice stays (as OpenAI's, once the model has spoken)."""
         out = self
         wanted = requested_format(session)
         if wanted is not None:
@@ -343,6 +361,9 @@ class RealtimeOptions:
             out = dataclasses.replace(
                 out, noise_strength=strength, noise_reduction=named or out.noise_reduction
             )
+        for value, where in _named(session, "voice"):
+            voice = parse_voice(value, where)
+            out = out if opened else dataclasses.replace(out, voice=voice)
         for t, where in _named(session, "temperature"):
             if t is None:  # back to the eagerness's or the server's
                 out = dataclasses.replace(out, temperature=None)
@@ -369,8 +390,9 @@ class RealtimeOptions:
             return default_db
         return min(MAX_NOISE_GATE_DB, default_db * self.noise_strength)
 
-    def start(self, server: Settings) -> StartMessage:
-        """The `start` a native client would send for this session."""
+    def start(self, server: Settings, prompts: PromptLibrary | None = None) -> StartMessage:
+        """The `start` a native client would send for this session; with `prompts`, the
+        opening's too (the voice prompt its `voice` names, if the server has one)."""
         turn = self.turn
         semantic = turn is not None and turn.kind == "semantic_vad"
         idle = None if turn is None else turn.idle_timeout_ms  # server_vad only
@@ -381,8 +403,13 @@ class RealtimeOptions:
             barge_in_ms=None if turn is not None and turn.interrupt_response else 0.0,
         )
         gate = None if self.noise_strength is None else self.noise_gate_db(server.noise_gate_db)
+        prompt = None if prompts is None else prompts.voice(self.voice)
         return StartMessage(
-            type="start", audio=self.format.wire(), sampling=sampling, noise_gate_db=gate
+            type="start",
+            audio=self.format.wire(),
+            sampling=sampling,
+            noise_gate_db=gate,
+            prompt=prompt,
         )
 
     def temperature_echo(self, server: Settings) -> float:

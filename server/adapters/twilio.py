@@ -155,18 +155,20 @@ def parse_event(data: str | bytes) -> _Event | None:
 def call_start(custom: dict[str, Any]) -> StartMessage:
     """The call's `start`: mu-law 8 kHz, and the settings the TwiML's `<Parameter>`s name
     (`customParameters`, all strings): the `sampling` fields of the native protocol
-    (`eagerness`, `temperature`, ...) and `noise_gate_db`. Other names (they are
-    case-sensitive) are the application's own and are left alone, as is an empty value."""
+    (`eagerness`, `temperature`, ...), `noise_gate_db`, and `prompt`: the name of one of the
+    server's voice prompts (docs/prompts.md). Other names (they are case-sensitive) are the
+    application's own and are left alone, as is an empty value."""
     given = {k: str(v) for k, v in custom.items() if str(v) != ""}  # "": a template left empty
     sampling = {k: v for k, v in given.items() if k in SamplingParams.model_fields}
     gate = {k: v for k, v in given.items() if k == "noise_gate_db"}
+    prompt = {"prompt": {"name": given["prompt"]}} if "prompt" in given else {}
     try:
         return StartMessage.model_validate_strings(
-            {"type": "start", "sampling": sampling, **gate}
+            {"type": "start", "sampling": sampling, **gate, **prompt}
         ).model_copy(update={"audio": AUDIO})
     except ValidationError as exc:
         first = exc.errors()[0]
-        name = str(first["loc"][-1])
+        name = "prompt" if first["loc"][0] == "prompt" else str(first["loc"][-1])
         raise ProtocolError(
             ErrorCode.INVALID_MESSAGE,
             f'<Parameter name="{name}" value={custom.get(name)!r}>: {first["msg"]}',
@@ -216,13 +218,13 @@ class TwilioTransport:
         self._last_seq = event.sequenceNumber
         start = call_start(event.start.customParameters)
         session = runtime.open_session(start)
-        asked = start.model_dump(include={"sampling", "noise_gate_db"}, exclude_none=True)
+        asked = start.model_dump(include={"sampling", "noise_gate_db", "prompt"}, exclude_none=True)
         log.info(
             "twilio stream %s (call %s) is session %s%s",
             self.stream_sid,
             self.call_sid,
             session.id,
-            f" with {asked}" if asked.get("sampling") or "noise_gate_db" in asked else "",
+            f" with {asked}" if asked.get("sampling") or asked.keys() - {"sampling"} else "",
         )
         return session
 

@@ -43,6 +43,7 @@ def load_engine(checkpoint: Path, options: EngineOptions) -> TorchEngine:
         max_sessions=options.max_sessions,
         max_rollback_chunks=options.max_rollback_chunks,
         estimate_units=options.estimate_units,
+        opening_frames=options.opening_frames,
     )
 
 
@@ -57,16 +58,18 @@ class TorchEngine(Stepper[_Session]):
         max_sessions: int,
         max_rollback_chunks: int,
         estimate_units: int | None = None,
+        opening_frames: int | None = None,
     ) -> None:
-        """`estimate_units`: as `Stepper`'s."""
+        """`estimate_units`, `opening_frames`: as `Stepper`'s."""
         self.decoder = SlotDecoder(llama)
         super().__init__(
             "torch", config, self.decoder.vocab_size, max_sessions=max_sessions,
             max_rollback_chunks=max_rollback_chunks, estimate_units=estimate_units,
+            opening_frames=opening_frames,
         )  # fmt: skip
         self.max_forward_tokens = 2 * self.chunk_tokens  # what the reserve leaves after a rollback
         self.cache = self.decoder.new_cache(
-            max_sessions, config.context_tokens, self.reserve, sink=config.sink_tokens
+            max_sessions, config.context_tokens, self.reserve, sink=self.sink_tokens
         )
 
     def _new_call(

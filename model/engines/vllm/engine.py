@@ -14,8 +14,9 @@ every tick and is replaced at the next, so a stream would be torn down and opene
 every tick, and a step needs the logits after each drawn token anyway.
 
 Unlimited call length: vLLM has no attention sink, so the prompt is the call's first
-`sink_tokens` tokens and then its latest ones, from a window start that moves in steps of a
-quarter of the ring (context_tokens - sink_tokens). Between two moves the prompt's prefix is
+`sink_tokens` tokens (the engine's sink, a voice prompt's opening in it) and then its latest
+ones, from a window start that moves in steps of a quarter of the ring (context_tokens -
+sink_tokens). Between two moves the prompt's prefix is
 the same and stays cached; each move costs one prefill of the window. The model sees between
 3/4 of the ring and all of it (the torch engine: the ring less the rollback reserve), and the
 sink sits just before the window's start, as the torch engine re-rotates it (RoPE sees only
@@ -96,6 +97,7 @@ def load_engine(checkpoint: Path, options: EngineOptions) -> VllmEngine:
         max_sessions=options.max_sessions,
         max_rollback_chunks=options.max_rollback_chunks,
         estimate_units=options.estimate_units,
+        opening_frames=options.opening_frames,
     )
 
 
@@ -110,9 +112,10 @@ class VllmEngine(Stepper[_Request]):
         max_sessions: int,
         max_rollback_chunks: int,
         estimate_units: int | None = None,
+        opening_frames: int | None = None,
     ) -> None:
         """`llm`: a `vllm.LLM` on the checkpoint's weights, its prompts at most
-        `config.context_tokens` long; `estimate_units`: as `Stepper`'s."""
+        `config.context_tokens` long; `estimate_units`, `opening_frames`: as `Stepper`'s."""
         from vllm import SamplingParams as VllmSampling
 
         self.llm = llm
@@ -120,6 +123,7 @@ class VllmEngine(Stepper[_Request]):
         super().__init__(
             "vllm", config, vocab_size, max_sessions=max_sessions,
             max_rollback_chunks=max_rollback_chunks, estimate_units=estimate_units,
+            opening_frames=opening_frames,
         )  # fmt: skip
         cache = llm.llm_engine.vllm_config.cache_config
         per_call = math.ceil(config.context_tokens / cache.block_size)
@@ -131,7 +135,7 @@ class VllmEngine(Stepper[_Request]):
                 "lower --max-sessions or give it more memory (VLLM_CPU_KVCACHE_SPACE GiB on a "
                 "CPU, gpu_memory_utilization on a GPU)"
             )
-        ring = config.context_tokens - config.sink_tokens
+        ring = config.context_tokens - self.sink_tokens
         self.trim = ring // 4  # how far the window's start moves at a time
         self.max_prompt = config.context_tokens - 1  # and one position for vLLM's own draw
         self.request = VllmSampling(
@@ -148,7 +152,7 @@ class VllmEngine(Stepper[_Request]):
     ) -> _Request:
         if len(self.sessions) >= self.info.max_sessions:
             raise RuntimeError(f"all {self.info.max_sessions} calls vLLM has room for are live")
-        return _Request(timeline=timeline, params=params, gen=gen, start=self.config.sink_tokens)
+        return _Request(timeline=timeline, params=params, gen=gen, start=self.sink_tokens)
 
     def _drop_call(self, call: _Request) -> None:
         """Nothing to free: its KV blocks are vLLM's cache, reused as others need them."""
@@ -160,7 +164,7 @@ class VllmEngine(Stepper[_Request]):
 
     def _prompt(self, call: _Request) -> list[int]:
         """The sink, then the window: moved on in steps, so that its prefix stays cached."""
-        tokens, sink = call.timeline.tokens, self.config.sink_tokens
+        tokens, sink = call.timeline.tokens, self.sink_tokens
         while sink + len(tokens) - call.start > self.max_prompt:
             call.start += self.trim
         return tokens[:sink] + tokens[call.start :]
