@@ -34,13 +34,19 @@ class ResumeBook:
         self.window_s = window_s
         self._tickets: dict[str, _Ticket] = {}
 
-    def issue(self, session: CallSession, key: str | None) -> str | None:
-        """A new token for `session` (its earlier ones stop working); None when resuming is
-        off (`resume_window_s` 0)."""
+    def new_token(self) -> str | None:
+        """A token to tell a client before its call is admitted (a Realtime session's is in
+        `session.created`); None when resuming is off (`resume_window_s` 0)."""
+        return secrets.token_urlsafe(24) if self.window_s > 0 else None
+
+    def issue(self, session: CallSession, key: str | None, token: str | None = None) -> str | None:
+        """A new token for `session` (or `token`, from `new_token`); its earlier ones stop
+        working, and so do those of calls that ended (the book holds live calls only)."""
         self.forget(session)
-        if self.window_s <= 0:
+        self._tickets = {t: k for t, k in self._tickets.items() if not k.session.done.is_set()}
+        token = token or self.new_token()
+        if token is None:
             return None
-        token = secrets.token_urlsafe(24)
         self._tickets[token] = _Ticket(session, _key_hash(key))
         session.resume_token = token
         return token

@@ -24,7 +24,7 @@ from server.pacing.step import StepPacer
 from server.prompts import PromptLibrary
 from server.recording import CallRecorder
 from server.resume import ResumeBook
-from server.session import CallSession, State
+from server.session import AgentChunk, CallSession, State
 from server.settings import Settings
 from server.ticker import Ticker, TickerConfig
 from streaming.agent_output import DecoderRows
@@ -227,15 +227,19 @@ class Runtime:
         the agent chunks it asked to have again."""
         assert start.resume is not None
         session = self.resume.claim(start.resume.token, key)
+        if session.adapter is not None:
+            self.resume.issue(session, key, start.resume.token)  # it still waits
+            raise ProtocolError(
+                ErrorCode.RESUME_FAILED,
+                "the token is of a Realtime session: resume it on /v1/realtime",
+            )
         if "audio" in start.model_fields_set and start.audio != session.audio:
             self.resume.issue(session, key)  # the call still waits: the client may retry
             raise ProtocolError(
                 ErrorCode.INVALID_MESSAGE,
                 "a resumed call keeps its audio format: leave `audio` out or repeat it",
             )
-        self.ticker.fill_gap(session)  # the client's audio goes on from now
-        again = session.attach(start.resume.from_chunk)
-        self.resume.issue(session, key)
+        again = self.take_up(session, start.resume.from_chunk, key)
         ready = self.ticker.ready_message(session).model_copy(
             update={
                 "resumed": True,
@@ -245,11 +249,21 @@ class Runtime:
         )
         session.send_ready(ready)
         session.resend(again)
-        self.metrics.calls_lost.labels("resumed").inc()
         log.info(
             "call %s resumed (%d), %d chunks sent again", session.id, session.resumes, len(again)
         )
         return session
+
+    def take_up(
+        self, session: CallSession, from_chunk: int | None, key: str | None
+    ) -> list[AgentChunk]:
+        """A claimed call's new connection: its caller's silence filled up to now, attached,
+        given a new token; the agent chunks from `from_chunk` it still holds."""
+        self.ticker.fill_gap(session)  # the client's audio goes on from now
+        again = session.attach(from_chunk)
+        self.resume.issue(session, key)
+        self.metrics.calls_lost.labels("resumed").inc()
+        return again
 
     def park(self, session: CallSession) -> bool:
         """The call's connection dropped: keep it for a resume if it can have one (it has a

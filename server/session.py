@@ -194,6 +194,7 @@ class CallSession:
         self.recorder: CallRecorder | None = None
         # resume (server/resume.py): the agent's recent chunks, to send again after a drop
         self.resume_token: str | None = None
+        self.adapter: object | None = None  # a Realtime call's transport: its state goes on
         self.detached_at: float | None = None  # monotonic time its connection dropped
         self.resumes = 0
         self.recent: deque[AgentChunk] = deque(maxlen=replay_chunks)

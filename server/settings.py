@@ -118,7 +118,7 @@ class Settings(BaseSettings):
     resume_window_s: float = Field(
         default=30.0,
         ge=0,
-        description="a native call whose connection drops waits this long to be resumed with "
+        description="a native or Realtime call whose connection drops waits this long to be resumed with "
         "its token, its slot and KV cache kept (0: no resume; the call ends at the drop)",
     )
     resume_replay_s: float = Field(

@@ -8,11 +8,15 @@ again from the chunk the client names.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 import time
+from typing import Any
 
 import numpy as np
 import pytest
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from clients.client import DuplexClient, DuplexError, ReceivedFrame
@@ -147,3 +151,59 @@ def test_a_token_resumes_once_and_only_a_dropped_call(server: ServerProcess) -> 
     assert "still connected" in why[0]
     assert "unknown resume token" in why[1] and "unknown resume token" in why[2]
     assert "unknown resume token" in why[3] or "within 2 s" in why[3], why[3]
+
+
+def test_a_dropped_realtime_session_resumes(server: ServerProcess) -> None:
+    """The Realtime endpoint: `session.created` carries a resume token (an extension field);
+    after a drop, `?resume_token=` takes the session up as it was (the same session id, a new
+    token, audio appended where the clock is), and the used token is refused."""
+    url = server.url.replace("/v1/duplex", "/v1/realtime")
+    rate, piece = 24000, 2400  # the Realtime default: pcm16 at 24 kHz, appended 100 ms at a time
+    audio = (0.1 * np.sin(np.arange(piece) * 0.05) * 32767).astype("<i2").tobytes()
+    append = json.dumps(
+        {"type": "input_audio_buffer.append", "audio": base64.b64encode(audio).decode()}
+    )
+
+    async def talk(ws: ClientConnection, seconds: float) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+
+        async def read() -> None:
+            with contextlib.suppress(ConnectionClosed):
+                async for message in ws:
+                    events.append(json.loads(message))
+
+        reader = asyncio.create_task(read())
+        t0 = time.monotonic()
+        for n in range(round(seconds * rate / piece)):
+            await asyncio.sleep(max(0.0, t0 + n * piece / rate - time.monotonic()))
+            await ws.send(append)
+        await asyncio.sleep(0.3)
+        reader.cancel()
+        return events
+
+    async def main() -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]], Any]:
+        async with connect(url, compression=None, proxy=None) as ws:
+            created = json.loads(await ws.recv())
+            await talk(ws, 1.0)
+            ws.transport.abort()
+        await asyncio.sleep(0.3)
+        async with connect(f"{url}?resume_token={created['resume_token']}", proxy=None) as ws:
+            again = json.loads(await ws.recv())
+            events = await talk(ws, 1.0)
+        async with connect(f"{url}?resume_token={created['resume_token']}", proxy=None) as ws:
+            refused = json.loads(await ws.recv())
+            with contextlib.suppress(ConnectionClosed):
+                await ws.recv()
+            return created, again, events, (refused, ws.close_code)
+
+    before = metrics(server)
+    created, again, events, (refused, code) = asyncio.run(main())
+    assert created["type"] == again["type"] == "session.created"
+    assert created["resume_token"] and not created["resumed"] and again["resumed"]
+    assert again["session"]["id"] == created["session"]["id"]
+    assert again["resume_token"] not in (None, created["resume_token"])
+    assert not [e for e in events if e["type"] == "error"], events
+    assert refused["type"] == "error" and refused["error"]["code"] == "resume_failed"
+    assert code == 1008
+    lost = 'duplex_calls_lost_total{outcome="resumed"}'
+    assert metrics(server)[lost] - before[lost] == 1

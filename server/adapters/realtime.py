@@ -203,6 +203,7 @@ class RealtimeTransport:
         self._response: Response | None = None
         self._suppressed = False  # after `response.cancel`: until the caller speaks again
         self._cut = False  # after the open item's truncation: until the agent's next pause
+        self._resume_token: str | None = None  # told in `session.created` (server/resume.py)
 
     # -- CallTransport -----------------------------------------------------------------------
 
@@ -211,7 +212,10 @@ class RealtimeTransport:
         self._model = ws.query_params.get("model") or DEFAULT_MODEL
         self._beta = "realtime=v1" in ws.headers.get("openai-beta", "")
         self._server, self._runtime = runtime.settings, runtime
-        await self._send(ws, self._event("session.created", session=self._session()))
+        if token := ws.query_params.get("resume_token"):
+            return await self._resume(ws, runtime, token)
+        self._resume_token = runtime.resume.new_token()
+        await self._send(ws, self._session_created())
         timeout_s = runtime.settings.start_timeout_s
         deadline = time.monotonic() + timeout_s
         while True:
@@ -220,6 +224,8 @@ class RealtimeTransport:
             if audio is None:
                 continue
             session = runtime.open_session(self._options.start(self._server, runtime.prompts))
+            runtime.resume.issue(session, ws.state.api_key, self._resume_token)
+            session.adapter = self
             self._admitted = True
             self._vad = EnergyVad(self._rate, self._options.vad_params())
             self._units_per_chunk = session.user_in.frames_per_chunk * (
@@ -227,6 +233,34 @@ class RealtimeTransport:
             )
             self._hear(session, audio)
             return session
+
+    async def _resume(self, ws: WebSocket, runtime: Runtime, token: str) -> CallSession:
+        """`?resume_token=`: take up the session whose connection dropped, as it was (its
+        conversation, open response, options and clock); the caller's side of the gap was
+        silence, and the agent's audio of the gap is not sent again (deltas have no place
+        on the clock). `session.created` again, for the same session, with a new token."""
+        key = ws.state.api_key
+        session = runtime.resume.claim(token, key)
+        old = session.adapter
+        if not isinstance(old, RealtimeTransport):
+            runtime.resume.issue(session, key, token)  # it still waits
+            raise ProtocolError(
+                ErrorCode.RESUME_FAILED,
+                "the token is of a native call: resume it on /v1/duplex with `start.resume`",
+            )
+        runtime.take_up(session, None, key)
+        vars(self).update(vars(old))
+        self._samples = session.expected_sample  # the gap, filled on the call's clock
+        self._resume_token = session.resume_token
+        session.adapter = self
+        await self._send(ws, self._session_created(resumed=True))
+        return session
+
+    def _session_created(self, *, resumed: bool = False) -> dict[str, Any]:
+        """`session.created`, with the resume token (an extension: null when the server does
+        not resume calls; it works once the first audio has admitted the call)."""
+        event = self._event("session.created", session=self._session())
+        return {**event, "resume_token": self._resume_token, "resumed": resumed}
 
     async def read_loop(self, ws: WebSocket, session: CallSession) -> None:
         keeper = asyncio.create_task(self._keep_clock(session))
