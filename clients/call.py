@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from websockets.exceptions import InvalidURI
 from websockets.uri import parse_uri
 
-from clients.client import DuplexClient, DuplexError, PlaybackAcks, ReceivedFrame
+from clients.client import DuplexClient, DuplexError, PlaybackAcks, ReceivedFrame, upload_prompt
 from streaming.opus import opus_available
 from streaming.resample import resample_whole
 from streaming.wire import (
@@ -35,6 +35,7 @@ from streaming.wire import (
     SUPPORTED_RATES,
     AudioFormat,
     Eagerness,
+    PromptRequest,
     ReadyMessage,
     SamplingParams,
     StatsMessage,
@@ -47,6 +48,7 @@ __all__ = [
     "fit_length",
     "check_url",
     "load_input",
+    "load_prompt",
     "main",
     "place_frames",
     "run",
@@ -246,12 +248,14 @@ async def run_call(
     headers: Mapping[str, str] | None = None,
     jitter_seed: int | None = None,
     progress: Progress | None = None,
+    prompt: PromptRequest | None = None,
 ) -> CallResult:
     """Play mono `pcm` (at `sample_rate`) as one call and collect the agent's answer.
 
     `wire_rate` defaults to the encoding's natural rate (16 kHz pcm16 and opus, 8 kHz mulaw). With
     `realtime=False` frames go out as fast as the socket takes them (delay/jitter ignored).
     `progress` is told the samples sent and received after every frame either way.
+    `prompt`: the voice prompt the call opens with (`DuplexClient.connect`).
     Raises DuplexError for connection and server failures, ValueError for empty audio.
     """
     rate = wire_rate or DEFAULT_RATES[encoding]
@@ -264,7 +268,12 @@ async def run_call(
     received = 0  # agent samples
 
     async with DuplexClient.connect(
-        url, audio=audio, sampling=sampling, noise_gate_db=noise_gate_db, headers=headers
+        url,
+        audio=audio,
+        sampling=sampling,
+        noise_gate_db=noise_gate_db,
+        headers=headers,
+        prompt=prompt,
     ) as c:
         t_start = c.t_ready
         fs = c.frame_samples
@@ -418,6 +427,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frame-ms", type=int, default=20, help="client frame length (20)")
     add_sampling_arguments(parser)
     parser.add_argument("--seed", type=int, help="sampling seed override")
+    voice = parser.add_mutually_exclusive_group()
+    voice.add_argument(
+        "--prompt",
+        metavar="NAME",
+        help="open the call with the server's voice prompt NAME (GET /v1/prompts)",
+    )
+    voice.add_argument(
+        "--prompt-file",
+        metavar="PATH",
+        help="open the call with this speech as the agent's voice prompt (uploaded; at most "
+        "the server's max_seconds, 1.92 s for the default model)",
+    )
     parser.add_argument(
         "--delay-ms", type=float, default=0.0, help="simulated one-way uplink delay"
     )
@@ -479,12 +500,29 @@ def _check_args(args: argparse.Namespace) -> tuple[int, SamplingParams]:
     return rate, sampling
 
 
+def load_prompt(args: argparse.Namespace) -> PromptRequest | None:
+    """`start.prompt` from --prompt or --prompt-file; InputError says why not."""
+    if args.prompt_file is not None:
+        try:
+            pcm, rate = load_input(args.prompt_file)
+            return upload_prompt(pcm, rate)
+        except (InputError, ValueError) as exc:
+            raise InputError(f"--prompt-file: {exc}") from exc
+    if args.prompt is None:
+        return None
+    try:
+        return PromptRequest(name=args.prompt)
+    except ValidationError as exc:
+        raise InputError(f"--prompt {args.prompt!r}: {exc.errors()[0]['msg']}") from exc
+
+
 def run(args: argparse.Namespace) -> int:
     """Run `duplex call`; errors become one line on stderr and an exit code, never a traceback."""
     progress: ProgressLine | None = None
     try:
         rate, sampling = _check_args(args)
         pcm, in_rate = load_input(args.input)
+        prompt = load_prompt(args)
         pcm = np.concatenate([pcm, np.zeros(round(args.tail_s * in_rate), dtype=np.float32)])
         headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else None
         if sys.stderr.isatty() if args.progress is None else args.progress:
@@ -504,6 +542,7 @@ def run(args: argparse.Namespace) -> int:
                     jitter_ms=args.jitter_ms,
                     headers=headers,
                     progress=progress,
+                    prompt=prompt,
                 )
             )
         except BaseException:

@@ -11,6 +11,7 @@ task while it paces `send_frame()` calls in another, as a live microphone would.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -18,6 +19,7 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from types import EllipsisType
 from typing import Any
+from urllib.parse import urlencode
 
 import numpy as np
 from pydantic import ValidationError
@@ -27,15 +29,19 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI, W
 
 from streaming.encodings import decode_audio, encode_audio
 from streaming.opus import OpusDecoderStream, OpusEncoderStream, unpack_packets
+from streaming.resample import resample_whole
 from streaming.wire import (
     CLOSE_CODES,
     SERVER_TYPES,
+    SUPPORTED_RATES,
     AudioFormat,
     AudioFrame,
     EndMessage,
     ErrorCode,
     ErrorMessage,
+    MovedMessage,
     PlayedMessage,
+    PromptRequest,
     ProtocolError,
     ReadyMessage,
     RespondMessage,
@@ -48,7 +54,7 @@ from streaming.wire import (
     parse_server_message,
 )
 
-__all__ = ["DuplexClient", "DuplexError", "PlaybackAcks", "ReceivedFrame"]
+__all__ = ["DuplexClient", "DuplexError", "PlaybackAcks", "ReceivedFrame", "upload_prompt"]
 
 # Client-side error codes, next to the server's ErrorCode values a DuplexError may carry.
 CONNECT_FAILED = "connect_failed"
@@ -59,6 +65,10 @@ WRONG_ENDPOINT = "is the URL a duplex /v1/duplex endpoint?"
 
 # How long to wait for the close that follows a server `error`, to report its real close code.
 _CLOSE_WAIT_S = 2.0
+# An uploaded voice prompt rides in `start`, which must fit one WebSocket message.
+MAX_MESSAGE_BYTES = 65536  # the server's default --max-message-bytes
+_START_ROOM_BYTES = 1024  # for the rest of `start` (its audio format, sampling, ...)
+PROMPT_RATES = SUPPORTED_RATES["pcm16"]  # an upload's rates (`GET /v1/prompts`: "upload")
 
 
 class DuplexError(Exception):
@@ -104,6 +114,14 @@ class DuplexClient:
         self.samples_sent = 0
         self.stats: StatsMessage | None = None
         self.updates: list[UpdatedMessage] = []  # the server's answers to `update`, in order
+        # A draining server moves the call to a peer (`moved`): the client follows it there
+        # (`events`) and goes on, sending nothing meanwhile; audio that falls in the gap is
+        # not sent (the call heard silence).
+        self.moves = 0
+        self._opening: Opening | None = None  # how `connect` opened the call
+        self._moving: asyncio.Event | None = None  # set once a move is over
+        self._resume_at = 0  # frames before this sample fell in a move's gap
+        self._next_chunk = 0  # the first agent chunk not received
         # Opus is stateful: one encoder for the user's packets, one decoder for the agent's.
         self._opus_out: OpusEncoderStream | None = None
         self._opus_in: OpusDecoderStream | None = None
@@ -124,8 +142,13 @@ class DuplexClient:
         open_timeout: float = 10.0,
         ready_timeout: float = 30.0,
         resume: ResumeRequest | None = None,
+        prompt: PromptRequest | None = None,
     ) -> AsyncIterator[DuplexClient]:
         """Open the socket, send `start`, wait for `ready`; close with 1000 on exit.
+
+        `prompt`: open the call with a voice prompt (docs/prompts.md), one of the server's
+        (`PromptRequest(name=...)`) or the caller's own audio (`upload_prompt`); one the
+        server refuses is a DuplexError, as any refused `start`.
 
         `resume`: take up a call whose connection dropped (the token of its last `ready`;
         `audio` must be the call's). The client then goes on from the server's
@@ -138,46 +161,20 @@ class DuplexClient:
             sampling=sampling or SamplingParams(),
             noise_gate_db=noise_gate_db,
             resume=resume,
+            prompt=prompt,
         )
+        opening = (url, headers, open_timeout, ready_timeout)
+        ws, ready, t_ready = await _open(opening, start)
+        client = cls(ws, audio, ready, t_ready)
+        client._opening = opening
         try:
-            ws = await ws_connect(
-                url,
-                additional_headers=dict(headers) if headers else None,
-                open_timeout=open_timeout,
-                compression=None,  # audio does not compress; deflate only adds latency
-                proxy=None,
-            )
-        except InvalidStatus as exc:
-            body = (exc.response.body or b"").decode(errors="replace").strip()
-            raise DuplexError(
-                CONNECT_FAILED,
-                f"{url} refused the WebSocket upgrade: "
-                f"HTTP {exc.response.status_code} {body}".rstrip(),
-            ) from exc
-        except (OSError, TimeoutError, InvalidURI, WebSocketException) as exc:
-            raise DuplexError(CONNECT_FAILED, f"cannot connect to {url}: {exc}") from exc
-        try:
-            try:
-                # Only what is set: a server older than a field still takes the call.
-                with suppress(ConnectionClosed):  # a refusing server may close first: its
-                    await ws.send(start.model_dump_json(exclude_none=True))  # reason is queued
-                ready, t_ready = await asyncio.wait_for(_await_ready(ws, audio), ready_timeout)
-            except TimeoutError as exc:
-                raise DuplexError(TIMEOUT, f"no 'ready' within {ready_timeout:g} s") from exc
-            except ConnectionClosed as exc:
-                error = _closed_error(ws, "before 'ready'")
-                if error.close_code in (1003, 1007):  # closed with no `error`: not our protocol
-                    message = f"{error.message}; {WRONG_ENDPOINT}"
-                    error = DuplexError(error.code, message, error.close_code)
-                raise error from exc
-            client = cls(ws, audio, ready, t_ready)
             if ready.resumed:
                 client.samples_sent = ready.resume_sample
                 client.frames_sent = -(-ready.resume_sample // ready.frame_samples)
                 client.t_ready = t_ready - ready.resume_sample / audio.sample_rate
             yield client
         finally:
-            await ws.close()
+            await client._ws.close()
 
     @property
     def frame_samples(self) -> int:
@@ -195,13 +192,15 @@ class DuplexClient:
             raise ValueError(
                 f"a frame holds {self.frame_samples} samples (the last may hold fewer), got {n}"
             )
+        await self._settled()
         if self._opus_out is not None:
             n = self.frame_samples
             payload = self._encode_opus(self._opus_out, np.pad(pcm, (0, n - len(pcm))))
         else:
             payload = encode_audio(pcm, self.audio.encoding)
-        frame = AudioFrame(self.frames_sent, self.samples_sent, payload, last)
-        await self._send(frame.pack())
+        if self.samples_sent >= self._resume_at:  # a frame begun in a move's gap is left out
+            frame = AudioFrame(self.frames_sent, self.samples_sent, payload, last)
+            await self._send(frame.pack())
         self.frames_sent += 1
         self.samples_sent += n
 
@@ -265,9 +264,15 @@ class DuplexClient:
                 raise _closed_error(self._ws, "during the call") from exc
             arrival = time.monotonic()
             if isinstance(data, bytes):
-                yield self._decode_frame(data, arrival)
+                frame = self._decode_frame(data, arrival)
+                if not frame.is_end_marker:
+                    self._next_chunk = max(self._next_chunk, frame.seq + 1)
+                yield frame
                 continue
             msg = await _parse_text(self._ws, data)
+            if isinstance(msg, MovedMessage):
+                await self._follow(msg)
+                continue
             if isinstance(msg, UpdatedMessage):
                 self.updates.append(msg)
                 continue
@@ -288,11 +293,64 @@ class DuplexClient:
             raise DuplexError(PROTOCOL_VIOLATION, f"bad agent frame: {exc}") from exc
         return ReceivedFrame(frame.seq, frame.first_sample, pcm, frame.last, arrival)
 
+    async def _settled(self) -> None:
+        """Wait while the call moves to another replica."""
+        if self._moving is not None:
+            await self._moving.wait()
+
+    async def _follow(self, moved: MovedMessage) -> None:
+        """The server moved the call (it drains): reconnect (`?replica=` for the load
+        balancer) and resume there, asking for the agent chunks not received yet."""
+        assert self._opening is not None  # set by `connect`
+        self._moving = asyncio.Event()
+        try:
+            url, headers, open_timeout, ready_timeout = self._opening
+            if moved.replica:
+                url += ("&" if "?" in url else "?") + urlencode({"replica": moved.replica})
+            resume = ResumeRequest(token=moved.resume_token, from_chunk=self._next_chunk)
+            start = StartMessage(type="start", audio=self.audio, resume=resume)
+            ws, ready, _ = await _open((url, headers, open_timeout, ready_timeout), start)
+            old, self._ws, self.ready = self._ws, ws, ready
+            with suppress(ConnectionClosed, OSError):
+                await old.close()
+            self._resume_at = max(ready.resume_sample, self.samples_sent)
+            self.moves += 1
+        finally:
+            self._moving.set()
+
     async def _send(self, data: str | bytes) -> None:
+        await self._settled()
         try:
             await self._ws.send(data)
         except ConnectionClosed as exc:
             raise _closed_error(self._ws, "while sending") from exc
+
+
+def upload_prompt(
+    pcm: np.ndarray, sample_rate: int, *, max_message_bytes: int = MAX_MESSAGE_BYTES
+) -> PromptRequest:
+    """The caller's own voice prompt (float32 mono at `sample_rate`) for `connect(prompt=)`.
+
+    Sent as PCM16 at the highest upload rate not above the audio's own (8 kHz at least) at
+    which the whole `start` still fits the server's `max_message_bytes`: 1.92 s (the default
+    model's longest prompt) fits at 8 kHz, its codec's own rate, not at 16 kHz. Raises
+    ValueError for empty audio or audio too long for one message even at 8 kHz; the server
+    checks the length it takes (`max_seconds` of `GET /v1/prompts`).
+    """
+    pcm = np.asarray(pcm, dtype=np.float32)
+    if pcm.ndim != 1 or len(pcm) == 0:
+        raise ValueError("a voice prompt is mono audio of at least one sample")
+    budget = max_message_bytes - _START_ROOM_BYTES
+    lowest = min(PROMPT_RATES)
+    for rate in sorted(PROMPT_RATES, reverse=True):
+        samples = -(-len(pcm) * rate // sample_rate)  # resample_whole's output length
+        if (rate <= sample_rate or rate == lowest) and 4 * -(-2 * samples // 3) <= budget:
+            audio = encode_audio(resample_whole(pcm, sample_rate, rate), "pcm16")
+            return PromptRequest(audio=base64.b64encode(audio).decode(), sample_rate=rate)
+    raise ValueError(
+        f"a voice prompt of {len(pcm) / sample_rate:.2f} s does not fit in a `start` of "
+        f"{max_message_bytes} bytes, even at {lowest} Hz: shorten it"
+    )
 
 
 class PlaybackAcks:
@@ -316,6 +374,51 @@ class PlaybackAcks:
             await self.client.played(end)
 
 
+Opening = tuple[str, Mapping[str, str] | None, float, float]  # url, headers, timeouts
+
+
+async def _open(
+    opening: Opening, start: StartMessage
+) -> tuple[ClientConnection, ReadyMessage, float]:
+    """Connect, send `start`, wait for `ready`: the socket, `ready` and when it came."""
+    url, headers, open_timeout, ready_timeout = opening
+    try:
+        ws = await ws_connect(
+            url,
+            additional_headers=dict(headers) if headers else None,
+            open_timeout=open_timeout,
+            compression=None,  # audio does not compress; deflate only adds latency
+            proxy=None,
+        )
+    except InvalidStatus as exc:
+        body = (exc.response.body or b"").decode(errors="replace").strip()
+        raise DuplexError(
+            CONNECT_FAILED,
+            f"{url} refused the WebSocket upgrade: HTTP {exc.response.status_code} {body}".rstrip(),
+        ) from exc
+    except (OSError, TimeoutError, InvalidURI, WebSocketException) as exc:
+        raise DuplexError(CONNECT_FAILED, f"cannot connect to {url}: {exc}") from exc
+    try:
+        # Only what is set: a server older than a field still takes the call.
+        with suppress(ConnectionClosed):  # a refusing server may close first: its
+            await ws.send(start.model_dump_json(exclude_none=True))  # reason is queued
+        ready, t_ready = await asyncio.wait_for(_await_ready(ws, start.audio), ready_timeout)
+    except TimeoutError as exc:
+        await ws.close()
+        raise DuplexError(TIMEOUT, f"no 'ready' within {ready_timeout:g} s") from exc
+    except ConnectionClosed as exc:
+        error = _closed_error(ws, "before 'ready'")
+        if error.close_code in (1003, 1007):  # closed with no `error`: not our protocol
+            message = f"{error.message}; {WRONG_ENDPOINT}"
+            error = DuplexError(error.code, message, error.close_code)
+        await ws.close()
+        raise error from exc
+    except BaseException:
+        await ws.close()
+        raise
+    return ws, ready, t_ready
+
+
 async def _await_ready(ws: ClientConnection, audio: AudioFormat) -> tuple[ReadyMessage, float]:
     """Read the answer to `start`: `ready` and its arrival time, or an `error` (DuplexError)."""
     data = await ws.recv()
@@ -336,7 +439,7 @@ async def _await_ready(ws: ClientConnection, audio: AudioFormat) -> tuple[ReadyM
 
 async def _parse_text(
     ws: ClientConnection, text: str, *, opening: bool = False
-) -> ReadyMessage | UpdatedMessage | StatsMessage:
+) -> ReadyMessage | UpdatedMessage | StatsMessage | MovedMessage:
     """Parse a server text message; an `error` is raised with the close code that follows it.
     `opening`: the answer to `start`, where another protocol's message means a wrong URL."""
     try:

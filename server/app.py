@@ -13,11 +13,13 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.staticfiles import StaticFiles
 
-from server.adapters.connection import serve_call
+from server.adapters.connection import check_access, serve_call
 from server.adapters.native import NativeTransport
 from server.adapters.realtime import RealtimeTransport
 from server.adapters.twilio import TwilioTransport
+from server.moving import INTERNAL_PATH, CallPackage, adopt
 from server.runtime import Runtime
+from streaming.wire import ErrorCode, ProtocolError
 
 # Where calls connect, per protocol (docs/protocol.md, realtime.md, telephony.md).
 CALL_PATHS = {"native": "/v1/duplex", "realtime": "/v1/realtime", "twilio": "/v1/telephony/twilio"}
@@ -75,6 +77,17 @@ def create_app(runtime: Runtime) -> FastAPI:
         """The voice prompts a call may open with, and what an uploaded one may be
         (docs/prompts.md)."""
         return JSONResponse(runtime.prompts.listing())
+
+    @app.post(INTERNAL_PATH)
+    async def adopt_call(package: CallPackage, request: Request) -> JSONResponse:
+        """A draining peer hands this replica a live call (server/moving.py); the answer is
+        the token its client resumes with. 503 when there is no room or this one drains."""
+        try:
+            check_access(request, runtime.settings)
+            return JSONResponse(adopt(runtime, package))
+        except ProtocolError as exc:
+            status = 401 if exc.code is ErrorCode.UNAUTHORIZED else 503
+            return JSONResponse({"code": exc.code.value, "message": exc.message}, status)
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -69,6 +69,11 @@ class Metrics:
         )
         for outcome in ("waiting", "resumed", "ended"):
             self.calls_lost.labels(outcome)
+        self.calls_moved = Counter(
+            "duplex_calls_moved",
+            "live calls this replica handed to a peer while draining (server/moving.py)",
+            registry=r,
+        )
         self.agent_unheard = Counter(
             "duplex_agent_unheard_frames",
             "agent codec frames that never reached the caller (playback acknowledgements): "

@@ -42,14 +42,25 @@ class ResumeBook:
     def issue(self, session: CallSession, key: str | None, token: str | None = None) -> str | None:
         """A new token for `session` (or `token`, from `new_token`); its earlier ones stop
         working, and so do those of calls that ended (the book holds live calls only)."""
+        return self.issue_for_hash(session, _key_hash(key), token)
+
+    def issue_for_hash(
+        self, session: CallSession, key_hash: bytes, token: str | None = None
+    ) -> str | None:
+        """`issue`, for a call whose key is known by its hash only (moved from a peer)."""
         self.forget(session)
         self._tickets = {t: k for t, k in self._tickets.items() if not k.session.done.is_set()}
         token = token or self.new_token()
         if token is None:
             return None
-        self._tickets[token] = _Ticket(session, _key_hash(key))
+        self._tickets[token] = _Ticket(session, key_hash)
         session.resume_token = token
         return token
+
+    def key_hash(self, session: CallSession) -> bytes:
+        """The hash of the key `session`'s token is bound to (to move it to a peer)."""
+        ticket = self._tickets.get(session.resume_token or "")
+        return ticket.key if ticket is not None else _key_hash(None)
 
     def forget(self, session: CallSession) -> None:
         if session.resume_token is not None:

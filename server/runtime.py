@@ -15,10 +15,11 @@ import numpy as np
 
 from model.checkpoint import DuplexConfig, read_config
 from model.engines import build_engine
-from model.engines.api import Engine, EngineOptions
+from model.engines.api import CallState, Engine, EngineOptions
 from model.sampling import SamplingParams
 from server.call_sampling import periods, resolve
 from server.metrics import Metrics
+from server.moving import CallPackage, unpack_stats
 from server.pacing.lead import lead_s, rollback_chunks
 from server.pacing.step import StepPacer
 from server.prompts import PromptLibrary
@@ -35,6 +36,7 @@ from streaming.wire import (
     OPUS_FRAME_MS,
     PROTOCOL_VERSION,
     SUPPORTED_RATES,
+    AudioFormat,
     ErrorCode,
     ProtocolError,
     StartMessage,
@@ -190,19 +192,11 @@ class Runtime:
             )
         opening = [] if start.prompt is None else self.prompts.frames(start.prompt)
         s = self.settings
-        session = CallSession(
+        session = self._session(
             uuid.uuid4().hex,
             audio,
             self._params(start.sampling, seed=None),
-            self.codec,
-            self.config.frames_per_chunk,
-            self.tick_s,
-            max_gap_s=max(self.tick_s, s.latency_budget_ms / 1000),
-            rollback_chunks=self.engine.info.max_rollback_chunks,
-            wake=self.ticker.wake_tokenizer,
-            noise_gate_db=self._gate(start.noise_gate_db),
-            rows=self.rows,
-            replay_chunks=math.ceil(s.resume_replay_s / self.tick_s),
+            self._gate(start.noise_gate_db),
         )
         session.asked = (start.sampling, start.noise_gate_db)
         session.opening = opening
@@ -219,6 +213,46 @@ class Runtime:
                 )
             except (OSError, RuntimeError) as exc:  # soundfile's errors are RuntimeErrors
                 log.error("call %s is not recorded: %s", session.id, exc)
+        return session
+
+    def _session(
+        self, session_id: str, audio: AudioFormat, params: SamplingParams, gate_db: float
+    ) -> CallSession:
+        s = self.settings
+        return CallSession(
+            session_id,
+            audio,
+            params,
+            self.codec,
+            self.config.frames_per_chunk,
+            self.tick_s,
+            max_gap_s=max(self.tick_s, s.latency_budget_ms / 1000),
+            rollback_chunks=self.engine.info.max_rollback_chunks,
+            wake=self.ticker.wake_tokenizer,
+            noise_gate_db=gate_db,
+            rows=self.rows,
+            replay_chunks=math.ceil(s.resume_replay_s / self.tick_s),
+        )
+
+    def adopt_session(self, package: CallPackage, state: CallState) -> CallSession:
+        """A call a draining peer moved here (server/moving.py): admitted (or ProtocolError
+        `server_full` / `server_shutdown`), to join the engine with its conversation where
+        it stood, and to wait for its client as a dropped call waits."""
+        session = self._session(package.session_id, package.audio, state.params,
+                                package.noise_gate_db)  # fmt: skip
+        session.asked = (package.asked, package.asked_gate_db)
+        session.adopted, session.start_chunk = state, package.next_chunk
+        frames = np.asarray(package.user_frames, dtype=np.int64)
+        start = package.user_chunk * session.chunk_samples  # + the frames, at the wire rate
+        start += len(frames) * session.chunk_samples // self.config.frames_per_chunk
+        session.user_in.start_at(package.user_chunk, frames, start)
+        session.expected_sample = start - package.client_offset
+        session.agent_out.samples_out = session.samples_sent = package.samples_out
+        session.stats, session.resumes = unpack_stats(package.stats), package.resumes
+        session.opened, session.state = True, State.LIVE
+        self.ticker.admit(session)
+        session.detach()
+        log.info("call %s moved here at chunk %d", session.id, package.next_chunk)
         return session
 
     def resume_session(self, start: StartMessage, key: str | None) -> CallSession:

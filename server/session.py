@@ -21,7 +21,7 @@ from typing import TypedDict
 import numpy as np
 
 from model.barge_in import PAUSE_FRAMES
-from model.engines.api import StepResult
+from model.engines.api import CallState, StepResult
 from model.format import Frame
 from model.sampling import SamplingParams
 from server.pacing.anchor import CallPacing
@@ -31,8 +31,10 @@ from streaming.codecs import SpeechCodec
 from streaming.user_input import EncoderRows, UserAudioInput
 from streaming.wire import (
     AudioFormat,
+    CloseCode,
     ErrorCode,
     ErrorMessage,
+    MovedMessage,
     ProtocolError,
     ReadyMessage,
     StatsMessage,
@@ -91,6 +93,7 @@ class Outgoing:
     barge_in: bool = False  # the caller talks over the agent: drop agent audio queued so far
     stats: bool = False  # the call's `stats`, built when its turn comes
     error: ErrorMessage | None = None
+    moved: MovedMessage | None = None  # the call goes on at another replica
     close_code: int | None = None
     close_reason: str = ""
 
@@ -113,6 +116,7 @@ class CallStats:
     unplayed_samples: int = 0  # agent audio that never reached the caller (`agent_unplayed`)
     unheard_silenced: int = 0  # agent frames of it made silence in the model's context
     unheard_beyond_reach: int = 0  # ... and those too old to change
+    resume_silence_samples: int = 0  # the caller's side while it was away (`fill_gap`)
 
     def count_step(self, r: StepResult, overrun: bool) -> None:
         """One step's result for the call; `overrun`: its chunk went out late."""
@@ -195,6 +199,8 @@ class CallSession:
         # resume (server/resume.py): the agent's recent chunks, to send again after a drop
         self.resume_token: str | None = None
         self.adapter: object | None = None  # a Realtime call's transport: its state goes on
+        self.adopted: CallState | None = None  # moved here: the engine adopts it at its join
+        self.start_chunk = 0  # its first chunk here (moved here: where it stood)
         self.detached_at: float | None = None  # monotonic time its connection dropped
         self.resumes = 0
         self.recent: deque[AgentChunk] = deque(maxlen=replay_chunks)
@@ -430,6 +436,7 @@ class CallSession:
         own numbering (a resumed client goes on from `expected_sample`)."""
         if samples > 0:
             self.expected_sample += samples
+            self.stats.resume_silence_samples += samples
             self._push(np.zeros(samples, dtype=np.float32), time.monotonic(), filler=True)
 
     def attach(self, from_chunk: int | None) -> list[AgentChunk]:
@@ -460,6 +467,18 @@ class CallSession:
         self.state = State.CLOSED
         self.outbox.put_nowait(Outgoing(error=ErrorMessage(code=code, message=message)))
         self.outbox.put_nowait(Outgoing(close_code=close_code, close_reason=code.value))
+        self.done.set()
+
+    def send_moved(self, moved: MovedMessage) -> None:
+        """The call went to another replica (server/moving.py): tell the client where to
+        resume, close with 1012; nothing more of it is sent from here."""
+        if self.state is State.CLOSED:
+            return
+        self.state = State.CLOSED
+        self.outbox.put_nowait(Outgoing(moved=moved))
+        self.outbox.put_nowait(
+            Outgoing(close_code=int(CloseCode.SERVICE_RESTART), close_reason="moved")
+        )
         self.done.set()
 
     def finish(self) -> None:
@@ -498,6 +517,7 @@ class CallSession:
             frames_gated=gated,
             noise_floor_db=round(floor_db, 1),
             resumes=self.resumes,
+            resume_silence_samples=s.resume_silence_samples,
             played_samples=self.played_sample,
             unplayed_samples=s.unplayed_samples,
             unheard_silenced_samples=round(s.unheard_silenced * frame),

@@ -118,8 +118,9 @@ class Settings(BaseSettings):
     resume_window_s: float = Field(
         default=30.0,
         ge=0,
-        description="a native or Realtime call whose connection drops waits this long to be resumed with "
-        "its token, its slot and KV cache kept (0: no resume; the call ends at the drop)",
+        description="a native or Realtime call whose connection drops waits this long to be "
+        "resumed with its token, its slot and KV cache kept (0: no resume; the call ends at "
+        "the drop)",
     )
     resume_replay_s: float = Field(
         default=10.0,
@@ -133,6 +134,17 @@ class Settings(BaseSettings):
     )
     shutdown_grace_s: float = Field(
         default=5.0, ge=0, description="on SIGTERM, open calls get this long to finish"
+    )
+    peers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="the other replicas' base URLs (http://host:port), comma-separated: on "
+        "SIGTERM each live native call moves to one with room and its client resumes there "
+        "(none = calls end with 1012 after the grace period; docs/deploy.md)",
+    )
+    replica_name: str = Field(
+        default="",
+        description="this replica's name for the load balancer: a client told to resume here "
+        "reconnects with ?replica=NAME (HAProxy's server name; docs/deploy.md)",
     )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -173,7 +185,7 @@ class Settings(BaseSettings):
         default="info", description="log level"
     )
 
-    @field_validator("api_keys", "allowed_origins", mode="before")
+    @field_validator("api_keys", "allowed_origins", "peers", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
         if isinstance(value, str):

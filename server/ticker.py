@@ -94,6 +94,7 @@ class Ticker:
         self._wake = threading.Event()  # audio arrived: tokenize now
         self._audio = asyncio.Event()  # audio was encoded: the tick may start
         self._waiting = False  # the tick loop waits on `_audio`
+        self._stepping = False  # a step runs on the worker
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tokenizer = threading.Thread(
             target=self._tokenize_loop, name="duplex-tokenize", daemon=True
@@ -209,9 +210,14 @@ class Ticker:
             self.metrics.re_anchors.labels(move.direction).inc()
 
     def fill_gap(self, s: CallSession) -> None:
-        """A call whose connection dropped: silence for the caller up to now."""
-        if s.join_tick is not None:
-            elapsed = time.monotonic() - self.clock.deadline(s.join_tick)
+        """A call whose connection dropped: silence for the caller up to now (a call moved
+        here and not yet joined: up to where its clock will stand when it joins)."""
+        now = time.monotonic()
+        joined = (
+            s.join_tick if s.join_tick is not None else self.clock.next_tick(now) - s.start_chunk
+        )
+        if s.join_tick is not None or s.adopted is not None:
+            elapsed = now - self.clock.deadline(joined)
             s.fill_gap(round(s.pacing.lag_s(elapsed, s.user_in.samples_in) * s.audio.sample_rate))
 
     def _awaited(self, tick: int) -> StepWait:
@@ -266,13 +272,13 @@ class Ticker:
         for s in self.sessions.values():
             if s.state is State.CLOSED:
                 continue
-            if s.join_tick is None:
-                s.join_tick = tick
+            if s.join_tick is None:  # a call moved here joins where it stood
+                s.join_tick = tick - s.start_chunk
                 plan.joins.append(s)
                 self._in_engine.add(s.id)
             elif s.retuned:
                 plan.retunes[s.id] = s.sampling
-            if s.recorder is not None and (s.retuned or s.join_tick == tick):
+            if s.recorder is not None and (s.retuned or s in plan.joins):
                 s.recorder.settings(tick, dict(s.settings()))  # at the join: the drawn seed
             s.retuned = False  # a joining call joins with its settings as they are
             if s.opened:  # this plan's step and all after it use them
@@ -292,6 +298,7 @@ class Ticker:
 
     async def _execute(self, plan: TickPlan) -> TickOutput | None:
         """The plan's step on the worker thread; a step that fails ends its calls (None)."""
+        self._stepping = True
         try:
             return await asyncio.get_running_loop().run_in_executor(
                 self._executor, self._work, plan
@@ -300,6 +307,14 @@ class Ticker:
             log.exception("tick %d failed; ending its calls", plan.tick)
             self._fail_all(plan)
             return None
+        finally:
+            self._stepping = False
+
+    async def between_steps(self) -> None:
+        """Return when no step runs: until the caller's next await, the engine is idle and
+        may be read (server/moving.py)."""
+        while self._stepping:
+            await asyncio.sleep(0.002)
 
     def _work(self, plan: TickPlan) -> TickOutput:
         """Worker thread: the only place the engine runs."""
@@ -308,7 +323,11 @@ class Ticker:
             if (gone := self._joined.pop(sid, None)) is not None:
                 gone.leave_rows()
         for s in plan.joins:
-            self.engine.add_session(s.id, s.sampling, s.opening)
+            if s.adopted is not None:
+                self.engine.adopt(s.id, s.adopted)
+                s.adopted = None
+            else:
+                self.engine.add_session(s.id, s.sampling, s.opening)
             s.join_rows()
             self._joined[s.id] = s
         for sid, params in plan.retunes.items():

@@ -21,6 +21,7 @@ from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from server.app import CALL_PATHS, create_app
+from server.moving import move_calls
 from server.runtime import Runtime
 from server.settings import Settings
 from streaming.dependencies import untested_version
@@ -69,7 +70,11 @@ class DrainingServer(uvicorn.Server):
         """Drain, then uvicorn's shutdown. A second Ctrl-C (uvicorn's forced exit) cuts the
         drain short; uvicorn then skips the app's shutdown, which here only stops the tick
         loop, so it is run anyway: skipped, the lifespan task is cancelled with a traceback."""
-        await self.runtime.ticker.drain(
+        ticker = self.runtime.ticker
+        ticker.drain_started.set()  # no new calls from here on
+        if self.runtime.settings.peers:  # live calls go on at a peer
+            await move_calls(self.runtime)
+        await ticker.drain(
             self.runtime.settings.shutdown_grace_s, cut_short=lambda: self.force_exit
         )
         await asyncio.sleep(0.2)  # let the close frames leave

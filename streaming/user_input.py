@@ -133,6 +133,15 @@ class UserAudioInput:
         self.frames_encoded = 0  # codec frames encoded so far (the tick waits on this)
         self.samples_in = 0  # wire samples in the stream (gaps and re-anchoring included)
 
+    def start_at(self, chunk: int, frames: np.ndarray, samples: int) -> None:
+        """Go on from chunk `chunk`, whose first `frames` were encoded elsewhere, at wire
+        sample `samples` of the stream, as a call moved from another replica does: what came
+        before was that replica's."""
+        self.next_chunk, self.samples_in = chunk, samples
+        self._units = frames.astype(np.int64).reshape(-1, self.codec.units_per_frame)
+        self._arrivals = [0.0] * len(self._units)
+        self.frames_encoded = chunk * self.frames_per_chunk + len(self._units)
+
     def join(self) -> None:
         """The call's encoder takes its row in the batch (no-op with an encoder of its own)."""
         if self.rows is not None:

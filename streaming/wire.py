@@ -364,6 +364,11 @@ class StatsMessage(_ServerMessage):
         default=-120.0, description="the line's noise floor at the end, dBFS (-120: digital zero)"
     )
     resumes: int = Field(default=0, description="times the call was taken up after a drop")
+    resume_silence_samples: int = Field(
+        default=0,
+        description="the caller's audio while its connection was down or the call moved: "
+        "silence on the clock",
+    )
     played_samples: int = Field(
         default=0, description="agent audio the client last said it played (`played`)"
     )
@@ -381,7 +386,18 @@ class StatsMessage(_ServerMessage):
     latency_ms_p99: float | None
 
 
-AnyServerMessage = ReadyMessage | UpdatedMessage | ErrorMessage | StatsMessage
+class MovedMessage(_ServerMessage):
+    """The server is draining and the call goes on at another replica: reconnect (through
+    the load balancer, with `?replica=` when named) and resume with this token. The server
+    then closes with 1012."""
+
+    type: Literal["moved"] = "moved"
+    resume_token: str
+    replica: str | None = None
+    session_id: str
+
+
+AnyServerMessage = ReadyMessage | UpdatedMessage | ErrorMessage | StatsMessage | MovedMessage
 ServerMessage = Annotated[AnyServerMessage, Field(discriminator="type")]
 _SERVER_MESSAGE: TypeAdapter[AnyServerMessage] = TypeAdapter(ServerMessage)
 SERVER_TYPES = _type_names(AnyServerMessage)

@@ -79,9 +79,13 @@ def assert_no_traceback(log: str) -> None:
 
 
 def start_server(
-    checkpoint: Path, log: Path, *extra: str, env: dict[str, str] | None = None
+    checkpoint: Path,
+    log: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    port: int | None = None,
 ) -> ServerProcess:
-    port = free_port()
+    port = port or free_port()
     cmd = [
         sys.executable, "-m", "server.cli", "serve",
         "--port", str(port), "--model", str(checkpoint), "--log-level", "info", *extra,

@@ -515,3 +515,22 @@ def test_unheard_agent_audio_becomes_silence_within_reach(loaded_k) -> None:  # 
     assert all(frame == engine.fmt.silence for chunk in tl.agent[7:10] for frame in chunk)
     assert tl.tokens == format_timeline(engine.fmt, tl.agent, tl.user)
     assert_cache_holds_timeline(engine, llama, "s")
+
+
+def test_a_call_moved_to_another_engine_goes_on_as_it_would_have(loaded) -> None:  # type: ignore[no-untyped-def]
+    """`export` then `adopt` (moving a call off a draining server): the other engine
+    re-prefills the conversation (its cache then holds the timeline) and, with the same
+    random stream, draws the same next chunks as the first engine does."""
+    _, llama = loaded
+    a, b = make_engine(loaded), make_engine(loaded)
+    a.add_session("s", SamplingParams(seed=3, temperature=1.0))
+    audio = user_chunks(14, 2)
+    for k in range(8):
+        a.step([StepRequest("s", {k - 2: audio[k - 2]} if k >= 2 else {})])
+    b.adopt("s", a.export("s"))
+    assert b.timeline("s").tokens == a.timeline("s").tokens
+    for k in range(8, 12):
+        req = StepRequest("s", {k - 2: audio[k - 2]})
+        ra, rb = a.step([req])["s"], b.step([req])["s"]
+        assert (ra.chunk, ra.frames, ra.replaced) == (rb.chunk, rb.frames, rb.replaced)
+    assert_cache_holds_timeline(b, llama, "s")

@@ -1,6 +1,6 @@
 """Voice prompts (docs/prompts.md): a call's opening in the engine's timeline, cache and sink,
 and through the real server: named and uploaded prompts, `GET /v1/prompts`, refusals, the
-Realtime `voice` and the Twilio `<Parameter name="prompt">`."""
+Realtime `voice`, the Twilio `<Parameter name="prompt">` and `duplex call --prompt`."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ import torch
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from clients.call import main as call_main
+from clients.client import upload_prompt
 from clients.measure.twilio_sim import media_message, start_message
 from model.checkpoint import init_random_checkpoint, load_checkpoint
 from model.engines.api import StepRequest
@@ -30,9 +32,10 @@ from server.adapters.realtime_options import ClientError, RealtimeOptions
 from server.prompts import PromptLibrary
 from server.settings import Settings
 from streaming.codecs import load_codec
+from streaming.encodings import decode_audio
 from streaming.espeak import synthesize
 from streaming.resample import resample_whole
-from streaming.wire import AudioFrame
+from streaming.wire import AudioFrame, StartMessage
 from tests.conftest import ServerProcess, assert_no_traceback, start_server, stop_server
 
 SILENCE: Frame = (0,)
@@ -371,3 +374,126 @@ def test_twilio_prompt_parameter_selects_a_named_prompt(prompt_server: ServerPro
     log = prompt_server.log_since(mark)
     assert "opens with voice prompt low" in log
     assert "no voice prompt 'nope' on this server; it has ['high', 'low']" in log, log
+
+
+# -- the client: `upload_prompt` and `duplex call --prompt / --prompt-file` ------------------
+
+
+@pytest.mark.parametrize(
+    ("seconds", "rate", "sent_at"),
+    [(1.0, 22050, 16000), (1.9, 22050, 8000), (0.4, 48000, 48000), (0.5, 6000, 8000)],
+)
+def test_an_upload_goes_at_the_highest_rate_whose_start_fits(
+    seconds: float, rate: int, sent_at: int
+) -> None:
+    """Never above the audio's own rate (8 kHz at least); 1.9 s fits a 64 KiB `start` at
+    8 kHz only (16 kHz would be 81 KB of base64)."""
+    pcm = np.sin(np.arange(round(seconds * rate)) * 0.05).astype(np.float32) * 0.5
+    prompt = upload_prompt(pcm, rate)
+    assert prompt.sample_rate == sent_at
+    assert prompt.audio is not None
+    got = decode_audio(base64.b64decode(prompt.audio), "pcm16")
+    np.testing.assert_allclose(got, resample_whole(pcm, rate, sent_at), atol=1 / 32767)
+    start = StartMessage.model_validate(
+        {
+            "type": "start",
+            "audio": {"sample_rate": 48000, "frame_ms": 20},
+            "sampling": {"eagerness": "high", "temperature": 0.7, "top_k": 100, "seed": 2**31},
+            "prompt": prompt,
+        }
+    )
+    assert len(start.model_dump_json(exclude_none=True)) <= 65536
+
+
+def test_an_upload_that_fits_no_start_is_refused_before_sending() -> None:
+    with pytest.raises(ValueError, match=r"of 4.00 s does not fit in a `start` of 65536 bytes, "
+                       r"even at 8000 Hz"):  # fmt: skip
+        upload_prompt(np.zeros(32000, np.float32), 8000)
+    assert upload_prompt(np.zeros(8000, np.float32), 8000, max_message_bytes=23000).audio
+    with pytest.raises(ValueError, match="of 1.00 s does not fit in a `start` of 20000 bytes"):
+        upload_prompt(np.zeros(8000, np.float32), 8000, max_message_bytes=20000)
+    with pytest.raises(ValueError, match="at least one sample"):
+        upload_prompt(np.zeros(0, np.float32), 8000)
+
+
+@pytest.fixture(scope="module")
+def caller_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """1 s of a caller's speech at 22.05 kHz."""
+    path = tmp_path_factory.mktemp("caller") / "caller.wav"
+    sf.write(path, _exactly(synthesize("What time is it?"), 22050), 22050)
+    return path
+
+
+def _prompt_file(tmp_path: Path, seconds: float) -> Path:
+    path = tmp_path / f"voice_{seconds}.flac"
+    speech = synthesize("I speak like this, with this voice of mine.", pitch=20)
+    sf.write(path, _exactly(speech, seconds * 22050), 22050)
+    return path
+
+
+@pytest.mark.parametrize("how", ["name", "file"])
+def test_duplex_call_opens_with_a_prompt(
+    prompt_server: ServerProcess,
+    caller_wav: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    how: str,
+) -> None:
+    """`--prompt low` and `--prompt-file` (1.5 s at 22.05 kHz, uploaded at 16 kHz): the server
+    opens the call with it (38 frames of 40 ms) and the output is as long as the input."""
+    prompt = (
+        ["--prompt", "low"]
+        if how == "name"
+        else ["--prompt-file", str(_prompt_file(tmp_path, 1.5))]
+    )
+    out = tmp_path / "agent.wav"
+    mark = prompt_server.log_mark()
+    argv = ["--url", prompt_server.url, "--input", str(caller_wav), "--output", str(out)]
+    assert call_main([*argv, "--tail-s", "0", "--json", *prompt]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["frames_received"] == summary["ticks"] > 0
+    info = sf.info(str(out))
+    assert (info.samplerate, info.frames) == (22050, 22050)
+    name = "low" if how == "name" else "uploaded"
+    log = prompt_server.log_since(mark)
+    assert re.search(rf"opens with voice prompt {name} \(38 frames\)", log), log
+    assert_no_traceback(log)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "code", "says"),
+    [
+        (["--prompt", "nope"], 1, "server error invalid_message: no voice prompt 'nope' on this "
+         "server; it has ['high', 'low'] (close 1007)"),
+        (["--prompt-file", "2.5"], 1, "server error invalid_message: a voice prompt of 2.50 s is "
+         "too long: this server takes at most 1.92 s (--prompt-max-s) (close 1007)"),
+        (["--prompt-file", "text"], 2, "--prompt-file: cannot read '{path}': Format not "
+         "recognised."),
+        (["--prompt-file", "4.0"], 2, "--prompt-file: a voice prompt of 4.00 s does not fit in a "
+         "`start` of 65536 bytes, even at 8000 Hz: shorten it"),
+        (["--prompt", ""], 2, "--prompt '': String should have at least 1 character"),
+    ],
+    ids=["unknown-name", "too-long", "not-audio", "too-big", "empty-name"],
+)  # fmt: skip
+def test_a_prompt_duplex_call_cannot_use_is_one_line_and_an_exit_code(
+    prompt_server: ServerProcess,
+    caller_wav: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    prompt: list[str],
+    code: int,
+    says: str,
+) -> None:
+    """Refused by the server (exit 1) or before any call (exit 2): one line, no traceback."""
+    option, value = prompt
+    if value == "text":
+        path = tmp_path / "voice.wav"
+        path.write_text("not audio at all")
+        value = str(path)
+    elif option == "--prompt-file":
+        value = str(_prompt_file(tmp_path, float(value)))
+    argv = ["--url", prompt_server.url, "--input", str(caller_wav), "--tail-s", "0"]
+    assert call_main([*argv, option, value]) == code
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [f"duplex call: error: {says.format(path=value)}"]
+    assert captured.out == ""

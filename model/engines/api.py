@@ -92,6 +92,22 @@ class StepResult:
         return bool(self.estimate)
 
 
+@dataclass
+class CallState:
+    """A call's conversation and sampling as an engine holds them, to go on in another engine
+    (moving a call off a draining server: decisions.md section 12). Chunks are numbered as
+    the timeline numbers them (a voice prompt's `opening` chunks first)."""
+
+    agent: list[list[Frame]]
+    user: list[list[Frame]]  # one chunk fewer than `agent`: a closed timeline
+    user_real: list[bool]  # False: still the model's estimate
+    opening: int
+    pending: dict[int, list[Frame]]  # real user chunks not yet in the timeline
+    params: SamplingParams
+    generator: bytes  # the call's random stream (torch.Generator.get_state)
+    barged_in: bool
+
+
 class Engine(Protocol):
     """A synchronous tick engine: every requested call advances one agent chunk per step."""
 
@@ -109,6 +125,15 @@ class Engine(Protocol):
 
     def remove_session(self, session_id: str) -> None:
         """A call leaves; its slot is free for the next."""
+        ...
+
+    def export(self, session_id: str) -> CallState:
+        """A call's state, for `adopt` in another engine (the call stays until removed)."""
+        ...
+
+    def adopt(self, session_id: str, state: CallState) -> None:
+        """A call moved from another engine joins with its conversation, which the next step
+        prefills; raises when no slot is free."""
         ...
 
     def retune(self, session_id: str, params: SamplingParams) -> None:

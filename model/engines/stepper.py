@@ -43,8 +43,8 @@ import torch
 
 from model.barge_in import barged_in
 from model.checkpoint import DuplexConfig
-from model.engines.api import EngineInfo, StepRequest, StepResult
-from model.format import Frame, interpolate
+from model.engines.api import CallState, EngineInfo, StepRequest, StepResult
+from model.format import Frame, dedup, interpolate
 from model.sampling import SamplingParams, TokenMasks, sample
 from model.timeline import Timeline, opening_tokens
 
@@ -190,6 +190,37 @@ class Stepper(ABC, Generic[C]):
         timeline.open(opening)
         gen = torch.Generator().manual_seed(params.seed)
         self.sessions[session_id] = self._new_call(timeline, params, gen)
+
+    def export(self, session_id: str) -> CallState:
+        s = self.sessions[session_id]
+        tl = s.timeline
+        return CallState(
+            agent=[list(c) for c in tl.agent],
+            user=[list(c) for c in tl.user],
+            user_real=list(tl.user_real),
+            opening=tl.opening,
+            pending={j: list(f) for j, f in s.pending.items()},
+            params=s.params,
+            generator=bytes(s.gen.get_state().numpy().tobytes()),
+            barged_in=s.barged_in,
+        )
+
+    def adopt(self, session_id: str, state: CallState) -> None:
+        if session_id in self.sessions:
+            raise ValueError(f"session {session_id!r} already exists")
+        if len(state.agent) != len(state.user) + 1:
+            raise ValueError("a call moves between steps: one more agent chunk than user chunks")
+        timeline = Timeline(self.fmt)
+        for k, agent in enumerate(state.agent):
+            if k:
+                timeline.append_user(state.user[k - 1], real=state.user_real[k - 1])
+            timeline.append_agent(dedup(agent, timeline.prev_agent()))
+        timeline.opening = state.opening
+        gen = torch.Generator()
+        gen.set_state(torch.frombuffer(bytearray(state.generator), dtype=torch.uint8))
+        call = self._new_call(timeline, state.params, gen)
+        call.pending, call.barged_in = dict(state.pending), state.barged_in
+        self.sessions[session_id] = call
 
     def retune(self, session_id: str, params: SamplingParams) -> None:
         """Sample a session's next steps with `params` (a caller's mid-call change); its

@@ -17,6 +17,7 @@ from collections.abc import Coroutine
 from typing import Any, Protocol
 
 from fastapi import WebSocket
+from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from server.runtime import Runtime
@@ -100,7 +101,7 @@ async def serve_call(ws: WebSocket, runtime: Runtime, transport: CallTransport) 
             sender.cancel()
 
 
-def check_access(ws: WebSocket, settings: Settings) -> str | None:
+def check_access(ws: HTTPConnection, settings: Settings) -> str | None:
     """API key and Origin checks (both off unless configured); the key the client gave."""
     origin = ws.headers.get("origin")
     if settings.allowed_origins and origin is not None and origin not in settings.allowed_origins:

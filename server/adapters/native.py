@@ -127,6 +127,8 @@ class NativeTransport:
             await ws.send_text(session.stats_message().model_dump_json())
         elif item.error is not None:
             await ws.send_text(item.error.model_dump_json())
+        elif item.moved is not None:
+            await ws.send_text(item.moved.model_dump_json())
 
     async def send_error(self, ws: WebSocket, error: ErrorMessage) -> None:
         await ws.send_text(error.model_dump_json())
