@@ -10,13 +10,17 @@ APT_SERVE := libopus0
 APT_TEST := $(APT_SERVE) espeak-ng sox chromium haproxy
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test test-all lint setup apt-serve apt-test clean
+.PHONY: serve test test-replicas test-all lint setup apt-serve apt-test clean
 
 serve: apt-serve $(STAMP)
 	$(VENV)/bin/duplex serve --model $(MODEL)
 
 test: apt-test $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow and not replicas"
+
+# Several replicas behind HAProxy: routing by capacity, drains, calls moved (docs/deploy.md).
+test-replicas: apt-test $(STAMP)
+	$(PY) -m pytest -q -m replicas
 
 test-all: apt-test $(STAMP)
 	$(PY) -m pytest -q

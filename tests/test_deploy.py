@@ -34,6 +34,8 @@ from clients.client import DuplexClient, DuplexError
 from server.settings import Settings
 from tests.conftest import ROOT, ServerProcess, free_port, read_wav, start_server, stop_server
 
+pytestmark = pytest.mark.replicas  # make test-replicas: CI runs it after the default suite
+
 HAPROXY = shutil.which("haproxy")
 CONFIG = ROOT / "deploy" / "haproxy" / "haproxy.cfg"
 K8S = ROOT / "deploy" / "k8s"

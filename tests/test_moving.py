@@ -22,6 +22,8 @@ from clients.call import CallResult, run_call
 from tests.conftest import ServerProcess, free_port, read_wav, start_server, stop_server
 from tests.test_deploy import HAPROXY, Balancer, live, start_balancer
 
+pytestmark = pytest.mark.replicas  # make test-replicas
+
 TICK_MS = 160
 CALLS = 8
 SECONDS = 7.0
