@@ -10,13 +10,18 @@ APT_SERVE := libopus0
 APT_TEST := $(APT_SERVE) espeak-ng sox chromium haproxy
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test test-replicas test-all lint setup apt-serve apt-test clean
+.PHONY: serve test test-tools test-replicas test-all lint setup apt-serve apt-test clean
 
 serve: apt-serve $(STAMP)
 	$(VENV)/bin/duplex serve --model $(MODEL)
 
 test: apt-test $(STAMP)
-	$(PY) -m pytest -q -m "not slow and not replicas"
+	$(PY) -m pytest -q -m "not slow and not replicas and not tools"
+
+# The measurement tools (load test, self-play, eval, fuzz) and the browser page (Chromium)
+# against the real server.
+test-tools: apt-test $(STAMP)
+	$(PY) -m pytest -q -m "tools and not slow"
 
 # Several replicas behind HAProxy: routing by capacity, drains, calls moved (docs/deploy.md).
 test-replicas: apt-test $(STAMP)

@@ -38,9 +38,12 @@ from tests.conftest import (
 
 CHROMIUM = Path("/usr/bin/chromium")
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="Debian's chromium is not installed (make apt installs it)"
-)
+pytestmark = [
+    pytest.mark.tools,  # make test-tools: CI runs it after the default suite
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason="Debian's chromium is not installed (make apt installs it)"
+    ),
+]
 
 # The flags of docs/browser.md's test setup: a fake mic fed from a file, no prompts, no network
 # chatter, audio allowed to start without a gesture.

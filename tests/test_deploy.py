@@ -18,9 +18,10 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -166,16 +167,27 @@ def cluster(
 ) -> Iterator[Cluster]:
     logs = tmp_path_factory.mktemp("deploy")
     args = ("--max-sessions", str(SLOTS), "--shutdown-grace-s", str(GRACE_S))
-    with ThreadPoolExecutor(2) as pool:  # both warm up at once
-        starts = [pool.submit(start_server, checkpoint, logs / f"r{i}.log", *args) for i in (1, 2)]
-    started = [s.result() for s in starts if s.exception() is None]
+    starts = [partial(start_server, checkpoint, logs / f"r{i}.log", *args) for i in (1, 2)]
+    with behind_haproxy(haproxy, starts, logs) as (replicas, lb):
+        asyncio.run(_checked(lb))
+        pcm, rate = read_wav(speech_wav)
+        yield Cluster(replicas, lb, pcm, rate)
+
+
+@contextlib.contextmanager
+def behind_haproxy(
+    haproxy: str, starts: Sequence[Callable[[], ServerProcess]], logs: Path
+) -> Iterator[tuple[list[ServerProcess], Balancer]]:
+    """Replicas started at once (their warm-ups overlap) behind a haproxy process; all of
+    them stopped after, whatever happened."""
+    with ThreadPoolExecutor(len(starts)) as pool:
+        futures = [pool.submit(start) for start in starts]
+    started = [f.result() for f in futures if f.exception() is None]
     try:
-        replicas = [s.result() for s in starts]  # raises if one did not start
+        replicas = [f.result() for f in futures]  # raises if one did not start
         lb = start_balancer(haproxy, replicas, logs / "haproxy.log")
         try:
-            asyncio.run(_checked(lb))
-            pcm, rate = read_wav(speech_wav)
-            yield Cluster(replicas, lb, pcm, rate)
+            yield replicas, lb
         finally:
             lb.proc.terminate()
             lb.proc.wait(10)

@@ -32,6 +32,8 @@ from model.training.dialogues import is_heldout
 from model.training.synth import RATE, segments
 from tests.conftest import ServerProcess
 
+pytestmark = pytest.mark.tools  # make test-tools: CI runs it after the default suite
+
 
 @pytest.fixture(scope="module")
 def cases() -> list:

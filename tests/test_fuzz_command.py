@@ -15,6 +15,8 @@ import pytest
 from clients.measure.fuzz import Script, _log_figures, main, plan
 from tests.conftest import ServerProcess, start_server, stop_server
 
+pytestmark = pytest.mark.tools  # make test-tools: CI runs it after the default suite
+
 
 @pytest.fixture(scope="module")
 def fuzz_server(

@@ -41,6 +41,8 @@ from clients.realtime_client import Playback
 from streaming.resample import resample_whole
 from tests.conftest import ServerProcess, speak, start_server, stop_server
 
+pytestmark = pytest.mark.tools  # make test-tools: CI runs it after the default suite
+
 RATE = 8000
 
 

@@ -11,16 +11,16 @@ import asyncio
 import signal
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from clients.call import CallResult, run_call
-from tests.conftest import ServerProcess, free_port, read_wav, start_server, stop_server
-from tests.test_deploy import HAPROXY, Balancer, live, start_balancer
+from tests.conftest import ServerProcess, free_port, read_wav, start_server
+from tests.test_deploy import HAPROXY, Balancer, behind_haproxy, live
 
 pytestmark = pytest.mark.replicas  # make test-replicas
 
@@ -57,21 +57,9 @@ def moved(
             port=ports[i],
         )  # fmt: skip
 
-    with ThreadPoolExecutor(2) as pool:
-        starts = [pool.submit(replica, i) for i in (0, 1)]
-    started = [s.result() for s in starts if s.exception() is None]
-    try:
-        replicas = [s.result() for s in starts]
-        lb = start_balancer(HAPROXY, replicas, logs / "haproxy.log")
-        try:
-            pcm, rate = read_wav(speech_wav)
-            yield asyncio.run(_scenario(lb, replicas, np.resize(pcm, int(SECONDS * rate)), rate))
-        finally:
-            lb.proc.terminate()
-            lb.proc.wait(10)
-    finally:
-        for r in started:
-            stop_server(r)
+    with behind_haproxy(HAPROXY, [partial(replica, i) for i in (0, 1)], logs) as (replicas, lb):
+        pcm, rate = read_wav(speech_wav)
+        yield asyncio.run(_scenario(lb, replicas, np.resize(pcm, int(SECONDS * rate)), rate))
 
 
 async def _scenario(

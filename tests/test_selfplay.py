@@ -32,6 +32,8 @@ from model.checkpoint import read_config
 from model.training.synth import synth
 from tests.conftest import ServerProcess, free_port
 
+pytestmark = pytest.mark.tools  # make test-tools: CI runs it after the default suite
+
 # --- the relay on known arrays ---------------------------------------------------------------
 
 

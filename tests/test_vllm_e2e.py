@@ -20,7 +20,7 @@ from tests import test_realtime  # noqa: E402
 from tests.conftest import ServerProcess, read_wav, speak, start_server, stop_server  # noqa: E402
 from tests.test_e2e_bad_input import (  # noqa: E402, F401  (collected here, on vLLM)
     _still_healthy,
-    test_abrupt_disconnect_frees_the_slot,
+    test_a_disconnect_frees_the_slot,
     test_bad_first_message,
     test_bad_message_during_call,
     test_zz_normal_call_still_completes,
@@ -28,9 +28,14 @@ from tests.test_e2e_bad_input import (  # noqa: E402, F401  (collected here, on 
 from tests.test_e2e_call import (  # noqa: E402, F401
     test_agent_frames_are_contiguous_and_on_the_clock,
     test_delayed_uplink_estimates_are_replaced,
+    test_playback_acks_make_the_unheard_agent_audio_silence,
     test_respond_mid_call,
     test_three_concurrent_calls,
     voice,
+)
+from tests.test_resume import (  # noqa: E402, F401
+    test_a_dropped_call_resumes_with_its_token,
+    test_a_dropped_realtime_session_resumes,
 )
 from tests.test_twilio import (  # noqa: E402, F401
     barge_in_call,
@@ -41,11 +46,12 @@ from tests.test_twilio import (  # noqa: E402, F401
 
 @pytest.fixture(scope="module")
 def server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """The shared server's settings (4 call slots), on the vLLM engine."""
+    """The shared server's settings (tests/conftest.py), on the vLLM engine."""
     log = tmp_path_factory.mktemp("vllm-server") / "server.log"
     srv = start_server(
-        checkpoint, log, "--engine", "vllm", "--max-sessions", "4", "--idle-timeout-s", "5"
-    )
+        checkpoint, log, "--engine", "vllm", "--max-sessions", "4", "--idle-timeout-s", "5",
+        "--resume-window-s", "2",
+    )  # fmt: skip
     yield srv
     stop_server(srv)
 
