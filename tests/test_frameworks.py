@@ -31,7 +31,7 @@ PIECE = RATE // 10  # 100 ms a send, as a microphone client
 @pytest.fixture(scope="module")
 def script(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     """The caller's line: silence, then three sentences with pauses between them, each
-    (after the first) into the agent's talk."""
+    (after the first) into the agent's talk, then 3 s for the agent to answer the last."""
     path = speak(
         "Hello, can you hear me? I would like to book a table.",
         tmp_path_factory.mktemp("fw") / "v.wav",
@@ -39,7 +39,7 @@ def script(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     pcm, rate = read_wav(path)
     voice = resample_whole(pcm, rate, RATE)
     pause = np.zeros(2 * RATE)
-    x = np.concatenate([np.zeros(RATE), voice, pause, voice, pause, voice, np.zeros(RATE)])
+    x = np.concatenate([np.zeros(RATE), voice, pause, voice, pause, voice, np.zeros(3 * RATE)])
     return encode_audio(x.astype(np.float32), "pcm16")
 
 

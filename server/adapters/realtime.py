@@ -678,8 +678,9 @@ class RealtimeTransport:
             if self._response is not None:
                 await self._close_response(ws, "completed")
             return
-        if self._suppressed or self._cut:  # withheld: the caller never hears it
-            session.agent_unplayed(chunk.first_sample, chunk.first_sample + len(pcm))
+        # Withheld, and left in the model's context: made silence there, the agent would only
+        # ever be starting an utterance again, every chunk withheld in turn (never a pause).
+        if self._suppressed or self._cut:
             return
         if self._response is None:
             await self._open_response(ws, session, chunk.first_sample)
