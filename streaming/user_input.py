@@ -72,6 +72,9 @@ class EncoderRows:
     def tokenize(self, users: Sequence[UserAudioInput]) -> int:
         """Encode what arrived for each of `users` that has joined (the others' audio waits
         for their row); returns how many codec frames that made."""
+        users = [u for u in users if u.has_work]
+        if not users:
+            return 0
         with self._lock:
             taken: dict[UserAudioInput, _Taken] = {}
             for user in users:
@@ -164,9 +167,20 @@ class UserAudioInput:
         with self._lock:
             self._ended = True
 
+    @property
+    def has_work(self) -> bool:
+        """Audio is queued, or the end is still to be flushed: a `tokenize` would encode.
+        Read without the lock: what is pushed after the read waits for the next call."""
+        return bool(self._queue) or (self._ended and not self._flushed)
+
     def tokenize(self) -> int:
         """Encode what arrived so far; returns how many codec frames that made. A background
-        thread calls this as audio comes, so the tick's own `drain` finds little left to do."""
+        thread calls this as audio comes, so the tick's own `drain` finds little left to do.
+        With nothing queued it returns at once: the tokenizer wakes for every wire frame while
+        a tick waits, and every call without new audio would otherwise pay for an empty
+        encode."""
+        if not self.has_work:
+            return 0
         if self.rows is not None:
             return self.rows.tokenize([self])
         assert self._encoder is not None  # one of the two, from __init__

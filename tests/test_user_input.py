@@ -62,3 +62,20 @@ def test_a_call_wakes_its_tokenizer_after_each_push() -> None:
     session.on_audio(2 * f, np.zeros(f, dtype=np.float32))  # a dropped frame: silence first
     session.on_end(3 * f + 10)  # a short last frame, padded
     assert woke == [f, 2 * f, 3 * f, 3 * f + 10]
+
+
+def test_a_call_has_work_only_while_audio_or_its_end_waits() -> None:
+    """The tokenizer wakes for every wire frame of any call while a tick waits; a call with
+    nothing queued says so and is passed over without touching its codec."""
+    codec = load_codec(BUILTIN, Path("."))
+    f = codec.frame_samples
+    user = UserAudioInput(codec, codec.sample_rate, frames_per_chunk=4)
+    assert not user.has_work and user.tokenize() == 0
+    user.push(np.zeros(f, dtype=np.float32), arrival=1.0)
+    assert user.has_work
+    assert user.tokenize() == 1 and not user.has_work
+    assert user.tokenize() == 0 and user.frames_encoded == 1
+    user.end()
+    assert user.has_work  # the end is still to be flushed: the chunk's silence
+    assert user.tokenize() == 3 and not user.has_work
+    assert user.tokenize() == 0 and user.frames_encoded == 4
