@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 from collections import Counter
 from pathlib import Path
@@ -34,7 +35,15 @@ from clients.measure.reception import (
     simulate_downlink,
     turn_latencies,
 )
-from clients.measure.soak import Sample, SoakConfig, judge, run_soak, summary
+from clients.measure.soak import (
+    Sample,
+    SoakConfig,
+    host_cpu,
+    judge,
+    proc_figures,
+    run_soak,
+    summary,
+)
 from clients.measure.soak import main as soak_main
 from clients.measure.speech_activity import speech_segments
 from clients.realtime_client import Playback
@@ -426,6 +435,29 @@ def test_overruns_growing_fail_and_failed_calls_fail() -> None:
     assert (figures["overrun_pct_first_third"], figures["overrun_pct_last_third"]) == (0.8, 4.0)
     assert failures == ["overruns grew from 0.8 % to 4 % of ticks (limit +1 points)"]
     assert judge(_series(), SOAK, {"server_full": 2})[1] == ["calls failed: server_full x2"]
+
+
+def test_the_server_cpu_per_tick_and_the_host_are_figures_not_gates() -> None:
+    """What the server did (its CPU time per tick) beside what the host did (its CPUs busy and
+    stolen), so a reader can tell a slower host from a server doing more."""
+    series = _series()
+    for m, sample in enumerate(series):
+        sample.cpu_s = 0.14 * sample.ticks + 3.75 * max(0, m - 7)  # 10 ms more a tick late
+        sample.host_busy_s, sample.host_steal_s = 0.5 * sample.t, 0.01 * sample.t
+    figures, failures = judge(series, SOAK, {})
+    assert failures == []
+    assert figures["cpu_ms_per_tick_first_third"] == pytest.approx(140.0)
+    assert figures["cpu_ms_per_tick_last_third"] == pytest.approx(150.0)
+    cpus = os.cpu_count() or 1
+    assert figures["host_busy_pct"] == round(50.0 / cpus, 1)
+    assert figures["host_steal_pct"] == round(1.0 / cpus, 1)
+
+
+def test_the_soak_reads_a_process_and_the_host_from_proc() -> None:
+    rss_mb, fds, cpu_s = proc_figures(os.getpid())
+    assert rss_mb > 10 and fds >= 3 and cpu_s > 0
+    busy, steal = host_cpu() or (0.0, -1.0)
+    assert busy > 0 and steal >= 0
 
 
 def test_too_short_a_soak_cannot_judge_memory() -> None:

@@ -506,6 +506,7 @@ def scrape_metrics(url: str, headers: dict[str, str]) -> dict[str, Any]:
         # prometheus_client's process collector, where the server registers it (Linux)
         "rss_bytes": values.get("process_resident_memory_bytes"),
         "open_fds": values.get("process_open_fds"),
+        "cpu_s": values.get("process_cpu_seconds_total"),
     }
 
 

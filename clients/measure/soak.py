@@ -6,8 +6,10 @@ Each of N callers places short calls back to back (real speech at real-time pace
 calls end and start all the time). Every few seconds the server is sampled: its resident
 memory and open file descriptors (from /proc/<pid> with `--server-pid`, else from the
 `process_*` metrics of prometheus_client's process collector when /metrics has them), and
-from /metrics its ticks, tick compute time, overrun ticks and active calls; the host's load
-average goes with each sample, since a shared machine's load moves the overruns.
+from /metrics its ticks, tick compute time, overrun ticks and active calls, and the server's
+CPU time; with each sample go the host's load average and its CPUs' busy and stolen time, since
+a shared machine moves the overruns (the tick's compute is wall time: it slows with the host;
+the server's CPU time per tick is what it did).
 
 Growth, as judged (`judge`):
 - memory: the least-squares slope of RSS over the samples after the warm-up while calls still
@@ -69,7 +71,10 @@ class SoakConfig:
     duration_s: float = 600.0  # calls start until a call would end after this
     call_s: float = 20.0
     sample_s: float = 10.0
-    warmup_s: float = 120.0
+    # RSS climbs while the first few hundred calls' allocations settle (KV slots, codec state,
+    # the allocator's arenas): at 16 calls it was flat from 180-290 s on in every 10-minute
+    # run on record (docs/benchmarks.md), so memory growth is judged from 300 s
+    warmup_s: float = 300.0
     server_pid: int | None = None
     max_rss_growth_mb: float = 20.0  # per 10 minutes, by the fitted slope
     fd_slack: int = 8
@@ -99,6 +104,9 @@ class Sample:
     overrun_ticks: int
     calls_done: int
     load_1m: float
+    cpu_s: float | None = None  # the server's CPU time (user + system) so far
+    host_busy_s: float | None = None  # this machine's CPUs busy, all processes (/proc/stat)
+    host_steal_s: float | None = None  # and taken by the hypervisor for other guests
 
 
 @dataclass(slots=True)
@@ -121,11 +129,28 @@ class SoakReport:
 # Sampling
 
 
-def proc_figures(pid: int) -> tuple[float, int]:
-    """RSS in MB and open file descriptors of a process on this machine."""
+def proc_figures(pid: int) -> tuple[float, int, float]:
+    """RSS in MB, open file descriptors and CPU seconds of a process on this machine."""
     with open(f"/proc/{pid}/status") as f:
         rss_kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-    return rss_kb / 1024, len(os.listdir(f"/proc/{pid}/fd"))
+    with open(f"/proc/{pid}/stat") as f:  # utime and stime follow the state, after `(comm)`
+        fields = f.read().rpartition(")")[2].split()
+    cpu_s = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return rss_kb / 1024, len(os.listdir(f"/proc/{pid}/fd")), cpu_s
+
+
+def host_cpu() -> tuple[float, float] | None:
+    """Seconds this machine's CPUs have been busy (all processes) and stolen by the
+    hypervisor, from /proc/stat; None off Linux. A busier host or a neighbour's steal slows
+    every tick without the server doing more."""
+    try:
+        with open("/proc/stat") as f:
+            cpu = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = cpu
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / tick, steal / tick
 
 
 def _load_1m() -> float:
@@ -137,11 +162,12 @@ def take_sample(cfg: SoakConfig, t: float, phase: str, calls_done: int) -> Sampl
     """One look at the server: /metrics, then /proc/<pid> where given."""
     headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
     page = scrape_metrics(metrics_url(cfg.url), headers)
-    rss_b, fds_m = page["rss_bytes"], page["open_fds"]
+    rss_b, fds_m, cpu = page["rss_bytes"], page["open_fds"], page["cpu_s"]
     rss = None if rss_b is None else rss_b / MB
     fds = None if fds_m is None else int(fds_m)
     if cfg.server_pid is not None:
-        rss, fds = proc_figures(cfg.server_pid)
+        rss, fds, cpu = proc_figures(cfg.server_pid)
+    host = host_cpu()
     return Sample(
         t=round(t, 2),
         phase=phase,
@@ -153,6 +179,9 @@ def take_sample(cfg: SoakConfig, t: float, phase: str, calls_done: int) -> Sampl
         overrun_ticks=int(page["overruns"]),
         calls_done=calls_done,
         load_1m=_load_1m(),
+        cpu_s=cpu,
+        host_busy_s=None if host is None else host[0],
+        host_steal_s=None if host is None else host[1],
     )
 
 
@@ -160,15 +189,29 @@ def take_sample(cfg: SoakConfig, t: float, phase: str, calls_done: int) -> Sampl
 # The judgement (a pure function of the samples)
 
 
-def _share(a: Sample, b: Sample) -> tuple[float | None, float | None]:
-    """Overrun share of ticks (%) and mean tick compute time (ms) between two samples."""
+def _share(a: Sample, b: Sample) -> tuple[float | None, float | None, float | None]:
+    """Between two samples: the overrun share of ticks (%), the mean tick compute time (ms,
+    wall time: it slows with the host) and the server's CPU time per tick (ms, all its
+    threads: what the server did, whatever else ran)."""
     ticks = b.ticks - a.ticks
     if ticks <= 0:
-        return None, None
+        return None, None, None
+    cpu = None if a.cpu_s is None or b.cpu_s is None else 1000 * (b.cpu_s - a.cpu_s) / ticks
     return (
         round(100 * (b.overrun_ticks - a.overrun_ticks) / ticks, 2),
         round(1000 * (b.tick_sum_s - a.tick_sum_s) / ticks, 2),
+        None if cpu is None else round(cpu, 2),
     )
+
+
+def _host_pct(a: Sample, b: Sample) -> tuple[float | None, float | None]:
+    """This machine's CPUs busy and stolen between two samples, % of all its CPUs."""
+    if None in (a.host_busy_s, b.host_busy_s, a.host_steal_s, b.host_steal_s) or b.t <= a.t:
+        return None, None
+    room = (b.t - a.t) * (os.cpu_count() or 1) / 100
+    busy = (b.host_busy_s or 0.0) - (a.host_busy_s or 0.0)
+    steal = (b.host_steal_s or 0.0) - (a.host_steal_s or 0.0)
+    return round(busy / room, 1), round(steal / room, 1)
 
 
 def judge(
@@ -216,9 +259,10 @@ def judge(
         )
     if len(steady) >= 4:
         third = len(steady) // 3
-        first, first_ms = _share(steady[0], steady[third])
-        last, last_ms = _share(steady[-1 - third], steady[-1])
-        whole, whole_ms = _share(steady[0], steady[-1])
+        first, first_ms, first_cpu = _share(steady[0], steady[third])
+        last, last_ms, last_cpu = _share(steady[-1 - third], steady[-1])
+        whole, whole_ms, _ = _share(steady[0], steady[-1])
+        busy, steal = _host_pct(steady[0], steady[-1])
         fig.update(
             overrun_pct_first_third=first,
             overrun_pct_last_third=last,
@@ -226,6 +270,10 @@ def judge(
             tick_ms_first_third=first_ms,
             tick_ms_last_third=last_ms,
             tick_ms_mean=whole_ms,
+            cpu_ms_per_tick_first_third=first_cpu,
+            cpu_ms_per_tick_last_third=last_cpu,
+            host_busy_pct=busy,
+            host_steal_pct=steal,
             overrun_ticks=steady[-1].overrun_ticks - steady[0].overrun_ticks,
             ticks=steady[-1].ticks - steady[0].ticks,
         )
@@ -357,6 +405,9 @@ def summary(r: SoakReport) -> str:
         f"({f.get('overrun_pct')} %; first third {f.get('overrun_pct_first_third')} %, last "
         f"third {f.get('overrun_pct_last_third')} %); tick compute mean {f.get('tick_ms_mean')} "
         f"ms (first third {f.get('tick_ms_first_third')}, last {f.get('tick_ms_last_third')})",
+        f"server CPU per tick: first third {f.get('cpu_ms_per_tick_first_third')} ms, last "
+        f"{f.get('cpu_ms_per_tick_last_third')} ms; host CPUs busy {f.get('host_busy_pct')} %, "
+        f"stolen {f.get('host_steal_pct')} % (all processes, after warm-up)",
         f"server-added latency p99, worst call: {r.worst_latency_ms_p99} ms; host load (1 min) "
         f"mean {f['load_1m_mean']}, max {f['load_1m_max']}",
         "PASSED" if not r.failures else "FAILED: " + "; ".join(r.failures),
@@ -382,7 +433,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--call-s", type=float, default=20.0, help="length of each call (20)")
     parser.add_argument("--sample-s", type=float, default=10.0, help="seconds between samples")
     parser.add_argument(
-        "--warmup", type=float, default=120.0, help="seconds before memory growth counts (120)"
+        "--warmup",
+        type=float,
+        default=300.0,
+        help="seconds before growth counts: the allocator settles first (300)",
     )
     parser.add_argument(
         "--server-pid",
