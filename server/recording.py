@@ -1,13 +1,16 @@
 """Opt-in call recording for debugging (`--record-dir`): never on by default.
 
 Per call, a folder with the user's audio as received and the agent's as sent (both at the wire
-rate, placed by sample index), and `ticks.jsonl`: per tick the agent units, the user chunks
-that arrived, the estimate made and which estimates real audio replaced; and a line for each
-change of the call's settings mid-call (`settings`), at the tick from which they apply.
+rate, placed by sample index), `start.json` (the call's `start`; a voice prompt the caller
+uploaded goes to `prompt.wav` instead of its base64 there), and `ticks.jsonl`: per tick the
+agent units, the user chunks that arrived, the estimate made and which estimates real audio
+replaced; and a line for each change of the call's settings mid-call (`settings`), at the tick
+from which they apply.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 from pathlib import Path
@@ -27,7 +30,9 @@ class CallRecorder:
         self._user_samples = 0
         with contextlib.ExitStack() as opened:
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / "start.json").write_text(json.dumps(start, indent=2) + "\n")
+            (folder / "start.json").write_text(
+                json.dumps(_prompt_apart(folder, start), indent=2) + "\n"
+            )
             self._user = opened.enter_context(
                 sf.SoundFile(
                     folder / "user.wav", "w", samplerate=sample_rate, channels=1, subtype="PCM_16"
@@ -73,6 +78,17 @@ class CallRecorder:
         self._user.close()
         self._agent.close()
         self._log.close()
+
+
+def _prompt_apart(folder: Path, start: dict[str, Any]) -> dict[str, Any]:
+    """`start` with an uploaded prompt's audio written to `prompt.wav` and named there: a
+    second of base64 is 43 kB of JSON no one reads, and the wav plays."""
+    prompt = start.get("prompt") or {}
+    if prompt.get("audio") is None:
+        return start
+    pcm = np.frombuffer(base64.b64decode(prompt["audio"]), dtype="<i2")
+    sf.write(folder / "prompt.wav", pcm, prompt["sample_rate"], subtype="PCM_16")
+    return {**start, "prompt": {**prompt, "audio": "prompt.wav"}}
 
 
 def _units(frames: list[Frame]) -> list[int] | list[list[int]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import soundfile as sf
 from websockets.asyncio.client import connect
 
 from clients.call import run_call
+from clients.client import upload_prompt
 from tests.conftest import read_wav, start_server, stop_server
 
 
@@ -22,7 +24,8 @@ def test_record_dir_keeps_audio_units_and_estimates(
     try:
         pcm, rate = read_wav(speech_wav)
         pcm = pcm[: rate * 2]
-        result = asyncio.run(run_call(srv.url, pcm, rate, wire_rate=16000))
+        prompt = upload_prompt(pcm[: rate // 2], rate)  # the caller's own, uploaded
+        result = asyncio.run(run_call(srv.url, pcm, rate, wire_rate=16000, prompt=prompt))
     finally:
         stop_server(srv)
     (folder,) = list(record.iterdir())
@@ -42,7 +45,13 @@ def test_record_dir_keeps_audio_units_and_estimates(
     assert all(len(t["agent"]) == 4 for t in ticks)
     assert sum(t["estimate"] is not None for t in ticks) == result.stats.estimates_made
     assert sum(len(t["replaced"]) for t in ticks) == result.stats.estimates_replaced > 0
-    assert json.loads((folder / "start.json").read_text())["audio"]["sample_rate"] == 16000
+    start = json.loads((folder / "start.json").read_text())
+    assert start["audio"]["sample_rate"] == 16000
+    # the uploaded prompt's audio is a wav beside it, not base64 in the JSON
+    assert start["prompt"] == {"name": None, "audio": "prompt.wav", "sample_rate": 16000}
+    played, prompt_rate = sf.read(folder / "prompt.wav", dtype="int16")
+    assert prompt_rate == 16000
+    assert played.tobytes() == base64.b64decode(prompt.audio or "")
 
 
 def test_a_call_that_cannot_be_recorded_goes_on_and_frees_its_slot(
