@@ -10,44 +10,61 @@ when the agent started, and that the agent had heard (an agent's backchannel, an
 starts early), is no barge-in: the agent chose to talk over it.
 
 Only real audio counts; the model's estimates of chunks not yet in say nothing about the
-caller. A pause is `PAUSE_FRAMES` quiet frames in a row, so the short dips between words do
-not end a speech. Speech that began before what can be read (LOOKBACK_FRAMES back, or an
+caller. A pause is `PAUSE_S` of quiet frames in a row, so the short dips between words do
+not end a speech. Speech that began before what can be read (LOOKBACK_S back, or an
 estimate) has no known start: the answer is None, and the engine keeps its last one. Audio
-more than STALE_CHUNKS behind is no evidence of what the caller does now: False.
+more than STALE_CHUNKS behind is no evidence of what the caller does now: False. Pause and
+look-back are times, counted in the codec's frames (`Windows`): 4 and 128 of Codec2's 40 ms
+frames, 2 and 64 of Mimi's 80 ms.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from model.format import Frame
 from model.timeline import Timeline
 
-PAUSE_FRAMES = 4  # 160 ms of quiet ends the caller's speech (the codec's 40 ms frames)
+PAUSE_S = 0.16  # this long without sound ends the caller's speech
+LOOKBACK_S = 5.12  # how far back an onset is looked for
 ONSET_FRAMES = 3  # the agent counts as talking at an onset if it sounded in these last frames
-LOOKBACK_FRAMES = 128  # how far back an onset is looked for (~5 s)
 STALE_CHUNKS = 3  # newest chunks still estimates (late or stalled audio) that may be skipped
 
 
-def barged_in(tl: Timeline, newest: list[Frame], frames: int) -> bool | None:
+@dataclass(frozen=True, slots=True)
+class Windows:
+    """The rule's times in a codec's frames."""
+
+    pause_frames: int
+    lookback_frames: int
+
+    @classmethod
+    def of(cls, frame_s: float) -> Windows:
+        """For frames of `frame_s` seconds (at least one frame each)."""
+        return cls(max(1, round(PAUSE_S / frame_s)), max(1, round(LOOKBACK_S / frame_s)))
+
+
+def barged_in(tl: Timeline, newest: list[Frame], frames: int, windows: Windows) -> bool | None:
     """Whether the caller's speech under way started while the agent was sounding (or within
     a chunk before it started) and has made `frames` frames of sound, with no pause since;
     None when that speech started before the frames that can be read.
 
     `tl` holds agent chunks past the user's; `newest` are the real first frames of user chunk
-    len(tl.user), the one being estimated (empty when none arrived or it is in whole).
+    len(tl.user), the one being estimated (empty when none arrived or it is in whole);
+    `windows`: the pause and look-back in the timeline's frames.
     """
     if frames <= 0:
         return False
     silence, n = tl.fmt.silence, tl.fmt.frames_per_chunk
     sounding, quiet, onset, paused, oldest = 0, 0, None, False, 0
-    for index, frame in _heard(tl, newest):
+    for index, frame in _heard(tl, newest, windows.lookback_frames):
         oldest = index
         if frame != silence:
             sounding, quiet, onset = sounding + 1, 0, index
         else:
             quiet += 1
-            if quiet == PAUSE_FRAMES:
+            if quiet == windows.pause_frames:
                 paused = True
                 break
     if onset is None or sounding < frames:
@@ -63,16 +80,16 @@ def barged_in(tl: Timeline, newest: list[Frame], frames: int) -> bool | None:
     )
 
 
-def _heard(tl: Timeline, newest: list[Frame]) -> Iterator[tuple[int, Frame]]:
+def _heard(tl: Timeline, newest: list[Frame], lookback: int) -> Iterator[tuple[int, Frame]]:
     """The caller's real frames, newest first, with their frame index, back to the first
-    estimate before them or LOOKBACK_FRAMES."""
+    estimate before them or `lookback` frames."""
     n = tl.fmt.frames_per_chunk
     first = len(tl.user) * n
     given = len(newest)
     for i in reversed(range(given)):
         yield first + i, newest[i]
     for j in reversed(range(len(tl.user))):
-        if given >= LOOKBACK_FRAMES:
+        if given >= lookback:
             return
         if not tl.user_real[j]:
             if given:

@@ -20,7 +20,7 @@ from typing import TypedDict
 
 import numpy as np
 
-from model.barge_in import PAUSE_FRAMES
+from model.barge_in import Windows
 from model.engines.api import CallState, StepResult
 from model.format import Frame
 from model.sampling import SamplingParams
@@ -163,6 +163,7 @@ class CallSession:
         self.opening: list[Frame] = []  # a voice prompt's frames, before chunk 0 (prompts.py)
         self.tick_s = tick_s
         self.codec_frame_s = tick_s / frames_per_chunk
+        self._pause_frames = Windows.of(self.codec_frame_s).pause_frames  # ends a speech
         self.state = State.JOINING
         self.frame_samples = audio.sample_rate * audio.frame_ms // 1000
         self.chunk_samples = round(audio.sample_rate * tick_s)
@@ -275,9 +276,10 @@ class CallSession:
         self, chunks: dict[int, list[Frame]], partial: tuple[int, list[Frame]], silence: Frame
     ) -> None:
         """The caller's frames a step takes (whole chunks by index, then the newest chunk's
-        frames that arrived), while a response is asked for: speech after PAUSE_FRAMES
-        (160 ms) of the silence unit is the caller taking the floor back (a barge-in, as on
-        the agent's speech: model/barge_in.py), and the response's remaining prompts are
+        frames that arrived), while a response is asked for: speech after a pause (160 ms,
+        model/barge_in.py's `PAUSE_S`) of the silence frame is the caller taking the floor
+        back (a barge-in, as on the agent's speech: model/barge_in.py), and the response's
+        remaining prompts are
         dropped; the agent then yields as the barge-in rule and the model have it. (Gaps
         within the words the caller was finishing are shorter: with one quiet frame, a client
         sending `respond` at the last word lost 2 % of its answers to its own syllables.)
@@ -292,7 +294,7 @@ class CallSession:
                 for frame in frames[seen if index == seen_index else 0 :]:
                     if frame == silence:
                         self._quiet_frames += 1
-                    elif self._quiet_frames >= PAUSE_FRAMES:
+                    elif self._quiet_frames >= self._pause_frames:
                         self.barged_in, self.prompt_chunks = True, 0
                     else:
                         self._quiet_frames = 0

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from model.barge_in import LOOKBACK_FRAMES, PAUSE_FRAMES, STALE_CHUNKS, barged_in
+from model.barge_in import STALE_CHUNKS, Windows
+from model.barge_in import barged_in as rule
 from model.checkpoint import init_random_checkpoint, load_checkpoint
 from model.engines.api import StepRequest
 from model.engines.torch.engine import TorchEngine
@@ -21,6 +22,22 @@ FMT = ChunkFormat(
     silence_unit=0,
 )  # fmt: skip
 Q, S = (0,), (3,)  # a quiet frame, a frame of sound
+W = Windows.of(0.04)  # Codec2's 40 ms frames
+
+
+def barged_in(tl: Timeline, newest: list[Frame], frames: int) -> bool | None:
+    return rule(tl, newest, frames, W)
+
+
+def test_the_rules_times_are_counted_in_the_codecs_frames() -> None:
+    """160 ms of quiet ends a speech and an onset is looked for 5.12 s back, whatever the
+    frame: Codec2's 40 ms frames, Mimi's 80 ms."""
+    assert (W.pause_frames, W.lookback_frames) == (4, 128)
+    assert Windows.of(0.08) == Windows(pause_frames=2, lookback_frames=64)
+    agent = [S] * 8 + [Q] * 4  # talking when the caller starts, quiet when they start again
+    user = [Q] * 4 + [S] * 4 + [Q, Q] + [S, S]  # 2 quiet frames between
+    assert rule(timeline(agent, user), [], 2, W) is True  # 80 ms: a dip in the barge-in
+    assert rule(timeline(agent, user), [], 2, Windows.of(0.08)) is False  # 160 ms: a pause
 
 
 def timeline(agent: list[Frame], user: list[Frame], estimated: tuple[int, ...] = ()) -> Timeline:
@@ -71,7 +88,7 @@ def test_a_pause_ends_the_barge_in_and_a_dip_does_not() -> None:
     agent = [S] * 16
     dip = [Q] * 4 + [S, S, Q, Q] + [S, S, Q, Q]
     assert barged_in(timeline(agent, dip), [S], 4)  # 2 quiet frames inside the speech
-    paused = [Q] * 4 + [S, S, S, S] + [Q] * PAUSE_FRAMES
+    paused = [Q] * 4 + [S, S, S, S] + [Q] * W.pause_frames
     assert not barged_in(timeline(agent, paused), [], 1)
 
 
@@ -87,7 +104,7 @@ def test_speech_that_began_before_what_can_be_read_has_no_answer() -> None:
     """A caller who has talked longer than the lookback without a pause: whether it was a
     barge-in is unknown (None: the engine keeps its last answer), either way round."""
     n = FMT.frames_per_chunk
-    long = LOOKBACK_FRAMES + 4 * n
+    long = W.lookback_frames + 4 * n
     over_agent = timeline([S] * (long + n), [Q] * 4 + [S] * (long - 4))
     assert barged_in(over_agent, [], 3) is None
     agent_over = timeline([Q] * 4 * n + [S] * (long - 3 * n), [S] * long)

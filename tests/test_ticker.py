@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from model.barge_in import PAUSE_FRAMES
+from model.barge_in import Windows
 from model.engines.api import StepRequest, StepResult
 from model.engines.torch.engine import TorchEngine
 from server.runtime import Runtime
@@ -128,7 +128,7 @@ def test_a_change_mid_call_reaches_the_engine_once(checkpoint: Path) -> None:
 
 def test_a_caller_who_talks_again_drops_the_responses_prompts(checkpoint: Path) -> None:
     """`hear`: the tail of the words being finished when the response was asked for, gaps
-    between them included, is no barge-in; speech after PAUSE_FRAMES quiet frames is,
+    between them included, is no barge-in; speech after a pause (160 ms: 4 quiet frames) is,
     and drops the remaining prompts. A chunk's frames heard as partial are not heard again
     when it comes whole."""
     runtime = Runtime(Settings(model=checkpoint, max_sessions=2))
@@ -141,7 +141,7 @@ def test_a_caller_who_talks_again_drops_the_responses_prompts(checkpoint: Path) 
         s.hear({}, (5, [said, quiet]), quiet)
         s.hear({5: [said, quiet, quiet, quiet]}, (6, [quiet]), quiet)  # chunk 5 again: no news
         assert not s.barged_in and s.prompt_chunks == RESPONSE_CHUNKS
-        assert PAUSE_FRAMES == 4  # the quiet frames above: 1 + 2 + 1
+        assert Windows.of(0.04).pause_frames == 4  # the quiet frames above: 1 + 2 + 1
         s.hear({6: [quiet, quiet, said, said]}, (7, []), quiet)
         assert s.barged_in and s.prompt_chunks == 0
         s.request_response()  # a new request: prompts again

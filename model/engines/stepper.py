@@ -41,7 +41,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 import torch
 
-from model.barge_in import barged_in
+from model.barge_in import Windows, barged_in
 from model.checkpoint import DuplexConfig
 from model.engines.api import CallState, EngineInfo, StepRequest, StepResult
 from model.format import Frame, dedup, interpolate
@@ -119,6 +119,7 @@ class Stepper(ABC, Generic[C]):
         self.chunk_tokens = 2 * (n * self.fmt.units_per_frame + 1)  # a step's most, both sides
         # the positions a rollback may reach back: never attended, so never forgotten early
         self.reserve = (max_rollback_chunks + 2) * self.chunk_tokens
+        self.barge_in_windows = Windows.of(config.frame_ms / 1000)
         self.sink_tokens, self.max_opening_frames = self._sink(opening_frames)
         ring = config.context_tokens - self.sink_tokens
         if self.reserve * 2 > ring:
@@ -325,7 +326,7 @@ class Stepper(ABC, Generic[C]):
         if job.phase is _Phase.USER_TAG and req.partial_user and req.partial_user[0] + o == k - 1:
             job.partial = req.partial_user[1][: n - 1]
             result.partial_frames = len(job.partial)
-        heard = barged_in(tl, job.partial, s.params.barge_in_frames)
+        heard = barged_in(tl, job.partial, s.params.barge_in_frames, self.barge_in_windows)
         s.barged_in = s.barged_in if heard is None else heard
         job.hush = s.barged_in and not req.prompt  # a response asked for after it wins
         if job.phase is _Phase.USER_TAG and (req.silent or job.partial or not self.estimate_frames):
