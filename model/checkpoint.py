@@ -192,6 +192,7 @@ def init_random_checkpoint(
     hidden: int = 256,
     heads: int = 4,
     kv_heads: int = 1,
+    intermediate: int | None = None,
     context_tokens: int = 2048,
     sink_tokens: int = 64,
     codebook: str = "builtin:codec2_units_1024",
@@ -214,6 +215,8 @@ def init_random_checkpoint(
 
     One KV head (multi-query attention) by default: a batched tick reads every call's KV
     cache once per decode forward, and on CPU those reads dominate (docs/benchmarks.md).
+    `intermediate`: the MLP's width (None: 3x `hidden`); Llama-3-8B's shape is 32 layers of
+    4096 with 32 heads, 8 KV heads and 14336.
     """
     description = f"random-weight Llama, seed {seed}: untrained, it babbles"
     if codec_spec is None:
@@ -246,7 +249,7 @@ def init_random_checkpoint(
         hidden=hidden,
         heads=heads,
         kv_heads=kv_heads,
-        intermediate=hidden * 3,
+        intermediate=hidden * 3 if intermediate is None else intermediate,
         max_positions=context_tokens,
     )
     out.mkdir(parents=True, exist_ok=True)

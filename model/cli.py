@@ -38,6 +38,8 @@ def _model_init(args: argparse.Namespace) -> int:
             f"--hidden must be a positive multiple of {step} ({args.heads} heads), "
             f"got {args.hidden}",
         )
+    if args.intermediate is not None and args.intermediate < 1:
+        return _fail("model init", f"--intermediate must be >= 1, got {args.intermediate}")
     if args.units_per_frame < 1:
         return _fail("model init", f"--units-per-frame must be >= 1, got {args.units_per_frame}")
     spec = None
@@ -65,6 +67,7 @@ def _model_init(args: argparse.Namespace) -> int:
             hidden=args.hidden,
             heads=args.heads,
             kv_heads=args.kv_heads,
+            intermediate=args.intermediate,
             context_tokens=args.context,
             sink_tokens=args.sink,
             units_per_frame=args.units_per_frame,
@@ -156,7 +159,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     init.add_argument("--out", default="models/default", help="checkpoint directory to write")
     init.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
     init.add_argument("--layers", type=int, default=4, help="decoder layers")
-    init.add_argument("--hidden", type=int, default=256, help="model width (the MLP's is 3x)")
+    init.add_argument("--hidden", type=int, default=256, help="model width")
+    init.add_argument(
+        "--intermediate", type=int, help="the MLP's width (3x --hidden; Llama-3-8B: 14336)"
+    )
     init.add_argument("--heads", type=int, default=4, help="attention heads")
     init.add_argument(
         "--kv-heads", type=int, default=1,

@@ -103,6 +103,13 @@ def test_model_init_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
     assert json.loads((out / "duplex.json").read_text())["special_tokens"]["S0"] == 1024
     again = duplex("model", "init", "--out", str(out))
     assert again.returncode == 2 and "already holds a checkpoint" in again.stderr
+    assert json.loads((out / "config.json").read_text())["intermediate_size"] == 3 * 64
+    wide = duplex("model", "init", "--out", str(tmp_path / "w"), "--layers", "1", "--hidden",
+                  "64", "--intermediate", "100")  # fmt: skip
+    assert wide.returncode == 0, wide.stderr
+    assert json.loads((tmp_path / "w" / "config.json").read_text())["intermediate_size"] == 100
+    bad = duplex("model", "init", "--out", str(tmp_path / "b"), "--intermediate", "0")
+    assert bad.returncode == 2 and "--intermediate must be >= 1" in bad.stderr
 
 
 def test_serve_refuses_a_checkpoint_its_codec_does_not_fit(tmp_path: Path) -> None:
