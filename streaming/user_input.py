@@ -72,10 +72,10 @@ class EncoderRows:
     def tokenize(self, users: Sequence[UserAudioInput]) -> int:
         """Encode what arrived for each of `users` that has joined (the others' audio waits
         for their row); returns how many codec frames that made."""
-        users = [u for u in users if u.has_work]
-        if not users:
-            return 0
-        with self._lock:
+        with self._lock:  # a call whose audio is being encoded now is waited for, not skipped
+            users = [u for u in users if u.has_work]
+            if not users:
+                return 0
             taken: dict[UserAudioInput, _Taken] = {}
             for user in users:
                 if user in self._batch:
@@ -179,10 +179,10 @@ class UserAudioInput:
         With nothing queued it returns at once: the tokenizer wakes for every wire frame while
         a tick waits, and every call without new audio would otherwise pay for an empty
         encode."""
-        if not self.has_work:
-            return 0
         if self.rows is not None:
             return self.rows.tokenize([self])
+        if not self.has_work:  # (audio being encoded now: `drain` waits for it on `_work`)
+            return 0
         assert self._encoder is not None  # one of the two, from __init__
         with self._work:
             taken = self._take()
