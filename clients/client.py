@@ -36,6 +36,7 @@ from streaming.wire import (
     SUPPORTED_RATES,
     AudioFormat,
     AudioFrame,
+    BargeInMessage,
     EndMessage,
     ErrorCode,
     ErrorMessage,
@@ -114,6 +115,7 @@ class DuplexClient:
         self.samples_sent = 0
         self.stats: StatsMessage | None = None
         self.updates: list[UpdatedMessage] = []  # the server's answers to `update`, in order
+        self.barge_ins: list[BargeInMessage] = []  # the caller talked over the agent here
         # A draining server moves the call to a peer (`moved`): the client follows it there
         # (`events`) and goes on, sending nothing meanwhile; audio that falls in the gap is
         # not sent (the call heard silence).
@@ -143,12 +145,16 @@ class DuplexClient:
         ready_timeout: float = 30.0,
         resume: ResumeRequest | None = None,
         prompt: PromptRequest | None = None,
+        barge_in_notices: bool = False,
     ) -> AsyncIterator[DuplexClient]:
         """Open the socket, send `start`, wait for `ready`; close with 1000 on exit.
 
         `prompt`: open the call with a voice prompt (docs/prompts.md), one of the server's
         (`PromptRequest(name=...)`) or the caller's own audio (`upload_prompt`); one the
         server refuses is a DuplexError, as any refused `start`.
+
+        `barge_in_notices`: the server says when the caller talks over the agent (`barge_in`,
+        gathered in `barge_ins`): a client that plays the agent drops what it holds then.
 
         `resume`: take up a call whose connection dropped (the token of its last `ready`;
         `audio` must be the call's). The client then goes on from the server's
@@ -162,6 +168,7 @@ class DuplexClient:
             noise_gate_db=noise_gate_db,
             resume=resume,
             prompt=prompt,
+            barge_in_notices=barge_in_notices,
         )
         opening = (url, headers, open_timeout, ready_timeout)
         ws, ready, t_ready = await _open(opening, start)
@@ -275,6 +282,9 @@ class DuplexClient:
                 continue
             if isinstance(msg, UpdatedMessage):
                 self.updates.append(msg)
+                continue
+            if isinstance(msg, BargeInMessage):
+                self.barge_ins.append(msg)
                 continue
             if not isinstance(msg, StatsMessage):
                 raise DuplexError(PROTOCOL_VIOLATION, f"unexpected {msg.type!r} during the call")
@@ -439,7 +449,7 @@ async def _await_ready(ws: ClientConnection, audio: AudioFormat) -> tuple[ReadyM
 
 async def _parse_text(
     ws: ClientConnection, text: str, *, opening: bool = False
-) -> ReadyMessage | UpdatedMessage | StatsMessage | MovedMessage:
+) -> ReadyMessage | UpdatedMessage | StatsMessage | MovedMessage | BargeInMessage:
     """Parse a server text message; an `error` is raised with the close code that follows it.
     `opening`: the answer to `start`, where another protocol's message means a wrong URL."""
     try:

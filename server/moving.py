@@ -55,6 +55,7 @@ class CallPackage(BaseModel):
     stats: dict[str, Any]
     key_hash: str  # of the API key the call's token is bound to (hex)
     resumes: int
+    barge_in_notices: bool = False
 
 
 def pack(runtime: Runtime, s: CallSession) -> CallPackage:
@@ -84,6 +85,7 @@ def pack(runtime: Runtime, s: CallSession) -> CallPackage:
         stats=stats,
         key_hash=runtime.resume.key_hash(s).hex(),
         resumes=s.resumes,
+        barge_in_notices=s.barge_in_notices,
     )
 
 

@@ -200,6 +200,7 @@ class Runtime:
         )
         session.asked = (start.sampling, start.noise_gate_db)
         session.opening = opening
+        session.barge_in_notices = start.barge_in_notices
         if start.prompt is not None:
             name = start.prompt.name or "uploaded"
             log.info(
@@ -249,6 +250,7 @@ class Runtime:
         session.expected_sample = start - package.client_offset
         session.agent_out.samples_out = session.samples_sent = package.samples_out
         session.stats, session.resumes = unpack_stats(package.stats), package.resumes
+        session.barge_in_notices = package.barge_in_notices
         session.opened, session.state = True, State.LIVE
         self.ticker.admit(session)
         session.detach()

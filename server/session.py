@@ -91,6 +91,7 @@ class Outgoing:
     end_marker: bool = False  # `audio` is the empty frame that only flags the end: no tick
     newest_arrival: float | None = None  # for server-added latency
     barge_in: bool = False  # the caller talks over the agent: drop agent audio queued so far
+    barge_in_sample: int = 0  # ... where the agent's silence starts (native `barge_in`)
     stats: bool = False  # the call's `stats`, built when its turn comes
     error: ErrorMessage | None = None
     moved: MovedMessage | None = None  # the call goes on at another replica
@@ -161,6 +162,7 @@ class CallSession:
         # what the caller asked for (its `start`, as changed since): what an `update` changes
         self.asked: tuple[SamplingRequest, float | None] = (SamplingRequest(), None)
         self.opening: list[Frame] = []  # a voice prompt's frames, before chunk 0 (prompts.py)
+        self.barge_in_notices = False  # the client asked to be told of barge-ins (native)
         self.tick_s = tick_s
         self.codec_frame_s = tick_s / frames_per_chunk
         self._pause_frames = Windows.of(self.codec_frame_s).pause_frames  # ends a speech
@@ -458,9 +460,10 @@ class CallSession:
             self.queued_audio += 1
             self.outbox.put_nowait(Outgoing(audio=chunk))
 
-    def send_barge_in(self) -> None:
-        """Queued behind the audio already on its way, so the client drops that too."""
-        self.outbox.put_nowait(Outgoing(barge_in=True))
+    def send_barge_in(self, sample: int = 0) -> None:
+        """Queued behind the audio already on its way, so the client drops that too;
+        `sample`: the agent's first silent sample, where the engine's rule found it."""
+        self.outbox.put_nowait(Outgoing(barge_in=True, barge_in_sample=sample))
 
     def fail(self, code: ErrorCode, message: str, close_code: int) -> None:
         """Queue an error and the close; later audio is not sent."""

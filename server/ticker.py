@@ -388,6 +388,8 @@ class Ticker:
             if r.chunk == 0:
                 asyncio.get_running_loop().create_task(self._open(s, frame, deadline))
                 continue
+            if r.barged_in and s.barge_in_notices:  # before the chunk that is its silence
+                s.send_barge_in(frame.first_sample)
             s.send_audio(frame, out.newest_arrival[s.id])
             if frame.last:
                 s.finish()

@@ -211,6 +211,10 @@ class StartMessage(_Message):
     prompt: PromptRequest | None = Field(
         default=None, description="open the call with a voice prompt (docs/prompts.md)"
     )
+    barge_in_notices: bool = Field(
+        default=False,
+        description="send `barge_in` when the caller talks over the agent (docs/protocol.md)",
+    )
 
 
 class UpdateMessage(_Message):
@@ -397,7 +401,19 @@ class MovedMessage(_ServerMessage):
     session_id: str
 
 
-AnyServerMessage = ReadyMessage | UpdatedMessage | ErrorMessage | StatsMessage | MovedMessage
+class BargeInMessage(_ServerMessage):
+    """The caller talks over the agent (sent when `start` asked for `barge_in_notices`): the
+    agent is silent from wire sample `sample` on, the first sample of the frame that follows.
+    Drop the agent audio held and not played yet, and say how far it played with `played`
+    and `flushed`: that audio then becomes silence in the model's context too."""
+
+    type: Literal["barge_in"] = "barge_in"
+    sample: int
+
+
+AnyServerMessage = (
+    ReadyMessage | UpdatedMessage | ErrorMessage | StatsMessage | MovedMessage | BargeInMessage
+)
 ServerMessage = Annotated[AnyServerMessage, Field(discriminator="type")]
 _SERVER_MESSAGE: TypeAdapter[AnyServerMessage] = TypeAdapter(ServerMessage)
 SERVER_TYPES = _type_names(AnyServerMessage)

@@ -158,19 +158,27 @@ def test_the_engine_falls_silent_for_a_barge_in_until_the_caller_pauses(
     quiet, sound = [fmt.silence] * n, [(u,) * k for u in (37, 512, 88, 512)]
     user = [quiet] * 3 + [sound] * 3 + [quiet] * 2
 
+    found: list[int] = []  # the steps whose result says the barge-in began there
+
     def run(barge_in_frames: int, prompt_at: int = -1) -> list[list[Frame]]:
         engine = TorchEngine(config, llama, max_sessions=1, max_rollback_chunks=3)
         engine.add_session("a", SamplingParams(seed=4, barge_in_frames=barge_in_frames))
         out = []
+        found.clear()
         for k in range(len(user) + 1):
             real = {k - 1: user[k - 1]} if k else {}  # whole chunks, in before the step
             step = engine.step([StepRequest("a", real, prompt=k == prompt_at)])
             out.append(step["a"].frames)
+            if step["a"].barged_in:
+                found.append(k)
         tl = engine.timeline("a")
         assert tl.tokens == format_timeline(fmt, tl.agent, tl.user)
         return out
 
-    talking, yielding = run(0), run(3)
+    talking = run(0)
+    assert found == []
+    yielding = run(3)
+    assert found == [4]  # the first silenced chunk says so (the server's `barge_in`)
     assert all(chunk[0] != fmt.silence for chunk in talking)  # it babbles throughout
     assert yielding[:4] == talking[:4]  # before the barge-in: the same draws
     assert yielding[4:7] == [quiet] * 3  # the caller talks (chunks 3-5): silence

@@ -313,10 +313,11 @@ def test_playback_acks_make_the_unheard_agent_audio_silence(
                 await c.send_frame(pcm[n * fs : (n + 1) * fs])
                 if n % 10 == 0 and received - chunk > acked:
                     acked = received - chunk  # a chunk in the playback buffer
-                    if n == 60:
+                    flush = n >= 60 and not flushed_at  # the first ack from 1.2 s on
+                    if flush:
                         flushed_at = acked - chunk  # ... and one more, dropped at once
                         acked = flushed_at
-                    await c.played(acked, flushed=n == 60)
+                    await c.played(acked, flushed=flush)
             await c.end()
             await reader
             return c, acked, flushed_at
@@ -331,6 +332,50 @@ def test_playback_acks_make_the_unheard_agent_audio_silence(
     assert s.unheard_beyond_reach_samples == 0, s
     assert s.unplayed_samples <= s.unheard_silenced_samples < s.unplayed_samples + frame, s
     assert metrics(server)[metric] - before == s.unheard_silenced_samples // frame
+
+
+def test_a_client_that_asks_is_told_when_the_caller_barges_in(
+    server: ServerProcess, voice: Voice
+) -> None:
+    """`start.barge_in_notices`: when the engine's barge-in rule silences the agent (the
+    shared server's random model talks all the time, so speech after a second of silence
+    talks over it), `barge_in` names the first silent sample, which is the first sample of
+    a frame that follows, silent; a client that did not ask is told nothing."""
+    rate = 16000
+    speech = resample_whole(voice.pcm, voice.rate, rate)
+    onset = rate + int(np.argmax(np.abs(speech) > 0.01))
+    pcm = np.concatenate([np.zeros(rate, np.float32), speech])
+
+    async def call(notices: bool) -> tuple[DuplexClient, dict[int, np.ndarray]]:
+        audio = AudioFormat(sample_rate=rate)
+        async with DuplexClient.connect(server.url, audio=audio, barge_in_notices=notices) as c:
+            frames: dict[int, np.ndarray] = {}
+
+            async def read() -> None:
+                async for ev in c.events():
+                    if isinstance(ev, ReceivedFrame):
+                        frames[ev.first_sample] = ev.pcm
+
+            reader = asyncio.create_task(read())
+            fs = c.frame_samples
+            for n in range(len(pcm) // fs):
+                await asyncio.sleep(max(0.0, c.t_ready + n * fs / rate - time.monotonic()))
+                await c.send_frame(pcm[n * fs : (n + 1) * fs])
+            await c.end()
+            await reader
+            return c, frames
+
+    async def both() -> list[tuple[DuplexClient, dict[int, np.ndarray]]]:
+        return list(await asyncio.gather(call(True), call(False)))
+
+    (told, frames), (untold, _) = asyncio.run(both())
+    assert untold.barge_ins == []
+    assert told.barge_ins, "the caller's speech over the agent was no barge-in"
+    first = told.barge_ins[0].sample
+    assert onset < first < onset + rate, (onset, first)  # within a second of the speech
+    silent = frames[first]  # a frame starts there...
+    assert np.abs(silent[rate // 200 :]).max() < 1e-3  # ... silent past the resampler's 3 ms
+    assert np.abs(np.concatenate([frames[k] for k in sorted(frames) if k < first])).max() > 0.01
 
 
 def test_update_changes_a_running_call(server: ServerProcess) -> None:

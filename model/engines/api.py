@@ -86,6 +86,7 @@ class StepResult:
     tokens: int = 0  # length of the conversation in tokens after this step
     unheard_silenced: int = 0  # of `StepRequest.unheard`, the frames made silence
     unheard_beyond_reach: int = 0  # ... and those too old to change (beyond the rollback reserve)
+    barged_in: bool = False  # the caller barged in: from this chunk on the agent is silent
 
     @property
     def estimated(self) -> bool:

@@ -327,8 +327,10 @@ class Stepper(ABC, Generic[C]):
             job.partial = req.partial_user[1][: n - 1]
             result.partial_frames = len(job.partial)
         heard = barged_in(tl, job.partial, s.params.barge_in_frames, self.barge_in_windows)
+        before = s.barged_in
         s.barged_in = s.barged_in if heard is None else heard
         job.hush = s.barged_in and not req.prompt  # a response asked for after it wins
+        result.barged_in = job.hush and not before
         if job.phase is _Phase.USER_TAG and (req.silent or job.partial or not self.estimate_frames):
             # nothing sampled: a missed tick, or the frames that arrived with the last held
             result.estimate = self._fill(job, [])

@@ -17,6 +17,7 @@ from streaming.opus import OpusDecoderStream
 from streaming.wire import (
     OPUS_MAX_PACKET_BYTES,
     AudioFrame,
+    BargeInMessage,
     EndMessage,
     ErrorCode,
     ErrorMessage,
@@ -129,6 +130,8 @@ class NativeTransport:
             await ws.send_text(item.error.model_dump_json())
         elif item.moved is not None:
             await ws.send_text(item.moved.model_dump_json())
+        elif item.barge_in:
+            await ws.send_text(BargeInMessage(sample=item.barge_in_sample).model_dump_json())
 
     async def send_error(self, ws: WebSocket, error: ErrorMessage) -> None:
         await ws.send_text(error.model_dump_json())
