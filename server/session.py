@@ -281,8 +281,8 @@ class CallSession:
         frames that arrived), while a response is asked for: speech after a pause (160 ms,
         model/barge_in.py's `PAUSE_S`) of the silence frame is the caller taking the floor
         back (a barge-in, as on the agent's speech: model/barge_in.py), and the response's
-        remaining prompts are
-        dropped; the agent then yields as the barge-in rule and the model have it. (Gaps
+        remaining prompts are dropped; the agent then yields as the barge-in rule and the
+        model have it. (Gaps
         within the words the caller was finishing are shorter: with one quiet frame, a client
         sending `respond` at the last word lost 2 % of its answers to its own syllables.)
         Frames heard once (as a partial chunk, or before the request) are not heard again.

@@ -206,11 +206,16 @@ def _share(a: Sample, b: Sample) -> tuple[float | None, float | None, float | No
 
 def _host_pct(a: Sample, b: Sample) -> tuple[float | None, float | None]:
     """This machine's CPUs busy and stolen between two samples, % of all its CPUs."""
-    if None in (a.host_busy_s, b.host_busy_s, a.host_steal_s, b.host_steal_s) or b.t <= a.t:
+    if (
+        a.host_busy_s is None
+        or b.host_busy_s is None
+        or a.host_steal_s is None
+        or b.host_steal_s is None
+        or b.t <= a.t
+    ):
         return None, None
     room = (b.t - a.t) * (os.cpu_count() or 1) / 100
-    busy = (b.host_busy_s or 0.0) - (a.host_busy_s or 0.0)
-    steal = (b.host_steal_s or 0.0) - (a.host_steal_s or 0.0)
+    busy, steal = b.host_busy_s - a.host_busy_s, b.host_steal_s - a.host_steal_s
     return round(busy / room, 1), round(steal / room, 1)
 
 
